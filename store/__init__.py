@@ -1,0 +1,73 @@
+"""flowlake's branchable artifact store.
+
+>>> import store
+>>> lake = store.open("./lake")                 # doctest: +SKIP
+>>> exp = lake.branch("exp", source="main")     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from typing import Any
+
+from store.backends import load_backend
+from store.branch import Branch
+from store.errors import *  # noqa: F403
+from store.errors import InvalidArgumentError
+from store.lake import Lake
+from store.model import BranchInfo, Change, ChangeKind, Commit, ObjectInfo
+from store.names import Namespace
+
+LAKEFS_SCHEME = "lakefs://"
+
+__all__ = [
+    "Branch",
+    "BranchInfo",
+    "Change",
+    "ChangeKind",
+    "Commit",
+    "Lake",
+    "ObjectInfo",
+    "current_user",
+    "open",
+]
+
+
+def current_user() -> str:
+    """The login flowlake acts as: ``FLOWLAKE_USER``, else the operating-system user."""
+    return os.environ.get("FLOWLAKE_USER") or getpass.getuser()
+
+
+def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
+    location: str | os.PathLike[str],
+    namespace: str | None = None,
+    **options: Any,
+) -> Lake:
+    """Open a lake.
+
+    Args:
+        location: a folder for the embedded backend (created when absent), or
+            ``lakefs://<repository>`` for lakeFS.
+        namespace: ``user:<login>`` (default: the current user's), ``team:<name>`` or
+            ``production``.
+        **options: backend options. Embedded: ``objects`` (fsspec URL of the object location),
+            ``storage_options``, ``create``. lakeFS: ``endpoint``, ``access_key_id``,
+            ``secret_access_key``, ``create``, ``storage_namespace``.
+
+    Raises:
+        InvalidNameError: bad namespace.
+        LakeNotFoundError: no lake there and ``create=False``.
+        NotInstalledError: the backend's extra is not installed.
+    """
+    user = current_user()
+    ns = Namespace.parse(namespace) if namespace is not None else Namespace("user", user)
+    text = os.fspath(location)
+    if not isinstance(text, str) or not text:
+        raise InvalidArgumentError("lake location must be a non-empty path or URL")
+    if text.startswith(LAKEFS_SCHEME):
+        repository = text[len(LAKEFS_SCHEME) :].strip("/")
+        backend = load_backend("lakefs", repository=repository, **options)
+    else:
+        backend = load_backend("embedded", path=text, **options)
+    return Lake(backend, ns, user, text)

@@ -1,0 +1,248 @@
+"""The versioning backend contract.
+
+A backend versions objects under *backend branch names* (see :mod:`store.names`) and commit ids.
+It knows nothing of namespaces, user-facing names, ``ref~N``, tables or conflict listings: those
+live above it, once, in :mod:`store.lake` and :mod:`store.branch`.
+
+Wherever a method takes ``ref``, that is either a backend branch name (reads then see the
+branch's uncommitted changes) or a full commit id (reads see exactly that commit).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from typing import BinaryIO
+
+from store.model import Change, Commit, MergeStrategy, ObjectInfo
+
+#: Capabilities a backend may declare in :attr:`Backend.capabilities`.
+CAP_FSCK = "fsck"
+CAP_GC = "gc"
+CAP_LOCAL_PATHS = "local-paths"
+
+
+class Backend(abc.ABC):
+    """What every versioning backend implements. All methods may raise
+    :class:`store.errors.BackendUnavailableError` when the backend cannot be reached."""
+
+    #: Optional capabilities (``CAP_*``) this backend offers.
+    capabilities: frozenset[str] = frozenset()
+
+    #: The name of the branch every lake starts with.
+    default_branch: str = "main"
+
+    # -- refs -----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_branch(self, name: str, source_commit: str) -> None:
+        """Create branch ``name`` whose head is ``source_commit``. O(1) in the lake's size.
+
+        Raises:
+            AlreadyExistsError: the branch exists.
+            RefNotFoundError: ``source_commit`` is not a commit.
+        """
+
+    @abc.abstractmethod
+    def delete_branch(self, name: str) -> None:
+        """Delete a branch and its uncommitted changes. Commits stay reachable from other refs.
+
+        Raises:
+            BranchNotFoundError: no such branch.
+            ProtectedBranchError: the branch is protected.
+        """
+
+    @abc.abstractmethod
+    def list_branches(self) -> dict[str, str]:
+        """Every branch, as backend name -> head commit id."""
+
+    @abc.abstractmethod
+    def branch_head(self, name: str) -> str:
+        """The head commit id of a branch.
+
+        Raises:
+            BranchNotFoundError: no such branch.
+        """
+
+    @abc.abstractmethod
+    def protect_branch(self, name: str) -> None:
+        """Protect a branch: from now on only merges and reverts may change it.
+
+        Raises:
+            BranchNotFoundError: no such branch.
+        """
+
+    @abc.abstractmethod
+    def protected_branches(self) -> set[str]:
+        """The backend names of the protected branches."""
+
+    @abc.abstractmethod
+    def create_tag(self, name: str, commit_id: str) -> None:
+        """Point tag ``name`` at ``commit_id``. Tags never move.
+
+        Raises:
+            AlreadyExistsError: the tag exists.
+            RefNotFoundError: the commit does not exist.
+        """
+
+    @abc.abstractmethod
+    def delete_tag(self, name: str) -> None:
+        """Delete a tag.
+
+        Raises:
+            RefNotFoundError: no such tag.
+        """
+
+    @abc.abstractmethod
+    def list_tags(self) -> dict[str, str]:
+        """Every tag, as name -> commit id."""
+
+    @abc.abstractmethod
+    def resolve(self, ref: str) -> str:
+        """Resolve a branch name, tag, full commit id or unique commit id prefix to a commit id.
+
+        Raises:
+            RefNotFoundError: nothing of that name.
+            AmbiguousRefError: a prefix matches several commits.
+        """
+
+    @abc.abstractmethod
+    def get_commit(self, commit_id: str) -> Commit:
+        """The commit with that full id.
+
+        Raises:
+            RefNotFoundError: no such commit.
+        """
+
+    @abc.abstractmethod
+    def log(self, commit_id: str) -> Iterator[Commit]:
+        """``commit_id`` and all its ancestors, newest first (ties broken by id), each once."""
+
+    @abc.abstractmethod
+    def merge_base(self, left: str, right: str) -> str | None:
+        """The best common ancestor of two commits, or None when they share no history."""
+
+    # -- objects --------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def stat(self, ref: str, path: str) -> ObjectInfo:
+        """Information on one object.
+
+        Raises:
+            ObjectNotFoundError: no object at ``path`` in ``ref``.
+            RefNotFoundError: the ref does not exist.
+        """
+
+    @abc.abstractmethod
+    def open_read(self, ref: str, path: str) -> BinaryIO:
+        """A binary stream of the object's bytes. Streams verify integrity where the backend can.
+
+        Raises:
+            ObjectNotFoundError: no object at ``path`` in ``ref``.
+            CorruptObjectError: stored bytes do not match their hash (possibly on the last read).
+        """
+
+    @abc.abstractmethod
+    def list_objects(self, ref: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose path starts with ``prefix``, sorted by path."""
+
+    @abc.abstractmethod
+    def put(self, branch: str, path: str, source: BinaryIO) -> ObjectInfo:
+        """Write an object on a branch from a stream, without holding it all in memory.
+
+        The object is visible on the branch once this returns; a crash before that leaves the
+        branch as it was.
+
+        Raises:
+            BranchNotFoundError, ProtectedBranchError.
+        """
+
+    @abc.abstractmethod
+    def put_many(self, branch: str, items: Iterable[tuple[str, bytes]]) -> int:
+        """Write many small objects at once (as one batch where the backend can). Returns how many.
+
+        Raises:
+            BranchNotFoundError, ProtectedBranchError.
+        """
+
+    @abc.abstractmethod
+    def delete(self, branch: str, paths: Iterable[str]) -> None:
+        """Delete objects on a branch (uncommitted until the next commit).
+
+        Raises:
+            ObjectNotFoundError: one of the paths does not exist (nothing is deleted then).
+            BranchNotFoundError, ProtectedBranchError.
+        """
+
+    @abc.abstractmethod
+    def uncommitted(self, branch: str) -> Iterator[Change]:
+        """The branch's uncommitted changes against its head, sorted by path."""
+
+    @abc.abstractmethod
+    def reset(self, branch: str) -> None:
+        """Drop every uncommitted change of the branch."""
+
+    @abc.abstractmethod
+    def commit(self, branch: str, message: str, metadata: dict[str, str], committer: str) -> Commit:
+        """Commit the branch's uncommitted changes. Acknowledged commits are durable.
+
+        Raises:
+            NothingToCommitError: no uncommitted changes.
+            BranchNotFoundError, ProtectedBranchError.
+        """
+
+    @abc.abstractmethod
+    def diff(self, left: str, right: str) -> Iterator[Change]:
+        """Changes that turn commit ``left`` into commit ``right``, sorted by path."""
+
+    @abc.abstractmethod
+    def merge(
+        self,
+        source: str,
+        dest_branch: str,
+        strategy: MergeStrategy | None,
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+    ) -> Commit:
+        """Three-way merge of ``source`` (branch or commit) into ``dest_branch`` as a new commit.
+
+        Without a strategy any conflict fails the merge and changes nothing.
+
+        Raises:
+            ConflictError: both sides changed a path differently (``conflicts`` may be empty:
+                the layer above fills it in).
+            DirtyBranchError: ``dest_branch`` has uncommitted changes.
+            NothingToCommitError: ``source`` brings no changes.
+        """
+
+    @abc.abstractmethod
+    def revert(self, branch: str, commit_id: str, committer: str) -> Commit:
+        """Add a commit to ``branch`` that undoes the changes ``commit_id`` made to its first parent.
+
+        Raises:
+            ConflictError: later commits changed the same paths.
+            DirtyBranchError: the branch has uncommitted changes.
+        """
+
+    # -- optional capabilities ---------------------------------------------------------------
+
+    def local_path(self, ref: str, path: str) -> str | None:
+        """A path or URL that DuckDB / pyarrow can read in place, if the backend has one."""
+        return None
+
+    def fsck(self) -> list[str]:
+        """Check the whole store; return a list of problems (empty when healthy)."""
+        from store.errors import UnsupportedOperationError
+
+        raise UnsupportedOperationError(f"{type(self).__name__} has no fsck")
+
+    def gc(self, retention: timedelta) -> int:
+        """Remove unreachable data older than ``retention``; return how many objects went."""
+        from store.errors import UnsupportedOperationError
+
+        raise UnsupportedOperationError(f"{type(self).__name__} has no gc")
+
+    def close(self) -> None:
+        """Release connections and files. The backend is unusable afterwards."""

@@ -1,0 +1,1 @@
+"""The embedded backend: content-addressed objects on fsspec, refs and staging in SQLite."""

@@ -1,0 +1,573 @@
+"""The embedded backend: a lake in a folder, several processes at once, no server.
+
+Data flow of a write: the content goes to the object store (atomically, deduplicated by hash)
+or, when tiny, inline into SQLite; then one SQLite transaction stages the entry. A commit applies
+the staged entries to the head's tree (rewriting only touched ranges), stores the commit record
+as an object, and in one transaction moves the head by compare-and-swap and clears exactly the
+staged rows it committed. A crash at any point leaves only unreferenced objects, which gc removes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any, BinaryIO
+
+import fsspec
+
+from store.backend import CAP_FSCK, CAP_GC, CAP_LOCAL_PATHS, Backend
+from store.backends.embedded import layout
+from store.backends.embedded.objects import ObjectStore
+from store.backends.embedded.refdb import CommitRow, RefDB, StagedChange
+from store.backends.embedded.tree import EMPTY_TREE, Changes, Entry, TreeStore
+from store.errors import (
+    AlreadyExistsError,
+    AmbiguousRefError,
+    BranchNotFoundError,
+    ConcurrentUpdateError,
+    ConflictError,
+    CorruptObjectError,
+    DirtyBranchError,
+    InvalidArgumentError,
+    LakeNotFoundError,
+    NothingToCommitError,
+    ObjectNotFoundError,
+    ProtectedBranchError,
+    RefNotFoundError,
+)
+from store.model import Change, ChangeKind, Commit, MergeStrategy, ObjectInfo
+
+CONFIG_FILE = "flowlake.json"
+REFS_FILE = "refs.db"
+INLINE_MAX = 8 << 10
+CAS_ATTEMPTS = 50
+_HEX = re.compile(r"^[0-9a-f]{4,64}$")
+
+
+class EmbeddedBackend(Backend):
+    """A lake in a local folder; objects in that folder or at any fsspec URL."""
+
+    capabilities = frozenset({CAP_FSCK, CAP_GC, CAP_LOCAL_PATHS})
+
+    def __init__(self, root: str, objects: ObjectStore, refs: RefDB) -> None:
+        self.root = root
+        self.objects = objects
+        self.trees = TreeStore(objects)
+        self.refs = refs
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        objects: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        create: bool = True,
+    ) -> EmbeddedBackend:
+        """Open the lake in folder ``path``, creating it when absent and ``create`` is true.
+
+        Args:
+            path: local folder holding the lake's refs database and configuration.
+            objects: fsspec URL of the object location (default: ``<path>/objects``).
+            storage_options: options for that filesystem (for example s3fs credentials).
+            create: create a new lake when none is there.
+
+        Raises:
+            LakeNotFoundError: no lake there and ``create`` is false.
+            InvalidArgumentError: the folder holds something that is not a lake, or ``objects``
+                disagrees with the lake's recorded object location.
+        """
+        root = os.path.abspath(os.fspath(path))
+        config_path = os.path.join(root, CONFIG_FILE)
+        if not os.path.exists(config_path):
+            if not create:
+                raise LakeNotFoundError(f"no lake at {root}")
+            _write_config(root, objects or os.path.join(root, "objects"))
+        with open(config_path) as f:
+            config = json.load(f)
+        if config.get("format") != layout.FORMAT_VERSION:
+            raise InvalidArgumentError(f"lake at {root} has unknown format {config.get('format')}")
+        if objects is not None and objects != config["objects"]:
+            raise InvalidArgumentError(
+                f"lake at {root} keeps its objects at {config['objects']}, not {objects}"
+            )
+        fs, obj_root = fsspec.core.url_to_fs(config["objects"], **(storage_options or {}))
+        backend = cls(root, ObjectStore(fs, obj_root), RefDB(os.path.join(root, REFS_FILE)))
+        backend._ensure_initial_commit()
+        return backend
+
+    def _ensure_initial_commit(self) -> None:
+        if self.refs.head(self.default_branch) is not None:
+            return
+        tree = self.trees.write_ranges([])
+        row = self._write_commit(tree, (), "Repository created", {}, "flowlake")
+        with self.refs.write() as conn:
+            if self.refs.insert_branch(conn, self.default_branch, row.id):
+                self.refs.insert_commit(conn, row)
+                conn.execute(
+                    "UPDATE branches SET protected = 1 WHERE name = ?", (self.default_branch,)
+                )
+
+    def close(self) -> None:
+        self.refs.close()
+
+    # -- refs -----------------------------------------------------------------------------------
+
+    def create_branch(self, name: str, source_commit: str) -> None:
+        if self.refs.commit(source_commit) is None:
+            raise RefNotFoundError(f"commit {source_commit} does not exist")
+        with self.refs.write() as conn:
+            if not self.refs.insert_branch(conn, name, source_commit):
+                raise AlreadyExistsError(f"branch {name!r} already exists")
+
+    def delete_branch(self, name: str) -> None:
+        with self.refs.write() as conn:
+            row = conn.execute("SELECT protected FROM branches WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise BranchNotFoundError(f"branch {name!r} does not exist")
+            if row[0]:
+                raise ProtectedBranchError(f"branch {name!r} is protected and cannot be deleted")
+            conn.execute("DELETE FROM branches WHERE name = ?", (name,))
+            self.refs.clear_staged(conn, name, None)
+
+    def list_branches(self) -> dict[str, str]:
+        return self.refs.branches()
+
+    def branch_head(self, name: str) -> str:
+        head = self.refs.head(name)
+        if head is None:
+            raise BranchNotFoundError(f"branch {name!r} does not exist")
+        return head
+
+    def protect_branch(self, name: str) -> None:
+        with self.refs.write() as conn:
+            cur = conn.execute("UPDATE branches SET protected = 1 WHERE name = ?", (name,))
+            if cur.rowcount == 0:
+                raise BranchNotFoundError(f"branch {name!r} does not exist")
+
+    def protected_branches(self) -> set[str]:
+        return self.refs.protected()
+
+    def create_tag(self, name: str, commit_id: str) -> None:
+        if self.refs.commit(commit_id) is None:
+            raise RefNotFoundError(f"commit {commit_id} does not exist")
+        with self.refs.write() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO tags (name, commit_id, created) VALUES (?, ?, ?)",
+                (name, commit_id, time.time()),
+            )
+            if cur.rowcount == 0:
+                raise AlreadyExistsError(f"tag {name!r} already exists")
+
+    def delete_tag(self, name: str) -> None:
+        with self.refs.write() as conn:
+            if conn.execute("DELETE FROM tags WHERE name = ?", (name,)).rowcount == 0:
+                raise RefNotFoundError(f"tag {name!r} does not exist")
+
+    def list_tags(self) -> dict[str, str]:
+        return self.refs.tags()
+
+    def resolve(self, ref: str) -> str:
+        head = self.refs.head(ref)
+        if head is not None:
+            return head
+        tagged = self.refs.tag(ref)
+        if tagged is not None:
+            return tagged
+        if _HEX.match(ref):
+            matches = self.refs.commits_with_prefix(ref)
+            if len(matches) > 1:
+                raise AmbiguousRefError(f"commit id prefix {ref!r} matches several commits")
+            if matches:
+                return matches[0]
+        raise RefNotFoundError(f"no branch, tag or commit named {ref!r}")
+
+    def get_commit(self, commit_id: str) -> Commit:
+        return _to_commit(self._commit_row(commit_id))
+
+    def _commit_row(self, commit_id: str) -> CommitRow:
+        row = self.refs.commit(commit_id)
+        if row is None:
+            raise RefNotFoundError(f"commit {commit_id} does not exist")
+        return row
+
+    def log(self, commit_id: str) -> Iterator[Commit]:
+        first = self.get_commit(commit_id)
+        heap = [(-first.timestamp.timestamp(), first.id, first)]
+        seen = {first.id}
+        while heap:
+            _, _, commit = heapq.heappop(heap)
+            yield commit
+            for parent_id in commit.parents:
+                if parent_id not in seen:
+                    seen.add(parent_id)
+                    parent = self.get_commit(parent_id)
+                    heapq.heappush(heap, (-parent.timestamp.timestamp(), parent.id, parent))
+
+    def merge_base(self, left: str, right: str) -> str | None:
+        """Walks both histories by decreasing generation; the first commit reached from both
+        sides is a common ancestor of maximal generation."""
+        if left == right:
+            return left
+        flags = {left: 1, right: 2}
+        rows = {c: self._commit_row(c) for c in (left, right)}
+        heap = [(-rows[c].generation, c) for c in (left, right)]
+        heapq.heapify(heap)
+        while heap:
+            _, commit_id = heapq.heappop(heap)
+            flag = flags[commit_id]
+            if flag == 3:
+                return commit_id
+            for parent in rows[commit_id].parents:
+                if parent not in flags:
+                    rows[parent] = self._commit_row(parent)
+                    flags[parent] = flag
+                    heapq.heappush(heap, (-rows[parent].generation, parent))
+                elif flags[parent] | flag != flags[parent]:
+                    flags[parent] |= flag
+        return None
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _tree_of(self, ref: str) -> tuple[str, str | None]:
+        """(tree id, branch name or None) of a branch name or full commit id."""
+        head = self.refs.head(ref)
+        if head is not None:
+            return self._commit_row(head).tree, ref
+        row = self.refs.commit(ref)
+        if row is None:
+            raise RefNotFoundError(f"no branch or commit named {ref!r}")
+        return row.tree, None
+
+    def _entry(self, ref: str, path: str) -> Entry:
+        tree, branch = self._tree_of(ref)
+        if branch is not None:
+            staged, entry = self.refs.staged_one(branch, path)
+            if staged:
+                if entry is None:
+                    raise ObjectNotFoundError(f"no object {path!r} in {ref!r}")
+                return entry
+        found = self.trees.get(tree, path)
+        if found is None:
+            raise ObjectNotFoundError(f"no object {path!r} in {ref!r}")
+        return found
+
+    def stat(self, ref: str, path: str) -> ObjectInfo:
+        return _info(self._entry(ref, path))
+
+    def open_read(self, ref: str, path: str) -> BinaryIO:
+        entry = self._entry(ref, path)
+        if entry.inline is not None:
+            if layout.content_id(entry.inline) != entry.checksum:
+                raise CorruptObjectError(f"inline object {path!r} does not match its hash")
+            return io.BytesIO(entry.inline)
+        assert entry.address is not None
+        return self.objects.open(entry.address)
+
+    def list_objects(self, ref: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        tree, branch = self._tree_of(ref)
+        committed = self.trees.iter_entries(tree, prefix)
+        if branch is None:
+            yield from (_info(e) for e in committed)
+            return
+        staged, _ = self.refs.staged(branch, prefix)
+        for path, entry in _overlay(committed, staged):
+            if entry is not None:
+                yield _info(entry)
+
+    def local_path(self, ref: str, path: str) -> str | None:
+        entry = self._entry(ref, path)
+        if entry.address is None or entry.address.endswith(layout.ZSTD):
+            return None
+        return self.objects.url(entry.address)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _check_writable(self, branch: str) -> None:
+        if self.refs.head(branch) is None:
+            raise BranchNotFoundError(f"branch {branch!r} does not exist")
+        if self.refs.is_protected(branch):
+            raise ProtectedBranchError(
+                f"branch {branch!r} is protected: change it by merging into it"
+            )
+
+    def _stage(self, branch: str, changes: list[StagedChange]) -> None:
+        with self.refs.write() as conn:
+            if conn.execute("SELECT 1 FROM branches WHERE name = ?", (branch,)).fetchone() is None:
+                raise BranchNotFoundError(f"branch {branch!r} was deleted while writing")
+            self.refs.stage(conn, branch, changes)
+
+    def _store_content(self, path: str, data: bytes) -> Entry:
+        mtime = time.time_ns()
+        if len(data) <= INLINE_MAX and not data.startswith(layout.PARQUET_MAGIC):
+            return Entry(path, layout.content_id(data), len(data), mtime, None, data)
+        stored = self.objects.put_bytes(data)
+        return Entry(path, stored.id, stored.size, mtime, stored.address)
+
+    def put(self, branch: str, path: str, source: BinaryIO) -> ObjectInfo:
+        self._check_writable(branch)
+        head = source.read(INLINE_MAX + 1)
+        if len(head) <= INLINE_MAX:
+            entry = self._store_content(path, head)
+        else:
+            stored = self.objects.put_stream(source, first=head)
+            entry = Entry(path, stored.id, stored.size, time.time_ns(), stored.address)
+        self._stage(branch, [StagedChange(path, entry)])
+        return _info(entry)
+
+    def put_many(self, branch: str, items: Iterable[tuple[str, bytes]]) -> int:
+        self._check_writable(branch)
+        changes = [StagedChange(path, self._store_content(path, data)) for path, data in items]
+        self._stage(branch, changes)
+        return len(changes)
+
+    def delete(self, branch: str, paths: Iterable[str]) -> None:
+        self._check_writable(branch)
+        paths = list(paths)
+        for path in paths:
+            self._entry(branch, path)
+        self._stage(branch, [StagedChange(p, None) for p in paths])
+
+    def _effective_staged(self, branch: str) -> tuple[str, dict[str, Entry | None], int]:
+        """(head commit, staged changes that really change the head tree, highest staged seq)."""
+        head = self.branch_head(branch)
+        tree = self._commit_row(head).tree
+        staged, top = self.refs.staged(branch)
+        changes: dict[str, Entry | None] = {}
+        for change in staged:
+            old = self.trees.get(tree, change.path)
+            if change.entry is None and old is None:
+                continue
+            if change.entry and old and change.entry.checksum == old.checksum:
+                continue
+            changes[change.path] = change.entry
+        return head, changes, top
+
+    def uncommitted(self, branch: str) -> Iterator[Change]:
+        head, changes, _ = self._effective_staged(branch)
+        tree = self._commit_row(head).tree
+        for path in sorted(changes):
+            if changes[path] is None:
+                yield Change(path, ChangeKind.REMOVED)
+            elif self.trees.get(tree, path) is None:
+                yield Change(path, ChangeKind.ADDED)
+            else:
+                yield Change(path, ChangeKind.CHANGED)
+
+    def reset(self, branch: str) -> None:
+        self.branch_head(branch)
+        with self.refs.write() as conn:
+            self.refs.clear_staged(conn, branch, None)
+
+    def commit(self, branch: str, message: str, metadata: dict[str, str], committer: str) -> Commit:
+        self._check_writable(branch)
+        for _ in range(CAS_ATTEMPTS):
+            head, changes, top = self._effective_staged(branch)
+            if not changes:
+                raise NothingToCommitError(f"branch {branch!r} has no uncommitted changes")
+            tree = self.trees.apply(self._commit_row(head).tree, changes)
+            row = self._write_commit(tree, (head,), message, metadata, committer)
+            if self._advance(branch, head, row, clear_up_to=top):
+                return _to_commit(row)
+        raise ConcurrentUpdateError(branch, head, self.refs.head(branch))
+
+    def _write_commit(
+        self,
+        tree: str,
+        parents: tuple[str, ...],
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+    ) -> CommitRow:
+        """Store a commit record as an object (before any ref points at it)."""
+        generation = 1 + max((self._commit_row(p).generation for p in parents), default=0)
+        record = {
+            "tree": tree,
+            "parents": list(parents),
+            "message": message,
+            "metadata": dict(metadata),
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "committer": committer,
+            "generation": generation,
+        }
+        data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+        stored = self.objects.put_bytes(data, codec=layout.ZSTD)
+        return CommitRow(stored.id, tree, parents, generation, data)
+
+    def _advance(
+        self, branch: str, expected: str, row: CommitRow, clear_up_to: int | None = -1
+    ) -> bool:
+        """Move ``branch`` from ``expected`` to the new commit; False if the head moved."""
+        with self.refs.write() as conn:
+            if not self.refs.move_head(conn, branch, expected, row.id):
+                if self.refs.head(branch) is None:
+                    raise BranchNotFoundError(f"branch {branch!r} was deleted")
+                return False
+            self.refs.insert_commit(conn, row)
+            if clear_up_to != -1:
+                self.refs.clear_staged(conn, branch, clear_up_to)
+        return True
+
+    # -- comparing and merging ---------------------------------------------------------------
+
+    def diff(self, left: str, right: str) -> Iterator[Change]:
+        changes = self.trees.diff(self._commit_row(left).tree, self._commit_row(right).tree)
+        for path in sorted(changes):
+            old, new = changes[path]
+            kind = (
+                ChangeKind.ADDED
+                if old is None
+                else ChangeKind.REMOVED
+                if new is None
+                else ChangeKind.CHANGED
+            )
+            yield Change(path, kind)
+
+    def _three_way(
+        self, base: str, source: str, dest: str, strategy: MergeStrategy | None
+    ) -> tuple[Changes, bool]:
+        """Changes to apply to ``dest`` (tree ids throughout) and whether source changed anything.
+
+        Raises:
+            ConflictError: without a strategy, when both sides changed a path differently.
+        """
+        theirs = self.trees.diff(base, source)
+        ours = self.trees.diff(base, dest)
+        conflicts = [
+            p for p in theirs.keys() & ours.keys() if _checksum(theirs[p][1]) != _checksum(ours[p][1])
+        ]
+        if conflicts and strategy is None:
+            raise ConflictError("merge conflict", conflicts)
+        apply: dict[str, Entry | None] = {}
+        for path, (_, new) in theirs.items():
+            if path in ours and (_checksum(ours[path][1]) == _checksum(new) or strategy != "source-wins"):
+                continue
+            apply[path] = new
+        return apply, bool(theirs)
+
+    def merge(
+        self,
+        source: str,
+        dest_branch: str,
+        strategy: MergeStrategy | None,
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+    ) -> Commit:
+        if strategy not in (None, "source-wins", "dest-wins"):
+            raise InvalidArgumentError(f"unknown merge strategy {strategy!r}")
+        source_commit = self.resolve(source)
+        for _ in range(CAS_ATTEMPTS):
+            dest_head = self.branch_head(dest_branch)
+            if self.refs.has_staged(dest_branch):
+                raise DirtyBranchError(f"branch {dest_branch!r} has uncommitted changes")
+            base = self.merge_base(source_commit, dest_head)
+            if base == source_commit:
+                raise NothingToCommitError(f"{source!r} has nothing to merge into {dest_branch!r}")
+            base_tree = self._commit_row(base).tree if base else EMPTY_TREE
+            dest_tree = self._commit_row(dest_head).tree
+            changes, changed = self._three_way(
+                base_tree, self._commit_row(source_commit).tree, dest_tree, strategy
+            )
+            if not changed:
+                raise NothingToCommitError(f"{source!r} has nothing to merge into {dest_branch!r}")
+            tree = self.trees.apply(dest_tree, changes)
+            row = self._write_commit(
+                tree, (dest_head, source_commit), message, metadata, committer
+            )
+            if self._advance(dest_branch, dest_head, row):
+                return _to_commit(row)
+        raise ConcurrentUpdateError(dest_branch, dest_head, self.refs.head(dest_branch))
+
+    def revert(self, branch: str, commit_id: str, committer: str) -> Commit:
+        target = self._commit_row(commit_id)
+        parent_tree = self._commit_row(target.parents[0]).tree if target.parents else EMPTY_TREE
+        for _ in range(CAS_ATTEMPTS):
+            head = self.branch_head(branch)
+            if self.refs.has_staged(branch):
+                raise DirtyBranchError(f"branch {branch!r} has uncommitted changes")
+            head_tree = self._commit_row(head).tree
+            changes, changed = self._three_way(target.tree, parent_tree, head_tree, None)
+            if not changed:
+                raise NothingToCommitError(f"commit {commit_id} changed nothing to revert")
+            tree = self.trees.apply(head_tree, changes)
+            row = self._write_commit(
+                tree, (head,), f"Revert {commit_id}", {"reverted": commit_id}, committer
+            )
+            if self._advance(branch, head, row):
+                return _to_commit(row)
+        raise ConcurrentUpdateError(branch, head, self.refs.head(branch))
+
+    # -- maintenance -----------------------------------------------------------------------------
+
+    def fsck(self) -> list[str]:
+        from store.backends.embedded.maintenance import check
+
+        return check(self)
+
+    def gc(self, retention: timedelta) -> int:
+        from store.backends.embedded.maintenance import collect
+
+        return collect(self, retention)
+
+
+def _write_config(root: str, objects: str) -> None:
+    os.makedirs(root, exist_ok=True)
+    ours = (CONFIG_FILE, f".{CONFIG_FILE}", REFS_FILE, "objects")
+    if any(not name.startswith(ours) for name in os.listdir(root)):
+        raise InvalidArgumentError(f"folder {root} is not empty and holds no lake")
+    tmp = os.path.join(root, f".{CONFIG_FILE}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"format": layout.FORMAT_VERSION, "objects": objects}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if not os.path.exists(os.path.join(root, CONFIG_FILE)):
+        os.replace(tmp, os.path.join(root, CONFIG_FILE))
+    else:
+        os.unlink(tmp)
+
+
+def _checksum(entry: Entry | None) -> str | None:
+    return None if entry is None else entry.checksum
+
+
+def _info(entry: Entry) -> ObjectInfo:
+    mtime = datetime.fromtimestamp(entry.mtime_ns / 1e9, tz=timezone.utc)
+    return ObjectInfo(entry.path, entry.size, entry.checksum, mtime)
+
+
+def _to_commit(row: CommitRow) -> Commit:
+    record = json.loads(row.record)
+    return Commit(
+        id=row.id,
+        message=record["message"],
+        metadata=record["metadata"],
+        parents=tuple(record["parents"]),
+        timestamp=datetime.fromisoformat(record["timestamp"]),
+        committer=record["committer"],
+    )
+
+
+def _overlay(
+    committed: Iterator[Entry], staged: list[StagedChange]
+) -> Iterator[tuple[str, Entry | None]]:
+    """Committed entries with staged changes laid over them, in path order."""
+    pending = iter(staged)
+    nxt = next(pending, None)
+    for entry in committed:
+        while nxt is not None and nxt.path < entry.path:
+            yield nxt.path, nxt.entry
+            nxt = next(pending, None)
+        if nxt is not None and nxt.path == entry.path:
+            yield nxt.path, nxt.entry
+            nxt = next(pending, None)
+        else:
+            yield entry.path, entry
+    while nxt is not None:
+        yield nxt.path, nxt.entry
+        nxt = next(pending, None)

@@ -1,0 +1,317 @@
+"""The content-addressed object store: immutable blobs named by the BLAKE3 hash of their content.
+
+``ObjectStore(fs, root)`` writes through any fsspec filesystem. On a local filesystem a blob is
+written to a temporary file beside its final place, fsynced and renamed, so a reader or a crash
+never sees half an object. On remote filesystems (s3://) the upload itself is atomic.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import fsspec
+import zstandard
+from fsspec.implementations.local import LocalFileSystem
+
+from store.backends.embedded import layout
+from store.errors import CorruptObjectError, ObjectNotFoundError
+
+CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A blob in the store: its content id, content size and address (path under the root)."""
+
+    id: str
+    size: int
+    address: str
+
+
+class ObjectStore:
+    """Content-addressed blobs under ``root`` on filesystem ``fs``."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.is_local = isinstance(fs, LocalFileSystem)
+        if self.is_local:
+            os.makedirs(self._tmp_dir(), exist_ok=True)
+
+    # -- paths -----------------------------------------------------------------------------------
+
+    def full_path(self, addr: str) -> str:
+        return f"{self.root}/{addr}"
+
+    def url(self, addr: str) -> str:
+        """A URL of the stored file that other fsspec/DuckDB readers understand."""
+        path = self.full_path(addr)
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def _tmp_dir(self) -> str:
+        return f"{self.root}/tmp"
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def put_bytes(self, data: bytes, codec: str | None = None) -> StoredObject:
+        """Store an in-memory content (compressed when that pays, unless ``codec`` is given)."""
+        object_id = layout.content_id(data)
+        codec = layout.choose_codec(data[: 1 << 20]) if codec is None else codec
+        addr = layout.address(object_id, codec)
+        if not self._exists_touch(addr):
+            self._publish_bytes(layout.encode(data, codec), addr)
+        return StoredObject(object_id, len(data), addr)
+
+    def put_stream(self, source: BinaryIO, first: bytes = b"") -> StoredObject:
+        """Store a stream without holding it in memory. ``first`` is data already read from it."""
+        sample = first + _read_full(source, CHUNK - len(first)) if len(first) < CHUNK else first
+        codec = layout.choose_codec(sample[: 1 << 20])
+        h = layout.hasher()
+        size = 0
+        with self._temp_writer() as (tmp_file, finish):
+            sink = (
+                zstandard.ZstdCompressor(level=layout.ZSTD_LEVEL).stream_writer(
+                    tmp_file, closefd=False
+                )
+                if codec == layout.ZSTD
+                else tmp_file
+            )
+            chunk = sample
+            while chunk:
+                h.update(chunk)
+                sink.write(chunk)
+                size += len(chunk)
+                chunk = source.read(CHUNK)
+            if sink is not tmp_file:
+                sink.flush(zstandard.FLUSH_FRAME)
+            object_id = h.hexdigest()
+            addr = layout.address(object_id, codec)
+            if self._exists_touch(addr):
+                finish(None)
+            else:
+                finish(addr)
+        return StoredObject(object_id, size, addr)
+
+    def _exists_touch(self, addr: str) -> bool:
+        """True if the blob exists; its mtime is refreshed so gc's retention window protects it."""
+        path = self.full_path(addr)
+        if self.is_local:
+            try:
+                os.utime(path)
+                return True
+            except FileNotFoundError:
+                return False
+        return bool(self.fs.exists(path))
+
+    def _publish_bytes(self, blob: bytes, addr: str) -> None:
+        with self._temp_writer() as (tmp_file, finish):
+            tmp_file.write(blob)
+            finish(addr)
+
+    def _temp_writer(self) -> _TempWriter:
+        return _TempWriter(self)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get_bytes(self, addr: str) -> bytes:
+        """The verified content of a blob.
+
+        Raises:
+            ObjectNotFoundError: the blob is missing.
+            CorruptObjectError: its bytes do not decode or do not match the id.
+        """
+        object_id, codec = _parse(addr)
+        try:
+            with self.fs.open(self.full_path(addr), "rb") as f:
+                blob = f.read()
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"object {addr} is missing from the store") from None
+        try:
+            data = layout.decode(blob, codec)
+        except zstandard.ZstdError as exc:
+            raise CorruptObjectError(f"object {addr} does not decode: {exc}") from None
+        if layout.content_id(data) != object_id:
+            raise CorruptObjectError(f"object {addr} does not match its hash")
+        return data
+
+    def open(self, addr: str) -> BinaryIO:
+        """A buffered stream of a blob's content that verifies its hash when fully read.
+
+        Raises:
+            ObjectNotFoundError: the blob is missing.
+            CorruptObjectError: raised by a read once the bytes are known not to match.
+        """
+        object_id, codec = _parse(addr)
+        try:
+            raw = self.fs.open(self.full_path(addr), "rb")
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"object {addr} is missing from the store") from None
+        stream: BinaryIO = raw
+        if codec == layout.ZSTD:
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+        return io.BufferedReader(_VerifyingReader(stream, object_id, addr), buffer_size=CHUNK)
+
+    def exists(self, addr: str) -> bool:
+        return bool(self.fs.exists(self.full_path(addr)))
+
+    # -- maintenance -----------------------------------------------------------------------------
+
+    def iter_addresses(self) -> Iterator[tuple[str, float]]:
+        """Every stored blob as (address, modification time in epoch seconds)."""
+        try:
+            found = self.fs.find(self.root, detail=True)
+        except FileNotFoundError:
+            return
+        prefix = self.root + "/"
+        for path, info in found.items():
+            rel = path[len(prefix) :] if path.startswith(prefix) else path
+            if rel.startswith("tmp/"):
+                continue
+            try:
+                _parse(rel)
+            except CorruptObjectError:
+                continue
+            yield rel, _mtime(info)
+
+    def remove(self, addr: str) -> None:
+        try:
+            self.fs.rm_file(self.full_path(addr))
+        except FileNotFoundError:
+            pass
+
+    def clean_temp(self, older_than: float) -> int:
+        """Remove temporary files (left by killed writers) older than ``older_than`` epoch secs."""
+        if not self.is_local:
+            return 0
+        removed = 0
+        for entry in os.scandir(self._tmp_dir()):
+            if entry.stat().st_mtime < older_than:
+                os.unlink(entry.path)
+                removed += 1
+        return removed
+
+
+def _parse(addr: str) -> tuple[str, str]:
+    try:
+        return layout.parse_address(addr)
+    except ValueError as exc:
+        raise CorruptObjectError(str(exc)) from None
+
+
+def _mtime(info: dict) -> float:
+    value = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    return float(value)
+
+
+def _read_full(source: BinaryIO, n: int) -> bytes:
+    parts, left = [], n
+    while left > 0:
+        chunk = source.read(left)
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+class _TempWriter:
+    """Context manager: a temporary file that ``finish(addr)`` publishes at ``addr`` atomically.
+
+    ``finish(None)`` discards it. Leaving the block without ``finish`` also discards it.
+    """
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.target: str | None = None
+        self.done = False
+
+    def __enter__(self) -> tuple[BinaryIO, object]:
+        if self.store.is_local:
+            fd, self.tmp_path = tempfile.mkstemp(dir=self.store._tmp_dir())
+            self.file: BinaryIO = os.fdopen(fd, "wb")
+        else:
+            self.file = tempfile.NamedTemporaryFile(delete=False)  # noqa: SIM115
+            self.tmp_path = self.file.name
+        return self.file, self._finish
+
+    def _finish(self, addr: str | None) -> None:
+        self.target, self.done = addr, True
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None and self.done and self.target is not None:
+                self._publish(self.target)
+        finally:
+            if not self.file.closed:
+                self.file.close()
+            if os.path.exists(self.tmp_path):
+                os.unlink(self.tmp_path)
+
+    def _publish(self, addr: str) -> None:
+        store = self.store
+        self.file.flush()
+        if store.is_local:
+            os.fsync(self.file.fileno())
+            self.file.close()
+            final = store.full_path(addr)
+            directory = os.path.dirname(final)
+            os.makedirs(directory, exist_ok=True)
+            os.replace(self.tmp_path, final)
+            _fsync_dir(directory)
+        else:
+            self.file.close()
+            # Upload under a unique name, then move: readers never see a partial object.
+            staging = f"{store._tmp_dir()}/{uuid.uuid4().hex}"
+            store.fs.put_file(self.tmp_path, staging)
+            store.fs.mv(staging, store.full_path(addr))
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _VerifyingReader(io.RawIOBase):
+    """Reads a decoded stream, hashing as it goes; raises CorruptObjectError at a bad end."""
+
+    def __init__(self, stream: BinaryIO, object_id: str, addr: str) -> None:
+        self._stream = stream
+        self._id = object_id
+        self._addr = addr
+        self._hash = layout.hasher()
+        self._verified = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        try:
+            data = self._stream.read(len(buffer))
+        except zstandard.ZstdError as exc:
+            raise CorruptObjectError(f"object {self._addr} does not decode: {exc}") from None
+        if not data:
+            if not self._verified:
+                if self._hash.hexdigest() != self._id:
+                    raise CorruptObjectError(f"object {self._addr} does not match its hash")
+                self._verified = True
+            return 0
+        self._hash.update(data)
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+        super().close()

@@ -1,0 +1,246 @@
+"""Committed trees: sorted entries chunked into content-addressed ranges, listed by a metarange.
+
+A tree maps object paths to :class:`Entry`. Its entries, sorted by path, are cut into *ranges*
+at content-defined boundaries (a path whose hash hits a target ends a range), each range stored
+as one content-addressed object. The *metarange* lists the ranges with their first and last
+path and is itself an object; its id is the tree's id. Because ranges are content-addressed and
+boundaries depend only on paths:
+
+* a new branch shares its source's metarange (O(1));
+* a commit rewrites only the ranges its changes fall into;
+* two trees that share a range id agree on every path in it, so a diff loads only the ranges
+  that are not shared: its cost grows with the change, not the tree.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import json
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from store.backends.embedded import layout
+from store.backends.embedded.objects import ObjectStore
+
+#: A path ends a range when crc32(path) % TARGET == 0: about TARGET entries a range.
+TARGET_ENTRIES = 512
+MAX_ENTRIES = 4096
+MAX_RANGE_BYTES = 1 << 20
+EMPTY_TREE = layout.content_id(b"[]")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One object in a tree.
+
+    Attributes:
+        path: the object's path.
+        checksum: BLAKE3 hex of its content.
+        size: content size in bytes.
+        mtime_ns: when it was written (epoch nanoseconds).
+        address: where its blob is stored, or None when the content is inline.
+        inline: the content itself for small objects (kept in the range, no blob of its own).
+    """
+
+    path: str
+    checksum: str
+    size: int
+    mtime_ns: int
+    address: str | None = None
+    inline: bytes | None = None
+
+    def to_json(self) -> list:
+        data = base64.b64encode(self.inline).decode() if self.inline is not None else None
+        return [self.path, self.checksum, self.size, self.mtime_ns, self.address, data]
+
+    @classmethod
+    def from_json(cls, row: list) -> Entry:
+        path, checksum, size, mtime_ns, address, data = row
+        inline = base64.b64decode(data) if data is not None else None
+        return cls(path, checksum, size, mtime_ns, address, inline)
+
+
+@dataclass(frozen=True)
+class RangeRef:
+    """A range as the metarange lists it."""
+
+    id: str
+    first: str
+    last: str
+    count: int
+
+
+#: A change to apply: path -> new entry, or None to remove the path.
+Changes = Mapping[str, Entry | None]
+
+
+class TreeStore:
+    """Reads and writes trees in an object store, caching decoded ranges (bounded LRU)."""
+
+    def __init__(self, objects: ObjectStore, cache_ranges: int = 256) -> None:
+        self.objects = objects
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache_size = cache_ranges
+        self._lock = threading.Lock()
+
+    # -- objects ---------------------------------------------------------------------------------
+
+    def _load(self, object_id: str, decode: Callable[[list], Any]) -> Any:
+        with self._lock:
+            cached = self._cache.get(object_id)
+            if cached is not None:
+                self._cache.move_to_end(object_id)
+                return cached
+        raw = json.loads(self.objects.get_bytes(layout.address(object_id, layout.ZSTD)))
+        value = decode(raw)
+        with self._lock:
+            self._cache[object_id] = value
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return value
+
+    def _store_json(self, value: list) -> str:
+        data = json.dumps(value, separators=(",", ":")).encode()
+        stored = self.objects.put_bytes(data, codec=layout.ZSTD)
+        return stored.id
+
+    def ranges(self, tree_id: str) -> list[RangeRef]:
+        """The ranges of a tree, in path order."""
+        if tree_id == EMPTY_TREE:
+            return []
+        ranges: list[RangeRef] = self._load(tree_id, lambda rows: [RangeRef(*r) for r in rows])
+        return ranges
+
+    def range_entries(self, range_id: str) -> list[Entry]:
+        entries: list[Entry] = self._load(range_id, lambda rows: [Entry.from_json(r) for r in rows])
+        return entries
+
+    def write_ranges(self, ranges: list[RangeRef]) -> str:
+        """Store a metarange; return the tree id."""
+        if not ranges:
+            self.objects.put_bytes(b"[]", codec=layout.ZSTD)
+            return EMPTY_TREE
+        return self._store_json([[r.id, r.first, r.last, r.count] for r in ranges])
+
+    def _write_range(self, entries: list[Entry]) -> RangeRef:
+        range_id = self._store_json([e.to_json() for e in entries])
+        return RangeRef(range_id, entries[0].path, entries[-1].path, len(entries))
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, tree_id: str, path: str) -> Entry | None:
+        ranges = self.ranges(tree_id)
+        i = bisect.bisect_right([r.first for r in ranges], path) - 1
+        if i < 0 or path > ranges[i].last:
+            return None
+        entries = self.range_entries(ranges[i].id)
+        j = bisect.bisect_left([e.path for e in entries], path)
+        return entries[j] if j < len(entries) and entries[j].path == path else None
+
+    def iter_entries(self, tree_id: str, prefix: str = "") -> Iterator[Entry]:
+        """Entries whose path starts with ``prefix``, in path order."""
+        for r in self.ranges(tree_id):
+            if r.last < prefix:
+                continue
+            if not r.first.startswith(prefix) and r.first > prefix:
+                break
+            for entry in self.range_entries(r.id):
+                if entry.path.startswith(prefix):
+                    yield entry
+                elif entry.path > prefix:
+                    return
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def build(self, entries: Iterable[Entry]) -> str:
+        """Write a tree from entries sorted by path; return its id."""
+        return self.write_ranges(list(self._chunk(entries)))
+
+    def apply(self, tree_id: str, changes: Changes) -> str:
+        """A new tree: ``tree_id`` with ``changes`` applied. Untouched ranges are reused."""
+        if not changes:
+            return tree_id
+        ranges = self.ranges(tree_id)
+        firsts = [r.first for r in ranges]
+        touched: dict[int, dict[str, Entry | None]] = {}
+        for path in sorted(changes):
+            i = max(bisect.bisect_right(firsts, path) - 1, 0)
+            touched.setdefault(i, {})[path] = changes[path]
+        result: list[RangeRef] = []
+        for i, r in enumerate(ranges or [None]):  # type: ignore[list-item]
+            if i not in touched:
+                result.append(r)
+                continue
+            old = self.range_entries(r.id) if r is not None else []
+            result.extend(self._chunk(_merge_sorted(old, touched[i])))
+        return self.write_ranges(result)
+
+    def _chunk(self, entries: Iterable[Entry]) -> Iterator[RangeRef]:
+        current: list[Entry] = []
+        size = 0
+        for entry in entries:
+            current.append(entry)
+            size += len(entry.path) + 100 + (len(entry.inline) * 4 // 3 if entry.inline else 0)
+            boundary = zlib.crc32(entry.path.encode()) % TARGET_ENTRIES == 0
+            if boundary or len(current) >= MAX_ENTRIES or size >= MAX_RANGE_BYTES:
+                yield self._write_range(current)
+                current, size = [], 0
+        if current:
+            yield self._write_range(current)
+
+    # -- comparing -------------------------------------------------------------------------------
+
+    def diff(self, left: str, right: str) -> dict[str, tuple[Entry | None, Entry | None]]:
+        """Paths whose entries differ: path -> (left entry, right entry); None where absent.
+
+        Only ranges not shared by both trees are read.
+        """
+        if left == right:
+            return {}
+        left_ranges, right_ranges = self.ranges(left), self.ranges(right)
+        shared = {r.id for r in left_ranges} & {r.id for r in right_ranges}
+        old = self._entries_of(r for r in left_ranges if r.id not in shared)
+        new = self._entries_of(r for r in right_ranges if r.id not in shared)
+        out: dict[str, tuple[Entry | None, Entry | None]] = {}
+        for path in old.keys() | new.keys():
+            a, b = old.get(path), new.get(path)
+            if a is None or b is None or a.checksum != b.checksum:
+                out[path] = (a, b)
+        return out
+
+    def _entries_of(self, ranges: Iterable[RangeRef]) -> dict[str, Entry]:
+        return {e.path: e for r in ranges for e in self.range_entries(r.id)}
+
+    def referenced(self, tree_id: str) -> Iterator[str]:
+        """Ids of the tree's metarange and ranges, and addresses of its blobs (for gc / fsck)."""
+        yield layout.address(tree_id, layout.ZSTD)
+        for r in self.ranges(tree_id):
+            yield layout.address(r.id, layout.ZSTD)
+            for entry in self.range_entries(r.id):
+                if entry.address is not None:
+                    yield entry.address
+
+
+def _merge_sorted(old: list[Entry], changes: dict[str, Entry | None]) -> Iterator[Entry]:
+    """Entries of ``old`` (sorted) with ``changes`` applied, in path order."""
+    pending = sorted(changes.items())
+    k = 0
+    for entry in old:
+        while k < len(pending) and pending[k][0] < entry.path:
+            if pending[k][1] is not None:
+                yield pending[k][1]  # type: ignore[misc]
+            k += 1
+        if k < len(pending) and pending[k][0] == entry.path:
+            if pending[k][1] is not None:
+                yield pending[k][1]  # type: ignore[misc]
+            k += 1
+        else:
+            yield entry
+    for _, new in pending[k:]:
+        if new is not None:
+            yield new

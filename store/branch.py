@@ -1,0 +1,192 @@
+"""``Branch``: a handle on one branch, for writing, reading and committing."""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
+
+import pyarrow as pa
+
+from store import folders, tables
+from store.errors import InvalidArgumentError, NothingToCommitError
+from store.lake import _metadata
+from store.model import Change, Commit, ObjectInfo
+from store.names import BranchName, validate_path
+
+if TYPE_CHECKING:
+    from store.lake import Lake
+
+
+class Branch:
+    """A branch of a lake. Building one does no I/O; every method goes to the backend.
+
+    Reads see the branch's uncommitted changes. Writes are uncommitted until :meth:`commit`.
+    """
+
+    def __init__(self, lake: Lake, name: BranchName) -> None:
+        self.lake = lake
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"Branch({self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Branch) and other._name == self._name and other.lake is self.lake
+
+    def __hash__(self) -> int:
+        return hash(self._name)
+
+    @property
+    def name(self) -> str:
+        """The full, namespace-qualified name (``user:avery/exp``; production: ``main``)."""
+        return str(self._name)
+
+    @property
+    def namespace(self) -> str:
+        return str(self._name.namespace)
+
+    @property
+    def backend_name(self) -> str:
+        """The name the backend stores (lakeFS-compatible)."""
+        return self._name.backend_name()
+
+    @property
+    def _backend(self) -> Any:
+        return self.lake.backend
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def write_bytes(self, path: str, data: bytes) -> ObjectInfo:
+        """Write ``data`` at ``path`` (replacing what was there).
+
+        Raises:
+            InvalidPathError, InvalidArgumentError (not bytes), BranchNotFoundError,
+            ProtectedBranchError.
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidArgumentError(f"write_bytes needs bytes, got {type(data).__name__}")
+        return self._put(path, io.BytesIO(bytes(data)))
+
+    def write_file(self, path: str, source: str | os.PathLike[str] | IO[bytes]) -> ObjectInfo:
+        """Stream a local file or a binary file object to ``path``; never all in memory."""
+        if isinstance(source, str | os.PathLike):
+            with open(source, "rb") as f:
+                return self._put(path, f)
+        if not hasattr(source, "read"):
+            raise InvalidArgumentError("write_file needs a path or a binary file object")
+        return self._put(path, source)  # type: ignore[arg-type]
+
+    def write_table(self, path: str, table: Any, **parquet_options: Any) -> ObjectInfo:
+        """Write a ``pyarrow.Table`` or pandas ``DataFrame`` as Parquet."""
+        validate_path(path)
+        with tables.encode(table, **parquet_options) as encoded:
+            return self._put(path, encoded)  # type: ignore[arg-type]
+
+    def _put(self, path: str, source: BinaryIO) -> ObjectInfo:
+        info: ObjectInfo = self._backend.put(self.backend_name, validate_path(path), source)
+        return info
+
+    def delete(self, *paths: str) -> None:
+        """Delete objects (uncommitted until the next commit).
+
+        Raises:
+            ObjectNotFoundError: a path does not exist (nothing is deleted then).
+        """
+        if not paths:
+            raise InvalidArgumentError("delete needs at least one path")
+        self._backend.delete(self.backend_name, [validate_path(p) for p in paths])
+
+    def upload_dir(
+        self,
+        local_dir: str | os.PathLike[str],
+        prefix: str = "",
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Import every file under a local folder below ``prefix``, small files in batches.
+
+        Returns the number of files. A bad file name leaves the branch unchanged.
+        """
+        if prefix:
+            validate_path(prefix.rstrip("/"))
+        return folders.upload(self._backend, self.backend_name, local_dir, prefix, progress)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.lake.read_bytes(path, ref=self.name)
+
+    def read_table(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        return self.lake.read_table(path, ref=self.name, columns=columns)
+
+    def open(self, path: str) -> BinaryIO:
+        return self.lake.open(path, ref=self.name)
+
+    def stat(self, path: str) -> ObjectInfo:
+        return self.lake.stat(path, ref=self.name)
+
+    def exists(self, path: str) -> bool:
+        return self.lake.exists(path, ref=self.name)
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        return self.lake.list(ref=self.name, prefix=prefix)
+
+    def download_dir(self, local_dir: str | os.PathLike[str], prefix: str = "") -> int:
+        return self.lake.download_dir(local_dir, ref=self.name, prefix=prefix)
+
+    # -- history ---------------------------------------------------------------------------------
+
+    def head(self) -> Commit:
+        """The branch's head commit."""
+        return self._backend.get_commit(self._backend.branch_head(self.backend_name))  # type: ignore[no-any-return]
+
+    def log(self, limit: int | None = None) -> list[Commit]:
+        return self.lake.log(self.name, limit=limit)
+
+    def uncommitted(self) -> list[Change]:
+        """Uncommitted changes against the head, sorted by path."""
+        return list(self._backend.uncommitted(self.backend_name))
+
+    def reset(self) -> None:
+        """Drop every uncommitted change."""
+        self._backend.reset(self.backend_name)
+
+    def commit(self, message: str, metadata: dict[str, Any] | None = None) -> Commit:
+        """Commit the uncommitted changes. Once this returns the commit is durable.
+
+        Raises:
+            NothingToCommitError, ProtectedBranchError, BranchNotFoundError.
+        """
+        if not isinstance(message, str) or not message.strip():
+            raise InvalidArgumentError("commit message must be a non-empty string")
+        commit: Commit = self._backend.commit(
+            self.backend_name, message, _metadata(metadata), self.lake.user
+        )
+        return commit
+
+    @contextmanager
+    def transact(
+        self, message: str, metadata: dict[str, Any] | None = None
+    ) -> Iterator[Branch]:
+        """Write on a private scratch branch; commit and merge it here only on a clean exit.
+
+        On an exception the scratch branch is deleted and this branch is untouched.
+        """
+        scratch_short = f"{self._name.short[:150]}-tx-{uuid.uuid4().hex[:12]}"
+        scratch = self.lake.branch(
+            f"{self._name.namespace}/{scratch_short}" if not self._name.namespace.is_production
+            else scratch_short,
+            source=self.name,
+        )
+        try:
+            yield scratch
+            try:
+                scratch.commit(message, metadata)
+            except NothingToCommitError:
+                return
+            self.lake.merge(scratch.name, into=self.name, message=message, metadata=metadata)
+        finally:
+            self.lake.delete_branch(scratch.name)

@@ -1,0 +1,130 @@
+"""The one error hierarchy of flowlake.
+
+Every error the public API raises derives from :class:`StoreError`. Where a built-in exception
+fits, the class inherits it too, so ``except KeyError`` or ``except PermissionError`` keeps
+working for callers that do not know flowlake. Backends translate their own failures into these
+classes at one boundary (see ``store.lakefs.errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class StoreError(Exception):
+    """Root of every flowlake store error."""
+
+
+class InvalidNameError(StoreError, ValueError):
+    """A branch, tag, namespace or ref name breaks the naming rules."""
+
+
+class InvalidPathError(StoreError, ValueError):
+    """An object path is empty, absolute, holds ``..``, NUL or other forbidden parts."""
+
+
+class InvalidArgumentError(StoreError, ValueError):
+    """An argument has the wrong type or value (for example a bad merge strategy)."""
+
+
+class NotFoundError(StoreError, KeyError):
+    """Something named does not exist."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class RefNotFoundError(NotFoundError):
+    """A branch, tag, commit id or ``ref~N`` does not resolve to a commit."""
+
+
+class BranchNotFoundError(RefNotFoundError):
+    """The branch does not exist."""
+
+
+class ObjectNotFoundError(NotFoundError, FileNotFoundError):
+    """No object at that path in that ref."""
+
+
+class LakeNotFoundError(NotFoundError, FileNotFoundError):
+    """No lake at that location (and it was not to be created)."""
+
+
+class AlreadyExistsError(StoreError, FileExistsError):
+    """A branch or tag of that name exists already."""
+
+
+class AmbiguousRefError(StoreError, ValueError):
+    """A commit id prefix matches more than one commit."""
+
+
+class PermissionDeniedError(StoreError, PermissionError):
+    """The operation is not allowed (for example writing to a protected branch)."""
+
+
+class ProtectedBranchError(PermissionDeniedError):
+    """The branch is protected: change it only by merging into it."""
+
+
+class ConflictError(StoreError):
+    """A merge or revert touches paths that both sides changed differently.
+
+    Attributes:
+        conflicts: the conflicting object paths, sorted.
+    """
+
+    def __init__(self, message: str, conflicts: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.conflicts: list[str] = sorted(conflicts)
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        if not self.conflicts:
+            return base
+        shown = ", ".join(self.conflicts[:10])
+        more = f" and {len(self.conflicts) - 10} more" if len(self.conflicts) > 10 else ""
+        return f"{base}: {shown}{more}"
+
+
+class ConcurrentUpdateError(StoreError):
+    """A branch head moved while an operation ran (compare-and-swap lost, retries exhausted).
+
+    Attributes:
+        branch: the branch whose head moved.
+        expected: the head the writer read.
+        actual: the head found when it tried to move it.
+    """
+
+    def __init__(self, branch: str, expected: str | None, actual: str | None) -> None:
+        super().__init__(
+            f"branch {branch!r} moved from {expected} to {actual} while updating it; retry"
+        )
+        self.branch, self.expected, self.actual = branch, expected, actual
+
+
+class DirtyBranchError(StoreError):
+    """The branch has uncommitted changes and the operation needs a clean branch."""
+
+
+class NothingToCommitError(StoreError):
+    """A commit was asked for on a branch with no uncommitted changes."""
+
+
+class CorruptObjectError(StoreError, OSError):
+    """Stored bytes do not match their content hash, or cannot be decoded."""
+
+
+class InvalidTableError(StoreError, ValueError):
+    """Bytes that should be a Parquet table are not one (truncated or not Parquet)."""
+
+
+class BackendUnavailableError(StoreError, ConnectionError):
+    """The backend cannot be reached."""
+
+
+class NotInstalledError(StoreError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+class UnsupportedOperationError(StoreError, NotImplementedError):
+    """The backend does not offer this capability."""

@@ -1,0 +1,376 @@
+"""``Lake``: the public handle on one lake, seen from one namespace.
+
+Everything both backends need above the versioning contract lives here or in the modules it
+uses, once: namespaces, user-facing names, ``ref~N``, validation, conflict listings, tables,
+folders and transactions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import pyarrow as pa
+
+from store import folders, tables
+from store.backend import CAP_FSCK, CAP_GC, Backend
+from store.conflicts import conflicting_paths
+from store.errors import (
+    BranchNotFoundError,
+    ConflictError,
+    InvalidArgumentError,
+    RefNotFoundError,
+    UnsupportedOperationError,
+)
+from store.model import MERGE_STRATEGIES, BranchInfo, Change, Commit, MergeStrategy, ObjectInfo
+from store.names import BranchName, Namespace, parse_branch, validate_path, validate_prefix, validate_tag
+from store.refs import RefSpec
+
+if TYPE_CHECKING:
+    from store.branch import Branch
+
+
+class Lake:
+    """A lake seen from ``namespace``. Build it with :func:`store.open`.
+
+    Branch names given to its methods are ``<namespace>/<branch>`` or bare ``<branch>``: a bare
+    name means the current namespace's branch if it exists, else the production branch.
+    """
+
+    def __init__(self, backend: Backend, namespace: Namespace, user: str, location: str) -> None:
+        self.backend = backend
+        self._namespace = namespace
+        self.user = user
+        self.location = location
+
+    def __repr__(self) -> str:
+        return f"Lake({self.location!r}, namespace={str(self._namespace)!r})"
+
+    def __enter__(self) -> Lake:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the backend's connections and files."""
+        self.backend.close()
+
+    @property
+    def namespace(self) -> str:
+        """The namespace this handle works in (``user:<login>``, ``team:<name>``, ``production``)."""
+        return str(self._namespace)
+
+    def with_namespace(self, namespace: str) -> Lake:
+        """The same lake seen from another namespace (shares the backend).
+
+        Raises:
+            InvalidNameError: not a namespace.
+        """
+        return Lake(self.backend, Namespace.parse(namespace), self.user, self.location)
+
+    # -- names -----------------------------------------------------------------------------------
+
+    def _branch_name(self, name: str) -> BranchName:
+        """The existing branch ``name`` refers to (current namespace first, then production).
+
+        Raises:
+            InvalidNameError, BranchNotFoundError.
+        """
+        if isinstance(name, str) and "/" not in name:
+            parsed = parse_branch(name, self._namespace)
+            candidates = [parsed, BranchName(Namespace.parse("production"), parsed.short)]
+        else:
+            candidates = [parse_branch(name, self._namespace)]
+        heads = self.backend.list_branches()
+        for candidate in candidates:
+            if candidate.backend_name() in heads:
+                return candidate
+        raise BranchNotFoundError(f"branch {name!r} does not exist")
+
+    def _branch_backend_name(self, name: str) -> str:
+        return self._branch_name(name).backend_name()
+
+    def resolve(self, ref: str) -> str:
+        """The commit id a ref names: a branch, tag, commit id or unique prefix, with ``~N``.
+
+        Raises:
+            InvalidNameError: the ref is malformed.
+            RefNotFoundError: nothing of that name, or fewer than N ancestors.
+            AmbiguousRefError: a prefix matches several commits.
+        """
+        spec = RefSpec.parse(ref)
+        commit_id = self._resolve_base(spec.base)
+        for _ in range(spec.back):
+            parents = self.backend.get_commit(commit_id).parents
+            if not parents:
+                raise RefNotFoundError(f"{ref!r} goes back further than the history")
+            commit_id = parents[0]
+        return commit_id
+
+    def _resolve_base(self, base: str) -> str:
+        try:
+            return self.backend.branch_head(self._branch_backend_name(base))
+        except (BranchNotFoundError, ValueError):
+            pass
+        if "/" in base:
+            raise RefNotFoundError(f"branch {base!r} does not exist")
+        return self.backend.resolve(base)
+
+    def _read_ref(self, ref: str) -> str:
+        """What the backend reads for ``ref``: a branch's backend name (uncommitted changes
+        visible) when the ref is a plain branch name, else a commit id."""
+        spec = RefSpec.parse(ref)
+        if spec.back == 0:
+            try:
+                return self._branch_backend_name(spec.base)
+            except (BranchNotFoundError, ValueError):
+                pass
+        return self.resolve(ref)
+
+    # -- branches --------------------------------------------------------------------------------
+
+    def branch(self, name: str, source: str = "main", exist_ok: bool = False) -> Branch:
+        """Create branch ``name`` (in the current namespace unless qualified) at ``source``.
+
+        Creation is O(1): the branch shares its source's tree.
+
+        Raises:
+            InvalidNameError: bad name or namespace.
+            AlreadyExistsError: the branch exists (unless ``exist_ok``).
+            RefNotFoundError: ``source`` does not resolve.
+        """
+        from store.branch import Branch
+        from store.errors import AlreadyExistsError
+
+        target = parse_branch(name, self._namespace)
+        commit_id = self.resolve(source)
+        try:
+            self.backend.create_branch(target.backend_name(), commit_id)
+        except AlreadyExistsError:
+            if not exist_ok:
+                raise
+        return Branch(self, target)
+
+    def get_branch(self, name: str) -> Branch:
+        """A handle on an existing branch.
+
+        Raises:
+            BranchNotFoundError, InvalidNameError.
+        """
+        from store.branch import Branch
+
+        return Branch(self, self._branch_name(name))
+
+    def branches(self, all_namespaces: bool = False) -> list[BranchInfo]:
+        """Branches of the current namespace and production (every namespace on request)."""
+        protected = self.backend.protected_branches()
+        out = []
+        for backend_name, head in self.backend.list_branches().items():
+            name = BranchName.from_backend(backend_name)
+            if all_namespaces or name.namespace in (self._namespace, Namespace("production")):
+                out.append(
+                    BranchInfo(str(name), str(name.namespace), head, backend_name in protected)
+                )
+        return sorted(out, key=lambda b: (b.namespace != "production", b.namespace, b.name))
+
+    def delete_branch(self, name: str) -> None:
+        """Delete a branch and its uncommitted changes.
+
+        Raises:
+            BranchNotFoundError, ProtectedBranchError.
+        """
+        self.backend.delete_branch(self._branch_backend_name(name))
+
+    # -- tags --------------------------------------------------------------------------------
+
+    def tag(self, name: str, ref: str) -> Commit:
+        """Tag the commit ``ref`` resolves to. Tags are global and never move.
+
+        Raises:
+            InvalidNameError, AlreadyExistsError, RefNotFoundError.
+        """
+        commit_id = self.resolve(ref)
+        self.backend.create_tag(validate_tag(name), commit_id)
+        return self.backend.get_commit(commit_id)
+
+    def tags(self) -> dict[str, str]:
+        """Every tag, as name -> commit id."""
+        return self.backend.list_tags()
+
+    def delete_tag(self, name: str) -> None:
+        """Raises: RefNotFoundError when no such tag."""
+        self.backend.delete_tag(validate_tag(name))
+
+    # -- history ---------------------------------------------------------------------------------
+
+    def commit(self, ref: str) -> Commit:
+        """The commit a ref resolves to."""
+        return self.backend.get_commit(self.resolve(ref))
+
+    def log(self, ref: str = "main", limit: int | None = None) -> list[Commit]:
+        """Commits reachable from ``ref``, newest first."""
+        out = []
+        for commit in self.backend.log(self.resolve(ref)):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(commit)
+        return out
+
+    def diff(self, left: str, right: str) -> list[Change]:
+        """Committed changes that turn ``left`` into ``right`` (uncommitted ones: see
+        :meth:`Branch.uncommitted`)."""
+        return list(self.backend.diff(self.resolve(left), self.resolve(right)))
+
+    def merge_base(self, left: str, right: str) -> str | None:
+        """The best common ancestor of two refs, or None."""
+        return self.backend.merge_base(self.resolve(left), self.resolve(right))
+
+    def merge(
+        self,
+        source: str,
+        into: str = "main",
+        strategy: MergeStrategy | None = None,
+        message: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Commit:
+        """Three-way merge ``source`` (a branch or commit) into branch ``into``.
+
+        Args:
+            strategy: None fails on any conflict; ``"source-wins"`` or ``"dest-wins"`` resolve
+                conflicting paths to that side.
+
+        Raises:
+            ConflictError: conflicts and no strategy; ``conflicts`` lists the paths. Nothing
+                changes.
+            InvalidArgumentError: merging a branch into itself, or a bad strategy.
+            DirtyBranchError: ``into`` has uncommitted changes.
+            NothingToCommitError: ``source`` has nothing ``into`` lacks.
+        """
+        if strategy is not None and strategy not in MERGE_STRATEGIES:
+            raise InvalidArgumentError(
+                f"unknown merge strategy {strategy!r}; use None, 'source-wins' or 'dest-wins'"
+            )
+        dest = self._branch_name(into)
+        source_ref = self._read_ref(source)
+        if source_ref == dest.backend_name():
+            raise InvalidArgumentError(f"cannot merge branch {into!r} into itself")
+        msg = message or f"Merge {source} into {dest}"
+        try:
+            return self.backend.merge(
+                source_ref, dest.backend_name(), strategy, msg, _metadata(metadata), self.user
+            )
+        except ConflictError as exc:
+            if exc.conflicts:
+                raise
+            paths = conflicting_paths(
+                self.backend, self.resolve(source), self.backend.branch_head(dest.backend_name())
+            )
+            raise ConflictError(f"merging {source} into {dest} conflicts", paths) from None
+
+    def revert(self, branch: str, commit: str) -> Commit:
+        """Add a commit to ``branch`` undoing what ``commit`` changed.
+
+        Raises:
+            ConflictError, DirtyBranchError, RefNotFoundError.
+        """
+        target = self._branch_backend_name(branch)
+        commit_id = self.resolve(commit)
+        try:
+            return self.backend.revert(target, commit_id, self.user)
+        except ConflictError as exc:
+            if exc.conflicts:
+                raise
+            parent = self.backend.get_commit(commit_id).parents[:1]
+            paths = conflicting_paths(
+                self.backend, parent[0] if parent else None, self.backend.branch_head(target),
+                base=commit_id,
+            )
+            raise ConflictError(f"reverting {commit} on {branch} conflicts", paths) from None
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def stat(self, path: str, ref: str = "main") -> ObjectInfo:
+        """Raises: ObjectNotFoundError, RefNotFoundError, InvalidPathError."""
+        return self.backend.stat(self._read_ref(ref), validate_path(path))
+
+    def exists(self, path: str, ref: str = "main") -> bool:
+        from store.errors import ObjectNotFoundError
+
+        try:
+            self.stat(path, ref)
+            return True
+        except ObjectNotFoundError:
+            return False
+
+    def open(self, path: str, ref: str = "main") -> BinaryIO:
+        """A stream of the object's bytes, verified against its hash as it is read.
+
+        Raises:
+            ObjectNotFoundError, RefNotFoundError, InvalidPathError, CorruptObjectError.
+        """
+        return self.backend.open_read(self._read_ref(ref), validate_path(path))
+
+    def read_bytes(self, path: str, ref: str = "main") -> bytes:
+        with self.open(path, ref) as stream:
+            return stream.read()
+
+    def read_table(self, path: str, ref: str = "main", columns: list[str] | None = None) -> pa.Table:
+        """Read a Parquet table.
+
+        Raises:
+            InvalidTableError: the object is not a complete Parquet file.
+            ObjectNotFoundError, RefNotFoundError, InvalidPathError, CorruptObjectError.
+        """
+        return tables.decode(self.read_bytes(path, ref), path, columns)
+
+    def list(self, ref: str = "main", prefix: str = "") -> list[ObjectInfo]:
+        """Objects under ``prefix`` at ``ref``, sorted by path."""
+        return list(self.backend.list_objects(self._read_ref(ref), validate_prefix(prefix)))
+
+    def locate(self, path: str, ref: str = "main") -> str | None:
+        """A path or URL DuckDB / pyarrow can read in place, or None when the backend has none."""
+        return self.backend.local_path(self._read_ref(ref), validate_path(path))
+
+    def download_dir(
+        self,
+        local_dir: str | os.PathLike[str],
+        ref: str = "main",
+        prefix: str = "",
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Export the objects under ``prefix`` at ``ref`` into a local folder; returns the count."""
+        read_ref = self._read_ref(ref)
+        entries = self.backend.list_objects(read_ref, validate_prefix(prefix))
+        return folders.export(self.backend, read_ref, entries, prefix, local_dir, progress)
+
+    # -- maintenance -----------------------------------------------------------------------------
+
+    def fsck(self) -> list[str]:
+        """Check every object's integrity; returns problems (empty when healthy)."""
+        if CAP_FSCK not in self.backend.capabilities:
+            raise UnsupportedOperationError("this backend checks itself; fsck is embedded-only")
+        return self.backend.fsck()
+
+    def gc(self, retention: timedelta = timedelta(hours=6)) -> int:
+        """Remove data unreachable from any ref or uncommitted change, older than ``retention``."""
+        if CAP_GC not in self.backend.capabilities:
+            raise UnsupportedOperationError("this backend collects garbage server-side")
+        if retention < timedelta(0):
+            raise InvalidArgumentError("retention must not be negative")
+        return self.backend.gc(retention)
+
+
+def _metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        raise InvalidArgumentError("metadata must be a dict with string keys")
+    return {k: str(v) for k, v in metadata.items()}
+
+
+def check_paths(paths: Iterable[str]) -> list[str]:
+    """Validate many paths at once; raises InvalidPathError on the first bad one."""
+    return [validate_path(p) for p in paths]
