@@ -1,0 +1,1 @@
+"""The lakeFS backend (needs the ``lakefs`` extra): see :mod:`store.backends.lakefs.backend`."""

@@ -92,9 +92,7 @@ def resolve_settings(
     url = endpoint or env.get(ENV_ENDPOINT) or server.get("endpoint_url")
     key = access_key_id or env.get(ENV_ACCESS_KEY_ID) or credentials.get("access_key_id")
     secret = (
-        secret_access_key
-        or env.get(ENV_SECRET_ACCESS_KEY)
-        or credentials.get("secret_access_key")
+        secret_access_key or env.get(ENV_SECRET_ACCESS_KEY) or credentials.get("secret_access_key")
     )
     missing = [
         name
@@ -107,7 +105,8 @@ def resolve_settings(
     ]
     if missing:
         raise InvalidArgumentError(
-            "lakeFS settings missing: " + ", ".join(missing)
+            "lakeFS settings missing: "
+            + ", ".join(missing)
             + "; pass them, set the LAKECTL_* variables or run 'lakectl config'"
         )
     return LakeFSSettings(normalize_endpoint(str(url)), str(key), str(secret))

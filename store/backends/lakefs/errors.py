@@ -99,8 +99,8 @@ def from_status(
             return cls(text)
     if status == 404:
         return not_found(text)
-    cls = _BY_STATUS.get(status)
-    return cls(text) if cls is not None else LakeFSError(text, status)
+    by_status = _BY_STATUS.get(status)
+    return by_status(text) if by_status is not None else LakeFSError(text, status)
 
 
 def translate(exc: BaseException, not_found: type[NotFoundError] = RefNotFoundError) -> StoreError:

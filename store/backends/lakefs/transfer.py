@@ -14,13 +14,14 @@ import io
 import json
 import os
 import re
+import stat
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import urllib3
 
-from store.backends.lakefs.errors import boundary, check_response
+from store.backends.lakefs.errors import boundary, check_response, from_status, message_of
 from store.errors import BranchNotFoundError, CorruptObjectError, ObjectNotFoundError
 
 CHUNK = 1024 * 1024
@@ -35,7 +36,7 @@ def _known_size(source: BinaryIO) -> int | None:
         position = source.tell()
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return None
-    if not (st.st_mode & 0o170000 == 0o100000):  # S_ISREG
+    if not stat.S_ISREG(st.st_mode):
         return None
     return max(st.st_size - position, 0)
 
@@ -74,7 +75,12 @@ def upload(api_client: Any, repository: str, branch: str, path: str, source: Bin
     resource = f"/repositories/{repository}/branches/{branch}/objects"
     with boundary(BranchNotFoundError):
         resp = _request(
-            api_client, "POST", resource, {"path": path}, headers=headers, body=body,
+            api_client,
+            "POST",
+            resource,
+            {"path": path},
+            headers=headers,
+            body=body,
             chunked=chunked,
         )
     check_response(resp, BranchNotFoundError)
@@ -104,13 +110,17 @@ def download(api_client: Any, repository: str, ref: str, path: str, verify: bool
     resource = f"/repositories/{repository}/refs/{ref}/objects"
     with boundary(ObjectNotFoundError):
         resp = _request(
-            api_client, "GET", resource, {"path": path}, preload_content=False,
+            api_client,
+            "GET",
+            resource,
+            {"path": path},
+            preload_content=False,
             headers={"Accept": "application/octet-stream"},
         )
     if resp.status >= 300:
-        resp.read()
+        body = resp.read()
         resp.release_conn()
-        check_response(resp, ObjectNotFoundError)
+        raise from_status(resp.status, message_of(body), ObjectNotFoundError)
     etag = (resp.headers.get("ETag") or "").strip('"')
     expected = etag if verify and _MD5.match(etag) else None
     return io.BufferedReader(_ResponseReader(resp, expected, f"{ref}:{path}"), CHUNK)

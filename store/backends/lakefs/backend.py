@@ -1,0 +1,506 @@
+"""The lakeFS backend: the :class:`store.backend.Backend` contract over a lakeFS repository.
+
+One flowlake lake is one lakeFS repository; backend branch names are lakeFS branch names and
+commit ids are lakeFS commit ids (64 hex digits). Every SDK or HTTP failure is translated in
+:mod:`store.backends.lakefs.errors`; object bytes stream through
+:mod:`store.backends.lakefs.transfer`; branch protection lives in
+:mod:`store.backends.lakefs.protection`.
+
+Commit metadata: flowlake's ``committer`` is kept under :data:`COMMITTER_KEY` (lakeFS records
+the authenticated user as its own committer), an empty message under :data:`EMPTY_MESSAGE_KEY`
+(lakeFS requires a message), and lakeFS adds ``.lakefs.merge.strategy`` to merge commits. All of
+these are stripped on read, so a commit's message and metadata come back as given.
+"""
+
+from __future__ import annotations
+
+try:
+    import lakefs
+    import lakefs_sdk
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    from store.errors import NotInstalledError
+
+    raise NotInstalledError(
+        "the lakeFS backend needs the 'lakefs' and 'lakefs-sdk' packages: "
+        "pip install 'flowlake[lakefs]'"
+    ) from exc
+
+import io
+import re
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, BinaryIO, TypeVar
+
+from store.backend import CAP_LOCAL_PATHS, Backend
+from store.backends.lakefs import protection, transfer
+from store.backends.lakefs.config import LakeFSSettings, resolve_settings
+from store.backends.lakefs.errors import LakeFSError, boundary, from_status
+from store.errors import (
+    AmbiguousRefError,
+    BranchNotFoundError,
+    InvalidArgumentError,
+    LakeNotFoundError,
+    NotFoundError,
+    ObjectNotFoundError,
+    ProtectedBranchError,
+    RefNotFoundError,
+)
+from store.model import MERGE_STRATEGIES, Change, ChangeKind, Commit, MergeStrategy, ObjectInfo
+
+# The SDK's models are pydantic v1 classes: without pydantic's mypy plugin, mypy takes their
+# optional fields for required ones, hence the ``type: ignore[call-arg]`` on model calls.
+
+COMMITTER_KEY = "flowlake.committer"
+EMPTY_MESSAGE_KEY = "flowlake.empty-message"
+#: Metadata key prefixes owned by flowlake and lakeFS; user metadata may not use them.
+RESERVED_PREFIXES = ("flowlake.", ".lakefs.")
+_EMPTY_MESSAGE_PLACEHOLDER = "(no message)"
+PAGE = 1000
+#: lakeFS's DeleteObjects limit per call.
+DELETE_BATCH = 1000
+#: Parallel uploads in put_many / existence checks in delete.
+WORKERS = 8
+_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HEX = re.compile(r"^[0-9a-f]{1,64}$")
+_CHANGE_KINDS = {"added": ChangeKind.ADDED, "removed": ChangeKind.REMOVED}
+
+T = TypeVar("T")
+
+
+class LakeFSBackend(Backend):
+    """A lake stored in one lakeFS repository.
+
+    Args:
+        client: a logged-in ``lakefs.Client`` (its ``sdk_client`` does the calls).
+        repository: the repository name.
+        gateway_paths: make :meth:`local_path` return ``s3://<repo>/<ref>/<path>`` URLs for the
+            lakeFS S3 gateway; only useful to callers that configured DuckDB / fsspec for that
+            gateway (see :meth:`s3_storage_options`).
+        verify_reads: check streamed bytes against lakeFS's MD5 checksum at end of stream.
+    """
+
+    def __init__(
+        self,
+        client: lakefs.Client,
+        repository: str,
+        *,
+        gateway_paths: bool = False,
+        verify_reads: bool = True,
+    ) -> None:
+        self._client = client
+        self._sdk = client.sdk_client
+        self._api_client = self._sdk.objects_api.api_client
+        self.repository = repository
+        self._gateway_paths = gateway_paths
+        self._verify_reads = verify_reads
+        self.capabilities = frozenset({CAP_LOCAL_PATHS}) if gateway_paths else frozenset()
+
+    @classmethod
+    def from_config(
+        cls,
+        repository: str,
+        endpoint: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        create: bool = False,
+        storage_namespace: str | None = None,
+        **options: Any,
+    ) -> LakeFSBackend:
+        """Connect with explicit settings, else ``LAKECTL_*`` variables, else ``~/.lakectl.yaml``.
+
+        Args:
+            repository: the repository holding the lake.
+            endpoint, access_key_id, secret_access_key: see :func:`config.resolve_settings`.
+            create: create the repository (default branch ``main``) if it does not exist.
+            storage_namespace: where lakeFS stores the new repository's data
+                (``s3://bucket/prefix``); required when ``create`` has to create it.
+            options: passed to the constructor (``gateway_paths``, ``verify_reads``).
+
+        Raises:
+            InvalidArgumentError: settings missing, or ``create`` without a storage namespace.
+            LakeNotFoundError: the repository does not exist and ``create`` is false.
+            BackendUnavailableError: lakeFS cannot be reached.
+        """
+        settings = resolve_settings(endpoint, access_key_id, secret_access_key)
+        client = lakefs.Client(
+            host=settings.endpoint,
+            username=settings.access_key_id,
+            password=settings.secret_access_key,
+        )
+        backend = cls(client, repository, **options)
+        backend._open(create, storage_namespace)
+        return backend
+
+    def _open(self, create: bool, storage_namespace: str | None) -> None:
+        try:
+            with boundary(LakeNotFoundError):
+                self._sdk.repositories_api.get_repository(self.repository)
+            return
+        except LakeNotFoundError:
+            if not create:
+                raise LakeNotFoundError(
+                    f"no lakeFS repository {self.repository!r} (pass create=True to create it)"
+                ) from None
+        if not storage_namespace:
+            raise InvalidArgumentError("creating a lakeFS repository needs a storage_namespace")
+        creation = lakefs_sdk.RepositoryCreation(  # type: ignore[call-arg]
+            name=self.repository,
+            storage_namespace=storage_namespace,
+            default_branch=self.default_branch,
+        )
+        with boundary():
+            self._sdk.repositories_api.create_repository(creation)
+        # Like the embedded backend, a new lake starts with a protected main. No write has
+        # touched the repository yet, so lakeFS enforces the rule at once (no cache to expire).
+        protection.protect(self._sdk, self.repository, self.default_branch)
+
+    @property
+    def settings(self) -> LakeFSSettings:
+        """The endpoint and keys this backend talks to lakeFS with."""
+        conf = self._client.config
+        endpoint = conf.host[: -len("/api/v1")] if conf.host.endswith("/api/v1") else conf.host
+        return LakeFSSettings(endpoint, conf.username or "", conf.password or "")
+
+    # -- refs -----------------------------------------------------------------------------------
+
+    def create_branch(self, name: str, source_commit: str) -> None:
+        creation = lakefs_sdk.BranchCreation(name=name, source=source_commit)  # type: ignore[call-arg]
+        with boundary(RefNotFoundError):
+            self._sdk.branches_api.create_branch(self.repository, creation)
+
+    def delete_branch(self, name: str) -> None:
+        # lakeFS protection rules do not block deleting a branch; the contract does.
+        self.branch_head(name)
+        if name in self.protected_branches():
+            raise ProtectedBranchError(f"branch {name!r} is protected and cannot be deleted")
+        with boundary(BranchNotFoundError):
+            self._sdk.branches_api.delete_branch(self.repository, name)
+
+    def list_branches(self) -> dict[str, str]:
+        api = self._sdk.branches_api
+        refs = _paginate(lambda after: api.list_branches(self.repository, after=after, amount=PAGE))
+        return {ref.id: ref.commit_id for ref in refs}
+
+    def branch_head(self, name: str) -> str:
+        with boundary(BranchNotFoundError):
+            return str(self._sdk.branches_api.get_branch(self.repository, name).commit_id)
+
+    def protect_branch(self, name: str) -> None:
+        self.branch_head(name)
+        protection.protect(self._sdk, self.repository, name)
+
+    def protected_branches(self) -> set[str]:
+        patterns = protection.patterns(self._sdk, self.repository)
+        return {b for b in self.list_branches() if protection.matches_any(b, patterns)}
+
+    def create_tag(self, name: str, commit_id: str) -> None:
+        creation = lakefs_sdk.TagCreation(id=name, ref=commit_id)
+        with boundary(RefNotFoundError):
+            self._sdk.tags_api.create_tag(self.repository, creation)
+
+    def delete_tag(self, name: str) -> None:
+        with boundary(RefNotFoundError):
+            self._sdk.tags_api.delete_tag(self.repository, name)
+
+    def list_tags(self) -> dict[str, str]:
+        api = self._sdk.tags_api
+        refs = _paginate(lambda after: api.list_tags(self.repository, after=after, amount=PAGE))
+        return {ref.id: ref.commit_id for ref in refs}
+
+    def resolve(self, ref: str) -> str:
+        # lakeFS would also accept its own ref expressions (main~1, main@, main$); flowlake
+        # parses those above the backend, so here they are simply names that do not exist.
+        if not isinstance(ref, str) or not _REF.match(ref) or ".." in ref:
+            raise RefNotFoundError(f"no branch, tag or commit {ref!r}")
+        try:
+            with boundary(RefNotFoundError):
+                return str(self._sdk.commits_api.get_commit(self.repository, ref).id)
+        except RefNotFoundError:
+            if not _HEX.match(ref):
+                raise
+        # lakeFS answers "not found" for an ambiguous prefix too; tell the two apart.
+        matches = self._reachable_commits_with_prefix(ref)
+        if len(matches) > 1:
+            shown = ", ".join(sorted(matches)[:5])
+            raise AmbiguousRefError(f"commit id prefix {ref!r} matches several commits: {shown}")
+        if not matches:
+            raise RefNotFoundError(f"no branch, tag or commit {ref!r}")
+        return matches.pop()
+
+    def _reachable_commits_with_prefix(self, prefix: str) -> set[str]:
+        heads = set(self.list_branches().values()) | set(self.list_tags().values())
+        seen: set[str] = set()
+        for head in heads:
+            if head in seen:
+                continue
+            for commit in self._raw_log(head):
+                if commit.id in seen:
+                    break
+                seen.add(commit.id)
+        return {commit_id for commit_id in seen if commit_id.startswith(prefix)}
+
+    def get_commit(self, commit_id: str) -> Commit:
+        with boundary(RefNotFoundError):
+            raw = self._sdk.commits_api.get_commit(self.repository, commit_id)
+        if raw.id != commit_id:  # lakeFS resolved a branch, tag or prefix
+            raise RefNotFoundError(f"no commit with id {commit_id!r}")
+        return _to_commit(raw)
+
+    def log(self, commit_id: str) -> Iterator[Commit]:
+        for raw in self._raw_log(commit_id):
+            yield _to_commit(raw)
+
+    def _raw_log(self, ref: str) -> Iterator[Any]:
+        api = self._sdk.refs_api
+        yield from _paginate(
+            lambda after: api.log_commits(self.repository, ref, after=after, amount=PAGE)
+        )
+
+    def merge_base(self, left: str, right: str) -> str | None:
+        try:
+            with boundary(RefNotFoundError):
+                result = self._sdk.refs_api.find_merge_base(self.repository, left, right)
+        except LakeFSError as exc:
+            if "no merge base" in str(exc).lower():
+                return None
+            raise
+        return str(result.base_commit_id) or None
+
+    # -- objects --------------------------------------------------------------------------------
+
+    def stat(self, ref: str, path: str) -> ObjectInfo:
+        try:
+            with boundary(ObjectNotFoundError):
+                stats = self._sdk.objects_api.stat_object(self.repository, ref, path)
+        except ObjectNotFoundError:
+            self.resolve(ref)  # raises RefNotFoundError when the ref is what is missing
+            raise ObjectNotFoundError(f"no object {path!r} in {ref!r}") from None
+        return _to_info(stats)
+
+    def open_read(self, ref: str, path: str) -> BinaryIO:
+        return transfer.download(self._api_client, self.repository, ref, path, self._verify_reads)
+
+    def list_objects(self, ref: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        api = self._sdk.objects_api
+
+        def page(after: str) -> Any:
+            return api.list_objects(
+                self.repository, ref, after=after, amount=PAGE, prefix=prefix or None
+            )
+
+        for stats in _paginate(page):
+            if stats.path_type == "object":
+                yield _to_info(stats)
+
+    def put(self, branch: str, path: str, source: BinaryIO) -> ObjectInfo:
+        stats = transfer.upload(self._api_client, self.repository, branch, path, source)
+        return _to_info(lakefs_sdk.ObjectStats.from_dict(stats))
+
+    def put_many(self, branch: str, items: Iterable[tuple[str, bytes]]) -> int:
+        # lakeFS has no multi-object upload; small objects go up as parallel requests.
+        def one(item: tuple[str, bytes]) -> None:
+            self.put(branch, item[0], io.BytesIO(item[1]))
+
+        count = 0
+        with ThreadPoolExecutor(WORKERS) as pool:
+            for batch in _batched(items, WORKERS * 8):
+                list(pool.map(one, batch))
+                count += len(batch)
+        return count
+
+    def delete(self, branch: str, paths: Iterable[str]) -> None:
+        wanted = sorted(set(paths))
+        self.branch_head(branch)
+        # lakeFS deletes the paths that exist and silently ignores the others; the contract
+        # wants all or nothing, so every path is checked first.
+        with ThreadPoolExecutor(WORKERS) as pool:
+            missing = [
+                p
+                for p, ok in zip(wanted, pool.map(self._exists_on(branch), wanted), strict=True)
+                if not ok
+            ]
+        if missing:
+            raise ObjectNotFoundError(f"no object {missing[0]!r} on branch {branch!r}")
+        for start in range(0, len(wanted), DELETE_BATCH):
+            path_list = lakefs_sdk.PathList(paths=wanted[start : start + DELETE_BATCH])
+            with boundary(BranchNotFoundError):
+                result = self._sdk.objects_api.delete_objects(self.repository, branch, path_list)
+            for error in result.errors or ():
+                raise from_status(
+                    error.status_code, f"{error.path}: {error.message}", ObjectNotFoundError
+                )
+
+    def _exists_on(self, branch: str) -> Callable[[str], bool]:
+        def exists(path: str) -> bool:
+            try:
+                with boundary(ObjectNotFoundError):
+                    self._sdk.objects_api.head_object(self.repository, branch, path)
+            except ObjectNotFoundError:
+                return False
+            return True
+
+        return exists
+
+    def uncommitted(self, branch: str) -> Iterator[Change]:
+        api = self._sdk.branches_api
+        yield from _changes(
+            lambda after: api.diff_branch(self.repository, branch, after=after, amount=PAGE),
+            BranchNotFoundError,
+        )
+
+    def reset(self, branch: str) -> None:
+        # lakeFS refuses any reset on a protected branch, even one with nothing to drop.
+        if next(self.uncommitted(branch), None) is None:
+            return
+        creation = lakefs_sdk.ResetCreation(type="reset")
+        with boundary(BranchNotFoundError):
+            self._sdk.branches_api.reset_branch(self.repository, branch, creation)
+
+    def commit(self, branch: str, message: str, metadata: dict[str, str], committer: str) -> Commit:
+        text, meta = _encode_commit(message, metadata, committer)
+        creation = lakefs_sdk.CommitCreation(message=text, metadata=meta)  # type: ignore[call-arg]
+        with boundary(BranchNotFoundError):
+            raw = self._sdk.commits_api.commit(self.repository, branch, creation)
+        return _to_commit(raw)
+
+    def diff(self, left: str, right: str) -> Iterator[Change]:
+        api = self._sdk.refs_api
+
+        def page(after: str) -> Any:
+            return api.diff_refs(
+                self.repository, left, right, after=after, amount=PAGE, type="two_dot"
+            )
+
+        yield from _changes(page)
+
+    def merge(
+        self,
+        source: str,
+        dest_branch: str,
+        strategy: MergeStrategy | None,
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+    ) -> Commit:
+        if strategy is not None and strategy not in MERGE_STRATEGIES:
+            raise InvalidArgumentError(
+                f"unknown merge strategy {strategy!r}; use one of {', '.join(MERGE_STRATEGIES)}"
+            )
+        text, meta = _encode_commit(message, metadata, committer)
+        body = lakefs_sdk.Merge(message=text, metadata=meta, strategy=strategy)  # type: ignore[call-arg]
+        with boundary(RefNotFoundError):
+            result = self._sdk.refs_api.merge_into_branch(
+                self.repository, source, dest_branch, merge=body
+            )
+        return self.get_commit(result.reference)
+
+    def revert(self, branch: str, commit_id: str, committer: str) -> Commit:
+        target = self.get_commit(commit_id)
+        overrides = lakefs_sdk.CommitOverrides(
+            message=f"Revert {commit_id}",
+            metadata={"reverted": commit_id, COMMITTER_KEY: committer},
+        )
+        creation = lakefs_sdk.RevertCreation(  # type: ignore[call-arg]
+            ref=commit_id, parent_number=1 if target.parents else 0, commit_overrides=overrides
+        )
+        with boundary(BranchNotFoundError):
+            self._sdk.branches_api.revert_branch(self.repository, branch, creation)
+        # lakeFS answers 204 without the new commit id; the branch head is that commit unless
+        # another writer moved the branch in between.
+        return self.get_commit(self.branch_head(branch))
+
+    # -- optional capabilities ---------------------------------------------------------------
+
+    def local_path(self, ref: str, path: str) -> str | None:
+        """``s3://<repository>/<ref>/<path>`` on the lakeFS S3 gateway when ``gateway_paths``."""
+        if not self._gateway_paths:
+            return None
+        return f"s3://{self.repository}/{ref}/{path}"
+
+    def s3_storage_options(self) -> dict[str, Any]:
+        """s3fs ``storage_options`` for reading :meth:`local_path` URLs through the gateway."""
+        settings = self.settings
+        return {
+            "key": settings.access_key_id,
+            "secret": settings.secret_access_key,
+            "endpoint_url": settings.endpoint,
+            "client_kwargs": {"region_name": "us-east-1"},
+            "config_kwargs": {"s3": {"addressing_style": "path"}},
+        }
+
+    def close(self) -> None:
+        self._api_client.close()
+
+
+def _paginate(
+    fetch: Callable[[str], Any], not_found: type[NotFoundError] = RefNotFoundError
+) -> Iterator[Any]:
+    """Every result of a paginated lakeFS listing; ``fetch(after)`` returns one page."""
+    after = ""
+    while True:
+        with boundary(not_found):
+            page = fetch(after)
+        yield from page.results
+        if not page.pagination.has_more:
+            return
+        after = page.pagination.next_offset
+
+
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _changes(
+    fetch: Callable[[str], Any], not_found: type[NotFoundError] = RefNotFoundError
+) -> Iterator[Change]:
+    for diff in _paginate(fetch, not_found):
+        if diff.path_type == "object":
+            yield Change(diff.path, _CHANGE_KINDS.get(diff.type, ChangeKind.CHANGED))
+
+
+def _encode_commit(
+    message: str, metadata: dict[str, str], committer: str
+) -> tuple[str, dict[str, str]]:
+    """lakeFS message and metadata for a flowlake commit (see the module docstring).
+
+    Raises:
+        InvalidArgumentError: a metadata key uses a reserved prefix.
+    """
+    reserved = sorted(k for k in metadata if k.startswith(RESERVED_PREFIXES))
+    if reserved:
+        raise InvalidArgumentError(
+            f"commit metadata keys {reserved} use a reserved prefix {RESERVED_PREFIXES}"
+        )
+    meta = {**metadata, COMMITTER_KEY: committer}
+    if message:
+        return message, meta
+    meta[EMPTY_MESSAGE_KEY] = "true"
+    return _EMPTY_MESSAGE_PLACEHOLDER, meta
+
+
+def _to_commit(raw: Any) -> Commit:
+    stored = dict(raw.metadata or {})
+    message = "" if stored.get(EMPTY_MESSAGE_KEY) == "true" else raw.message
+    return Commit(
+        id=raw.id,
+        message=message,
+        metadata={k: v for k, v in stored.items() if not k.startswith(RESERVED_PREFIXES)},
+        parents=tuple(raw.parents),
+        timestamp=datetime.fromtimestamp(raw.creation_date, UTC),
+        committer=stored.get(COMMITTER_KEY, raw.committer),
+    )
+
+
+def _to_info(stats: Any) -> ObjectInfo:
+    mtime = datetime.fromtimestamp(stats.mtime, UTC) if stats.mtime else None
+    return ObjectInfo(
+        path=stats.path, size=int(stats.size_bytes or 0), checksum=stats.checksum, mtime=mtime
+    )

@@ -1,0 +1,58 @@
+"""A process that works on a lake and records every acknowledged operation.
+
+Run by the crash and concurrency tests as ``python lake_worker.py LAKE ACKS WORKER MODE N``.
+An operation is appended to ACKS (and fsynced) only after the store has returned from it, so
+each line is a promise the lake must keep even if this process is killed a moment later.
+
+MODE ``mixed`` cycles through writes (inline and blob), commits, merges into main and tags on a
+branch of its own; MODE ``shared`` commits to the shared branch ``user:worker/shared``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import store
+from store import errors
+
+
+def content(worker: str, step: int, size: int) -> bytes:
+    seed = f"{worker}:{step}:".encode()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def acknowledge(acks, **record) -> None:
+    acks.write(json.dumps(record) + "\n")
+    acks.flush()
+    os.fsync(acks.fileno())
+
+
+def run(lake_path: str, acks_path: str, worker: str, mode: str, steps: int) -> None:
+    lake = store.open(lake_path, namespace="user:worker")
+    own = f"user:worker/{worker}" if mode == "mixed" else "user:worker/shared"
+    branch = lake.branch(own.split("/")[1], exist_ok=True)
+    with open(acks_path, "a") as acks:
+        for step in range(steps):
+            path = f"{worker}/{step}.bin"
+            size = 200 if step % 2 else 300_000
+            data = content(worker, step, size)
+            branch.write_bytes(path, data)
+            acknowledge(acks, op="write", branch=own, path=path, size=size, step=step)
+            try:
+                commit = branch.commit(f"{worker} step {step}", metadata={"step": step})
+                acknowledge(acks, op="commit", branch=own, commit=commit.id)
+            except errors.NothingToCommitError:
+                pass  # another process sharing the branch committed our write already
+            if mode == "mixed" and step % 3 == 2:
+                merged = lake.merge(own, into="main", strategy="source-wins")
+                acknowledge(acks, op="merge", branch="main", commit=merged.id)
+            if mode == "mixed" and step % 4 == 3:
+                tag = f"{worker}-{step}"
+                lake.tag(tag, own)
+                acknowledge(acks, op="tag", tag=tag, commit=lake.tags()[tag])
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))

@@ -1,0 +1,126 @@
+"""Behaviour only the embedded backend has: its on-disk format, integrity checks and gc."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+import store
+from store import errors
+
+
+def blob_files(lake_path: Path) -> list[Path]:
+    root = lake_path / "objects"
+    return [p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != "tmp"]
+
+
+def data_blob(lake: store.Lake, path: str, ref: str) -> Path:
+    entry = lake.backend._entry(lake._read_ref(ref), path)
+    return Path(lake.backend.objects.full_path(entry.address))
+
+
+def test_compressible_data_is_zstd_and_random_data_is_raw(embedded_lake: store.Lake) -> None:
+    branch = embedded_lake.branch("exp")
+    branch.write_bytes("text.csv", b"a,b,c\n1,2,3\n" * 10000)
+    branch.write_bytes("weights.bin", os.urandom(200_000))
+    assert data_blob(embedded_lake, "text.csv", branch.name).suffix == ".zst"
+    assert data_blob(embedded_lake, "text.csv", branch.name).stat().st_size < 10000
+    assert data_blob(embedded_lake, "weights.bin", branch.name).suffix == ""
+
+
+def test_identical_content_is_stored_once(embedded_lake: store.Lake, tmp_path: Path) -> None:
+    branch = embedded_lake.branch("exp")
+    payload = os.urandom(100_000)
+    before = len(blob_files(tmp_path / "lake"))
+    for i in range(5):
+        branch.write_bytes(f"copy{i}.bin", payload)
+    assert len(blob_files(tmp_path / "lake")) == before + 1
+
+
+def test_duckdb_reads_committed_parquet_in_place(embedded_lake: store.Lake) -> None:
+    branch = embedded_lake.branch("exp")
+    branch.write_table("t.parquet", pa.table({"x": list(range(10_000))}))
+    commit = branch.commit("table")
+    path = embedded_lake.locate("t.parquet", ref=commit.id)
+    assert path is not None and os.path.exists(path)
+    assert duckdb.sql(f"SELECT sum(x) FROM read_parquet('{path}')").fetchall() == [(49995000,)]
+
+
+def test_corrupted_object_is_detected_on_read_and_by_fsck(embedded_lake: store.Lake) -> None:
+    branch = embedded_lake.branch("exp")
+    branch.write_bytes("m.bin", os.urandom(50_000))
+    branch.commit("model")
+    blob = data_blob(embedded_lake, "m.bin", branch.name)
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(errors.CorruptObjectError):
+        branch.read_bytes("m.bin")
+    problems = embedded_lake.fsck()
+    assert len(problems) == 1 and "m.bin" in problems[0]
+
+
+def test_missing_object_is_reported_by_fsck(embedded_lake: store.Lake) -> None:
+    branch = embedded_lake.branch("exp")
+    branch.write_bytes("m.bin", os.urandom(50_000))
+    branch.commit("model")
+    data_blob(embedded_lake, "m.bin", branch.name).unlink()
+    assert any("missing" in p for p in embedded_lake.fsck())
+
+
+def test_gc_removes_only_unreachable_objects(embedded_lake: store.Lake, tmp_path: Path) -> None:
+    keep = embedded_lake.branch("keep")
+    keep.write_bytes("kept.bin", os.urandom(50_000))
+    keep.commit("keep")
+    drop = embedded_lake.branch("drop")
+    drop.write_bytes("dropped.bin", os.urandom(50_000))
+    drop.commit("drop")
+    staged = embedded_lake.branch("staged")
+    staged.write_bytes("staged.bin", os.urandom(50_000))
+    dropped_blob = data_blob(embedded_lake, "dropped.bin", drop.name)
+    embedded_lake.delete_branch(drop.name)
+
+    assert embedded_lake.gc(retention=timedelta(hours=1)) == 0  # all too fresh
+    assert dropped_blob.exists()
+    removed = embedded_lake.gc(retention=timedelta(0))
+    assert removed >= 1 and not dropped_blob.exists()
+    assert keep.read_bytes("kept.bin") and staged.read_bytes("staged.bin")
+    assert embedded_lake.fsck() == []
+
+
+def test_objects_can_live_at_another_fsspec_location(tmp_path: Path) -> None:
+    lake = store.open(tmp_path / "lake", objects="memory://flowlake-test-objects")
+    branch = lake.branch("exp")
+    branch.write_bytes("m.bin", os.urandom(100_000))
+    branch.commit("remote")
+    assert lake.read_bytes("m.bin", ref=branch.name) == lake.read_bytes("m.bin", ref="exp")
+    assert lake.fsck() == []
+    assert not (tmp_path / "lake" / "objects").exists()
+    with pytest.raises(errors.InvalidArgumentError):
+        store.open(tmp_path / "lake", objects="memory://somewhere-else")
+
+
+def test_opening_without_create_needs_a_lake(tmp_path: Path) -> None:
+    with pytest.raises(errors.LakeNotFoundError):
+        store.open(tmp_path / "none", create=False)
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "file.txt").write_text("not a lake")
+    with pytest.raises(errors.InvalidArgumentError):
+        store.open(tmp_path / "stuff")
+
+
+def test_reopened_lake_keeps_everything(tmp_path: Path) -> None:
+    lake = store.open(tmp_path / "lake")
+    branch = lake.branch("exp")
+    branch.write_bytes("a", b"1")
+    commit = branch.commit("a")
+    branch.write_bytes("b", b"staged")
+    lake.close()
+    again = store.open(tmp_path / "lake", create=False)
+    assert again.resolve("exp") == commit.id
+    assert again.read_bytes("b", ref="exp") == b"staged"

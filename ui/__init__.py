@@ -1,0 +1,1 @@
+"""flowlake's user interfaces: the ``flowlake`` command line and the demo story."""
