@@ -219,7 +219,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def revert(self, branch: str, commit_id: str, committer: str) -> Commit:
-        """Add a commit to ``branch`` that undoes the changes ``commit_id`` made to its first parent.
+        """Add a commit to ``branch`` undoing the changes ``commit_id`` made to its first parent.
 
         Raises:
             ConflictError: later commits changed the same paths.
@@ -244,5 +244,5 @@ class Backend(abc.ABC):
 
         raise UnsupportedOperationError(f"{type(self).__name__} has no gc")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections and files. The backend is unusable afterwards."""

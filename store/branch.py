@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
 import uuid
@@ -119,7 +120,7 @@ class Branch:
     def read_bytes(self, path: str) -> bytes:
         return self.lake.read_bytes(path, ref=self.name)
 
-    def read_table(self, path: str, columns: list[str] | None = None) -> pa.Table:
+    def read_table(self, path: str, columns: builtins.list[str] | None = None) -> pa.Table:
         return self.lake.read_table(path, ref=self.name, columns=columns)
 
     def open(self, path: str) -> BinaryIO:
@@ -131,7 +132,7 @@ class Branch:
     def exists(self, path: str) -> bool:
         return self.lake.exists(path, ref=self.name)
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
+    def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         return self.lake.list(ref=self.name, prefix=prefix)
 
     def download_dir(self, local_dir: str | os.PathLike[str], prefix: str = "") -> int:
@@ -143,10 +144,10 @@ class Branch:
         """The branch's head commit."""
         return self._backend.get_commit(self._backend.branch_head(self.backend_name))  # type: ignore[no-any-return]
 
-    def log(self, limit: int | None = None) -> list[Commit]:
+    def log(self, limit: int | None = None) -> builtins.list[Commit]:
         return self.lake.log(self.name, limit=limit)
 
-    def uncommitted(self) -> list[Change]:
+    def uncommitted(self) -> builtins.list[Change]:
         """Uncommitted changes against the head, sorted by path."""
         return list(self._backend.uncommitted(self.backend_name))
 
@@ -168,16 +169,15 @@ class Branch:
         return commit
 
     @contextmanager
-    def transact(
-        self, message: str, metadata: dict[str, Any] | None = None
-    ) -> Iterator[Branch]:
+    def transact(self, message: str, metadata: dict[str, Any] | None = None) -> Iterator[Branch]:
         """Write on a private scratch branch; commit and merge it here only on a clean exit.
 
         On an exception the scratch branch is deleted and this branch is untouched.
         """
         scratch_short = f"{self._name.short[:150]}-tx-{uuid.uuid4().hex[:12]}"
         scratch = self.lake.branch(
-            f"{self._name.namespace}/{scratch_short}" if not self._name.namespace.is_production
+            f"{self._name.namespace}/{scratch_short}"
+            if not self._name.namespace.is_production
             else scratch_short,
             source=self.name,
         )

@@ -7,6 +7,7 @@ folders and transactions.
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -25,7 +26,14 @@ from store.errors import (
     UnsupportedOperationError,
 )
 from store.model import MERGE_STRATEGIES, BranchInfo, Change, Commit, MergeStrategy, ObjectInfo
-from store.names import BranchName, Namespace, parse_branch, validate_path, validate_prefix, validate_tag
+from store.names import (
+    BranchName,
+    Namespace,
+    parse_branch,
+    validate_path,
+    validate_prefix,
+    validate_tag,
+)
 from store.refs import RefSpec
 
 if TYPE_CHECKING:
@@ -60,7 +68,7 @@ class Lake:
 
     @property
     def namespace(self) -> str:
-        """The namespace this handle works in (``user:<login>``, ``team:<name>``, ``production``)."""
+        """The namespace this handle works in: ``user:<login>``, ``team:<name>``, ``production``."""
         return str(self._namespace)
 
     def with_namespace(self, namespace: str) -> Lake:
@@ -212,7 +220,7 @@ class Lake:
 
     def log(self, ref: str = "main", limit: int | None = None) -> list[Commit]:
         """Commits reachable from ``ref``, newest first."""
-        out = []
+        out: list[Commit] = []
         for commit in self.backend.log(self.resolve(ref)):
             if limit is not None and len(out) >= limit:
                 break
@@ -285,7 +293,9 @@ class Lake:
                 raise
             parent = self.backend.get_commit(commit_id).parents[:1]
             paths = conflicting_paths(
-                self.backend, parent[0] if parent else None, self.backend.branch_head(target),
+                self.backend,
+                parent[0] if parent else None,
+                self.backend.branch_head(target),
                 base=commit_id,
             )
             raise ConflictError(f"reverting {commit} on {branch} conflicts", paths) from None
@@ -317,7 +327,9 @@ class Lake:
         with self.open(path, ref) as stream:
             return stream.read()
 
-    def read_table(self, path: str, ref: str = "main", columns: list[str] | None = None) -> pa.Table:
+    def read_table(
+        self, path: str, ref: str = "main", columns: list[str] | None = None
+    ) -> pa.Table:
         """Read a Parquet table.
 
         Raises:
@@ -326,7 +338,7 @@ class Lake:
         """
         return tables.decode(self.read_bytes(path, ref), path, columns)
 
-    def list(self, ref: str = "main", prefix: str = "") -> list[ObjectInfo]:
+    def list(self, ref: str = "main", prefix: str = "") -> builtins.list[ObjectInfo]:
         """Objects under ``prefix`` at ``ref``, sorted by path."""
         return list(self.backend.list_objects(self._read_ref(ref), validate_prefix(prefix)))
 
@@ -348,7 +360,7 @@ class Lake:
 
     # -- maintenance -----------------------------------------------------------------------------
 
-    def fsck(self) -> list[str]:
+    def fsck(self) -> builtins.list[str]:
         """Check every object's integrity; returns problems (empty when healthy)."""
         if CAP_FSCK not in self.backend.capabilities:
             raise UnsupportedOperationError("this backend checks itself; fsck is embedded-only")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Literal
 
@@ -13,7 +13,7 @@ MergeStrategy = Literal["source-wins", "dest-wins"]
 MERGE_STRATEGIES: tuple[str, ...] = ("source-wins", "dest-wins")
 
 
-class ChangeKind(str, Enum):
+class ChangeKind(StrEnum):
     """How a path differs between two states."""
 
     ADDED = "added"
@@ -53,7 +53,7 @@ class Commit:
     message: str
     metadata: Mapping[str, str] = field(default_factory=dict)
     parents: tuple[str, ...] = ()
-    timestamp: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
     committer: str = ""
 
     def __post_init__(self) -> None:

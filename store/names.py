@@ -70,7 +70,7 @@ class Namespace:
         return self.kind == PRODUCTION
 
     def backend_prefix(self) -> str:
-        """The prefix this namespace's branches carry in backend branch names ('' for production)."""
+        """The prefix of this namespace's backend branch names ('' for production)."""
         if self.is_production:
             return ""
         return f"{NAMESPACE_KINDS[self.kind]}-{_encode(self.owner)}__"

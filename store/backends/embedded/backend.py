@@ -16,7 +16,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
 import fsspec
@@ -276,7 +276,7 @@ class EmbeddedBackend(Backend):
             yield from (_info(e) for e in committed)
             return
         staged, _ = self.refs.staged(branch, prefix)
-        for path, entry in _overlay(committed, staged):
+        for _, entry in _overlay(committed, staged):
             if entry is not None:
                 yield _info(entry)
 
@@ -391,7 +391,7 @@ class EmbeddedBackend(Backend):
             "parents": list(parents),
             "message": message,
             "metadata": dict(metadata),
-            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "timestamp": datetime.now(UTC).isoformat(),
             "committer": committer,
             "generation": generation,
         }
@@ -439,13 +439,17 @@ class EmbeddedBackend(Backend):
         theirs = self.trees.diff(base, source)
         ours = self.trees.diff(base, dest)
         conflicts = [
-            p for p in theirs.keys() & ours.keys() if _checksum(theirs[p][1]) != _checksum(ours[p][1])
+            p
+            for p in theirs.keys() & ours.keys()
+            if _checksum(theirs[p][1]) != _checksum(ours[p][1])
         ]
         if conflicts and strategy is None:
             raise ConflictError("merge conflict", conflicts)
         apply: dict[str, Entry | None] = {}
         for path, (_, new) in theirs.items():
-            if path in ours and (_checksum(ours[path][1]) == _checksum(new) or strategy != "source-wins"):
+            if path in ours and (
+                _checksum(ours[path][1]) == _checksum(new) or strategy != "source-wins"
+            ):
                 continue
             apply[path] = new
         return apply, bool(theirs)
@@ -477,9 +481,7 @@ class EmbeddedBackend(Backend):
             if not changed:
                 raise NothingToCommitError(f"{source!r} has nothing to merge into {dest_branch!r}")
             tree = self.trees.apply(dest_tree, changes)
-            row = self._write_commit(
-                tree, (dest_head, source_commit), message, metadata, committer
-            )
+            row = self._write_commit(tree, (dest_head, source_commit), message, metadata, committer)
             if self._advance(dest_branch, dest_head, row):
                 return _to_commit(row)
         raise ConcurrentUpdateError(dest_branch, dest_head, self.refs.head(dest_branch))
@@ -537,7 +539,7 @@ def _checksum(entry: Entry | None) -> str | None:
 
 
 def _info(entry: Entry) -> ObjectInfo:
-    mtime = datetime.fromtimestamp(entry.mtime_ns / 1e9, tz=timezone.utc)
+    mtime = datetime.fromtimestamp(entry.mtime_ns / 1e9, tz=UTC)
     return ObjectInfo(entry.path, entry.size, entry.checksum, mtime)
 
 

@@ -62,7 +62,9 @@ def _walk_commits(backend: EmbeddedBackend, start: str, seen: set[str]) -> list[
     return problems
 
 
-def _check_tree(backend: EmbeddedBackend, commit_id: str, tree: str, checked: set[str]) -> list[str]:
+def _check_tree(
+    backend: EmbeddedBackend, commit_id: str, tree: str, checked: set[str]
+) -> list[str]:
     if tree in checked:
         return []
     checked.add(tree)

@@ -7,13 +7,14 @@ never sees half an object. On remote filesystems (s3://) the upload itself is at
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import fsspec
 import zstandard
@@ -74,28 +75,24 @@ class ObjectStore:
         codec = layout.choose_codec(sample[: 1 << 20])
         h = layout.hasher()
         size = 0
-        with self._temp_writer() as (tmp_file, finish):
-            sink = (
-                zstandard.ZstdCompressor(level=layout.ZSTD_LEVEL).stream_writer(
-                    tmp_file, closefd=False
+        with _TempWriter(self) as temp:
+            compressor = None
+            if codec == layout.ZSTD:
+                compressor = zstandard.ZstdCompressor(level=layout.ZSTD_LEVEL).stream_writer(
+                    temp.file, closefd=False
                 )
-                if codec == layout.ZSTD
-                else tmp_file
-            )
+            sink: Any = compressor if compressor is not None else temp.file
             chunk = sample
             while chunk:
                 h.update(chunk)
                 sink.write(chunk)
                 size += len(chunk)
                 chunk = source.read(CHUNK)
-            if sink is not tmp_file:
-                sink.flush(zstandard.FLUSH_FRAME)
+            if compressor is not None:
+                compressor.flush(zstandard.FLUSH_FRAME)
             object_id = h.hexdigest()
             addr = layout.address(object_id, codec)
-            if self._exists_touch(addr):
-                finish(None)
-            else:
-                finish(addr)
+            temp.finish(None if self._exists_touch(addr) else addr)
         return StoredObject(object_id, size, addr)
 
     def _exists_touch(self, addr: str) -> bool:
@@ -110,12 +107,9 @@ class ObjectStore:
         return bool(self.fs.exists(path))
 
     def _publish_bytes(self, blob: bytes, addr: str) -> None:
-        with self._temp_writer() as (tmp_file, finish):
-            tmp_file.write(blob)
-            finish(addr)
-
-    def _temp_writer(self) -> _TempWriter:
-        return _TempWriter(self)
+        with _TempWriter(self) as temp:
+            temp.file.write(blob)
+            temp.finish(addr)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -180,10 +174,8 @@ class ObjectStore:
             yield rel, _mtime(info)
 
     def remove(self, addr: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.full_path(addr))
-        except FileNotFoundError:
-            pass
 
     def clean_temp(self, older_than: float) -> int:
         """Remove temporary files (left by killed writers) older than ``older_than`` epoch secs."""
@@ -223,26 +215,21 @@ def _read_full(source: BinaryIO, n: int) -> bytes:
 
 
 class _TempWriter:
-    """Context manager: a temporary file that ``finish(addr)`` publishes at ``addr`` atomically.
-
-    ``finish(None)`` discards it. Leaving the block without ``finish`` also discards it.
-    """
+    """Context manager: a temporary ``file`` that ``finish(addr)`` publishes at ``addr``
+    atomically on a clean exit. ``finish(None)``, no ``finish`` or an exception discard it."""
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self.target: str | None = None
         self.done = False
 
-    def __enter__(self) -> tuple[BinaryIO, object]:
-        if self.store.is_local:
-            fd, self.tmp_path = tempfile.mkstemp(dir=self.store._tmp_dir())
-            self.file: BinaryIO = os.fdopen(fd, "wb")
-        else:
-            self.file = tempfile.NamedTemporaryFile(delete=False)  # noqa: SIM115
-            self.tmp_path = self.file.name
-        return self.file, self._finish
+    def __enter__(self) -> _TempWriter:
+        directory = self.store._tmp_dir() if self.store.is_local else None
+        fd, self.tmp_path = tempfile.mkstemp(dir=directory)
+        self.file: BinaryIO = os.fdopen(fd, "wb")
+        return self
 
-    def _finish(self, addr: str | None) -> None:
+    def finish(self, addr: str | None) -> None:
         self.target, self.done = addr, True
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -172,8 +172,10 @@ class TreeStore:
             i = max(bisect.bisect_right(firsts, path) - 1, 0)
             touched.setdefault(i, {})[path] = changes[path]
         result: list[RangeRef] = []
-        for i, r in enumerate(ranges or [None]):  # type: ignore[list-item]
+        slots: list[RangeRef | None] = list(ranges) or [None]
+        for i, r in enumerate(slots):
             if i not in touched:
+                assert r is not None
                 result.append(r)
                 continue
             old = self.range_entries(r.id) if r is not None else []
