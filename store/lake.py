@@ -92,10 +92,12 @@ class Lake:
             candidates = [parsed, BranchName(Namespace.parse("production"), parsed.short)]
         else:
             candidates = [parse_branch(name, self._namespace)]
-        heads = self.backend.list_branches()
         for candidate in candidates:
-            if candidate.backend_name() in heads:
+            try:
+                self.backend.branch_head(candidate.backend_name())
                 return candidate
+            except BranchNotFoundError:
+                continue
         raise BranchNotFoundError(f"branch {name!r} does not exist")
 
     def _branch_backend_name(self, name: str) -> str:

@@ -1,16 +1,26 @@
-"""Shared fixtures: a fresh lake per test on every backend, and the real servers they need."""
+"""Shared fixtures: a fresh lake per test on every backend, and the real servers they need.
+
+Backends of the ``lake`` fixture:
+
+* ``embedded``: a lake in a temporary folder.
+* ``embedded-s3``: the same, with its objects on S3 through s3fs (the real lakeFS server's S3
+  gateway serves the S3 API), proving the fsspec object-location path.
+* ``lakefs``: a fresh repository on a real lakeFS server, built from the Go module proxy by
+  ``scripts/build-lakefs.sh`` and started once per session.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import store
 
-BACKENDS = ["embedded"]
+BACKENDS = ["embedded", "embedded-s3", "lakefs"]
 
 
 @pytest.fixture(autouse=True)
@@ -19,14 +29,37 @@ def _user(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWLAKE_USER", "tester")
 
 
+@pytest.fixture(scope="session")
+def lakefs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One real lakeFS server per session (skipped without Go outside CI; fails under CI)."""
+    from lakefs_server import start_lakefs_or_skip
+
+    server = start_lakefs_or_skip(tmp_path_factory.mktemp("lakefs"))
+    yield server
+    server.stop()
+
+
+def open_lake(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> store.Lake:
+    """A new, empty lake of backend ``kind`` in namespace ``user:tester``."""
+    if kind == "embedded":
+        return store.open(tmp_path / "lake")
+    from lakefs_server import new_repository, s3_storage_options
+
+    server = request.getfixturevalue("lakefs_server")
+    if kind == "embedded-s3":
+        bucket = new_repository(server)
+        return store.open(
+            tmp_path / "lake",
+            objects=f"s3://{bucket}/main/objects",
+            storage_options=s3_storage_options(server),
+        )
+    return server.open_lake(f"t-{uuid.uuid4().hex[:12]}")
+
+
 @pytest.fixture(params=BACKENDS)
-def lake(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Iterator[store.Lake]:
+def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[store.Lake]:
     """A new, empty lake in namespace ``user:tester`` on each backend."""
-    if request.param == "embedded":
-        opened = store.open(os.path.join(tmp_path, "lake"))
-    else:
-        server = request.getfixturevalue("lakefs_server")
-        opened = server.open_lake(f"t-{uuid.uuid4().hex[:12]}")
+    opened = open_lake(request.param, tmp_path, request)
     yield opened
     opened.close()
 
@@ -34,6 +67,6 @@ def lake(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Iterator
 @pytest.fixture
 def embedded_lake(tmp_path: os.PathLike[str]) -> Iterator[store.Lake]:
     """A new embedded lake (for behaviour only the embedded backend has: fsck, gc, crashes)."""
-    opened = store.open(os.path.join(tmp_path, "lake"))
+    opened = store.open(Path(tmp_path) / "lake")
     yield opened
     opened.close()

@@ -59,6 +59,20 @@ class LakeFSServer:
     def log_path(self) -> Path:
         return self.data_dir / "lakefs.log"
 
+    def open_lake(self, repository: str, namespace: str | None = None) -> Any:
+        """``store.open`` a new lake in a new repository of this server (main protected)."""
+        import store
+
+        return store.open(
+            f"lakefs://{repository}",
+            namespace=namespace,
+            endpoint=self.endpoint,
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
+            create=True,
+            storage_namespace=f"local://{repository}",
+        )
+
     def stop(self, timeout: float = 20.0) -> None:
         """Stop the server process (SIGTERM, then SIGKILL after ``timeout``)."""
         if self.process.poll() is not None:
@@ -219,7 +233,7 @@ def new_repository(server: LakeFSServer, name: str | None = None) -> str:
     name = name or f"t-{uuid.uuid4().hex[:16]}"
     sdk = client_for(server).sdk_client
     sdk.repositories_api.create_repository(
-        lakefs_sdk.RepositoryCreation(
+        lakefs_sdk.RepositoryCreation(  # type: ignore[call-arg]
             name=name, storage_namespace=f"local://{name}", default_branch="main"
         )
     )
@@ -238,8 +252,7 @@ def s3_storage_options(server: LakeFSServer) -> dict[str, Any]:
         "endpoint_url": server.endpoint,
         "client_kwargs": {"region_name": "us-east-1"},
         "config_kwargs": {"s3": {"addressing_style": "path"}},
-        # lakeFS's gateway has no bucket versioning / ListObjectVersions; the cache only
-        # causes stale listings between writes through different clients.
+        # Objects also change through the lakeFS API; a cached listing would hide them.
         "use_listings_cache": False,
         "skip_instance_cache": True,
     }

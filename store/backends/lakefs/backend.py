@@ -229,15 +229,13 @@ class LakeFSBackend(Backend):
         return matches.pop()
 
     def _reachable_commits_with_prefix(self, prefix: str) -> set[str]:
+        # Only on the error path: walks the history of every branch and tag (a head already
+        # seen in another history adds nothing; lakeFS's log order allows no earlier cut-off).
         heads = set(self.list_branches().values()) | set(self.list_tags().values())
         seen: set[str] = set()
-        for head in heads:
-            if head in seen:
-                continue
-            for commit in self._raw_log(head):
-                if commit.id in seen:
-                    break
-                seen.add(commit.id)
+        for head in sorted(heads):
+            if head not in seen:
+                seen.update(commit.id for commit in self._raw_log(head))
         return {commit_id for commit_id in seen if commit_id.startswith(prefix)}
 
     def get_commit(self, commit_id: str) -> Commit:

@@ -4,7 +4,8 @@ The generated SDK reads whole bodies into memory (``upload_object`` takes ``byte
 ``get_object`` returns a ``bytearray``), so uploads and downloads go through the SDK's own
 connection pool and credentials but with streaming bodies: an upload sends the source in
 chunks (with ``Content-Length`` when the size is known, chunked transfer encoding otherwise), a
-download hands back the open response wrapped in a reader that checks lakeFS's MD5 checksum.
+download hands back the open response wrapped in a reader that checks lakeFS's MD5 checksum
+(for objects flowlake wrote, see :data:`CONTENT_TYPE`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from store.backends.lakefs.errors import boundary, check_response, from_status, 
 from store.errors import BranchNotFoundError, CorruptObjectError, ObjectNotFoundError
 
 CHUNK = 1024 * 1024
+#: Content type of objects flowlake uploads. lakeFS's checksum of an API upload is the MD5 of
+#: the bytes, but objects written through the S3 gateway in several parts carry a multipart ETag
+#: that looks the same; lakeFS returns the content type on every read, so it marks the objects
+#: whose checksum can be verified, at no extra request.
+CONTENT_TYPE = "application/octet-stream; flowlake-checksum=md5"
 _AUTH = ["basic_auth", "jwt_token", "cookie_auth"]
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 
@@ -64,7 +70,7 @@ def upload(api_client: Any, repository: str, branch: str, path: str, source: Bin
     Raises:
         BranchNotFoundError, ProtectedBranchError, BackendUnavailableError.
     """
-    headers = {"Content-Type": "application/octet-stream", "Accept": "application/json"}
+    headers = {"Content-Type": CONTENT_TYPE, "Accept": "application/json"}
     size = _known_size(source)
     body: Any
     if size is None:
@@ -122,7 +128,8 @@ def download(api_client: Any, repository: str, ref: str, path: str, verify: bool
         resp.release_conn()
         raise from_status(resp.status, message_of(body), ObjectNotFoundError)
     etag = (resp.headers.get("ETag") or "").strip('"')
-    expected = etag if verify and _MD5.match(etag) else None
+    ours = resp.headers.get("Content-Type") == CONTENT_TYPE
+    expected = etag if verify and ours and _MD5.match(etag) else None
     return io.BufferedReader(_ResponseReader(resp, expected, f"{ref}:{path}"), CHUNK)
 
 
