@@ -42,6 +42,8 @@ def current_user() -> str:
 def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
     location: str | os.PathLike[str],
     namespace: str | None = None,
+    *,
+    user: str | None = None,
     **options: Any,
 ) -> Lake:
     """Open a lake.
@@ -49,8 +51,9 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
     Args:
         location: a folder for the embedded backend (created when absent), or
             ``lakefs://<repository>`` for lakeFS.
-        namespace: ``user:<login>`` (default: the current user's), ``team:<name>`` or
+        namespace: ``user:<login>`` (default: the user's own), ``team:<name>`` or
             ``production``.
+        user: the login commits are attributed to (default: :func:`current_user`).
         **options: backend options. Embedded: ``objects`` (fsspec URL of the object location),
             ``storage_options``, ``create``. lakeFS: ``endpoint``, ``access_key_id``,
             ``secret_access_key``, ``create``, ``storage_namespace``.
@@ -60,7 +63,7 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
         LakeNotFoundError: no lake there and ``create=False``.
         NotInstalledError: the backend's extra is not installed.
     """
-    user = current_user()
+    user = user or current_user()
     ns = Namespace.parse(namespace) if namespace is not None else Namespace("user", user)
     text = os.fspath(location)
     if not isinstance(text, str) or not text:

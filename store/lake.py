@@ -11,7 +11,7 @@ import builtins
 import os
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import pyarrow as pa
 
@@ -25,6 +25,7 @@ from store.errors import (
     RefNotFoundError,
     UnsupportedOperationError,
 )
+from store.errorview import UserFacingBackend
 from store.model import MERGE_STRATEGIES, BranchInfo, Change, Commit, MergeStrategy, ObjectInfo
 from store.names import (
     BranchName,
@@ -48,7 +49,8 @@ class Lake:
     """
 
     def __init__(self, backend: Backend, namespace: Namespace, user: str, location: str) -> None:
-        self.backend = backend
+        view = backend if isinstance(backend, UserFacingBackend) else UserFacingBackend(backend)
+        self.backend: Backend = cast(Backend, view)
         self._namespace = namespace
         self.user = user
         self.location = location
@@ -87,6 +89,10 @@ class Lake:
         Raises:
             InvalidNameError, BranchNotFoundError.
         """
+        return self._branch_and_head(name)[0]
+
+    def _branch_and_head(self, name: str) -> tuple[BranchName, str]:
+        """:meth:`_branch_name` and that branch's head, read by the same lookup."""
         if isinstance(name, str) and "/" not in name:
             parsed = parse_branch(name, self._namespace)
             candidates = [parsed, BranchName(Namespace.parse("production"), parsed.short)]
@@ -94,8 +100,7 @@ class Lake:
             candidates = [parse_branch(name, self._namespace)]
         for candidate in candidates:
             try:
-                self.backend.branch_head(candidate.backend_name())
-                return candidate
+                return candidate, self.backend.branch_head(candidate.backend_name())
             except BranchNotFoundError:
                 continue
         raise BranchNotFoundError(f"branch {name!r} does not exist")
@@ -122,7 +127,7 @@ class Lake:
 
     def _resolve_base(self, base: str) -> str:
         try:
-            return self.backend.branch_head(self._branch_backend_name(base))
+            return self._branch_and_head(base)[1]
         except (BranchNotFoundError, ValueError):
             pass
         if "/" in base:

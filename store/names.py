@@ -209,3 +209,11 @@ def validate_prefix(prefix: str) -> str:
         return prefix
     validate_path(prefix.rstrip("/") if prefix.endswith("/") else prefix)
     return prefix
+
+
+_QUOTED_BACKEND_BRANCH = re.compile(r"'([ut]-[A-Za-z0-9_-]*?__[A-Za-z0-9_-]+)'")
+
+
+def user_facing(message: str) -> str:
+    """Rewrite quoted backend branch names in an error message to the names people use."""
+    return _QUOTED_BACKEND_BRANCH.sub(lambda m: f"'{BranchName.from_backend(m.group(1))}'", message)

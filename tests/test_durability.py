@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from lake_worker import content
 
 import store
-from lake_worker import content
 
 WORKER = str(Path(__file__).with_name("lake_worker.py"))
 pytestmark = pytest.mark.slow

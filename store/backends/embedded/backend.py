@@ -499,7 +499,7 @@ class EmbeddedBackend(Backend):
                 raise NothingToCommitError(f"commit {commit_id} changed nothing to revert")
             tree = self.trees.apply(head_tree, changes)
             row = self._write_commit(
-                tree, (head,), f"Revert {commit_id}", {"reverted": commit_id}, committer
+                tree, (head,), f"Revert {commit_id[:12]}", {"reverted": commit_id}, committer
             )
             if self._advance(branch, head, row):
                 return _to_commit(row)

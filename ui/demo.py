@@ -1,0 +1,289 @@
+"""``flowlake demo``: a small continuous-delivery story on a fresh embedded lake.
+
+Dana ingests production data and merges it into ``main`` (tag ``data-v1``); Avery and Blake
+each train a model on their own branch in their own namespace; the better candidate passes the
+promotion gate (its accuracy must beat production's) and is merged into ``main`` (tag
+``model-v1``). Each chapter is one function over the public store API, so later chapters
+(experiment tracking, remote compute) slot in between.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+import store
+from store.errors import AlreadyExistsError, InvalidArgumentError, ObjectNotFoundError
+from ui import render
+from ui.demo_models import (
+    DATASET,
+    RECIPES,
+    SPLIT_SEED,
+    Recipe,
+    TrainingResult,
+    load_dataset,
+    majority_accuracy,
+    metrics_table,
+    require_sklearn,
+    train,
+)
+
+MARKER = "flowlake-demo.json"
+TRAIN_PATH = "data/train.parquet"
+TEST_PATH = "data/test.parquet"
+MODEL_PATH = "models/classifier/model.pkl"
+METRICS_PATH = "models/classifier/metrics.parquet"
+DATA_TAG = "data-v1"
+MODEL_TAG = "model-v1"
+PERSON_STYLES = {"dana": "bold blue", "avery": "bold magenta", "blake": "bold green"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trained model committed on its author's branch."""
+
+    branch: str
+    commit: str
+    result: TrainingResult
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What production offers now: the accuracy to beat and where it comes from."""
+
+    accuracy: float
+    source: str
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Where the story ended: the lake, the candidates, and what was promoted."""
+
+    path: Path
+    data_commit: str
+    candidates: list[Candidate]
+    production_accuracy: float
+    promoted: Candidate | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The outcome as a JSON-ready dict (``flowlake demo --json``)."""
+        return {
+            "path": str(self.path),
+            "data_commit": self.data_commit,
+            "production_accuracy": self.production_accuracy,
+            "candidates": [
+                {
+                    "branch": c.branch,
+                    "commit": c.commit,
+                    "model": c.result.recipe.kind,
+                    "metrics": c.result.metrics,
+                }
+                for c in self.candidates
+            ],
+            "promoted": self.promoted.branch if self.promoted else None,
+        }
+
+
+def run_demo(path: Path, console: Console, fresh: bool = False) -> DemoResult:
+    """Create a demo lake at ``path`` and tell the story on ``console``.
+
+    Raises:
+        InvalidArgumentError: ``path`` is a file, or a non-empty folder that holds no demo lake.
+        AlreadyExistsError: a demo lake is there and ``fresh`` is false.
+        NotInstalledError: scikit-learn is missing.
+    """
+    require_sklearn()
+    prepare_folder(path, fresh)
+    location = str(path)
+    console.rule("flowlake demo: continuous delivery of a classifier")
+    console.print(
+        Text(f"A new lake at {path}. Production is branch main: it changes only by merges.\n")
+    )
+    data_commit = ingest(location, console)
+    candidates = [experiment(location, recipe, console) for recipe in RECIPES]
+    production = production_baseline(location)
+    winner = compare(candidates, production, console)
+    promoted = promote(location, winner, production.accuracy, console)
+    epilogue(location, console)
+    return DemoResult(path, data_commit, candidates, production.accuracy, promoted)
+
+
+def prepare_folder(path: Path, fresh: bool) -> None:
+    """Create an empty demo lake at ``path``, wiping an earlier demo lake only when ``fresh``.
+
+    Raises:
+        InvalidArgumentError: ``path`` is a file, or a non-empty folder that holds no demo lake.
+        AlreadyExistsError: a demo lake is there and ``fresh`` is false.
+    """
+    if path.exists() and not path.is_dir():
+        raise InvalidArgumentError(f"{path} is a file; the demo needs a folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not (path / MARKER).is_file():
+            raise InvalidArgumentError(
+                f"{path} is not empty and holds no flowlake demo; choose another --path"
+            )
+        if not fresh:
+            raise AlreadyExistsError(
+                f"{path} holds the demo lake of an earlier run; pass --fresh to start over"
+            )
+        shutil.rmtree(path)
+    store.open(path, namespace="production").close()
+    # Marked right after creation, so a demo interrupted later is still recognised by --fresh.
+    (path / MARKER).write_text(json.dumps({"demo": "flowlake", "dataset": DATASET}) + "\n")
+
+
+def open_as(location: str, login: str) -> store.Lake:
+    """The lake seen by ``login`` in namespace ``user:<login>``."""
+    lake = store.open(location, namespace=f"user:{login}")
+    # The demo plays several people in one process; each commit should name who made it.
+    lake.user = login
+    return lake
+
+
+def ingest(location: str, console: Console) -> str:
+    """Dana ingests the production data on a branch and merges it into main; returns the commit."""
+    console.rule("1. production data")
+    train_table, test_table = load_dataset()
+    with open_as(location, "dana") as lake:
+        branch = lake.branch("ingest", source="main")
+        _say(console, "dana", f"branches {branch.name} from main")
+        branch.write_table(TRAIN_PATH, train_table)
+        branch.write_table(TEST_PATH, test_table)
+        _say(
+            console,
+            "dana",
+            f"writes {TRAIN_PATH} ({train_table.num_rows} rows) and "
+            f"{TEST_PATH} ({test_table.num_rows} rows) from {DATASET}",
+        )
+        branch.commit(
+            "Ingest breast-cancer screening data",
+            metadata={
+                "source": DATASET,
+                "rows": train_table.num_rows + test_table.num_rows,
+                "split_seed": SPLIT_SEED,
+            },
+        )
+        merged = lake.merge(branch.name, into="main", message="Publish screening data v1")
+        lake.tag(DATA_TAG, "main")
+        _say(console, "dana", f"merges it into main ({render.short(merged.id)}), tags {DATA_TAG}")
+    return merged.id
+
+
+def experiment(location: str, recipe: Recipe, console: Console) -> Candidate:
+    """One person branches from main, trains a model, and commits model and metrics."""
+    console.rule(f"2. experiment by {recipe.person}")
+    with open_as(location, recipe.person) as lake:
+        branch = lake.branch(recipe.branch, source="main")
+        _say(console, recipe.person, f"branches {branch.name} from main")
+        result = train(recipe, branch.read_table(TRAIN_PATH), branch.read_table(TEST_PATH))
+        _say(
+            console,
+            recipe.person,
+            f"trains {recipe.describe()} on {len(result.features)} features: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()),
+        )
+        branch.write_bytes(MODEL_PATH, result.model)
+        data_commit = lake.commit(DATA_TAG).id
+        branch.write_table(METRICS_PATH, metrics_table(result, branch.name, data_commit))
+        commit = branch.commit(
+            f"Train {recipe.kind}",
+            metadata={"model": recipe.kind, "data": DATA_TAG, **result.metrics},
+        )
+        _say(console, recipe.person, f"commits {MODEL_PATH} and {METRICS_PATH}")
+    return Candidate(branch.name, commit.id, result)
+
+
+def production_baseline(location: str) -> Baseline:
+    """The accuracy a candidate must beat: the live model's, else the majority-class rate."""
+    with store.open(location, namespace="production") as lake:
+        try:
+            live = lake.read_table(METRICS_PATH, ref="main").to_pylist()[0]
+        except ObjectNotFoundError:
+            test_table = lake.read_table(TEST_PATH, ref="main")
+            return Baseline(majority_accuracy(test_table), "majority class")
+    return Baseline(float(live["accuracy"]), f"live {live['model']}")
+
+
+def compare(candidates: list[Candidate], production: Baseline, console: Console) -> Candidate:
+    """Show every candidate against production; returns the best one."""
+    console.rule("3. promotion gate")
+    table = Table(title="candidates against production", title_justify="left")
+    table.add_column("branch", no_wrap=True)
+    table.add_column("model")
+    for column in ("features", "accuracy", "f1", "roc_auc", "vs main"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "main", Text(production.source), "", f"{production.accuracy:.3f}", "", "", "", style="dim"
+    )
+    for candidate in candidates:
+        metrics = candidate.result.metrics
+        gain = metrics["accuracy"] - production.accuracy
+        table.add_row(
+            Text(candidate.branch),
+            Text(candidate.result.recipe.kind),
+            str(len(candidate.result.features)),
+            *(f"{metrics[name]:.3f}" for name in ("accuracy", "f1", "roc_auc")),
+            Text(f"{gain:+.3f}", style="green" if gain > 0 else "red"),
+        )
+    console.print(table)
+    return max(
+        candidates,
+        key=lambda c: (c.result.metrics["accuracy"], c.result.metrics["roc_auc"], c.branch),
+    )
+
+
+def promote(
+    location: str, winner: Candidate, production: float, console: Console
+) -> Candidate | None:
+    """Merge the winner into main and tag it, if it beats production's accuracy."""
+    accuracy = winner.result.metrics["accuracy"]
+    person = winner.result.recipe.person
+    if accuracy <= production:
+        console.print(Text(f"gate closed: {accuracy:.3f} does not beat {production:.3f}", "red"))
+        return None
+    with open_as(location, person) as lake:
+        merged = lake.merge(
+            winner.branch,
+            into="main",
+            message=f"Promote {winner.result.recipe.kind} from {winner.branch}",
+            metadata={"gate": "accuracy", "accuracy": str(accuracy), "production": str(production)},
+        )
+        lake.tag(MODEL_TAG, "main")
+    console.print(
+        Text(f"gate open: {accuracy:.3f} > {production:.3f}; ", "green")
+        + Text(f"{winner.branch} merged into main ({render.short(merged.id)}), tagged {MODEL_TAG}")
+    )
+    return winner
+
+
+def epilogue(location: str, console: Console) -> None:
+    """Show production's history, what the model release changed, and every branch."""
+    console.rule("4. history")
+    with store.open(location, namespace="production") as lake:
+        console.print(render.commits_table(lake.log("main"), lake.tags(), "log of main"))
+        if MODEL_TAG in lake.tags():
+            changes = lake.diff(DATA_TAG, MODEL_TAG)
+            console.print(render.changes_table(changes, f"changes from {DATA_TAG} to {MODEL_TAG}"))
+        branches = lake.branches(all_namespaces=True)
+        console.print(render.branches_table(branches, "production"))
+    console.print(Text("\nExplore it yourself:", style="bold"))
+    for command in (
+        f"flowlake log --lake {location}",
+        f"flowlake ls --lake {location} --ref {MODEL_TAG}",
+        f"flowlake branch list --all --lake {location}",
+        f"flowlake diff main user:{RECIPES[-1].person}/{RECIPES[-1].branch} --lake {location}",
+    ):
+        console.print(Text(f"  {command}", style="cyan"))
+
+
+def _say(console: Console, person: str, text: str) -> None:
+    line = Text(f"{person:>6} ", style=PERSON_STYLES.get(person, "bold"))
+    line.append(text)
+    console.print(line)

@@ -1,0 +1,54 @@
+"""Options every CLI command shares, and opening the lake they name."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+import store
+from store.errors import LakeNotFoundError
+
+DEFAULT_LAKE = "./lake"
+
+LakeOption = Annotated[
+    str,
+    typer.Option(
+        "--lake",
+        envvar="FLOWLAKE_LAKE",
+        help="Lake folder, or lakefs://<repository>. Default: $FLOWLAKE_LAKE, else ./lake.",
+        show_default=False,
+    ),
+]
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace",
+        "-n",
+        help="Namespace to work in: user:<login>, team:<name> or production "
+        "(default: user:$FLOWLAKE_USER, else the OS user).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+BranchOption = Annotated[
+    str, typer.Option("--branch", "-b", help="Branch to change (bare names: your namespace).")
+]
+RefOption = Annotated[
+    str, typer.Option("--ref", help="Branch, tag, commit id or prefix, with optional ~N.")
+]
+
+
+def open_lake(location: str, namespace: str | None) -> store.Lake:
+    """Open an existing lake; unlike :func:`store.open`, never creates one (that is ``init``).
+
+    Raises:
+        LakeNotFoundError: nothing at ``location`` (the message says how to create it).
+        InvalidNameError: bad namespace.
+    """
+    try:
+        return store.open(location, namespace=namespace, create=False)
+    except LakeNotFoundError as exc:
+        raise LakeNotFoundError(
+            f"{exc}; create one with `flowlake init --lake {location}`"
+        ) from None

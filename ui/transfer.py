@@ -1,0 +1,151 @@
+"""Moving files between the local disk and a lake, with rich progress bars for large transfers.
+
+Progress goes to standard error, so ``--json`` output on standard output stays parseable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+import store
+from ui import render
+
+#: Single files at least this large get a byte progress bar.
+PROGRESS_MIN_BYTES = 16 << 20
+CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class Transferred:
+    """What one put or get moved."""
+
+    files: int
+    bytes: int
+
+
+class CountingReader:
+    """A read-only binary stream that reports how many bytes each read returned."""
+
+    def __init__(self, raw: BinaryIO, advance: Callable[[int], None]) -> None:
+        self._raw = raw
+        self._advance = advance
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._advance(len(data))
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+@contextmanager
+def byte_progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A progress bar in bytes; yields the function that advances it."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=render.stderr()) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+@contextmanager
+def file_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar in files; yields the function that advances it."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=render.stderr()) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def put_file(branch: store.Branch, local: Path, path: str) -> store.ObjectInfo:
+    """Stream one local file to ``path`` on ``branch``; large files show a byte progress bar.
+
+    Raises:
+        StoreError: as :meth:`store.Branch.write_file`; OSError when the file cannot be read.
+    """
+    size = local.stat().st_size
+    if size < PROGRESS_MIN_BYTES:
+        return branch.write_file(path, local)
+    with open(local, "rb") as raw, byte_progress(f"put {path}", size) as advance:
+        return branch.write_file(path, CountingReader(raw, advance))  # type: ignore[arg-type]
+
+
+def put_dir(branch: store.Branch, local: Path, prefix: str) -> Transferred:
+    """Import a whole folder below ``prefix`` with a per-file progress bar.
+
+    Raises:
+        StoreError: a bad file name (nothing is written then), or a store failure.
+        NotADirectoryError: ``local`` is not a folder.
+    """
+    if not local.is_dir():
+        raise NotADirectoryError(f"{local} is not a folder")
+    sizes = [p.stat().st_size for p in local.rglob("*") if p.is_file()]
+    with file_progress(f"put {local}", len(sizes)) as advance:
+        count = branch.upload_dir(local, prefix=prefix, progress=advance)
+    return Transferred(count, sum(sizes))
+
+
+def get_file(lake: store.Lake, path: str, ref: str, local: Path) -> Transferred:
+    """Stream one object into a local file, which appears whole or not at all.
+
+    Raises:
+        StoreError: as :meth:`store.Lake.open`; OSError when the file cannot be written.
+    """
+    size = lake.stat(path, ref).size
+    tmp = local.with_name(f".{local.name}.flowlake-tmp")
+    try:
+        with lake.open(path, ref) as src, open(tmp, "wb") as dst:
+            if size < PROGRESS_MIN_BYTES:
+                _copy(src, dst, lambda n: None)
+            else:
+                with byte_progress(f"get {path}", size) as advance:
+                    _copy(src, dst, advance)
+        os.replace(tmp, local)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return Transferred(1, size)
+
+
+def get_dir(lake: store.Lake, prefix: str, ref: str, local: Path) -> Transferred:
+    """Export every object under ``prefix`` at ``ref`` into a local folder, with a bar."""
+    entries = lake.list(ref=ref, prefix=prefix)
+    with file_progress(f"get {prefix or ref}", len(entries)) as advance:
+        count = lake.download_dir(local, ref=ref, prefix=prefix, progress=advance)
+    return Transferred(count, sum(info.size for info in entries))
+
+
+def _copy(src: BinaryIO, dst: BinaryIO, advance: Callable[[int], None]) -> None:
+    while chunk := src.read(CHUNK):
+        dst.write(chunk)
+        advance(len(chunk))
