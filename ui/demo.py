@@ -141,10 +141,7 @@ def prepare_folder(path: Path, fresh: bool) -> None:
 
 def open_as(location: str, login: str) -> store.Lake:
     """The lake seen by ``login`` in namespace ``user:<login>``."""
-    lake = store.open(location, namespace=f"user:{login}")
-    # The demo plays several people in one process; each commit should name who made it.
-    lake.user = login
-    return lake
+    return store.open(location, namespace=f"user:{login}", user=login)
 
 
 def ingest(location: str, console: Console) -> str:
