@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -13,6 +13,7 @@ from store.errors import StoreError
 
 if TYPE_CHECKING:
     from store.backends.embedded.backend import EmbeddedBackend
+    from store.backends.embedded.refdb import CommitRow
 
 
 def check(backend: EmbeddedBackend) -> list[str]:
@@ -40,8 +41,11 @@ def check(backend: EmbeddedBackend) -> list[str]:
     return problems
 
 
-def _walk_commits(backend: EmbeddedBackend, start: str, seen: set[str]) -> list[str]:
-    problems: list[str] = []
+def _ancestry(
+    backend: EmbeddedBackend, start: str, seen: set[str]
+) -> Iterator[tuple[str, CommitRow | None]]:
+    """Each commit reachable from ``start`` and not yet in ``seen`` (added to it), with its
+    indexed row, or None when the index lacks it."""
     stack = [start]
     while stack:
         commit_id = stack.pop()
@@ -49,6 +53,14 @@ def _walk_commits(backend: EmbeddedBackend, start: str, seen: set[str]) -> list[
             continue
         seen.add(commit_id)
         row = backend.refs.commit(commit_id)
+        yield commit_id, row
+        if row is not None:
+            stack.extend(row.parents)
+
+
+def _walk_commits(backend: EmbeddedBackend, start: str, seen: set[str]) -> list[str]:
+    problems: list[str] = []
+    for commit_id, row in _ancestry(backend, start, seen):
         if row is None:
             problems.append(f"missing commit {commit_id}")
             continue
@@ -58,7 +70,6 @@ def _walk_commits(backend: EmbeddedBackend, start: str, seen: set[str]) -> list[
                 problems.append(f"commit {commit_id}: index disagrees with stored record")
         except StoreError as exc:
             problems.append(f"commit {commit_id}: {exc}")
-        stack.extend(row.parents)
     return problems
 
 
@@ -112,7 +123,8 @@ def reachable(backend: EmbeddedBackend, fresh_after: float) -> set[str]:
     roots |= {row.id for row, created in backend.refs.all_commits() if created >= fresh_after}
     commits: set[str] = set()
     for root in roots:
-        _walk_commits_quiet(backend, root, commits)
+        for _ in _ancestry(backend, root, commits):
+            pass
     keep: set[str] = set(backend.refs.staged_addresses())
     trees: set[str] = set()
     for commit_id in commits:
@@ -122,18 +134,6 @@ def reachable(backend: EmbeddedBackend, fresh_after: float) -> set[str]:
             trees.add(row.tree)
             keep.update(backend.trees.referenced(row.tree))
     return keep
-
-
-def _walk_commits_quiet(backend: EmbeddedBackend, start: str, seen: set[str]) -> None:
-    stack = [start]
-    while stack:
-        commit_id = stack.pop()
-        if commit_id in seen:
-            continue
-        seen.add(commit_id)
-        row = backend.refs.commit(commit_id)
-        if row is not None:
-            stack.extend(row.parents)
 
 
 def collect(backend: EmbeddedBackend, retention: timedelta) -> int:
