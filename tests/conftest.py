@@ -11,9 +11,11 @@ Backends of the ``lake`` fixture:
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,41 @@ def embedded_lake(tmp_path: os.PathLike[str]) -> Iterator[store.Lake]:
     opened = store.open(Path(tmp_path) / "lake")
     yield opened
     opened.close()
+
+
+@dataclass(frozen=True)
+class LakeAccess:
+    """How another process (or the CLI) opens the same lake: ``store.open(location)`` with
+    ``env`` set. The fixture also sets it in this process."""
+
+    location: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@pytest.fixture
+def lake_access(
+    lake: store.Lake, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> LakeAccess:
+    """The ``lake`` fixture's lake as configuration only: lakeFS through the ``LAKECTL_*``
+    variables, objects on S3 through fsspec's ``FSSPEC_S3`` configuration."""
+    kind = request.node.callspec.params["lake"]
+    env: dict[str, str] = {}
+    if kind != "embedded":
+        from lakefs_server import s3_storage_options
+
+        server = request.getfixturevalue("lakefs_server")
+        if kind == "lakefs":
+            env = {
+                "LAKECTL_SERVER_ENDPOINT_URL": server.endpoint,
+                "LAKECTL_CREDENTIALS_ACCESS_KEY_ID": server.access_key_id,
+                "LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY": server.secret_access_key,
+            }
+        else:
+            import fsspec.config
+
+            options = s3_storage_options(server)
+            env = {"FSSPEC_S3": json.dumps(options)}
+            monkeypatch.setitem(fsspec.config.conf, "s3", options)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return LakeAccess(lake.location, env)

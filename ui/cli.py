@@ -21,6 +21,7 @@ from store.errors import LakeNotFoundError, StoreError
 from store.model import MergeStrategy
 from ui import render
 from ui.cli_data import cat_command, get_command, ls_command, put_command
+from ui.cli_tracking import runs_command, sql_command
 from ui.demo import run_demo
 from ui.options import (
     DEFAULT_LAKE,
@@ -410,13 +411,8 @@ def demo_command(
         render.emit_json(result.as_json())
 
 
-try:
-    from ui.cli_tracking import runs_command, sql_command
-except ImportError:  # the tracking commands land with tracking; the store commands stand alone
-    pass
-else:
-    app.command("runs")(runs_command)
-    app.command("sql")(sql_command)
+app.command("runs")(runs_command)
+app.command("sql")(sql_command)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,464 @@
+"""Tracking: runs, their failure paths, SQL over run history, lineage and the CLI.
+
+Every test uses the public store API only, so it runs on each backend of the ``lake`` fixture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+import store
+import tracking
+from store.errors import RefNotFoundError, StoreError
+from tracking import buffer, liveness
+from ui.cli_tracking import runs_app
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _start(lake: store.Lake, branch: str | None, name: str, **kw: object) -> tracking.Run:
+    kw.setdefault("snapshot_code", False)
+    return tracking.start_run(lake, branch=branch, name=name, **kw)  # type: ignore[arg-type]
+
+
+def test_params_metrics_tags_round_trip_through_sql(lake: store.Lake) -> None:
+    exp = lake.branch("sweep", source="main")
+    logged: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    ids = {}
+    for lr in (0.1, 0.01):
+        with _start(lake, exp.name, f"lr={lr}") as run:
+            run.log_params({"lr": lr, "depth": 6})
+            run.log_param("optimizer", "adam")
+            run.set_tag("stage", "candidate")
+            points = [(step, 1.0 / (step + 1) + lr) for step in range(500)]
+            for step, value in points:
+                run.log_metric("loss", value, step=step)
+            run.log_metrics({"acc": 1 - lr, "f1": 0.5 + lr}, step=500)
+            logged[run.id] = {"loss": points, "acc": [(500, 1 - lr)], "f1": [(500, 0.5 + lr)]}
+            ids[run.id] = lr
+    runs = tracking.sql(lake, "SELECT run_id, name, status, target_branch FROM runs").to_pylist()
+    assert {r["run_id"] for r in runs} == set(ids)
+    assert all(r["status"] == "finished" and r["target_branch"] == exp.name for r in runs)
+    params = tracking.sql(lake, "SELECT run_id, key, value FROM params").to_pylist()
+    assert {(p["run_id"], p["key"], p["value"]) for p in params} == {
+        (rid, k, v)
+        for rid, lr in ids.items()
+        for k, v in (("lr", str(lr)), ("depth", "6"), ("optimizer", "adam"))
+    }
+    tags = tracking.sql(lake, "SELECT run_id, key, value FROM tags").to_pylist()
+    assert {(t["run_id"], t["key"], t["value"]) for t in tags} == {
+        (rid, "stage", "candidate") for rid in ids
+    }
+    metrics = tracking.sql(lake, "SELECT run_id, key, step, value FROM metrics").to_pylist()
+    got: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for m in metrics:
+        got.setdefault((m["run_id"], m["key"]), []).append((m["step"], m["value"]))
+    expected = {(rid, k): pts for rid, d in logged.items() for k, pts in d.items()}
+    assert {k: sorted(v) for k, v in got.items()} == expected
+    best = tracking.sql(
+        lake,
+        "SELECT r.name, max(m.value) AS best FROM runs r JOIN metrics m USING (run_id) "
+        "WHERE m.key = 'acc' GROUP BY 1 ORDER BY 2 DESC",
+    ).to_pylist()
+    assert best == [{"name": "lr=0.01", "best": 0.99}, {"name": "lr=0.1", "best": 0.9}]
+    # Finished runs are merged into the branch they started on; main is untouched.
+    assert {p.split("/")[2] for p in _paths(lake, exp.name, "_flowlake/runs/")} == set(ids)
+    assert _paths(lake, "main", "_flowlake/") == []
+
+
+def _paths(lake: store.Lake, ref: str, prefix: str) -> list[str]:
+    return [o.path for o in lake.list(ref, prefix=prefix)]
+
+
+def test_every_view_has_source_columns(lake: store.Lake) -> None:
+    with _start(lake, None, "solo") as run:
+        run.log_metric("m", 1.0)
+        run.log_param("p", 1)
+        run.set_tag("t", 1)
+        run.log_table("tbl", pa.table({"x": [1]}))
+    for view in ("runs", "params", "metrics", "tags", "artifacts", "commits", "branches"):
+        cols = tracking.sql(lake, f"SELECT * FROM {view} LIMIT 0").column_names
+        assert {"ref", "namespace", "branch", "commit"} <= set(cols), view
+    row = tracking.sql(lake, "SELECT namespace, branch, commit FROM params").to_pylist()[0]
+    assert row == {
+        "namespace": "user:tester",
+        "branch": run.run_branch,
+        "commit": lake.resolve(run.run_branch),
+    }
+    events = tracking.sql(
+        lake, "SELECT commit, event FROM commits WHERE run_id = ?", params=[run.id]
+    ).to_pylist()
+    assert sorted(e["event"] for e in events) == ["finished", "recorded", "start"]
+    by_event = {e["event"]: e["commit"] for e in events}
+    assert by_event["finished"] == run.output_commit
+    assert lake.log(run.run_branch)[0].id == by_event["recorded"]
+    branch_rows = tracking.sql(lake, "SELECT branch, run_id, protected FROM branches").to_pylist()
+    assert {"branch": run.run_branch, "run_id": run.id, "protected": False} in branch_rows
+    assert {"branch": "main", "run_id": None, "protected": True} in branch_rows
+
+
+def test_metrics_are_flushed_in_the_background_while_running(lake: store.Lake) -> None:
+    run = _start(lake, None, "live", flush_interval=0.05)
+    try:
+        for i in range(1000):
+            run.log_metric("x", float(i), step=i)
+        deadline = datetime.now(UTC) + timedelta(seconds=20)
+        count = 0
+        while datetime.now(UTC) < deadline and count < 1000:
+            count = tracking.sql(lake, "SELECT count(*) AS n FROM metrics").column("n")[0].as_py()
+        assert count == 1000
+        assert tracking.get_run(lake, run.id).status == "running"
+    finally:
+        run.end()
+
+
+def test_run_that_raises_is_failed_and_keeps_artifacts_on_its_own_branch(
+    lake: store.Lake,
+) -> None:
+    exp = lake.branch("exp", source="main")
+    before_exp, before_main = lake.resolve(exp.name), lake.resolve("main")
+    with pytest.raises(RuntimeError, match="diverged"), _start(lake, exp.name, "doomed") as run:
+        run.log_metric("loss", 3.0, step=0)
+        art = run.log_table("partial", pa.table({"a": [1, 2]}))
+        raise RuntimeError("loss diverged")
+    assert run.status == "failed"
+    assert lake.resolve(exp.name) == before_exp
+    assert lake.resolve("main") == before_main
+    assert lake.read_table(art.path, ref=run.run_branch).column("a").to_pylist() == [1, 2]
+    assert not lake.exists(art.path, ref=exp.name)
+    row = tracking.sql(lake, "SELECT status, error, output_commit FROM runs").to_pylist()[0]
+    assert row["status"] == "failed"
+    assert "RuntimeError: loss diverged" in row["error"]
+    assert row["output_commit"] == run.output_commit
+    assert lake.exists(f"_flowlake/runs/{run.id}/run.parquet", ref=run.output_commit)
+    loss = tracking.sql(lake, "SELECT value FROM metrics WHERE key = 'loss'").to_pylist()
+    assert loss == [{"value": 3.0}]
+
+
+def test_keyboard_interrupt_marks_the_run_killed(lake: store.Lake) -> None:
+    with pytest.raises(KeyboardInterrupt), _start(lake, None, "interrupted") as run:
+        raise KeyboardInterrupt
+    assert tracking.get_run(lake, run.id).status == "killed"
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import store, tracking
+    lake = store.open(sys.argv[1])
+    run = tracking.start_run(lake, branch=sys.argv[2], name="victim", snapshot_code=False,
+                             flush_interval=0.05, heartbeat_interval=0.2)
+    run.log_param("p", 1)
+    for i in range(100):
+        run.log_metric("m", float(i), step=i)
+    run.flush()
+    print(run.id, flush=True)
+    while True:
+        run.log_metric("late", 1.0)
+        time.sleep(0.001)
+    """
+)
+
+
+@pytest.fixture
+def lake_location(lake_access) -> str:  # type: ignore[no-untyped-def]
+    """The lake's location; the environment lets another process or the CLI open it by that."""
+    return str(lake_access.location)
+
+
+def test_killed_process_shows_killed_and_history_stays_readable(
+    lake: store.Lake, lake_location: str
+) -> None:
+    exp = lake.branch("exp", source="main")
+    env = dict(os.environ, PYTHONPATH=REPO, FLOWLAKE_USER="tester")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, lake_location, exp.name],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        run_id = child.stdout.readline().strip()
+        assert len(run_id) == 32, run_id
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    row = tracking.sql(lake, "SELECT status, recorded_status FROM runs").to_pylist()[0]
+    assert row == {"status": "killed", "recorded_status": "running"}
+    assert tracking.sql(lake, "SELECT count(*) AS n FROM metrics WHERE key = 'm'").to_pylist() == [
+        {"n": 100}
+    ]
+    assert tracking.sql(lake, "SELECT count(*) AS n FROM commits").column("n")[0].as_py() >= 2
+    assert lake.resolve(exp.name) == lake.resolve("main")
+    # The run can be resumed and finished; what the dead process flushed is kept.
+    with tracking.resume_run(lake, run_id) as resumed:
+        resumed.log_metric("m", 100.0, step=100)
+    assert tracking.get_run(lake, run_id).status == "finished"
+    history = tracking.get_metric_history(lake, run_id, "m")
+    assert history.column("step").to_pylist() == list(range(101))
+    assert lake.exists(f"_flowlake/runs/{run_id}/run.parquet", ref=exp.name)
+
+
+def test_stale_when_heartbeat_stops_on_another_host() -> None:
+    now = datetime.now(UTC)
+    args = ("running", "elsewhere.invalid", 123)
+    assert liveness.effective_status(*args, now - timedelta(seconds=1), 10.0, now) == "running"
+    assert liveness.effective_status(*args, now - timedelta(seconds=60), 10.0, now) == "stale"
+    assert liveness.effective_status(*args, None, 10.0, now) == "stale"
+    assert liveness.effective_status("finished", *args[1:], None, None, now) == "finished"
+
+
+def test_resume_by_id_logs_more(lake: store.Lake) -> None:
+    exp = lake.branch("exp", source="main")
+    with _start(lake, exp.name, "first") as run:
+        run.log_param("lr", 0.1)
+        run.log_metric("loss", 1.0, step=0)
+    first_output = run.output_commit
+    with tracking.start_run(lake, run_id=run.id) as again:
+        assert again.id == run.id and again.params == {"lr": "0.1"}
+        again.log_metric("loss", 0.5, step=1)
+    with tracking.resume_run(lake, run.id) as third:
+        third.log_metric("loss", 0.25, step=2)
+    history = tracking.get_metric_history(lake, run.id, "loss").to_pylist()
+    assert [(h["step"], h["value"]) for h in history] == [(0, 1.0), (1, 0.5), (2, 0.25)]
+    record = tracking.sql(lake, "SELECT status, sessions, output_commit FROM runs").to_pylist()
+    assert record[0]["status"] == "finished" and record[0]["sessions"] == 3
+    assert record[0]["output_commit"] != first_output
+    merged = tracking.sql(lake, "SELECT count(*) AS n FROM metrics", ref=exp.name)
+    assert merged.column("n")[0].as_py() == 3
+    with pytest.raises(tracking.RunNotFoundError):
+        tracking.resume_run(lake, "0" * 32)
+
+
+def test_logging_rules(lake: store.Lake) -> None:
+    with _start(lake, None, "rules") as run:
+        run.log_param("lr", 0.1)
+        run.log_param("lr", 0.1)
+        with pytest.raises(tracking.ParamChangedError):
+            run.log_param("lr", 0.2)
+        with pytest.raises(StoreError):
+            run.set_tag("", "x")
+        run.log_metric("weird", "not a number")  # type: ignore[arg-type]
+    with pytest.raises(tracking.RunStateError):
+        run.log_metric("loss", 1.0)
+    with pytest.raises(tracking.RunStateError):
+        run.log_param("x", 1)
+    value = tracking.sql(lake, "SELECT isnan(value) AS nan FROM metrics").to_pylist()
+    assert value == [{"nan": True}]
+
+
+def test_queries_as_of_refs_and_side_by_side(lake: store.Lake) -> None:
+    exp = lake.branch("exp", source="main")
+    with _start(lake, exp.name, "a") as a:
+        a.log_metric("acc", 0.7)
+    lake.tag("v1", exp.name)
+    with _start(lake, exp.name, "b") as b:
+        b.log_metric("acc", 0.8)
+    old = tracking.sql(lake, "SELECT name, ref, commit FROM runs", ref="v1").to_pylist()
+    assert old == [{"name": "a", "ref": "v1", "commit": lake.resolve("v1")}]
+    now = tracking.sql(lake, "SELECT name FROM runs ORDER BY name", ref=exp.name)
+    assert now.column("name").to_pylist() == ["a", "b"]
+    compared = tracking.sql(
+        lake,
+        "SELECT ref, count(*) AS runs, max(value) AS best FROM metrics "
+        "WHERE key = 'acc' GROUP BY ref ORDER BY ref",
+        refs=["v1", exp.name],
+    ).to_pylist()
+    assert compared == [
+        {"ref": exp.name, "runs": 2, "best": 0.8},
+        {"ref": "v1", "runs": 1, "best": 0.7},
+    ]
+    new_only = tracking.sql(
+        lake,
+        "SELECT n.name FROM runs n LEFT JOIN runs o ON o.run_id = n.run_id AND o.ref = 'v1' "
+        "WHERE n.ref = ? AND o.run_id IS NULL",
+        refs=["v1", exp.name],
+        params=[exp.name],
+    )
+    assert new_only.column("name").to_pylist() == ["b"]
+    assert tracking.sql(lake, "SELECT count(*) AS n FROM runs", ref="main").to_pylist() == [
+        {"n": 0}
+    ]
+    assert tracking.sql(lake, "SELECT name FROM runs", ref=f"{exp.name}~1").num_rows == 1
+    with pytest.raises(RefNotFoundError):
+        tracking.sql(lake, "SELECT 1", ref="no-such-ref")
+
+
+def test_queries_are_read_only(lake: store.Lake, tmp_path: os.PathLike[str]) -> None:
+    with _start(lake, None, "r") as run:
+        run.log_metric("m", 1.0)
+    heads = {b.name: b.head for b in lake.branches(all_namespaces=True)}
+    secret = os.path.join(tmp_path, "secret.csv")
+    with open(secret, "w") as f:
+        f.write("a\n1\n")
+    target = os.path.join(tmp_path, "out.csv")
+    attacks = [
+        "SELECT * FROM read_csv('/etc/passwd')",
+        f"SELECT * FROM read_csv('{secret}')",
+        "SELECT * FROM glob('/*')",
+        f"COPY (SELECT * FROM runs) TO '{target}'",
+        f"ATTACH '{os.path.join(tmp_path, 'x.db')}' AS x",
+        "CREATE TABLE t AS SELECT 1",
+        "SET enable_external_access = true",
+        "INSTALL httpfs",
+        "SELECT 1; SELECT 2",
+        f"SELECT * FROM runs; COPY (SELECT 1) TO '{target}'",
+    ]
+    for attack in attacks:
+        with pytest.raises(tracking.QueryError):
+            tracking.sql(lake, attack)
+    assert not os.path.exists(target)
+    assert {b.name: b.head for b in lake.branches(all_namespaces=True)} == heads
+    with pytest.raises(tracking.QueryError, match="disabled by configuration"):
+        tracking.sql(lake, f"SELECT * FROM read_csv('{secret}')")
+
+
+def test_bad_query_gets_duckdbs_message(lake: store.Lake) -> None:
+    with pytest.raises(tracking.QueryError, match="syntax error") as info:
+        tracking.sql(lake, "SELEC name FROM runs")
+    assert isinstance(info.value, StoreError) and isinstance(info.value, ValueError)
+    assert info.value.__cause__ is None
+    with pytest.raises(tracking.QueryError, match="nope"):
+        tracking.sql(lake, "SELECT nope FROM runs")
+    with pytest.raises(tracking.QueryError, match="empty"):
+        tracking.sql(lake, "   ")
+
+
+def test_lineage_both_directions(lake: store.Lake, tmp_path: os.PathLike[str]) -> None:
+    code = os.path.join(tmp_path, "project")
+    os.makedirs(code)
+    with open(os.path.join(code, "train.py"), "w") as f:
+        f.write("print('train')\n")
+    data = lake.branch("data", source="main")
+    data.write_table("raw/x.parquet", pa.table({"x": [1, 2, 3]}))
+    data_commit = data.commit("raw data").id
+    with tracking.start_run(lake, branch=data.name, name="prep", code_dir=code) as prep:
+        prep.log_table("features", pa.table({"f": [1.0]}), path="features/f.parquet")
+    with tracking.start_run(
+        lake, branch=data.name, name="train", code_dir=code, parent_run_id=prep.id
+    ) as train:
+        train.log_model("clf", {"weights": [1, 2]})
+    up = tracking.lineage(lake, train.id)
+    assert up.run is not None and up.run.run_id == train.id
+    assert up.input_commit == prep.merge_commit
+    assert [r.run_id for r in up.parent_runs] == [prep.id]
+    assert up.code == (("train.py", hashlib.sha256(b"print('train')\n").hexdigest()),)
+    assert [a.kind for a in up.artifacts] == ["model"]
+    assert pickle.loads(lake.read_bytes(up.artifacts[0].path, ref=data.name)) == {"weights": [1, 2]}
+    down = tracking.lineage(lake, data_commit)
+    assert down.run is None
+    assert [r.run_id for r in down.used_by] == [prep.id]
+    assert [r.run_id for r in down.downstream_runs] == [train.id]
+    from_prep = tracking.lineage(lake, prep.id)
+    assert [r.run_id for r in from_prep.downstream_runs] == [train.id]
+    assert from_prep.parent_runs == ()
+    by_merge = tracking.lineage(lake, prep.merge_commit or "")
+    assert by_merge.run is not None and by_merge.run.run_id == prep.id
+    with pytest.raises(tracking.RunNotFoundError):
+        tracking.lineage(lake, "f" * 32)
+
+
+def test_code_snapshot_environment_and_artifact_hashes(
+    lake: store.Lake, tmp_path: os.PathLike[str]
+) -> None:
+    code = os.path.join(tmp_path, "proj")
+    os.makedirs(os.path.join(code, "pkg"))
+    os.makedirs(os.path.join(code, ".venv"))
+    files = {"main.py": b"x = 1\n", "pkg/mod.py": b"y = 2\n", "conf.yaml": b"a: 1\n"}
+    for rel, data in files.items():
+        with open(os.path.join(code, rel), "wb") as f:
+            f.write(data)
+    for skipped in ("data.bin", ".venv/lib.py"):
+        with open(os.path.join(code, skipped), "wb") as f:
+            f.write(b"skip")
+    model_dir = os.path.join(tmp_path, "model")
+    os.makedirs(model_dir)
+    with open(os.path.join(model_dir, "weights.bin"), "wb") as f:
+        f.write(b"\x00\x01" * 5000)
+    with tracking.start_run(lake, name="snap", code_dir=code) as run:
+        arts = run.log_model("net", model_dir)
+    snap = tracking.sql(lake, "SELECT path, sha256, size FROM code ORDER BY path").to_pylist()
+    assert snap == [
+        {"path": p, "sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
+        for p, d in sorted(files.items())
+    ]
+    for row in snap:
+        blob = f"_flowlake/code/{row['sha256'][:2]}/{row['sha256']}"
+        assert lake.read_bytes(blob, ref=run.run_branch) == files[row["path"]]
+    packages = tracking.sql(lake, "SELECT name FROM environment").column("name").to_pylist()
+    assert "pyarrow" in {p.lower() for p in packages}
+    record = tracking.get_run(lake, run.id)
+    assert record.code_root == code and record.git_commit is None
+    assert record.python_version.startswith(sys.version.split()[0])
+    (art,) = arts
+    assert art.sha256 == hashlib.sha256(b"\x00\x01" * 5000).hexdigest()
+    assert art.size == 10000 and art.path.endswith("models/net/weights.bin")
+    assert lake.read_bytes(art.path, ref=run.run_branch) == b"\x00\x01" * 5000
+    rows = tracking.sql(lake, "SELECT name, kind, sha256 FROM artifacts").to_pylist()
+    assert rows == [{"name": "net", "kind": "model", "sha256": art.sha256}]
+
+
+def test_buffer_loses_nothing_appended_during_a_drain() -> None:
+    buf = buffer.MetricBuffer()
+    drained: list[buffer.Point] = []
+    done = threading.Event()
+
+    def drain() -> None:
+        while not done.is_set():
+            drained.extend(buf.drain())
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    for i in range(200_000):
+        buf.append(("k", float(i), i, 0.0))
+    done.set()
+    thread.join()
+    drained.extend(buf.drain())
+    assert [p[2] for p in drained] == list(range(200_000))
+
+
+def test_cli_runs_and_sql(lake: store.Lake, lake_location: str) -> None:
+    exp = lake.branch("exp", source="main")
+    with _start(lake, exp.name, "cli-run") as run:
+        run.log_metric("acc", 0.5)
+    with pytest.raises(ValueError), _start(lake, exp.name, "cli-bad"):
+        raise ValueError("boom")
+    cli = CliRunner()
+    common = ["--lake", lake_location, "--namespace", "user:tester"]
+    out = cli.invoke(runs_app, ["runs", *common])
+    assert out.exit_code == 0, out.output
+    assert "cli-run" in out.output and "cli-bad" in out.output
+    out = cli.invoke(runs_app, ["runs", "--status", "failed", *common])
+    assert "cli-bad" in out.output and "cli-run" not in out.output
+    out = cli.invoke(runs_app, ["runs", "--branch", "exp", "--name", "RUN", *common])
+    assert "cli-run" in out.output and "cli-bad" not in out.output
+    query = "SELECT name, status FROM runs ORDER BY name"
+    out = cli.invoke(runs_app, ["sql", query, "--json", *common])
+    assert out.exit_code == 0, out.output
+    assert [json.loads(line) for line in out.output.splitlines()] == [
+        {"name": "cli-bad", "status": "failed"},
+        {"name": "cli-run", "status": "finished"},
+    ]
+    out = cli.invoke(runs_app, ["sql", query, "--csv", *common])
+    assert out.output.splitlines() == ["name,status", "cli-bad,failed", "cli-run,finished"]
+    out = cli.invoke(runs_app, ["sql", "SELECT count(*) AS n FROM metrics", *common])
+    assert out.exit_code == 0 and "1" in out.output
+    out = cli.invoke(runs_app, ["sql", "SELEC 1", *common])
+    assert out.exit_code == 1 and "syntax error" in out.output
+    env = {"FLOWLAKE_LAKE": lake_location, "FLOWLAKE_USER": "tester"}
+    out = cli.invoke(runs_app, ["sql", "SELECT count(*) AS n FROM runs", "--json"], env=env)
+    assert out.exit_code == 0 and json.loads(out.output) == {"n": 2}

@@ -1,0 +1,43 @@
+"""Experiment tracking on a flowlake lake, with SQL over all run history.
+
+>>> import store, tracking
+>>> lake = store.open("./lake")                                   # doctest: +SKIP
+>>> with tracking.start_run(lake, branch="exp", name="lr=0.1") as run:  # doctest: +SKIP
+...     run.log_param("lr", 0.1)
+...     run.log_metric("loss", 0.42, step=1)
+>>> tracking.sql(lake, "SELECT name, status FROM runs")           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from tracking.errors import (
+    ParamChangedError,
+    QueryError,
+    RunNotFoundError,
+    RunStateError,
+    TrackingError,
+)
+from tracking.lifecycle import resume_run, start_run
+from tracking.lineage import lineage
+from tracking.model import Artifact, Lineage, RunRecord
+from tracking.query import get_metric_history, get_run, search_runs, sql
+from tracking.run import Run
+
+__all__ = [
+    "Artifact",
+    "Lineage",
+    "ParamChangedError",
+    "QueryError",
+    "Run",
+    "RunNotFoundError",
+    "RunRecord",
+    "RunStateError",
+    "TrackingError",
+    "get_metric_history",
+    "get_run",
+    "lineage",
+    "resume_run",
+    "search_runs",
+    "sql",
+    "start_run",
+]

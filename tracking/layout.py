@@ -1,0 +1,163 @@
+"""Where run data lives in a lake, and the Parquet schemas of its files: the one place for both.
+
+Every run owns a folder of *named* files (run metadata and metric series are looked up by name)
+and writes its code snapshot *content-addressed* (identical files across runs are stored once)::
+
+    _flowlake/runs/<run_id>/run.parquet           one row: identity, status, commits, host, code
+    _flowlake/runs/<run_id>/params.parquet        key, value
+    _flowlake/runs/<run_id>/tags.parquet          key, value
+    _flowlake/runs/<run_id>/artifacts.parquet     name, kind, path, size, sha256, checksum
+    _flowlake/runs/<run_id>/environment.parquet   installed distributions: name, version
+    _flowlake/runs/<run_id>/code.parquet          path, size, sha256 of the snapshot's files
+    _flowlake/runs/<run_id>/heartbeat.json        {"time": <unix seconds>, "pid": <pid>}
+    _flowlake/runs/<run_id>/metrics/part-<seq>.parquet   key, value, step, timestamp
+    _flowlake/code/<sha256[:2]>/<sha256>          the bytes of one source file
+    runs/<run_id>/...                             artifacts logged without an explicit path
+
+Every object is written atomically (a reader sees all of it or none), so a metric part is
+complete once it is listed. ``run.parquet`` is the run's completion marker: its ``status`` is
+``running`` until the run ends, then ``finished``, ``failed`` or ``killed`` with ``end_time`` set;
+it is written after every other file of that session.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+#: Bumped when a file's schema changes incompatibly; stored in ``run.parquet``.
+FORMAT_VERSION = 1
+
+ROOT = "_flowlake"
+RUNS_PREFIX = f"{ROOT}/runs/"
+CODE_PREFIX = f"{ROOT}/code/"
+ARTIFACTS_ROOT = "runs"
+RUN_BRANCH_PREFIX = "run-"
+
+RUN_FILE = "run.parquet"
+PARAMS_FILE = "params.parquet"
+TAGS_FILE = "tags.parquet"
+ARTIFACTS_FILE = "artifacts.parquet"
+ENVIRONMENT_FILE = "environment.parquet"
+CODE_FILE = "code.parquet"
+HEARTBEAT_FILE = "heartbeat.json"
+METRICS_DIR = "metrics"
+
+RUN_STATUSES = ("running", "finished", "failed", "killed")
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_PART = re.compile(r"^part-(\d{8})\.parquet$")
+
+_TS = pa.timestamp("us", tz="UTC")
+
+RUN_SCHEMA = pa.schema(
+    [
+        ("format_version", pa.int32()),
+        ("run_id", pa.string()),
+        ("name", pa.string()),
+        ("run_namespace", pa.string()),
+        ("target_branch", pa.string()),
+        ("run_branch", pa.string()),
+        ("parent_run_id", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("user", pa.string()),
+        ("host", pa.string()),
+        ("pid", pa.int64()),
+        ("start_time", _TS),
+        ("end_time", _TS),
+        ("input_commit", pa.string()),
+        ("output_commit", pa.string()),
+        ("git_commit", pa.string()),
+        ("git_dirty", pa.bool_()),
+        ("code_root", pa.string()),
+        ("python_version", pa.string()),
+        ("python_executable", pa.string()),
+        ("platform", pa.string()),
+        ("heartbeat_interval", pa.float64()),
+        ("sessions", pa.int32()),
+    ]
+)
+
+KEY_VALUE_SCHEMA = pa.schema(
+    [("run_id", pa.string()), ("key", pa.string()), ("value", pa.string())]
+)
+
+METRICS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("key", pa.string()),
+        ("value", pa.float64()),
+        ("step", pa.int64()),
+        ("timestamp", _TS),
+    ]
+)
+
+ARTIFACTS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("name", pa.string()),
+        ("kind", pa.string()),
+        ("path", pa.string()),
+        ("size", pa.int64()),
+        ("sha256", pa.string()),
+        ("checksum", pa.string()),
+        ("logged_at", _TS),
+    ]
+)
+
+ENVIRONMENT_SCHEMA = pa.schema(
+    [("run_id", pa.string()), ("name", pa.string()), ("version", pa.string())]
+)
+
+CODE_SCHEMA = pa.schema(
+    [("run_id", pa.string()), ("path", pa.string()), ("size", pa.int64()), ("sha256", pa.string())]
+)
+
+
+def is_run_id(text: str) -> bool:
+    """Whether ``text`` has the shape of a run id (32 lowercase hex digits)."""
+    return isinstance(text, str) and bool(_RUN_ID.match(text))
+
+
+def run_dir(run_id: str) -> str:
+    return f"{RUNS_PREFIX}{run_id}"
+
+
+def run_file(run_id: str, name: str) -> str:
+    """The path of one of a run's named files (``RUN_FILE``, ``PARAMS_FILE``, ...)."""
+    return f"{RUNS_PREFIX}{run_id}/{name}"
+
+
+def metrics_part(run_id: str, seq: int) -> str:
+    return f"{RUNS_PREFIX}{run_id}/{METRICS_DIR}/part-{seq:08d}.parquet"
+
+
+def part_number(path: str) -> int | None:
+    """The sequence number of a metric part path, or None when it is not one."""
+    match = _PART.match(path.rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else None
+
+
+def code_blob(sha256: str) -> str:
+    return f"{CODE_PREFIX}{sha256[:2]}/{sha256}"
+
+
+def run_branch_short(run_id: str) -> str:
+    """The short name of the branch a run writes on (in the namespace that started it)."""
+    return f"{RUN_BRANCH_PREFIX}{run_id}"
+
+
+def artifact_prefix(run_id: str) -> str:
+    return f"{ARTIFACTS_ROOT}/{run_id}"
+
+
+def split_run_path(path: str) -> tuple[str, str] | None:
+    """``(run_id, relative path)`` of an object under ``_flowlake/runs/``, else None."""
+    if not path.startswith(RUNS_PREFIX):
+        return None
+    run_id, sep, rest = path[len(RUNS_PREFIX) :].partition("/")
+    if not sep or not is_run_id(run_id):
+        return None
+    return run_id, rest

@@ -1,0 +1,126 @@
+"""``flowlake runs`` and ``flowlake sql``: the tracking commands of the CLI.
+
+The main CLI registers them with ``app.command("runs")(runs_command)`` and
+``app.command("sql")(sql_command)``; :data:`runs_app` runs them on their own.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from datetime import datetime
+from typing import Annotated, Any
+
+import pyarrow as pa
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import store
+import tracking
+from store.errors import StoreError
+
+LakeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--lake", help="Lake folder or lakefs://repo (default: $FLOWLAKE_LAKE or ./lake)."
+    ),
+]
+NamespaceOption = Annotated[
+    str | None, typer.Option("--namespace", help="Namespace to act in (default: your user's).")
+]
+
+
+def _open(lake: str | None, namespace: str | None) -> store.Lake:
+    location = lake or os.environ.get("FLOWLAKE_LAKE") or "./lake"
+    return store.open(location, namespace=namespace, create=False)
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    Console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    return typer.Exit(code=1)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def _rich_table(table: pa.Table, title: str | None = None) -> Table:
+    out = Table(title=title, show_lines=False)
+    for name in table.column_names:
+        out.add_column(name, overflow="fold")
+    for row in table.to_pylist():
+        out.add_row(*(_cell(row[name]) for name in table.column_names))
+    return out
+
+
+def runs_command(
+    branch: Annotated[
+        str | None, typer.Option("--branch", "-b", help="Runs started on (or written to) it.")
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", "-s", help="running, finished, failed, killed or stale."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Substring of the name.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many runs.")] = 50,
+    lake: LakeOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """List runs of every namespace, newest first."""
+    try:
+        with _open(lake, namespace) as opened:
+            found = tracking.search_runs(
+                opened, branch=branch, status=status, name=name, limit=limit
+            )
+    except StoreError as exc:
+        raise _fail(exc) from None
+    shown = found.select(
+        ["run_id", "name", "status", "target_branch", "user", "start_time", "end_time"]
+    )
+    short = pa.array([r[:12] for r in shown.column("run_id").to_pylist()], pa.string())
+    shown = shown.set_column(0, "run_id", short)
+    Console().print(_rich_table(shown, title=f"{found.num_rows} run(s)"))
+
+
+def sql_command(
+    query: Annotated[str, typer.Argument(help="One SELECT over runs, params, metrics, ...")],
+    ref: Annotated[
+        str | None, typer.Option("--ref", help="Query the history as of this ref.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+    lake: LakeOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Run read-only SQL over the run history of every namespace."""
+    if as_json and as_csv:
+        raise _fail(ValueError("choose --json or --csv, not both"))
+    try:
+        with _open(lake, namespace) as opened:
+            result = tracking.sql(opened, query, ref=ref)
+    except StoreError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        for row in result.to_pylist():
+            typer.echo(json.dumps(row, default=_cell))
+    elif as_csv:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(result.column_names)
+        for row in result.to_pylist():
+            writer.writerow([_cell(row[c]) for c in result.column_names])
+        typer.echo(buffer.getvalue(), nl=False)
+    else:
+        Console().print(_rich_table(result))
+
+
+runs_app = typer.Typer(help="Experiment tracking commands.", no_args_is_help=True)
+runs_app.command("runs")(runs_command)
+runs_app.command("sql")(sql_command)
