@@ -47,6 +47,12 @@ class Branch:
         return str(self._name)
 
     @property
+    def _ref(self) -> str:
+        """This branch as an unambiguous ref (a bare production name could mean a same-named
+        branch of the current namespace)."""
+        return f"{self._name.namespace}/{self._name.short}"
+
+    @property
     def namespace(self) -> str:
         return str(self._name.namespace)
 
@@ -118,25 +124,25 @@ class Branch:
     # -- reading ---------------------------------------------------------------------------------
 
     def read_bytes(self, path: str) -> bytes:
-        return self.lake.read_bytes(path, ref=self.name)
+        return self.lake.read_bytes(path, ref=self._ref)
 
     def read_table(self, path: str, columns: builtins.list[str] | None = None) -> pa.Table:
-        return self.lake.read_table(path, ref=self.name, columns=columns)
+        return self.lake.read_table(path, ref=self._ref, columns=columns)
 
     def open(self, path: str) -> BinaryIO:
-        return self.lake.open(path, ref=self.name)
+        return self.lake.open(path, ref=self._ref)
 
     def stat(self, path: str) -> ObjectInfo:
-        return self.lake.stat(path, ref=self.name)
+        return self.lake.stat(path, ref=self._ref)
 
     def exists(self, path: str) -> bool:
-        return self.lake.exists(path, ref=self.name)
+        return self.lake.exists(path, ref=self._ref)
 
     def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
-        return self.lake.list(ref=self.name, prefix=prefix)
+        return self.lake.list(ref=self._ref, prefix=prefix)
 
     def download_dir(self, local_dir: str | os.PathLike[str], prefix: str = "") -> int:
-        return self.lake.download_dir(local_dir, ref=self.name, prefix=prefix)
+        return self.lake.download_dir(local_dir, ref=self._ref, prefix=prefix)
 
     # -- history ---------------------------------------------------------------------------------
 
@@ -145,7 +151,7 @@ class Branch:
         return self._backend.get_commit(self._backend.branch_head(self.backend_name))  # type: ignore[no-any-return]
 
     def log(self, limit: int | None = None) -> builtins.list[Commit]:
-        return self.lake.log(self.name, limit=limit)
+        return self.lake.log(self._ref, limit=limit)
 
     def uncommitted(self) -> builtins.list[Change]:
         """Uncommitted changes against the head, sorted by path."""
@@ -175,18 +181,13 @@ class Branch:
         On an exception the scratch branch is deleted and this branch is untouched.
         """
         scratch_short = f"{self._name.short[:150]}-tx-{uuid.uuid4().hex[:12]}"
-        scratch = self.lake.branch(
-            f"{self._name.namespace}/{scratch_short}"
-            if not self._name.namespace.is_production
-            else scratch_short,
-            source=self.name,
-        )
+        scratch = self.lake.branch(f"{self._name.namespace}/{scratch_short}", source=self._ref)
         try:
             yield scratch
             try:
                 scratch.commit(message, metadata)
             except NothingToCommitError:
                 return
-            self.lake.merge(scratch.name, into=self.name, message=message, metadata=metadata)
+            self.lake.merge(scratch._ref, into=self._ref, message=message, metadata=metadata)
         finally:
-            self.lake.delete_branch(scratch.name)
+            self.lake.delete_branch(scratch._ref)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -39,6 +40,8 @@ from store.refs import RefSpec
 
 if TYPE_CHECKING:
     from store.branch import Branch
+
+_FULL_COMMIT_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Lake:
@@ -126,6 +129,11 @@ class Lake:
         return commit_id
 
     def _resolve_base(self, base: str) -> str:
+        if _FULL_COMMIT_ID.match(base):
+            try:
+                return self.backend.get_commit(base).id
+            except RefNotFoundError:
+                pass  # not a commit: maybe a branch that happens to look like one
         try:
             return self._branch_and_head(base)[1]
         except (BranchNotFoundError, ValueError):

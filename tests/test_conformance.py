@@ -48,6 +48,15 @@ class TestBranches:
         everything = {b.name for b in lake.branches(all_namespaces=True)}
         assert "user:avery/theirs" in everything and names <= everything
 
+    def test_production_handle_never_reads_a_same_named_own_branch(self, lake: store.Lake) -> None:
+        committed(lake, "feature", {"a.txt": b"production"})
+        lake.merge("feature", into="main")
+        committed(lake, "main", {"a.txt": b"mine"}, source="main")
+        main = lake.get_branch("production/main")
+        assert main.read_bytes("a.txt") == b"production"
+        assert [c.id for c in main.log()] == [c.id for c in lake.log("production/main")]
+        assert lake.read_bytes("a.txt", ref="main") == b"mine"  # bare names: own namespace first
+
     def test_branch_shares_its_source_head(self, lake: store.Lake) -> None:
         source = committed(lake, "src", {"x": b"1"})
         copy = lake.branch("copy", source=source.name)

@@ -396,7 +396,7 @@ class LakeFSBackend(Backend):
     def revert(self, branch: str, commit_id: str, committer: str) -> Commit:
         target = self.get_commit(commit_id)
         overrides = lakefs_sdk.CommitOverrides(
-            message=f"Revert {commit_id}",
+            message=f"Revert {commit_id[:12]}",
             metadata={"reverted": commit_id, COMMITTER_KEY: committer},
         )
         creation = lakefs_sdk.RevertCreation(  # type: ignore[call-arg]

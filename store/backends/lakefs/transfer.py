@@ -146,13 +146,27 @@ class _ResponseReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        with boundary(ObjectNotFoundError):
-            data = self._resp.read(len(buffer))
+        data = self._next(len(buffer))
         n = len(data)
         buffer[:n] = data
-        self._eof = self._eof or n == 0
+        return n
+
+    def readall(self) -> bytes:
+        # ``read()`` and ``read_bytes`` end here. io.RawIOBase.readall would read 8 KiB at a
+        # time (thousands of calls and copies for a large object); the caller wants the whole
+        # body in memory anyway, so it is read in one call, like the SDK's own get_object.
+        data = self._next(None)
+        self._next(CHUNK)  # end of stream: verifies the checksum
+        return data
+
+    def _next(self, size: int | None) -> bytes:
+        """Up to ``size`` bytes of the body, all that is left when None (b"" at its end, once
+        the checksum is verified)."""
+        with boundary(ObjectNotFoundError):
+            data: bytes = self._resp.read(size)
+        self._eof = self._eof or not data
         if self._hash is not None:
-            if n:
+            if data:
                 self._hash.update(data)
             elif self._hash.hexdigest() != self._expected:
                 self._hash = None
@@ -161,7 +175,7 @@ class _ResponseReader(io.RawIOBase):
                 )
             else:
                 self._hash = None
-        return n
+        return data
 
     def close(self) -> None:
         if not self.closed:
