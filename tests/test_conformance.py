@@ -269,6 +269,16 @@ class TestDiffMerge:
         assert left.read_bytes("a") == expected
         assert left.read_bytes("r") == b"r" and left.read_bytes("l") == b"l"
 
+    def test_write_then_delete_of_a_new_path_leaves_the_branch_clean(self, lake: store.Lake) -> None:
+        target = committed(lake, "target", {"a": b"0"})
+        committed(lake, "src", {"new": b"from src"})
+        target.write_bytes("new", b"scratch")
+        target.delete("new")
+        assert target.uncommitted() == []
+        lake.merge("src", into=target.name)
+        assert target.read_bytes("new") == b"from src"
+        assert target.uncommitted() == []
+
     def test_merge_into_dirty_branch_fails(self, lake: store.Lake) -> None:
         target = committed(lake, "target", {"a": b"0"})
         committed(lake, "src", {"b": b"1"})

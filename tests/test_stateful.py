@@ -133,7 +133,7 @@ class LakeModel(RuleBasedStateMachine):
 
 
 LakeModel.TestCase.settings = settings(
-    max_examples=25,
+    max_examples=60,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

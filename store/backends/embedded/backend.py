@@ -467,9 +467,7 @@ class EmbeddedBackend(Backend):
             raise InvalidArgumentError(f"unknown merge strategy {strategy!r}")
         source_commit = self.resolve(source)
         for _ in range(CAS_ATTEMPTS):
-            dest_head = self.branch_head(dest_branch)
-            if self.refs.has_staged(dest_branch):
-                raise DirtyBranchError(f"branch {dest_branch!r} has uncommitted changes")
+            dest_head, staged_up_to = self._clean_head(dest_branch)
             base = self.merge_base(source_commit, dest_head)
             if base == source_commit:
                 raise NothingToCommitError(f"{source!r} has nothing to merge into {dest_branch!r}")
@@ -482,7 +480,7 @@ class EmbeddedBackend(Backend):
                 raise NothingToCommitError(f"{source!r} has nothing to merge into {dest_branch!r}")
             tree = self.trees.apply(dest_tree, changes)
             row = self._write_commit(tree, (dest_head, source_commit), message, metadata, committer)
-            if self._advance(dest_branch, dest_head, row):
+            if self._advance(dest_branch, dest_head, row, clear_up_to=staged_up_to):
                 return _to_commit(row)
         raise ConcurrentUpdateError(dest_branch, dest_head, self.refs.head(dest_branch))
 
@@ -490,9 +488,7 @@ class EmbeddedBackend(Backend):
         target = self._commit_row(commit_id)
         parent_tree = self._commit_row(target.parents[0]).tree if target.parents else EMPTY_TREE
         for _ in range(CAS_ATTEMPTS):
-            head = self.branch_head(branch)
-            if self.refs.has_staged(branch):
-                raise DirtyBranchError(f"branch {branch!r} has uncommitted changes")
+            head, staged_up_to = self._clean_head(branch)
             head_tree = self._commit_row(head).tree
             changes, changed = self._three_way(target.tree, parent_tree, head_tree, None)
             if not changed:
@@ -501,9 +497,23 @@ class EmbeddedBackend(Backend):
             row = self._write_commit(
                 tree, (head,), f"Revert {commit_id[:12]}", {"reverted": commit_id}, committer
             )
-            if self._advance(branch, head, row):
+            if self._advance(branch, head, row, clear_up_to=staged_up_to):
                 return _to_commit(row)
         raise ConcurrentUpdateError(branch, head, self.refs.head(branch))
+
+    def _clean_head(self, branch: str) -> tuple[str, int]:
+        """The head of a branch without uncommitted changes, and the highest staged seq read.
+
+        Staged rows that change nothing (a new file written, then deleted) do not make a branch
+        dirty; the caller clears them with its head move so they cannot come alive later.
+
+        Raises:
+            DirtyBranchError: the branch has uncommitted changes.
+        """
+        head, changes, top = self._effective_staged(branch)
+        if changes:
+            raise DirtyBranchError(f"branch {branch!r} has uncommitted changes")
+        return head, top
 
     # -- maintenance -----------------------------------------------------------------------------
 

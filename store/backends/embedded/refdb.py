@@ -211,9 +211,6 @@ class RefDB:
             return False, None
         return True, _staged_entry(path, row[0], row[1])
 
-    def has_staged(self, branch: str) -> bool:
-        return self._one("SELECT 1 FROM staging WHERE branch = ? LIMIT 1", (branch,)) is not None
-
     def stage(self, conn: sqlite3.Connection, branch: str, changes: Iterable[StagedChange]) -> None:
         """Record changes; a later write of a path replaces the earlier (and gets a new seq)."""
         conn.executemany(
