@@ -22,16 +22,20 @@ def walk(local_dir: str | os.PathLike[str]) -> Iterator[tuple[str, str, int]]:
     Raises:
         FileNotFoundError / NotADirectoryError: ``local_dir`` is not a folder.
     """
-    root = Path(local_dir)
-    if not root.is_dir():
-        raise NotADirectoryError(f"{os.fspath(local_dir)!r} is not a folder")
-    found = []
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            if os.path.isfile(full):
-                rel = Path(full).relative_to(root).as_posix()
-                found.append((rel, full, os.path.getsize(full)))
+    root = os.fspath(local_dir)
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"{root!r} is not a folder")
+    found: list[tuple[str, str, int]] = []
+    pending = [(root, "")]
+    while pending:
+        folder, rel_folder = pending.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                rel = f"{rel_folder}{entry.name}"
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, rel + "/"))
+                elif entry.is_file():
+                    found.append((rel, entry.path, entry.stat().st_size))
     return iter(sorted(found))
 
 

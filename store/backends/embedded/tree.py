@@ -135,11 +135,11 @@ class TreeStore:
 
     def get(self, tree_id: str, path: str) -> Entry | None:
         ranges = self.ranges(tree_id)
-        i = bisect.bisect_right([r.first for r in ranges], path) - 1
+        i = bisect.bisect_right(ranges, path, key=_first) - 1
         if i < 0 or path > ranges[i].last:
             return None
         entries = self.range_entries(ranges[i].id)
-        j = bisect.bisect_left([e.path for e in entries], path)
+        j = bisect.bisect_left(entries, path, key=_path)
         return entries[j] if j < len(entries) and entries[j].path == path else None
 
     def iter_entries(self, tree_id: str, prefix: str = "") -> Iterator[Entry]:
@@ -226,6 +226,14 @@ class TreeStore:
             for entry in self.range_entries(r.id):
                 if entry.address is not None:
                     yield entry.address
+
+
+def _first(r: RangeRef) -> str:
+    return r.first
+
+
+def _path(e: Entry) -> str:
+    return e.path
 
 
 def _merge_sorted(old: list[Entry], changes: dict[str, Entry | None]) -> Iterator[Entry]:
