@@ -269,7 +269,7 @@ class TestDiffMerge:
         assert left.read_bytes("a") == expected
         assert left.read_bytes("r") == b"r" and left.read_bytes("l") == b"l"
 
-    def test_write_then_delete_of_a_new_path_leaves_the_branch_clean(self, lake: store.Lake) -> None:
+    def test_write_then_delete_of_a_new_path_leaves_it_clean(self, lake: store.Lake) -> None:
         target = committed(lake, "target", {"a": b"0"})
         committed(lake, "src", {"new": b"from src"})
         target.write_bytes("new", b"scratch")
