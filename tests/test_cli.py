@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import store
+import tracking
 from ui import transfer
 from ui.cli import app
 
@@ -333,7 +334,7 @@ def test_demo_tells_the_story_and_leaves_the_lake_in_its_final_state(tmp_path: P
     path = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--path", str(path)])
     assert result.exit_code == 0, result.output
-    for beat in ("dana", "avery", "blake", "promotion gate", "model-v1"):
+    for beat in ("dana", "avery", "blake", "experiment runs", "promotion gate", "model-v1"):
         assert beat in result.stdout
 
     with store.open(path, namespace="production") as lake:
@@ -342,10 +343,16 @@ def test_demo_tells_the_story_and_leaves_the_lake_in_its_final_state(tmp_path: P
         metrics = lake.read_table("models/classifier/metrics.parquet").to_pylist()[0]
         model = pickle.loads(lake.read_bytes("models/classifier/model.pkl"))
         test = lake.read_table("data/test.parquet", ref="data-v1")
-        assert {c.path for c in lake.diff("data-v1", "model-v1")} == {
+        changed = {c.path for c in lake.diff("data-v1", "model-v1")}
+        assert {p for p in changed if not p.startswith("_flowlake/")} == {
             "models/classifier/model.pkl",
             "models/classifier/metrics.parquet",
         }
+        runs = tracking.sql(lake, "SELECT user, status FROM runs ORDER BY user").to_pylist()
+        assert runs == [
+            {"user": "avery", "status": "finished"},
+            {"user": "blake", "status": "finished"},
+        ]
         assert lake.fsck() == []
         names = {b.name for b in lake.branches(all_namespaces=True)}
     assert {"user:dana/ingest", "user:avery/clf-logreg", "user:blake/clf-forest"} <= names

@@ -1,7 +1,8 @@
 """``flowlake demo``: a small continuous-delivery story on a fresh embedded lake.
 
 Dana ingests production data and merges it into ``main`` (tag ``data-v1``); Avery and Blake
-each train a model on their own branch in their own namespace; the better candidate passes the
+each train a model on their own branch in their own namespace, as tracked runs (params, metrics,
+model and metrics table), compared with one SQL query; the better candidate passes the
 promotion gate (its accuracy must beat production's) and is merged into ``main`` (tag
 ``model-v1``). Each chapter is one function over the public store API, so later chapters
 (experiment tracking, remote compute) slot in between.
@@ -10,6 +11,7 @@ promotion gate (its accuracy must beat production's) and is merged into ``main``
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 import store
+import tracking
 from store.errors import AlreadyExistsError, InvalidArgumentError, ObjectNotFoundError
 from ui import render
 from ui.demo_models import (
@@ -38,7 +41,8 @@ from ui.demo_models import (
 MARKER = "flowlake-demo.json"
 TRAIN_PATH = "data/train.parquet"
 TEST_PATH = "data/test.parquet"
-MODEL_PATH = "models/classifier/model.pkl"
+MODEL_DIR = "models/classifier"
+MODEL_PATH = f"{MODEL_DIR}/model.pkl"
 METRICS_PATH = "models/classifier/metrics.parquet"
 DATA_TAG = "data-v1"
 MODEL_TAG = "model-v1"
@@ -108,6 +112,7 @@ def run_demo(path: Path, console: Console, fresh: bool = False) -> DemoResult:
     )
     data_commit = ingest(location, console)
     candidates = [experiment(location, recipe, console) for recipe in RECIPES]
+    show_runs(location, console)
     production = production_baseline(location)
     winner = compare(candidates, production, console)
     promoted = promote(location, winner, production.accuracy, console)
@@ -179,22 +184,53 @@ def experiment(location: str, recipe: Recipe, console: Console) -> Candidate:
     with open_as(location, recipe.person) as lake:
         branch = lake.branch(recipe.branch, source="main")
         _say(console, recipe.person, f"branches {branch.name} from main")
-        result = train(recipe, branch.read_table(TRAIN_PATH), branch.read_table(TEST_PATH))
+        data_commit = lake.commit(DATA_TAG).id
+        with tracking.start_run(
+            lake, branch=branch.name, name=recipe.describe(), snapshot_code=False
+        ) as run:
+            result = train(recipe, branch.read_table(TRAIN_PATH), branch.read_table(TEST_PATH))
+            run.log_params({"model": recipe.kind, "features": len(result.features)})
+            run.log_params(dict(recipe.params))
+            run.log_metrics(result.metrics)
+            run.set_tag("data", DATA_TAG)
+            run.log_model("classifier", pickle.loads(result.model), path=MODEL_DIR)
+            run.log_table(
+                "metrics", metrics_table(result, branch.name, data_commit), path=METRICS_PATH
+            )
         _say(
             console,
             recipe.person,
-            f"trains {recipe.describe()} on {len(result.features)} features: "
+            f"run {run.id[:8]} trains {recipe.describe()} on {len(result.features)} features: "
             + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()),
         )
-        branch.write_bytes(MODEL_PATH, result.model)
-        data_commit = lake.commit(DATA_TAG).id
-        branch.write_table(METRICS_PATH, metrics_table(result, branch.name, data_commit))
-        commit = branch.commit(
-            f"Train {recipe.kind}",
-            metadata={"model": recipe.kind, "data": DATA_TAG, **result.metrics},
-        )
-        _say(console, recipe.person, f"commits {MODEL_PATH} and {METRICS_PATH}")
+        _say(console, recipe.person, f"the run commits {MODEL_PATH} and {METRICS_PATH}")
+        commit = branch.head()
     return Candidate(branch.name, commit.id, result)
+
+
+RUNS_QUERY = """
+SELECT r.user, r.name, r.status, p.value AS model, m.value AS accuracy
+FROM runs r
+JOIN params p ON p.run_id = r.run_id AND p.key = 'model'
+JOIN metrics m ON m.run_id = r.run_id AND m.key = 'accuracy'
+ORDER BY accuracy DESC
+"""
+
+
+def show_runs(location: str, console: Console) -> None:
+    """Everyone's runs, across namespaces, with one SQL query over the tracked history."""
+    console.rule("experiment runs (tracking.sql over every namespace)")
+    with store.open(location, namespace="production") as lake:
+        rows = tracking.sql(lake, RUNS_QUERY).to_pylist()
+    table = Table(title="SELECT ... FROM runs JOIN params JOIN metrics", title_justify="left")
+    for column in ("user", "name", "status", "model", "accuracy"):
+        table.add_column(column, justify="right" if column == "accuracy" else "left")
+    for row in rows:
+        table.add_row(
+            *(Text(str(row[c])) for c in ("user", "name", "status", "model")),
+            f"{row['accuracy']:.3f}",
+        )
+    console.print(table)
 
 
 def production_baseline(location: str) -> Baseline:
