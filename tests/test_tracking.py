@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 import store
 import tracking
 from store.errors import RefNotFoundError, StoreError
-from tracking import buffer, liveness
+from tracking import buffer, layout, liveness
 from ui.cli_tracking import runs_app
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -244,8 +244,48 @@ def test_resume_by_id_logs_more(lake: store.Lake) -> None:
         tracking.resume_run(lake, "0" * 32)
 
 
+def test_metric_history_matches_sql_across_parts(lake: store.Lake) -> None:
+    """get_metric_history reads the parts itself; it must agree with the metrics view."""
+    run = _start(lake, None, "history")
+    try:
+        for step in (5, 3, None, 3, 7):
+            run.log_metric("loss", float(step or 0), step=step)
+            run.log_metric("acc", 1.0, step=step)
+            run.flush()  # one part per point: the history is spread over several parts
+        run.log_metric("loss", 9.0, step=1)  # still buffered: not in the history yet
+        history = tracking.get_metric_history(lake, run.id, "loss")
+        assert history.column_names == ["step", "value", "timestamp"]
+        assert history.schema.field("timestamp").type == pa.timestamp("us", tz="UTC")
+        assert history.column("step").to_pylist() == [None, 3, 3, 5, 7]
+        stamps = history.column("timestamp").to_pylist()
+        assert stamps[1] < stamps[2]  # equal steps in time order
+        expected = tracking.sql(
+            lake,
+            "SELECT step, value, epoch_us(timestamp) AS t FROM metrics WHERE key = 'loss' "
+            "ORDER BY step NULLS FIRST, timestamp",
+        ).to_pylist()
+        got = pa.table(
+            [history["step"], history["value"], history["timestamp"].cast(pa.int64())],
+            names=["step", "value", "t"],
+        )
+        assert got.to_pylist() == expected
+        assert tracking.get_metric_history(lake, run.id, "absent").num_rows == 0
+        parts = _paths(lake, run.run_branch, f"_flowlake/runs/{run.id}/metrics/")
+        assert len(parts) == 5
+        assert lake.read_table(parts[0], ref=run.run_branch).schema == layout.METRICS_SCHEMA
+    finally:
+        run.end()
+    steps = tracking.get_metric_history(lake, run.id, "loss").column("step").to_pylist()
+    assert steps == [None, 1, 3, 3, 5, 7]
+    with pytest.raises(tracking.RunNotFoundError):
+        tracking.get_metric_history(lake, "0" * 32, "loss")
+    with pytest.raises(tracking.RunNotFoundError):
+        tracking.get_metric_history(lake, "not-a-run", "loss")
+
+
 def test_logging_rules(lake: store.Lake) -> None:
     with _start(lake, None, "rules") as run:
+        log = run.log_metric  # held across the end: must refuse points afterwards too
         run.log_param("lr", 0.1)
         run.log_param("lr", 0.1)
         with pytest.raises(tracking.ParamChangedError):
@@ -255,6 +295,10 @@ def test_logging_rules(lake: store.Lake) -> None:
         run.log_metric("weird", "not a number")  # type: ignore[arg-type]
     with pytest.raises(tracking.RunStateError):
         run.log_metric("loss", 1.0)
+    with pytest.raises(tracking.RunStateError):
+        log("loss", 1.0)
+    with pytest.raises(tracking.RunStateError):
+        run.log_metrics({"loss": 1.0})
     with pytest.raises(tracking.RunStateError):
         run.log_param("x", 1)
     value = tracking.sql(lake, "SELECT isnan(value) AS nan FROM metrics").to_pylist()

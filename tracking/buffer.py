@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,27 @@ class MetricBuffer:
         chunk = self.points[:n]
         del self.points[:n]
         return chunk
+
+
+def metric_logger(
+    append: Callable[[Point], None],
+) -> tuple[Callable[..., None], Callable[[Callable[[Point], None]], None]]:
+    """A ``log_metric(key, value, step=None, timestamp=None)`` function appending to ``append``,
+    and a function that replaces ``append`` (to refuse points once the run ends).
+
+    The hot path is a closure rather than a method: reading ``append`` and the clock from
+    cells skips the bound-method call and the attribute lookups, 10-20% of a call's cost.
+    """
+    now = time.time
+
+    def log_metric(key: str, value: Any, step: int | None = None, timestamp: Any = None) -> None:
+        append((key, value, step, now() if timestamp is None else timestamp / 1000))
+
+    def replace(new: Callable[[Point], None]) -> None:
+        nonlocal append
+        append = new
+
+    return log_metric, replace
 
 
 _POINT = pa.struct(

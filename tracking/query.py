@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from store.errors import InvalidArgumentError, StoreError
-from tracking import views
+from tracking import history, views
 from tracking.errors import QueryError, RunNotFoundError
 from tracking.model import RunRecord
 
@@ -102,20 +102,17 @@ def get_run(lake: Lake, run_id: str) -> RunRecord:
 
 
 def get_metric_history(lake: Lake, run_id: str, key: str) -> pa.Table:
-    """Every point of one metric of one run (``step``, ``value``, ``timestamp``), in order.
+    """Every point of one metric of one run (``step``, ``value``, ``timestamp``), ordered by
+    ``step`` (nulls first), then ``timestamp``.
 
-    Reads only the run's own branch; the Parquet parts are read in place where possible.
+    Reads only the run's own branch, uncommitted parts included, with pyarrow rather than SQL
+    (see :mod:`tracking.history`); the Parquet parts are read in place where possible.
 
     Raises:
         RunNotFoundError: no such run.
+        InvalidArgumentError: ``key`` is not a string.
     """
-    return run_query(
-        lake,
-        "SELECT step, value, timestamp FROM metrics WHERE run_id = ? AND key = ? "
-        "ORDER BY step NULLS FIRST, timestamp",
-        views.run_scope(lake, run_id),
-        [run_id, key],
-    )
+    return history.metric_history(lake, run_id, key)
 
 
 def search_runs(

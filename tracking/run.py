@@ -70,6 +70,11 @@ class Run:
         self._dirty: set[str] = set()
         self._buffer = buffer.MetricBuffer()
         self._append = self._buffer.append
+        # log_metric's hot path: a closure (see buffer.metric_logger) standing in for the
+        # method below, which documents it; end() points it at _closed_append.
+        fast, self._replace_append = buffer.metric_logger(self._buffer.append)
+        fast.__doc__ = Run.log_metric.__doc__
+        self.log_metric = fast  # type: ignore[method-assign]
         self._pending: list[buffer.Point] = []
         self._write_lock = threading.RLock()
         self._flusher: buffer.Flusher | None = None
@@ -141,6 +146,8 @@ class Run:
         self, key: str, value: float, step: int | None = None, timestamp: int | None = None
     ) -> None:
         """Record one metric point. Buffered: costs about a list append.
+
+        (Each run replaces this method with an equivalent closure; see ``__init__``.)
 
         Args:
             key: the metric name.
@@ -311,7 +318,11 @@ class Run:
             if chunk:
                 self._pending = chunk
                 table = buffer.to_table(self.id, chunk)
-                self._branch.write_table(layout.metrics_part(self.id, self._next_part), table)
+                self._branch.write_table(
+                    layout.metrics_part(self.id, self._next_part),
+                    table,
+                    **layout.METRICS_PARQUET_OPTIONS,
+                )
                 self._next_part += 1
                 self._pending = []
             for name in sorted(self._dirty):
@@ -390,6 +401,7 @@ class Run:
             return
         self._ended = True
         self._append = self._closed_append
+        self._replace_append(self._closed_append)
         atexit.unregister(self._end_at_exit)
         if self._flusher is not None:
             self._flusher.stop()
