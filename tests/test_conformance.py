@@ -357,6 +357,16 @@ class TestBadInput:
         with pytest.raises(KeyError):  # errors also inherit the matching built-ins
             lake.get_branch("nope")
 
+    def test_missing_qualified_branches_are_reported_as_branches(self, lake: store.Lake) -> None:
+        for read in (
+            lambda: lake.read_bytes("a", ref="user:tester/nope"),
+            lambda: lake.list(ref="user:tester/nope"),
+            lambda: lake.exists("a", ref="user:avery/nope"),
+            lambda: lake.merge("user:tester/nope", into="main"),
+        ):
+            with pytest.raises(errors.BranchNotFoundError, match="nope"):
+                read()
+
     def test_merging_a_branch_into_itself_is_refused(self, lake: store.Lake) -> None:
         branch = committed(lake, "exp", {"a": b"1"})
         head = branch.head()

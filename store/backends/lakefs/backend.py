@@ -166,7 +166,7 @@ class LakeFSBackend(Backend):
 
     def create_branch(self, name: str, source_commit: str) -> None:
         creation = lakefs_sdk.BranchCreation(name=name, source=source_commit)  # type: ignore[call-arg]
-        with boundary(RefNotFoundError):
+        with boundary(RefNotFoundError, f"branch {name!r} from {source_commit[:12]}"):
             self._sdk.branches_api.create_branch(self.repository, creation)
 
     def delete_branch(self, name: str) -> None:
@@ -174,7 +174,7 @@ class LakeFSBackend(Backend):
         self.branch_head(name)
         if name in self.protected_branches():
             raise ProtectedBranchError(f"branch {name!r} is protected and cannot be deleted")
-        with boundary(BranchNotFoundError):
+        with boundary(BranchNotFoundError, f"branch {name!r}"):
             self._sdk.branches_api.delete_branch(self.repository, name)
 
     def list_branches(self) -> dict[str, str]:
@@ -183,7 +183,7 @@ class LakeFSBackend(Backend):
         return {ref.id: ref.commit_id for ref in refs}
 
     def branch_head(self, name: str) -> str:
-        with boundary(BranchNotFoundError):
+        with boundary(BranchNotFoundError, f"branch {name!r}"):
             return str(self._sdk.branches_api.get_branch(self.repository, name).commit_id)
 
     def protect_branch(self, name: str) -> None:
@@ -196,11 +196,11 @@ class LakeFSBackend(Backend):
 
     def create_tag(self, name: str, commit_id: str) -> None:
         creation = lakefs_sdk.TagCreation(id=name, ref=commit_id)
-        with boundary(RefNotFoundError):
+        with boundary(RefNotFoundError, f"tag {name!r}"):
             self._sdk.tags_api.create_tag(self.repository, creation)
 
     def delete_tag(self, name: str) -> None:
-        with boundary(RefNotFoundError):
+        with boundary(RefNotFoundError, f"tag {name!r}"):
             self._sdk.tags_api.delete_tag(self.repository, name)
 
     def list_tags(self) -> dict[str, str]:
@@ -239,7 +239,7 @@ class LakeFSBackend(Backend):
         return {commit_id for commit_id in seen if commit_id.startswith(prefix)}
 
     def get_commit(self, commit_id: str) -> Commit:
-        with boundary(RefNotFoundError):
+        with boundary(RefNotFoundError, f"commit {commit_id}"):
             raw = self._sdk.commits_api.get_commit(self.repository, commit_id)
         if raw.id != commit_id:  # lakeFS resolved a branch, tag or prefix
             raise RefNotFoundError(f"no commit with id {commit_id!r}")
@@ -269,7 +269,7 @@ class LakeFSBackend(Backend):
 
     def stat(self, ref: str, path: str) -> ObjectInfo:
         try:
-            with boundary(ObjectNotFoundError):
+            with boundary(ObjectNotFoundError, f"{path!r} at {ref!r}"):
                 stats = self._sdk.objects_api.stat_object(self.repository, ref, path)
         except ObjectNotFoundError:
             self.resolve(ref)  # raises RefNotFoundError when the ref is what is missing
@@ -352,13 +352,13 @@ class LakeFSBackend(Backend):
         if next(self.uncommitted(branch), None) is None:
             return
         creation = lakefs_sdk.ResetCreation(type="reset")
-        with boundary(BranchNotFoundError):
+        with boundary(BranchNotFoundError, f"branch {branch!r}"):
             self._sdk.branches_api.reset_branch(self.repository, branch, creation)
 
     def commit(self, branch: str, message: str, metadata: dict[str, str], committer: str) -> Commit:
         text, meta = _encode_commit(message, metadata, committer)
         creation = lakefs_sdk.CommitCreation(message=text, metadata=meta)  # type: ignore[call-arg]
-        with boundary(BranchNotFoundError):
+        with boundary(BranchNotFoundError, f"branch {branch!r}"):
             raw = self._sdk.commits_api.commit(self.repository, branch, creation)
         return _to_commit(raw)
 
@@ -402,7 +402,7 @@ class LakeFSBackend(Backend):
         creation = lakefs_sdk.RevertCreation(  # type: ignore[call-arg]
             ref=commit_id, parent_number=1 if target.parents else 0, commit_overrides=overrides
         )
-        with boundary(BranchNotFoundError):
+        with boundary(BranchNotFoundError, f"branch {branch!r}"):
             self._sdk.branches_api.revert_branch(self.repository, branch, creation)
         # lakeFS answers 204 without the new commit id; the branch head is that commit unless
         # another writer moved the branch in between.

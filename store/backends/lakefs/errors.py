@@ -117,8 +117,15 @@ def translate(exc: BaseException, not_found: type[NotFoundError] = RefNotFoundEr
 
 
 @contextmanager
-def boundary(not_found: type[NotFoundError] = RefNotFoundError) -> Iterator[None]:
+def boundary(
+    not_found: type[NotFoundError] = RefNotFoundError, subject: str | None = None
+) -> Iterator[None]:
     """Run a block of lakeFS calls; any SDK or transport error leaves it as a flowlake error.
+
+    Args:
+        not_found: the class a 404 becomes.
+        subject: what the calls were about (``"branch 'x'"``); it leads the error message,
+            since lakeFS's own messages name nothing.
 
     Raises:
         StoreError: the translated error, chained to the original.
@@ -128,7 +135,10 @@ def boundary(not_found: type[NotFoundError] = RefNotFoundError) -> Iterator[None
     except StoreError:
         raise
     except (lakefs_sdk.ApiException, urllib3.exceptions.HTTPError, ConnectionError) as exc:
-        raise translate(exc, not_found) from exc
+        error = translate(exc, not_found)
+        if subject and error.args and isinstance(error.args[0], str):
+            error.args = (f"{subject}: {error.args[0]}", *error.args[1:])
+        raise error from exc
 
 
 def check_response(
