@@ -124,3 +124,24 @@ def test_reopened_lake_keeps_everything(tmp_path: Path) -> None:
     again = store.open(tmp_path / "lake", create=False)
     assert again.resolve("exp") == commit.id
     assert again.read_bytes("b", ref="exp") == b"staged"
+
+
+def test_large_files_stream_in_bounded_memory(embedded_lake: store.Lake, tmp_path: Path) -> None:
+    import tracemalloc
+
+    source = tmp_path / "weights.bin"
+    with open(source, "wb") as f:
+        for _ in range(50):
+            f.write(os.urandom(4 << 20))  # 200 MiB
+    branch = embedded_lake.branch("exp")
+    tracemalloc.start()
+    try:
+        branch.write_file("models/weights.bin", source)
+        with branch.open("models/weights.bin") as stream:
+            while stream.read(1 << 20):
+                pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert branch.stat("models/weights.bin").size == 200 << 20
+    assert peak < 48 << 20, f"peak {peak / 2**20:.0f} MiB"
