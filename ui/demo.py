@@ -11,8 +11,10 @@ promotion gate (its accuracy must beat production's) and is merged into ``main``
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -307,13 +309,26 @@ def epilogue(location: str, console: Console) -> None:
         branches = lake.branches(all_namespaces=True)
         console.print(render.branches_table(branches, "production"))
     console.print(Text("\nExplore it yourself:", style="bold"))
+    cli = _cli_name()
     for command in (
-        f"flowlake log --lake {location}",
-        f"flowlake ls --lake {location} --ref {MODEL_TAG}",
-        f"flowlake branch list --all --lake {location}",
-        f"flowlake diff main user:{RECIPES[-1].person}/{RECIPES[-1].branch} --lake {location}",
+        f"{cli} log --lake {location}",
+        f"{cli} ls --lake {location} --ref {MODEL_TAG}",
+        f"{cli} branch list --all --lake {location}",
+        f"{cli} diff main user:{RECIPES[-1].person}/{RECIPES[-1].branch} --lake {location}",
+        f'{cli} sql --lake {location} "SELECT name, status FROM runs"',
     ):
         console.print(Text(f"  {command}", style="cyan"))
+
+
+def _cli_name() -> str:
+    """How to call the flowlake command from here: ``flowlake`` when it is on PATH, else the
+    path of the installed script (``.venv/bin/flowlake`` after ``make demo``)."""
+    if shutil.which("flowlake"):
+        return "flowlake"
+    script = Path(sys.executable).with_name("flowlake")
+    if not script.exists():
+        return "flowlake"
+    return min(os.path.relpath(script), str(script), key=len)
 
 
 def _say(console: Console, person: str, text: str) -> None:
