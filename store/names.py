@@ -168,8 +168,8 @@ def validate_tag(name: str) -> str:
             f"invalid tag name {name!r}: use letters, digits, '.', '-' and '_', "
             "starting with a letter or digit"
         )
-    if ".." in name:
-        raise InvalidNameError(f"invalid tag name {name!r}: '..' is not allowed")
+    if ".." in name or name.endswith("."):
+        raise InvalidNameError(f"invalid tag name {name!r}: '..' and a final '.' are not allowed")
     return name
 
 

@@ -336,7 +336,7 @@ class TestBadInput:
             lake.branch(name)
         assert {b.name for b in lake.branches(all_namespaces=True)} == {"main"}
 
-    @pytest.mark.parametrize("name", ["", "a b", "../x", "x/y", "-v"])
+    @pytest.mark.parametrize("name", ["", "a b", "../x", "x/y", "-v", "v1."])
     def test_bad_tag_names_are_refused(self, lake: store.Lake, name) -> None:
         with pytest.raises(errors.InvalidNameError):
             lake.tag(name, "main")
