@@ -6,7 +6,7 @@ import builtins
 import io
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
@@ -96,6 +96,24 @@ class Branch:
     def _put(self, path: str, source: BinaryIO) -> ObjectInfo:
         info: ObjectInfo = self._backend.put(self.backend_name, validate_path(path), source)
         return info
+
+    def write_many(self, items: Iterable[tuple[str, bytes]]) -> int:
+        """Write many small in-memory objects as one batch; returns how many.
+
+        Every path is checked before anything is written, so a bad one leaves the branch
+        unchanged.
+
+        Raises:
+            InvalidPathError, InvalidArgumentError (not bytes), BranchNotFoundError,
+            ProtectedBranchError.
+        """
+        batch = []
+        for path, data in items:
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise InvalidArgumentError(f"write_many needs bytes, got {type(data).__name__}")
+            batch.append((validate_path(path), bytes(data)))
+        count: int = self._backend.put_many(self.backend_name, batch)
+        return count
 
     def delete(self, *paths: str) -> None:
         """Delete objects (uncommitted until the next commit).

@@ -34,11 +34,6 @@ class UserFacingBackend:
     def __init__(self, backend: Any) -> None:
         object.__setattr__(self, "_inner", backend)
 
-    @property
-    def inner(self) -> Any:
-        """The wrapped backend."""
-        return self._inner
-
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._inner, name)
         if not callable(value) or name.startswith("__"):

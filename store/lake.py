@@ -11,7 +11,7 @@ import builtins
 import contextlib
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -425,8 +425,3 @@ def _metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
         raise InvalidArgumentError("metadata must be a dict with string keys")
     return {k: str(v) for k, v in metadata.items()}
-
-
-def check_paths(paths: Iterable[str]) -> list[str]:
-    """Validate many paths at once; raises InvalidPathError on the first bad one."""
-    return [validate_path(p) for p in paths]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 import string
 import subprocess
@@ -54,10 +53,6 @@ class LakeFSServer:
     secret_access_key: str
     process: subprocess.Popen[bytes] = field(repr=False)
     data_dir: Path
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "lakefs.log"
 
     def open_lake(self, repository: str, namespace: str | None = None) -> Any:
         """``store.open`` a new lake in a new repository of this server (main protected)."""
@@ -256,8 +251,3 @@ def s3_storage_options(server: LakeFSServer) -> dict[str, Any]:
         "use_listings_cache": False,
         "skip_instance_cache": True,
     }
-
-
-def remove_data(server: LakeFSServer) -> None:
-    """Delete a stopped server's data folder."""
-    shutil.rmtree(server.data_dir, ignore_errors=True)

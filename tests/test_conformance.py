@@ -99,6 +99,14 @@ class TestObjects:
         with pytest.raises(errors.ObjectNotFoundError):
             branch.read_bytes("data/a.txt")
 
+    def test_write_many_writes_a_batch_or_nothing_on_a_bad_path(self, lake: store.Lake) -> None:
+        branch = lake.branch("exp")
+        assert branch.write_many((f"batch/{i}.txt", str(i).encode()) for i in range(20)) == 20
+        assert [branch.read_bytes(f"batch/{i}.txt") for i in (0, 19)] == [b"0", b"19"]
+        with pytest.raises(errors.InvalidPathError):
+            branch.write_many([("ok.txt", b"1"), ("../bad", b"2")])
+        assert not branch.exists("ok.txt")
+
     def test_overwrite_replaces_content(self, lake: store.Lake) -> None:
         branch = lake.branch("exp")
         branch.write_bytes("f", b"one")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -203,18 +201,9 @@ def resume_run(
 
 
 def _write_code(run_branch: Branch, run_id: str, code: snapshot.CodeSnapshot) -> None:
-    """Store the snapshot's files content-addressed (batched) and its manifest by name."""
-    staging = tempfile.mkdtemp(prefix="flowlake-code-")
-    try:
-        for f in code.files:
-            blob = os.path.join(staging, f.sha256[:2], f.sha256)
-            os.makedirs(os.path.dirname(blob), exist_ok=True)
-            with open(blob, "wb") as out:
-                out.write(f.data)
-        if code.files:
-            run_branch.upload_dir(staging, prefix=layout.CODE_PREFIX.rstrip("/"))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    """Store the snapshot's files content-addressed (one batch) and its manifest by name."""
+    if code.files:
+        run_branch.write_many((layout.code_blob(f.sha256), f.data) for f in code.files)
     rows = [
         {"run_id": run_id, "path": f.path, "size": len(f.data), "sha256": f.sha256}
         for f in code.files

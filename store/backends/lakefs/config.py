@@ -40,11 +40,6 @@ class LakeFSSettings:
     def __repr__(self) -> str:  # never print the secret
         return f"LakeFSSettings(endpoint={self.endpoint!r}, access_key_id={self.access_key_id!r})"
 
-    @property
-    def api_url(self) -> str:
-        """The REST API base URL (endpoint + ``/api/v1``)."""
-        return self.endpoint + API_PATH
-
 
 def normalize_endpoint(url: str) -> str:
     """Strip a trailing ``/`` and ``/api/v1`` and add ``http://`` when no scheme is given."""
