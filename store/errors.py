@@ -114,6 +114,10 @@ class CorruptObjectError(StoreError, OSError):
     """Stored bytes do not match their content hash, or cannot be decoded."""
 
 
+class FormatVersionError(StoreError):
+    """Stored data is in a format version newer than this flowlake reads: upgrade flowlake."""
+
+
 class InvalidTableError(StoreError, ValueError):
     """Bytes that should be a Parquet table are not one (truncated or not Parquet)."""
 

@@ -14,9 +14,7 @@ boundaries depend only on paths:
 
 from __future__ import annotations
 
-import base64
 import bisect
-import json
 import threading
 import zlib
 from collections import OrderedDict
@@ -24,7 +22,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from store.backends.embedded import layout
+import pyarrow as pa
+
+from store.backends.embedded import layout, rangecodec
 from store.backends.embedded.objects import ObjectStore
 
 #: A path ends a range when crc32(path) % TARGET == 0: about TARGET entries a range.
@@ -54,15 +54,9 @@ class Entry:
     address: str | None = None
     inline: bytes | None = None
 
-    def to_json(self) -> list:
-        data = base64.b64encode(self.inline).decode() if self.inline is not None else None
-        return [self.path, self.checksum, self.size, self.mtime_ns, self.address, data]
-
-    @classmethod
-    def from_json(cls, row: list) -> Entry:
-        path, checksum, size, mtime_ns, address, data = row
-        inline = base64.b64decode(data) if data is not None else None
-        return cls(path, checksum, size, mtime_ns, address, inline)
+    def row(self) -> rangecodec.Row:
+        """The entry as a row of :data:`rangecodec.ENTRY_SCHEMA`."""
+        return (self.path, self.checksum, self.size, self.mtime_ns, self.address, self.inline)
 
 
 @dataclass(frozen=True)
@@ -90,34 +84,32 @@ class TreeStore:
 
     # -- objects ---------------------------------------------------------------------------------
 
-    def _load(self, object_id: str, decode: Callable[[list], Any]) -> Any:
+    def _load(self, object_id: str, decode: Callable[[bytes], Any]) -> Any:
         with self._lock:
             cached = self._cache.get(object_id)
             if cached is not None:
                 self._cache.move_to_end(object_id)
                 return cached
-        raw = json.loads(self.objects.get_bytes(layout.address(object_id, layout.ZSTD)))
-        value = decode(raw)
+        value = decode(self.objects.get_bytes(layout.address(object_id, layout.ZSTD)))
         with self._lock:
             self._cache[object_id] = value
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return value
 
-    def _store_json(self, value: list) -> str:
-        data = json.dumps(value, separators=(",", ":")).encode()
-        stored = self.objects.put_bytes(data, codec=layout.ZSTD)
+    def _store(self, rows: list[rangecodec.Row], schema: pa.Schema) -> str:
+        stored = self.objects.put_bytes(rangecodec.encode(rows, schema), codec=layout.ZSTD)
         return stored.id
 
     def ranges(self, tree_id: str) -> list[RangeRef]:
         """The ranges of a tree, in path order."""
         if tree_id == EMPTY_TREE:
             return []
-        ranges: list[RangeRef] = self._load(tree_id, lambda rows: [RangeRef(*r) for r in rows])
+        ranges: list[RangeRef] = self._load(tree_id, _decode_metarange)
         return ranges
 
     def range_entries(self, range_id: str) -> list[Entry]:
-        entries: list[Entry] = self._load(range_id, lambda rows: [Entry.from_json(r) for r in rows])
+        entries: list[Entry] = self._load(range_id, _decode_range)
         return entries
 
     def write_ranges(self, ranges: list[RangeRef]) -> str:
@@ -125,10 +117,11 @@ class TreeStore:
         if not ranges:
             self.objects.put_bytes(b"[]", codec=layout.ZSTD)
             return EMPTY_TREE
-        return self._store_json([[r.id, r.first, r.last, r.count] for r in ranges])
+        rows = [(r.id, r.first, r.last, r.count) for r in ranges]
+        return self._store(rows, rangecodec.METARANGE_SCHEMA)
 
     def _write_range(self, entries: list[Entry]) -> RangeRef:
-        range_id = self._store_json([e.to_json() for e in entries])
+        range_id = self._store([e.row() for e in entries], rangecodec.ENTRY_SCHEMA)
         return RangeRef(range_id, entries[0].path, entries[-1].path, len(entries))
 
     # -- reading ---------------------------------------------------------------------------------
@@ -226,6 +219,14 @@ class TreeStore:
             for entry in self.range_entries(r.id):
                 if entry.address is not None:
                     yield entry.address
+
+
+def _decode_metarange(data: bytes) -> list[RangeRef]:
+    return [RangeRef(*row) for row in rangecodec.decode(data, rangecodec.METARANGE_SCHEMA)]
+
+
+def _decode_range(data: bytes) -> list[Entry]:
+    return [Entry(*row) for row in rangecodec.decode(data, rangecodec.ENTRY_SCHEMA)]
 
 
 def _first(r: RangeRef) -> str:
