@@ -34,6 +34,8 @@ def start_run(
     merge: bool = True,
     flush_interval: float = DEFAULT_FLUSH_INTERVAL,
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+    input_commit: str | None = None,
+    code: snapshot.CodeSnapshot | None = None,
 ) -> Run:
     """Start a run on its own branch, created from ``branch`` (default ``main``).
 
@@ -56,6 +58,10 @@ def start_run(
         flush_interval: seconds between background metric flushes.
         heartbeat_interval: seconds between heartbeats; readers call a run stale after three
             missed ones.
+        input_commit: start from this commit instead of the head of ``branch`` (a compute job
+            pinned to the commit it was submitted with); it still merges into ``branch``.
+        code: record this code snapshot instead of capturing one (a compute job records the
+            snapshot taken when it was submitted).
 
     Raises:
         BranchNotFoundError: ``branch`` does not exist.
@@ -72,11 +78,15 @@ def start_run(
         )
     _check_intervals(flush_interval, heartbeat_interval)
     target = lake.get_branch(branch) if branch is not None else None
-    input_commit = target.head().id if target is not None else lake.resolve("main")
+    if input_commit is not None:
+        input_commit = lake.resolve(input_commit)
+    else:
+        input_commit = target.head().id if target is not None else lake.resolve("main")
     new_id = uuid.uuid4().hex
     run_branch = lake.branch(layout.run_branch_short(new_id), source=input_commit)
     env = environment.capture()
-    code = snapshot.capture(code_dir) if snapshot_code else None
+    if code is None and snapshot_code:
+        code = snapshot.capture(code_dir)
     record: dict[str, Any] = {
         "format_version": layout.FORMAT_VERSION,
         "run_id": new_id,
