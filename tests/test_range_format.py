@@ -83,3 +83,17 @@ def test_trees_written_in_format_1_read_and_diff_against_new_trees(tmp_path: Pat
     assert raw.startswith(rangecodec.MAGIC)
     assert trees.get(new_tree, "a.txt") == trees.get(old_tree, "a.txt")
     assert set(trees.diff(old_tree, new_tree)) == {"b.bin"}
+
+
+@given(
+    st.sets(st.integers(min_value=0, max_value=5000), max_size=400),
+    st.lists(st.integers(min_value=-5, max_value=5005), max_size=200),
+)
+@settings(max_examples=25, deadline=None)
+def test_get_many_finds_exactly_what_get_finds(stored: set[int], asked: list[int]) -> None:
+    objects = ObjectStore(fsspec.filesystem("memory"), f"/t{len(stored)}-{len(asked)}")
+    trees = TreeStore(objects)
+    tree = trees.build(Entry(f"p/{i:05d}", "0" * 64, i, 0) for i in sorted(stored))
+    paths = [f"p/{i:05d}" for i in asked] + ["", "p/", "q"]
+    expected = {p: e for p in paths if (e := trees.get(tree, p)) is not None}
+    assert trees.get_many(tree, paths) == expected
