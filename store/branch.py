@@ -6,6 +6,7 @@ import builtins
 import io
 import os
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
@@ -130,14 +131,42 @@ class Branch:
         local_dir: str | os.PathLike[str],
         prefix: str = "",
         progress: Callable[[int], None] | None = None,
-    ) -> int:
-        """Import every file under a local folder below ``prefix``, small files in batches.
+        *,
+        follow_symlinks: bool = False,
+    ) -> folders.FolderUpload:
+        """Import every file under a local folder below the folder ``prefix``, small files in
+        batches (uncommitted until :meth:`commit`).
 
-        Returns the number of files. A bad file name leaves the branch unchanged.
+        Nothing outside ``local_dir`` is read unless ``follow_symlinks``: a symbolic link is
+        followed only when its target lies inside the folder. Links leaving it, dangling links,
+        link loops and special files (fifos, sockets, devices) are skipped, listed in the
+        result's ``skipped`` and announced with a :class:`store.folders.SkippedPathsWarning`.
+        With ``follow_symlinks`` every link is followed (loops are still skipped).
+
+        Args:
+            progress: called with the number of files written after each write or batch.
+
+        Returns:
+            How many files and bytes were written, and what was skipped.
+
+        Raises:
+            InvalidPathError: a file's name is not a valid lake path (nothing is written).
+            NotADirectoryError: ``local_dir`` is not a folder.
+            BranchNotFoundError, ProtectedBranchError.
         """
         if prefix:
             validate_path(prefix.rstrip("/"))
-        return folders.upload(self._backend, self.backend_name, local_dir, prefix, progress)
+        found = folders.scan(local_dir, follow_symlinks=follow_symlinks)
+        result = folders.upload(self._backend, self.backend_name, found, prefix, progress)
+        if result.skipped:
+            shown = "; ".join(f"{s.path}: {s.reason}" for s in result.skipped[:5])
+            more = f" and {len(result.skipped) - 5} more" if len(result.skipped) > 5 else ""
+            warnings.warn(
+                f"upload_dir skipped {len(result.skipped)} path(s): {shown}{more}",
+                folders.SkippedPathsWarning,
+                stacklevel=2,
+            )
+        return result
 
     # -- reading ---------------------------------------------------------------------------------
 

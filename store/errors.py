@@ -54,6 +54,11 @@ class AlreadyExistsError(StoreError, FileExistsError):
     """A branch or tag of that name exists already."""
 
 
+class PathClashError(StoreError, FileExistsError):
+    """Two things claim one path on export: an object that is also a folder of other objects
+    (``d/a`` and ``d/a/b``), or a local file where a folder must go (or the reverse)."""
+
+
 class AmbiguousRefError(StoreError, ValueError):
     """A commit id prefix matches more than one commit."""
 

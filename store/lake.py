@@ -397,9 +397,16 @@ class Lake:
         prefix: str = "",
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Export the objects under ``prefix`` at ``ref`` into a local folder; returns the count."""
+        """Export the objects in the folder ``prefix`` at ``ref`` into a local folder; returns
+        the count. ``"data"`` is the folder ``data/`` (never ``data2/``); see
+        :func:`store.folders.export` for what is checked before anything is written.
+
+        Raises:
+            PathClashError, InvalidPathError, CorruptObjectError, RefNotFoundError, OSError.
+        """
         with self._reading(ref) as target:
-            entries = self.backend.list_objects(target, validate_prefix(prefix))
+            folder = folders.folder_prefix(validate_prefix(prefix))
+            entries = self.backend.list_objects(target, folder)
             return folders.export(self.backend, target, entries, prefix, local_dir, progress)
 
     # -- maintenance -----------------------------------------------------------------------------

@@ -153,7 +153,7 @@ class TestObjects:
             (src / f"class{i % 3}" / f"{i}.png").write_bytes(bytes([i]) * (500 + i))
         (src / "big.bin").write_bytes(b"z" * (2 << 20))
         branch = lake.branch("exp")
-        assert branch.upload_dir(src, prefix="images") == 51
+        assert branch.upload_dir(src, prefix="images").files == 51
         branch.commit("images")
         out = tmp_path / "out"
         assert lake.download_dir(out, ref=branch.name, prefix="images") == 51

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
+from store.folders import Skipped
 from ui import render, transfer
 from ui.options import (
     DEFAULT_LAKE,
@@ -85,17 +86,31 @@ def put_command(
     message: Annotated[
         str | None, typer.Option("--message", "-m", help="Commit right away with this message.")
     ] = None,
+    follow_symlinks: Annotated[
+        bool,
+        typer.Option(
+            "--follow-symlinks",
+            help="With -r, also follow links that leave the folder (loops are still skipped).",
+        ),
+    ] = False,
     lake: LakeOption = DEFAULT_LAKE,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Write a local file, a folder or standard input to a branch (uncommitted unless -m)."""
+    """Write a local file, a folder or standard input to a branch (uncommitted unless -m).
+
+    With -r, links that leave the folder, dangling links and special files are skipped and
+    listed (a warning on standard error; "skipped" in --json).
+    """
     local = Path(source)
     target = _put_target(source, local, dest, recursive)
+    skipped: tuple[Skipped, ...] = ()
     with open_lake(lake, namespace) as opened:
         handle = opened.get_branch(branch)
         if recursive:
-            moved = transfer.put_dir(handle, local, target)
+            upload = transfer.put_dir(handle, local, target, follow_symlinks=follow_symlinks)
+            moved = transfer.Transferred(upload.files, upload.bytes)
+            skipped = upload.skipped
         elif source == STDIN:
             info = handle.write_file(target, typer.get_binary_stream("stdin"))
             moved = transfer.Transferred(1, info.size)
@@ -111,9 +126,12 @@ def put_command(
                 "files": moved.files,
                 "bytes": moved.bytes,
                 "commit": render.commit_json(commit) if commit else None,
+                "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
             }
         )
+        _warn_skipped(skipped)
         return
+    _warn_skipped(skipped)
     console = render.stdout()
     what = _files(moved.files) if recursive else target
     console.print(
@@ -121,6 +139,16 @@ def put_command(
     )
     if commit:
         console.print(render.commit_line("committed", commit))
+
+
+def _warn_skipped(skipped: tuple[Skipped, ...]) -> None:
+    """Tell standard error which local paths ``put -r`` left out, and why."""
+    if not skipped:
+        return
+    err = render.stderr()
+    err.print(Text(f"warning: skipped {len(skipped)} path(s):", style="yellow"))
+    for item in skipped:
+        err.print(Text(f"  {item.path}: {item.reason}", style="yellow"))
 
 
 def _put_target(source: str, local: Path, dest: str | None, recursive: bool) -> str:

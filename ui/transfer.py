@@ -5,7 +5,10 @@ Progress goes to standard error, so ``--json`` output on standard output stays p
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +27,8 @@ from rich.progress import (
 )
 
 import store
+from store import folders
+from store.folders import FolderUpload
 from ui import render
 
 #: Single files at least this large get a byte progress bar.
@@ -101,8 +106,13 @@ def put_file(branch: store.Branch, local: Path, path: str) -> store.ObjectInfo:
         return branch.write_file(path, CountingReader(raw, advance))  # type: ignore[arg-type]
 
 
-def put_dir(branch: store.Branch, local: Path, prefix: str) -> Transferred:
+def put_dir(
+    branch: store.Branch, local: Path, prefix: str, follow_symlinks: bool = False
+) -> FolderUpload:
     """Import a whole folder below ``prefix`` with a per-file progress bar.
+
+    Skipped links and special files come back in the result (no Python warning is printed:
+    the CLI shows them itself).
 
     Raises:
         StoreError: a bad file name (nothing is written then), or a store failure.
@@ -110,22 +120,29 @@ def put_dir(branch: store.Branch, local: Path, prefix: str) -> Transferred:
     """
     if not local.is_dir():
         raise NotADirectoryError(f"{local} is not a folder")
-    sizes = [p.stat().st_size for p in local.rglob("*") if p.is_file()]
-    with file_progress(f"put {local}", len(sizes)) as advance:
-        count = branch.upload_dir(local, prefix=prefix, progress=advance)
-    return Transferred(count, sum(sizes))
+    total = len(folders.scan(local, follow_symlinks=follow_symlinks).files)
+    with file_progress(f"put {local}", total) as advance, warnings.catch_warnings():
+        warnings.simplefilter("ignore", folders.SkippedPathsWarning)
+        return branch.upload_dir(
+            local, prefix=prefix, progress=advance, follow_symlinks=follow_symlinks
+        )
 
 
 def get_file(lake: store.Lake, path: str, ref: str, local: Path) -> Transferred:
     """Stream one object into a local file, which appears whole or not at all.
 
+    The bytes go to a new temporary file of a unique name beside ``local`` (never an existing
+    file), renamed over ``local`` once complete and removed on any error.
+
     Raises:
         StoreError: as :meth:`store.Lake.open`; OSError when the file cannot be written.
     """
     size = lake.stat(path, ref).size
-    tmp = local.with_name(f".{local.name}.flowlake-tmp")
+    fd, tmp = tempfile.mkstemp(
+        prefix=folders.TMP_PREFIX, suffix=folders.TMP_SUFFIX, dir=local.parent
+    )
     try:
-        with lake.open(path, ref) as src, open(tmp, "wb") as dst:
+        with os.fdopen(fd, "wb") as dst, lake.open(path, ref) as src:
             if size < PROGRESS_MIN_BYTES:
                 _copy(src, dst, lambda n: None)
             else:
@@ -133,13 +150,19 @@ def get_file(lake: store.Lake, path: str, ref: str, local: Path) -> Transferred:
                     _copy(src, dst, advance)
         os.replace(tmp, local)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     return Transferred(1, size)
 
 
 def get_dir(lake: store.Lake, prefix: str, ref: str, local: Path) -> Transferred:
-    """Export every object under ``prefix`` at ``ref`` into a local folder, with a bar."""
-    entries = lake.list(ref=ref, prefix=prefix)
+    """Export every object in the folder ``prefix`` at ``ref`` into a local folder, with a bar.
+
+    Raises:
+        StoreError: as :meth:`store.Lake.download_dir` (a clash or a bad name is reported
+            before anything is written; on any error no partial file is left).
+    """
+    entries = lake.list(ref=ref, prefix=folders.folder_prefix(prefix))
     with file_progress(f"get {prefix or ref}", len(entries)) as advance:
         count = lake.download_dir(local, ref=ref, prefix=prefix, progress=advance)
     return Transferred(count, sum(info.size for info in entries))
