@@ -16,6 +16,11 @@ SPOOL_BYTES = 64 << 20
 def to_arrow(table: Any) -> pa.Table:
     """Accept a ``pyarrow.Table``, ``RecordBatch`` or pandas ``DataFrame``.
 
+    A DataFrame converts as ``DataFrame.to_parquet`` converts it, so a table read back with
+    ``.to_pandas()`` is what pandas' own Parquet round trip gives: a named or non-default index
+    becomes a column restored as the index, a default ``RangeIndex`` is kept as metadata only,
+    and pandas' schema metadata (dtypes, column index names) travels with the table.
+
     Raises:
         InvalidArgumentError: anything else.
     """
@@ -24,7 +29,7 @@ def to_arrow(table: Any) -> pa.Table:
     if isinstance(table, pa.RecordBatch):
         return pa.Table.from_batches([table])
     if type(table).__name__ == "DataFrame" and hasattr(table, "to_dict"):
-        return pa.Table.from_pandas(table, preserve_index=False)
+        return pa.Table.from_pandas(table, preserve_index=None)
     raise InvalidArgumentError(
         f"expected a pyarrow.Table or pandas.DataFrame, got {type(table).__name__}"
     )

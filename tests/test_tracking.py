@@ -292,7 +292,9 @@ def test_logging_rules(lake: store.Lake) -> None:
             run.log_param("lr", 0.2)
         with pytest.raises(StoreError):
             run.set_tag("", "x")
-        run.log_metric("weird", "not a number")  # type: ignore[arg-type]
+        with pytest.raises(tracking.InvalidMetricError, match="not a real number"):
+            run.log_metric("weird", "not a number")  # type: ignore[arg-type]
+        run.log_metric("weird", float("nan"))
     with pytest.raises(tracking.RunStateError):
         run.log_metric("loss", 1.0)
     with pytest.raises(tracking.RunStateError):

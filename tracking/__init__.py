@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from tracking.errors import (
+    InvalidMetricError,
     ParamChangedError,
     QueryError,
     RunNotFoundError,
@@ -25,6 +26,7 @@ from tracking.run import Run
 
 __all__ = [
     "Artifact",
+    "InvalidMetricError",
     "Lineage",
     "ParamChangedError",
     "QueryError",

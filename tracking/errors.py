@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from store.errors import NotFoundError, StoreError
+from store.errors import InvalidArgumentError, NotFoundError, StoreError
 
 
 class TrackingError(StoreError):
@@ -30,3 +30,11 @@ class RunStateError(TrackingError, RuntimeError):
 
 class ParamChangedError(TrackingError, ValueError):
     """A parameter was logged again with a different value; parameters are write-once."""
+
+
+class InvalidMetricError(TrackingError, InvalidArgumentError):
+    """A metric point was refused when logged: a bad key, value, step or timestamp."""
+
+
+class SkippedRunFileWarning(UserWarning):
+    """A query skipped run files it could not decode; the ``problems`` view lists them."""

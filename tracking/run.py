@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 import pyarrow as pa
 
 from store.errors import InvalidArgumentError, NothingToCommitError
-from tracking import buffer, layout
+from tracking import buffer, layout, points
 from tracking.errors import ParamChangedError, RunStateError
 from tracking.model import Artifact
 
@@ -70,9 +70,9 @@ class Run:
         self._dirty: set[str] = set()
         self._buffer = buffer.MetricBuffer()
         self._append = self._buffer.append
-        # log_metric's hot path: a closure (see buffer.metric_logger) standing in for the
+        # log_metric's hot path: a closure (see points.metric_logger) standing in for the
         # method below, which documents it; end() points it at _closed_append.
-        fast, self._replace_append = buffer.metric_logger(self._buffer.append)
+        fast, self._replace_append = points.metric_logger(self._buffer.append)
         fast.__doc__ = Run.log_metric.__doc__
         self.log_metric = fast  # type: ignore[method-assign]
         self._pending: list[buffer.Point] = []
@@ -147,31 +147,43 @@ class Run:
     ) -> None:
         """Record one metric point. Buffered: costs about a list append.
 
-        (Each run replaces this method with an equivalent closure; see ``__init__``.)
+        The point is checked here, so a bad one is refused at this call and never reaches the
+        buffer (see :mod:`tracking.points` for exactly what is accepted). (Each run replaces
+        this method with an equivalent closure; see ``__init__``.)
 
         Args:
-            key: the metric name.
-            value: a number (anything ``float()`` accepts; others are stored as NaN).
-            step: the training step, or None.
-            timestamp: milliseconds since the epoch, as MLflow takes it (default: now).
+            key: the metric name: a non-empty printable string of at most 250 characters.
+            value: a real number (``int``, ``float``, NumPy scalar, 0-d array or tensor),
+                stored as a 64-bit float; NaN and +-inf are kept.
+            step: the training step: an integer in the signed 64-bit range, or None.
+            timestamp: milliseconds since the epoch, as MLflow takes it, between 2000-01-01
+                and 9999-12-31 UTC (default: now).
 
         Raises:
+            InvalidMetricError: the key, value, step or timestamp is not accepted (nothing is
+                recorded).
             RunStateError: the run has ended.
         """
-        self._append((key, value, step, _now() if timestamp is None else timestamp / 1000))
+        self._append(points.check_point(key, value, step, timestamp, _now))
 
     def log_metrics(
         self, metrics: dict[str, float], step: int | None = None, timestamp: int | None = None
     ) -> None:
         """Record several metric points with the same step and time.
 
+        Every point is checked before any is recorded, so a bad one records none.
+
         Raises:
+            InvalidMetricError: a key, value, the step or the timestamp is not accepted.
             RunStateError: the run has ended.
         """
-        stamp = _now() if timestamp is None else timestamp / 1000
+        now = _now()
+        checked = [
+            points.check_point(k, v, step, timestamp, lambda: now) for k, v in metrics.items()
+        ]
         append = self._append
-        for key, value in metrics.items():
-            append((key, value, step, stamp))
+        for point in checked:
+            append(point)
 
     def log_param(self, key: str, value: Any) -> None:
         """Record a parameter (stored as text). Parameters are write-once, as in MLflow.
