@@ -19,6 +19,11 @@ class InvalidNameError(StoreError, ValueError):
     """A branch, tag, namespace or ref name breaks the naming rules."""
 
 
+class AmbiguousNameError(InvalidNameError):
+    """A well-formed name that would make a ref ambiguous (it looks like a commit id, or a tag,
+    a production branch or a namespace branch already answers to it)."""
+
+
 class InvalidPathError(StoreError, ValueError):
     """An object path is empty, absolute, holds ``..``, NUL or other forbidden parts."""
 
@@ -65,6 +70,10 @@ class AmbiguousRefError(StoreError, ValueError):
 
 class PermissionDeniedError(StoreError, PermissionError):
     """The operation is not allowed (for example writing to a protected branch)."""
+
+
+class TokenError(PermissionDeniedError):
+    """A machine token is malformed, unknown, revoked or expired (the message never holds it)."""
 
 
 class ProtectedBranchError(PermissionDeniedError):
@@ -119,6 +128,14 @@ class CorruptObjectError(StoreError, OSError):
     """Stored bytes do not match their content hash, or cannot be decoded."""
 
 
+class PolicyError(StoreError, ValueError):
+    """The policy file is invalid; ``.line`` is the line to blame (0 when no single one is)."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(f"policy line {line}: {message}" if line else f"policy: {message}")
+        self.line = line
+
+
 class FormatVersionError(StoreError):
     """Stored data is in a format version newer than this flowlake reads: upgrade flowlake."""
 
@@ -137,3 +154,20 @@ class NotInstalledError(StoreError, ImportError):
 
 class UnsupportedOperationError(StoreError, NotImplementedError):
     """The backend does not offer this capability."""
+
+
+class RefsDatabaseError(StoreError, OSError):
+    """A lake's refs database cannot be used: damaged, unreadable, or locked past the timeout."""
+
+
+class SharedObjectsError(PermissionDeniedError):
+    """gc was refused: the lake's objects live outside its folder, where other lakes may share
+    them and keep references gc cannot see."""
+
+
+class ReadOnlyRefError(PermissionDeniedError):
+    """A write named a tag, a commit or ``ref~N``: those are read-only; write to a branch."""
+
+
+class ObjectChangedError(StoreError, OSError):
+    """An object was replaced on its branch while it was being read; read it again."""
