@@ -10,6 +10,30 @@
 
 from __future__ import annotations
 
+from tracking.deployment_compare import (
+    Comparison,
+    Gate,
+    MetricComparison,
+    Promotion,
+    TimelinePoint,
+    check_promotion,
+    compare,
+    promote,
+)
+from tracking.deployment_errors import (
+    DeploymentNotFoundError,
+    DeploymentStateError,
+    GateClosedError,
+    NoOverlapError,
+)
+from tracking.deployment_registry import (
+    Deployment,
+    DeploymentRecord,
+    deploy,
+    deployment,
+    deployments,
+    undeploy,
+)
 from tracking.errors import (
     InvalidMetricError,
     ParamChangedError,
@@ -26,20 +50,38 @@ from tracking.run import Run
 
 __all__ = [
     "Artifact",
+    "Comparison",
+    "Deployment",
+    "DeploymentNotFoundError",
+    "DeploymentRecord",
+    "DeploymentStateError",
+    "Gate",
+    "GateClosedError",
     "InvalidMetricError",
     "Lineage",
+    "MetricComparison",
+    "NoOverlapError",
     "ParamChangedError",
+    "Promotion",
     "QueryError",
     "Run",
     "RunNotFoundError",
     "RunRecord",
     "RunStateError",
+    "TimelinePoint",
     "TrackingError",
+    "check_promotion",
+    "compare",
+    "deploy",
+    "deployment",
+    "deployments",
     "get_metric_history",
     "get_run",
     "lineage",
+    "promote",
     "resume_run",
     "search_runs",
     "sql",
     "start_run",
+    "undeploy",
 ]

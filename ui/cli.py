@@ -21,6 +21,7 @@ from store.errors import LakeNotFoundError, StoreError
 from store.model import MergeStrategy
 from ui import render
 from ui.cli_data import cat_command, get_command, ls_command, put_command
+from ui.cli_deploy import register as register_deploy_commands
 from ui.cli_tracking import runs_command, sql_command
 from ui.demo import run_demo
 from ui.options import (
@@ -413,6 +414,7 @@ def demo_command(
 
 app.command("runs")(runs_command)
 app.command("sql")(sql_command)
+register_deploy_commands(app)
 
 
 if __name__ == "__main__":

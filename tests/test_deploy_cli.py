@@ -1,0 +1,87 @@
+"""``flowlake deploy / deployments / compare / promote / undeploy`` on an embedded lake."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import store
+import tracking
+from ui.cli import app
+
+T0 = datetime.now(UTC) - timedelta(days=6)
+
+
+@pytest.fixture
+def lake_dir(tmp_path: Path) -> Path:
+    """A lake with a candidate branch deployed and five days of outcomes on both sides."""
+    path = tmp_path / "lake"
+    lake = store.open(path)
+    branch = lake.branch("a-rather-long-candidate-branch-name")
+    branch.write_bytes("models/clf/model.pkl", b"v2")
+    branch.commit("train")
+    dep = tracking.deploy(lake, "cand", branch=branch.name, model="models/clf", deployed_at=T0)
+    prod = tracking.deployment(lake, "production")
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        stamp = T0 + timedelta(hours=i / 3)
+        seg = ("mobile", "web")[i % 2]
+        prod.log_metric("accuracy", float(rng.random() < 0.75), timestamp=stamp, segment=seg)
+        dep.log_metric("accuracy", float(rng.random() < 0.92), timestamp=stamp, segment=seg)
+    dep.close()
+    prod.close()
+    lake.close()
+    return path
+
+
+def run(lake_dir: Path, *args: str, stdin: str | None = None) -> str:
+    result = CliRunner().invoke(
+        app, [*args, "--lake", str(lake_dir)], input=stdin, env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_tables_fit_80_columns_with_short_ids_and_unsplit_times(lake_dir: Path) -> None:
+    listing = run(lake_dir, "deployments")
+    compared = run(lake_dir, "compare", "cand")
+    for text in (listing, compared):
+        assert max(len(line) for line in text.splitlines()) <= 80
+    commit = tracking.deployment(store.open(lake_dir), "cand").commit
+    assert commit[:12] in listing and commit not in listing
+    assert T0.strftime("%Y-%m-%d %H:%M") in listing
+    assert "…" in listing  # the long branch name is cut, not wrapped
+    assert "better" in compared and "sequential" in compared
+
+
+def test_json_outputs_equal_the_python_api(lake_dir: Path) -> None:
+    listed = json.loads(run(lake_dir, "deployments", "--json"))
+    assert [d["name"] for d in listed] == ["production", "cand"]
+    compared = json.loads(run(lake_dir, "compare", "cand", "--json"))
+    direct = tracking.compare(store.open(lake_dir), "cand").to_dict()
+    assert compared["metrics"] == direct["metrics"]
+    assert compared["metrics"][0]["verdict"] == "better"
+
+
+def test_promote_asks_then_moves_main(lake_dir: Path) -> None:
+    before = store.open(lake_dir).resolve("main")
+    refused = CliRunner().invoke(app, ["promote", "cand", "--lake", str(lake_dir)], input="n\n")
+    assert refused.exit_code == 1 and "gate open" in refused.output
+    assert store.open(lake_dir).resolve("main") == before
+    out = run(lake_dir, "promote", "cand", stdin="y\n")
+    assert "promoted cand" in out
+    assert store.open(lake_dir).resolve("main") != before
+
+
+def test_deploy_and_undeploy_commands(lake_dir: Path) -> None:
+    assert "deployed" in run(
+        lake_dir, "deploy", "second", "--branch", "a-rather-long-candidate-branch-name"
+    )
+    assert "retired second" in run(lake_dir, "undeploy", "second")
+    bad = CliRunner().invoke(app, ["deploy", "x", "--branch", "nope", "--lake", str(lake_dir)])
+    assert bad.exit_code == 1 and "nope" in bad.output

@@ -1,0 +1,607 @@
+"""``compare`` and ``promote``: a deployment judged against a baseline, and shipped through a gate.
+
+The data side is here (which points, over which window, aggregated by DuckDB); the maths are
+:mod:`tracking.statistics`. Only aggregates leave DuckDB (count, mean, variance per metric,
+segment and day), except the raw values of a metric compared on a quantile, which a bootstrap
+needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from store.errors import InvalidArgumentError, NothingToCommitError, NotInstalledError
+from tracking import deployment_layout as layout
+from tracking import deployment_registry as deployments_api
+from tracking import deployment_views
+from tracking.catalog import Source
+from tracking.deployment_errors import DeploymentStateError, GateClosedError, NoOverlapError
+
+if TYPE_CHECKING:
+    from store import Lake
+    from tracking.deployment_registry import DeploymentRecord
+    from tracking.statistics import Estimate, SampleRatio, Summary
+
+DEFAULT_MODE = "sequential"
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    """One metric (overall, or in one segment) compared between candidate and baseline.
+
+    ``difference`` is ``candidate - baseline``; ``low``/``high`` its interval in ``mode``;
+    ``relative*`` the same divided by the baseline's value. Values are NaN and ``verdict`` is
+    ``not enough data`` when either side has fewer than the minimum number of points.
+    """
+
+    metric: str
+    segment: str | None
+    statistic: str
+    direction: str | None
+    mode: str
+    baseline: float
+    candidate: float
+    difference: float
+    low: float
+    high: float
+    relative: float
+    relative_low: float
+    relative_high: float
+    p_value: float
+    adjusted_p: float
+    n_baseline: int
+    n_candidate: int
+    verdict: str
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    """The cumulative comparison of one metric's mean at the end of one day (UTC)."""
+
+    metric: str
+    day: date
+    baseline: float
+    candidate: float
+    difference: float
+    low: float
+    high: float
+    n_baseline: int
+    n_candidate: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A candidate deployment against a baseline over the window both were live.
+
+    Attributes:
+        candidate, baseline: deployment names.
+        candidate_commit, baseline_commit: the commits they serve.
+        window_start, window_end: the window compared (start None: since the beginning).
+        mode: ``sequential`` (always-valid; safe to look every day) or ``fixed``.
+        alpha: the significance level; intervals are at ``1 - alpha``.
+        correction: how p-values are adjusted for the number of metrics.
+        min_points: fewer points than this on a side gives ``not enough data``.
+        metrics: one row per metric, overall.
+        segments: one row per metric and segment present on both sides.
+        sample_ratio: the traffic check; when it flags a mismatch, do not trust the verdicts.
+        timeline: the cumulative difference per day, per metric compared on its mean.
+    """
+
+    candidate: str
+    baseline: str
+    candidate_commit: str
+    baseline_commit: str
+    window_start: datetime | None
+    window_end: datetime
+    mode: str
+    alpha: float
+    correction: str
+    min_points: int
+    metrics: tuple[MetricComparison, ...]
+    segments: tuple[MetricComparison, ...]
+    sample_ratio: SampleRatio
+    timeline: tuple[TimelinePoint, ...]
+
+    @property
+    def regressions(self) -> tuple[MetricComparison, ...]:
+        """Every ``worse`` row: per-segment ones first, then overall."""
+        return tuple(r for r in (*self.segments, *self.metrics) if r.verdict == "worse")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (times as ISO strings, NaN as None)."""
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Whether a comparison lets its candidate be promoted, and why not."""
+
+    open: bool
+    reasons: tuple[str, ...]
+    comparison: Comparison
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A promoted deployment: its updated record, the merge commit on ``main`` (None when
+    ``main`` already had the commit) and the gate it went through."""
+
+    record: DeploymentRecord
+    merge_commit: str | None
+    gate: Gate
+
+
+def compare(
+    lake: Lake,
+    name: str,
+    baseline: str = layout.PRODUCTION,
+    metrics: Sequence[str] | None = None,
+    since: datetime | None = None,
+    *,
+    mode: str = DEFAULT_MODE,
+    alpha: float = 0.05,
+    min_points: int | None = None,
+    directions: Mapping[str, str] | None = None,
+    statistics: Mapping[str, str] | None = None,
+    expected_ratio: tuple[float, float] | None = None,
+    now: datetime | None = None,
+) -> Comparison:
+    """Compare deployment ``name`` against ``baseline`` over the window both were live.
+
+    Args:
+        lake: the lake.
+        name: the candidate deployment.
+        baseline: the deployment to compare against (default ``production``).
+        metrics: the metrics to compare (default: every metric either side logged).
+        since: compare only points from this time on.
+        mode: ``sequential`` (always-valid confidence sequences; default, as people look every
+            day) or ``fixed`` (Welch's t, valid for one look).
+        alpha: significance level; intervals are at ``1 - alpha``.
+        min_points: the fewest points a side needs for a verdict (default 30).
+        directions: ``{metric: "higher" | "lower"}`` where the name does not say which is
+            better (``loss``, ``latency`` ... are known).
+        statistics: ``{metric: "median" | "p90" | "p95" | "p99"}`` to compare a quantile (with
+            a bootstrap interval, fixed mode) instead of the mean.
+        expected_ratio: the traffic split expected (baseline, candidate); default equal.
+        now: the end of live windows that have not ended (default: the current time).
+
+    Returns:
+        The :class:`Comparison`. p-values are adjusted by Benjamini-Hochberg, overall metrics
+        as one family and metric-by-segment rows as another.
+
+    Raises:
+        DeploymentNotFoundError: no such deployment.
+        NoOverlapError: the two were never live at the same time (or not after ``since``).
+        InvalidArgumentError: a bad mode, alpha, statistic or direction, or comparing a
+            deployment with itself.
+        NotInstalledError: scipy is missing (install ``flowlake[stats]``).
+    """
+    st = _statistics()
+    if mode not in ("sequential", "fixed"):
+        raise InvalidArgumentError(f"mode must be 'sequential' or 'fixed', not {mode!r}")
+    if not 0 < alpha < 1:
+        raise InvalidArgumentError(f"alpha must be between 0 and 1, got {alpha}")
+    if name == baseline:
+        raise InvalidArgumentError(f"cannot compare deployment {name!r} with itself")
+    minimum = st.DEFAULT_MIN_POINTS if min_points is None else int(min_points)
+    for metric, statistic in (statistics or {}).items():
+        if statistic not in st.STATISTICS:
+            raise InvalidArgumentError(
+                f"unknown statistic {statistic!r} for {metric!r}; use {', '.join(st.STATISTICS)}"
+            )
+    cand = deployments_api.deployment(lake, name).record
+    base = deployments_api.deployment(lake, baseline).record
+    start, end = _window(cand, base, since, now or datetime.now(UTC))
+    con = duckdb.connect(":memory:")
+    try:
+        _build(con, lake, [cand.name, base.name])
+        where, params = _where(start, end, metrics)
+        aggregates = _aggregates(con, where, params)
+        names = sorted(metrics) if metrics is not None else sorted({k for _, k, _ in aggregates})
+        overall, segments = [], []
+        for metric in names:
+            direction = _direction(st, metric, directions)
+            statistic = (statistics or {}).get(metric, "mean")
+            overall.append(
+                _estimate(
+                    st,
+                    con,
+                    where,
+                    params,
+                    aggregates,
+                    cand.name,
+                    base.name,
+                    metric,
+                    None,
+                    statistic,
+                    direction,
+                    mode,
+                    alpha,
+                    minimum,
+                )  # fmt: skip
+            )
+            seg_names = sorted({s for (d, k, s) in aggregates if k == metric and s is not None})
+            for segment in seg_names:
+                segments.append(
+                    _estimate(
+                        st,
+                        con,
+                        where,
+                        params,
+                        aggregates,
+                        cand.name,
+                        base.name,
+                        metric,
+                        segment,
+                        statistic,
+                        direction,
+                        mode,
+                        alpha,
+                        minimum,
+                    )  # fmt: skip
+                )
+        timeline = _timeline(
+            st, con, where, params, cand.name, base.name,
+            [m for m in names if (statistics or {}).get(m, "mean") == "mean"],
+            mode, alpha, minimum,
+        )  # fmt: skip
+    finally:
+        con.close()
+    counts = (
+        max((r["n_baseline"] for r in overall), default=0),
+        max((r["n_candidate"] for r in overall), default=0),
+    )
+    return Comparison(
+        candidate=cand.name,
+        baseline=base.name,
+        candidate_commit=cand.commit,
+        baseline_commit=base.commit,
+        window_start=start,
+        window_end=end,
+        mode=mode,
+        alpha=alpha,
+        correction=st.CORRECTION,
+        min_points=minimum,
+        metrics=tuple(_adjusted(st, overall, alpha)),
+        segments=tuple(_adjusted(st, segments, alpha)),
+        sample_ratio=st.sample_ratio(counts, expected_ratio),
+        timeline=tuple(timeline),
+    )
+
+
+def gate(comparison: Comparison) -> Gate:
+    """The promotion gate: open when the traffic split is trusted, every metric has enough
+    data, and no metric is worse, overall or in any segment."""
+    reasons = []
+    if comparison.sample_ratio.mismatch:
+        b, c = comparison.sample_ratio.counts
+        reasons.append(
+            f"sample-ratio mismatch: {b} baseline vs {c} candidate points "
+            f"(chi-square p = {comparison.sample_ratio.p_value:.2g})"
+        )
+    if not comparison.metrics:
+        reasons.append("no metrics logged in the window")
+    for row in comparison.metrics:
+        if row.verdict == "not enough data":
+            reasons.append(
+                f"{row.metric}: not enough data ({row.n_baseline} baseline, "
+                f"{row.n_candidate} candidate points; {comparison.min_points} needed)"
+            )
+    for row in comparison.regressions:
+        where = f" in segment {row.segment}" if row.segment is not None else ""
+        reasons.append(
+            f"{row.metric} is worse{where}: {row.candidate:.4g} vs {row.baseline:.4g} "
+            f"(adjusted p = {row.adjusted_p:.2g})"
+        )
+    return Gate(not reasons, tuple(reasons), comparison)
+
+
+def check_promotion(
+    lake: Lake, name: str, baseline: str = layout.PRODUCTION, **options: Any
+) -> Gate:
+    """The gate :func:`promote` would apply now (options as :func:`compare`). Raises as
+    :func:`compare`."""
+    return gate(compare(lake, name, baseline, **options))
+
+
+def promote(
+    lake: Lake,
+    name: str,
+    *,
+    baseline: str = layout.PRODUCTION,
+    force: bool = False,
+    **options: Any,
+) -> Promotion:
+    """Merge deployment ``name``'s pinned commit into ``main`` through the gate; production's
+    deployment then follows the new ``main``.
+
+    Args:
+        lake: the lake.
+        name: a live deployment.
+        baseline: the deployment the gate compares against.
+        force: promote even when the gate is closed (the gate's outcome is still recorded in
+            the merge commit's metadata).
+        **options: passed to :func:`compare`.
+
+    Raises:
+        GateClosedError: the gate is closed and ``force`` is false; ``reasons`` says why.
+        ConflictError: the merge conflicts; nothing changed.
+        ProtectedBranchError, PermissionDeniedError: the merge was refused; nothing changed.
+        DirtyBranchError: ``main`` has uncommitted changes; nothing changed.
+        DeploymentStateError: the deployment is production or not live.
+        DeploymentNotFoundError: no such deployment.
+    """
+    record = deployments_api.deployment(lake, name).record
+    if record.is_production:
+        raise DeploymentStateError("production is main already; promote a branch deployment")
+    if record.status != "live":
+        raise DeploymentStateError(f"deployment {name!r} is {record.status}, not live")
+    outcome = check_promotion(lake, name, baseline, **options)
+    if not outcome.open and not force:
+        raise GateClosedError(
+            f"promotion gate closed for {name!r}: " + "; ".join(outcome.reasons), outcome.reasons
+        )
+    metadata = {
+        "deployment": name,
+        "deployment.branch": record.branch,
+        "gate": "open" if outcome.open else "forced",
+        "gate.mode": outcome.comparison.mode,
+    }
+    try:
+        merged: str | None = lake.merge(
+            record.commit,
+            into="main",
+            message=f"Promote deployment {name} ({record.branch} @ {record.commit[:12]})",
+            metadata=metadata,
+        ).id
+    except NothingToCommitError:
+        merged = None  # main already has everything the deployment serves
+    updated = deployments_api.set_status(lake, record, "promoted", merged)
+    return Promotion(updated, merged, outcome)
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def _statistics() -> Any:
+    try:
+        from tracking import statistics
+    except ImportError as exc:
+        raise NotInstalledError(
+            f"comparing deployments needs scipy ({exc}); install flowlake[stats]"
+        ) from None
+    return statistics
+
+
+def _window(
+    cand: DeploymentRecord, base: DeploymentRecord, since: datetime | None, now: datetime
+) -> tuple[datetime | None, datetime]:
+    starts = [
+        s
+        for s in (
+            cand.deployed_at,
+            base.deployed_at,
+            deployments_api._utc(since) if since else None,
+        )
+        if s is not None
+    ]
+    start = max(starts) if starts else None
+    end = min(cand.ended_at or now, base.ended_at or now)
+    if start is not None and end <= start:
+        raise NoOverlapError(
+            f"{cand.name!r} (live {_span(cand, now)}) and {base.name!r} (live {_span(base, now)}) "
+            + ("were never live at the same time" if since is None else f"overlap before {since}")
+        )
+    return start, end
+
+
+def _span(record: DeploymentRecord, now: datetime) -> str:
+    begin = record.deployed_at.isoformat(timespec="seconds") if record.deployed_at else "always"
+    finish = record.ended_at.isoformat(timespec="seconds") if record.ended_at else "now"
+    return f"{begin} to {finish}"
+
+
+def _build(con: duckdb.DuckDBPyConnection, lake: Lake, names: list[str]) -> None:
+    sources = []
+    for name in names:
+        branch = f"production/{layout.branch_name(name)}"
+        try:
+            head = lake.get_branch(branch).head().id
+        except Exception:  # production before its first write: no data yet
+            continue
+        full = layout.branch_name(name)
+        sources.append(Source(full, "production", full, head, full))
+    found = deployment_views.find(lake, sources, live=True)
+    deployment_views.metrics_view(con, lake, [(d.source, p) for d in found for p in d.parts])
+
+
+def _where(
+    start: datetime | None, end: datetime, metrics: Sequence[str] | None
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = ["timestamp <= ?"]
+    params: list[Any] = [end]
+    if start is not None:
+        clauses.append("timestamp >= ?")
+        params.append(start)
+    if metrics is not None:
+        if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
+            raise InvalidArgumentError("metrics must be a list of metric names")
+        clauses.append("list_contains(?, key)")
+        params.append(list(metrics))
+    return " AND ".join(clauses), params
+
+
+Aggregates = dict[tuple[str, str, "str | None"], "Summary"]
+
+
+def _aggregates(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]) -> Aggregates:
+    from tracking.statistics import Summary
+
+    rows = con.execute(
+        "SELECT deployment, key, segment, grouping(segment) AS overall, count(*) AS n, "
+        "avg(value) AS mean, coalesce(var_samp(value), 0) AS var FROM deployment_metrics "
+        f"WHERE {where} GROUP BY GROUPING SETS ((deployment, key, segment), (deployment, key))",
+        params,
+    ).fetchall()
+    out: Aggregates = {}
+    for dep, key, segment, overall, n, mean, var in rows:
+        if not overall and segment is None:
+            continue  # points logged without a segment count only overall
+        out[(dep, key, None if overall else segment)] = Summary(int(n), float(mean), float(var))
+    return out
+
+
+def _estimate(
+    st: Any,
+    con: duckdb.DuckDBPyConnection,
+    where: str,
+    params: list[Any],
+    aggregates: Aggregates,
+    cand: str,
+    base: str,
+    metric: str,
+    segment: str | None,
+    statistic: str,
+    direction: str | None,
+    mode: str,
+    alpha: float,
+    minimum: int,
+) -> dict[str, Any]:
+    empty = st.Summary(0, math.nan, math.nan)
+    b = aggregates.get((base, metric, segment), empty)
+    c = aggregates.get((cand, metric, segment), empty)
+    estimate: Estimate | None
+    if min(b.n, c.n) < max(minimum, 2):
+        estimate = None
+    elif statistic == "mean":
+        estimate = st.estimate_means(b, c, mode, alpha=alpha, min_points=minimum)
+    else:
+        estimate = st.bootstrap(
+            _values(con, where, params, base, metric, segment),
+            _values(con, where, params, cand, metric, segment),
+            statistic,
+            alpha=alpha,
+        )
+    nan = math.nan
+    row: dict[str, Any] = {
+        "metric": metric,
+        "segment": segment,
+        "statistic": statistic,
+        "direction": direction,
+        "mode": estimate.mode if estimate else ("fixed" if statistic != "mean" else mode),
+        "baseline": estimate.baseline if estimate else (b.mean if b.n else nan),
+        "candidate": estimate.candidate if estimate else (c.mean if c.n else nan),
+        "n_baseline": b.n,
+        "n_candidate": c.n,
+        "estimate": estimate,
+    }
+    for field in ("difference", "low", "high", "relative", "relative_low", "relative_high"):
+        row[field] = getattr(estimate, field) if estimate else nan
+    row["p_value"] = estimate.p_value if estimate else nan
+    return row
+
+
+def _values(
+    con: duckdb.DuckDBPyConnection,
+    where: str,
+    params: list[Any],
+    dep: str,
+    metric: str,
+    segment: str | None,
+) -> list[float]:
+    extra = " AND segment = ?" if segment is not None else ""
+    args = [*params, dep, metric] + ([segment] if segment is not None else [])
+    rows = con.execute(
+        f"SELECT value FROM deployment_metrics WHERE {where} AND deployment = ? AND key = ?"
+        + extra,
+        args,
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _adjusted(st: Any, rows: list[dict[str, Any]], alpha: float) -> list[MetricComparison]:
+    adjusted = st.adjust([r["p_value"] for r in rows])
+    out = []
+    for row, p in zip(rows, adjusted, strict=True):
+        estimate = row.pop("estimate")
+        verdict = st.verdict(estimate, p, row["direction"], alpha=alpha)
+        out.append(MetricComparison(**row, adjusted_p=p, verdict=verdict))
+    return out
+
+
+def _timeline(
+    st: Any,
+    con: duckdb.DuckDBPyConnection,
+    where: str,
+    params: list[Any],
+    cand: str,
+    base: str,
+    metrics: list[str],
+    mode: str,
+    alpha: float,
+    minimum: int,
+) -> list[TimelinePoint]:
+    if not metrics:
+        return []
+    rows = con.execute(
+        "SELECT deployment, key, CAST(date_trunc('day', timestamp AT TIME ZONE 'UTC') AS DATE) "
+        "AS day, count(*), sum(value), sum(value * value) FROM deployment_metrics "
+        f"WHERE {where} AND list_contains(?, key) AND deployment IN (?, ?) "
+        "GROUP BY ALL ORDER BY day",
+        [*params, metrics, cand, base],
+    ).fetchall()
+    days = sorted({r[2] for r in rows})
+    daily = {(r[0], r[1], r[2]): (int(r[3]), float(r[4]), float(r[5])) for r in rows}
+    out = []
+    for metric in metrics:
+        totals = {cand: [0, 0.0, 0.0], base: [0, 0.0, 0.0]}
+        for day in days:
+            for dep in (cand, base):
+                n, s, ss = daily.get((dep, metric, day), (0, 0.0, 0.0))
+                totals[dep][0] += n
+                totals[dep][1] += s
+                totals[dep][2] += ss
+            b = st.Summary.from_sums(*totals[base])
+            c = st.Summary.from_sums(*totals[cand])
+            if b.n == 0 and c.n == 0:
+                continue
+            est = st.estimate_means(b, c, mode, alpha=alpha, min_points=minimum)
+            out.append(
+                TimelinePoint(
+                    metric,
+                    day,
+                    b.mean,
+                    c.mean,
+                    c.mean - b.mean,
+                    est.low if est else math.nan,
+                    est.high if est else math.nan,
+                    b.n,
+                    c.n,
+                )
+            )
+    return out
+
+
+def _direction(st: Any, metric: str, directions: Mapping[str, str] | None) -> str | None:
+    try:
+        return st.direction_of(metric, directions)  # type: ignore[no-any-return]
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value

@@ -1,0 +1,174 @@
+"""The ``deployments`` and ``deployment_metrics`` SQL views, built into a DuckDB connection.
+
+Both have the columns ``ref``, ``namespace``, ``branch`` and ``commit`` saying where their rows
+were read, like every tracking view. In the live view (no refs) each deployment is read from its
+own ``deploy-<name>`` branch; with refs, whatever deployment files those refs hold. Metric parts
+are read in place where the store can locate them as local files, otherwise from bytes read
+through the store API; ``production`` is always listed, following ``main``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+
+from store.errors import BranchNotFoundError, PermissionDeniedError
+from tracking import deployment_layout as layout
+
+if TYPE_CHECKING:
+    from store import Lake
+    from tracking.catalog import Source
+
+SOURCE_FIELDS = [
+    ("ref", pa.string()),
+    ("namespace", pa.string()),
+    ("branch", pa.string()),
+    ("commit", pa.string()),
+]
+#: The record's ``branch`` and ``commit`` are renamed ``deployed_branch`` and
+#: ``deployed_commit``: ``branch`` and ``commit`` say where the row was read, as in every view.
+_RENAMED = {"branch": "deployed_branch", "commit": "deployed_commit"}
+DEPLOYMENTS_SCHEMA = pa.schema(
+    [pa.field(_RENAMED.get(f.name, f.name), f.type) for f in layout.RECORD_SCHEMA]
+    + [pa.field(n, t) for n, t in SOURCE_FIELDS]
+)
+METRICS_VIEW_SCHEMA = pa.schema(
+    [*layout.METRICS_SCHEMA, *[pa.field(n, t) for n, t in SOURCE_FIELDS]]
+)
+_FILES_SCHEMA = pa.schema([("filename", pa.string()), *SOURCE_FIELDS])
+VIEW_NAMES = ("deployments", "deployment_metrics")
+
+
+@dataclass(frozen=True)
+class DeploymentFiles:
+    """One deployment's files at one source."""
+
+    name: str
+    source: Source
+    record: str | None
+    parts: tuple[str, ...]
+
+
+def find(lake: Lake, sources: Sequence[Source], live: bool) -> list[DeploymentFiles]:
+    """The deployments each source holds (live: only deployment branches, each its own)."""
+    out = []
+    for source in sources:
+        own = (
+            layout.name_of_branch(source.branch or "") if source.namespace == "production" else None
+        )
+        if live and own is None:
+            continue
+        prefix = layout.folder(own) if live and own else layout.ROOT
+        try:
+            listing = lake.list(source.read_ref, prefix=prefix)
+        except (PermissionDeniedError, BranchNotFoundError):
+            continue
+        found: dict[str, tuple[list[str], list[str]]] = {}
+        for info in listing:
+            name, _, rest = info.path[len(layout.ROOT) :].partition("/")
+            records, parts = found.setdefault(name, ([], []))
+            if rest == layout.RECORD_FILE:
+                records.append(info.path)
+            elif rest.startswith(layout.METRICS_DIR + "/") and rest.endswith(".parquet"):
+                parts.append(info.path)
+        for name, (records, parts) in sorted(found.items()):
+            out.append(DeploymentFiles(name, source, records[0] if records else None, tuple(parts)))
+    return out
+
+
+def build(
+    con: duckdb.DuckDBPyConnection,
+    lake: Lake,
+    sources: Sequence[Source],
+    live: bool,
+    names: set[str],
+) -> list[str]:
+    """Create the views in ``names`` (of :data:`VIEW_NAMES`) on ``con``; returns the local files
+    they read in place (for the caller's ``allowed_paths``)."""
+    wanted = names & set(VIEW_NAMES)
+    if not wanted:
+        return []
+    found = find(lake, sources, live)
+    files: list[str] = []
+    if "deployments" in wanted:
+        _register(con, "deployments", _records(lake, found, live))
+    if "deployment_metrics" in wanted:
+        entries = [(d.source, p) for d in found for p in d.parts]
+        files += metrics_view(con, lake, entries)
+    return files
+
+
+def metrics_view(
+    con: duckdb.DuckDBPyConnection, lake: Lake, entries: Sequence[tuple[Source, str]]
+) -> list[str]:
+    """Create ``deployment_metrics`` over the given parts; returns the local files read."""
+    located: list[dict[str, Any]] = []
+    in_memory: list[pa.Table] = []
+    for source, path in entries:
+        local = lake.locate(path, source.read_ref)
+        if local is not None and os.path.isabs(local) and os.path.isfile(local):
+            located.append({"filename": local, **_source_row(source)})
+        else:
+            table = lake.read_table(path, source.read_ref).cast(layout.METRICS_SCHEMA)
+            for field_name, value in _source_row(source).items():
+                column = pa.repeat(value, table.num_rows).cast(pa.string())
+                table = table.append_column(field_name, column)
+            in_memory.append(table)
+    memory = pa.concat_tables(in_memory) if in_memory else METRICS_VIEW_SCHEMA.empty_table()
+    con.register("_memory_deployment_metrics", memory)
+    parts = ["SELECT * FROM _memory_deployment_metrics"]
+    if located:
+        con.register(
+            "_files_deployment_metrics", pa.Table.from_pylist(located, schema=_FILES_SCHEMA)
+        )
+        paths = sorted({row["filename"] for row in located})
+        listed = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+        parts.append(
+            "SELECT f.* EXCLUDE (filename), m.* EXCLUDE (filename) "
+            f"FROM read_parquet({listed}, filename = true) f "
+            "JOIN _files_deployment_metrics m USING (filename)"
+        )
+    con.execute("CREATE VIEW deployment_metrics AS " + " UNION ALL BY NAME ".join(parts))
+    return [row["filename"] for row in located]
+
+
+def _records(lake: Lake, found: list[DeploymentFiles], live: bool) -> pa.Table:
+    from tracking.deployment_registry import deployment
+
+    rows = []
+    has_production = False
+    for item in found:
+        if item.record is None:
+            continue
+        for row in lake.read_table(item.record, item.source.read_ref).to_pylist():
+            if live and row["deployment"] == layout.PRODUCTION:
+                has_production = True
+                row["commit"] = lake.resolve("main")
+            rows.append({**_renamed(row), **_source_row(item.source)})
+    if live and not has_production:
+        record = _renamed(deployment(lake, layout.PRODUCTION).record.to_row())
+        rows.insert(0, {**record, "ref": None, "namespace": None, "branch": None, "commit": None})
+    return pa.Table.from_pylist(rows, schema=DEPLOYMENTS_SCHEMA)
+
+
+def _renamed(row: dict[str, Any]) -> dict[str, Any]:
+    return {_RENAMED.get(k, k): v for k, v in row.items()}
+
+
+def _register(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    con.register(f"_memory_{name}", table)
+    con.execute(f"CREATE VIEW {name} AS SELECT * FROM _memory_{name}")
+
+
+def _source_row(source: Source) -> dict[str, Any]:
+    return {
+        "ref": source.ref,
+        "namespace": source.namespace,
+        "branch": source.branch,
+        "commit": source.commit,
+    }

@@ -1,0 +1,312 @@
+"""``flowlake deploy / deployments / compare / promote / undeploy / ui``: deployments in the CLI.
+
+The main CLI registers them all with :func:`register`. Tables fit an 80-column terminal: short
+commit ids, names cut with an ellipsis, times on one line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+import tracking
+from tracking.deployment_compare import Comparison, Gate, MetricComparison
+from ui import render
+from ui.options import DEFAULT_LAKE, JsonOption, LakeOption, NamespaceOption, open_lake
+
+#: Verdict colours, shared with the dashboard.
+VERDICT_STYLE = {
+    "better": "green",
+    "worse": "red",
+    "changed": "yellow",
+    "not significant": "",
+    "not enough data": "dim",
+}
+APP_PATH = Path(__file__).with_name("app.py")
+
+BaselineOption = Annotated[
+    str, typer.Option("--baseline", help="Deployment to compare against.", show_default=True)
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the deployment commands and ``ui`` to ``app``."""
+    app.command("deploy")(deploy_command)
+    app.command("deployments")(deployments_command)
+    app.command("compare")(compare_command)
+    app.command("promote")(promote_command)
+    app.command("undeploy")(undeploy_command)
+    app.command("ui")(ui_command)
+
+
+def deploy_command(
+    name: Annotated[str, typer.Argument(help="A new deployment name.")],
+    branch: Annotated[str, typer.Option("--branch", "-b", help="Branch to deploy (its head).")],
+    model: Annotated[str | None, typer.Option("--model", help="Model path at that commit.")] = None,
+    lake: LakeOption = DEFAULT_LAKE,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Deploy a branch's current head next to production."""
+    dep = tracking.deploy(open_lake(lake, namespace), name, branch=branch, model=model)
+    if as_json:
+        render.emit_json(_record_json(dep.record))
+        return
+    render.stdout().print(
+        Text.assemble(
+            ("deployed ", "green"),
+            (name, "bold"),
+            f": {dep.branch} @ {render.short(dep.commit)}",
+            f" (model {dep.model})" if dep.model else "",
+        )
+    )
+
+
+def deployments_command(
+    lake: LakeOption = DEFAULT_LAKE,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List deployments: production first, then the newest."""
+    records = tracking.deployments(open_lake(lake, namespace))
+    if as_json:
+        render.emit_json([_record_json(r) for r in records])
+        return
+    table = Table(
+        title="deployments",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    table.add_column("name", no_wrap=True, overflow="ellipsis", min_width=10, max_width=16)
+    table.add_column("branch", no_wrap=True, overflow="ellipsis", max_width=20)
+    table.add_column("commit", no_wrap=True, min_width=12)
+    table.add_column("status", no_wrap=True, min_width=8)
+    table.add_column("deployed", no_wrap=True, min_width=16)
+    for r in records:
+        style = {"live": "green", "promoted": "cyan", "retired": "dim"}.get(r.status, "")
+        table.add_row(
+            r.name,
+            r.branch,
+            render.short(r.commit),
+            Text(r.status, style),
+            _when(r.deployed_at) if r.deployed_at else "always",
+        )
+    render.stdout().print(table)
+
+
+def compare_command(
+    name: Annotated[str, typer.Argument(help="The candidate deployment.")],
+    baseline: BaselineOption = "production",
+    fixed: Annotated[
+        bool, typer.Option("--fixed", help="Fixed-horizon intervals instead of sequential.")
+    ] = False,
+    lake: LakeOption = DEFAULT_LAKE,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare a deployment with production (or --baseline) over the time both were live."""
+    result = tracking.compare(
+        open_lake(lake, namespace), name, baseline, mode="fixed" if fixed else "sequential"
+    )
+    if as_json:
+        render.emit_json(result.to_dict())
+        return
+    print_comparison(result)
+
+
+def print_comparison(result: Comparison) -> None:
+    """The comparison as tables: segment regressions first, then every metric overall."""
+    out = render.stdout()
+    mode = (
+        "always-valid sequential intervals (safe to look daily)"
+        if result.mode == "sequential"
+        else "fixed-horizon intervals (valid for one look)"
+    )
+    start = _when(result.window_start) if result.window_start else "the start"
+    out.print(
+        Text.assemble(
+            (result.candidate, "bold"),
+            f" vs {result.baseline}, {start} to {_when(result.window_end)}",
+        )
+    )
+    out.print(
+        Text(
+            f"{mode}; {int((1 - result.alpha) * 100)}% intervals; p adjusted by "
+            f"{result.correction.replace('-', ' ').title()}",
+            "dim",
+        )  # fmt: skip
+    )
+    srm = result.sample_ratio
+    if srm.mismatch:
+        out.print(
+            Text(
+                f"sample-ratio mismatch: {srm.counts[0]} vs {srm.counts[1]} points "
+                f"(p = {srm.p_value:.2g}); do not trust these verdicts",
+                "bold red",
+            )
+        )
+    regressions = [r for r in result.regressions if r.segment is not None]
+    if regressions:
+        out.print(comparison_table(regressions, "regressions by segment"))
+    out.print(comparison_table(result.metrics, "metrics"))
+    if result.segments and not regressions:
+        out.print(comparison_table(result.segments, "by segment"))
+
+
+def comparison_table(rows: Any, title: str) -> Table:
+    """One row per metric: both values, difference, interval, adjusted p, verdict."""
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0)
+    )
+    table.add_column("metric", no_wrap=True, overflow="ellipsis", max_width=16)
+    table.add_column("base", justify="right", no_wrap=True)
+    table.add_column("cand", justify="right", no_wrap=True)
+    table.add_column("diff", justify="right", no_wrap=True)
+    table.add_column("interval", justify="right", no_wrap=True)
+    table.add_column("adj p", justify="right", no_wrap=True)
+    table.add_column("verdict", no_wrap=True, min_width=15)
+    for r in rows:
+        table.add_row(
+            metric_label(r),
+            num(r.baseline),
+            num(r.candidate),
+            num(r.difference, signed=True),
+            interval(r),
+            pvalue(r.adjusted_p),
+            Text(r.verdict, VERDICT_STYLE.get(r.verdict, "")),
+        )
+    return table
+
+
+def metric_label(row: MetricComparison) -> str:
+    label = row.metric if row.segment is None else f"{row.metric}/{row.segment}"
+    return label if row.statistic == "mean" else f"{label} ({row.statistic})"
+
+
+def num(value: float, signed: bool = False) -> str:
+    if value != value:  # NaN
+        return "-"
+    return f"{value:+.3g}" if signed else f"{value:.3g}"
+
+
+def interval(row: MetricComparison) -> str:
+    if row.low != row.low:
+        return "-"
+    return f"[{row.low:+.2g}, {row.high:+.2g}]"
+
+
+def pvalue(value: float) -> str:
+    if value != value:
+        return "-"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def promote_command(
+    name: Annotated[str, typer.Argument(help="The deployment to promote.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even when the gate is closed.")
+    ] = False,
+    lake: LakeOption = DEFAULT_LAKE,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the promotion gate, then merge the deployment's commit into main."""
+    opened = open_lake(lake, namespace)
+    outcome = tracking.check_promotion(opened, name)
+    if not as_json:
+        print_gate(outcome)
+    if not outcome.open and not force:
+        raise typer.Exit(1)
+    if not yes and not typer.confirm(f"merge {name} into main?", default=False):
+        render.stderr().print("not promoted")
+        raise typer.Exit(1)
+    promotion = tracking.promote(opened, name, force=force)
+    if as_json:
+        render.emit_json(
+            {
+                "deployment": name,
+                "merge_commit": promotion.merge_commit,
+                "gate": {"open": outcome.open, "reasons": list(outcome.reasons)},
+            }
+        )
+        return
+    merged = render.short(promotion.merge_commit) if promotion.merge_commit else "(already in)"
+    render.stdout().print(Text.assemble(("promoted ", "green"), (name, "bold"), f": main {merged}"))
+
+
+def print_gate(outcome: Gate) -> None:
+    out = render.stdout()
+    print_comparison(outcome.comparison)
+    if outcome.open:
+        out.print(Text("gate open: no regression, enough data, traffic split as expected", "green"))
+    else:
+        out.print(Text("gate closed:", "bold red"))
+        for reason in outcome.reasons:
+            out.print(Text(f"  - {reason}", "red"))
+
+
+def undeploy_command(
+    name: Annotated[str, typer.Argument(help="The deployment to retire.")],
+    lake: LakeOption = DEFAULT_LAKE,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Retire a deployment; its history stays queryable."""
+    record = tracking.undeploy(open_lake(lake, namespace), name)
+    if as_json:
+        render.emit_json(_record_json(record))
+        return
+    render.stdout().print(Text.assemble(("retired ", "yellow"), (name, "bold")))
+
+
+def ui_command(
+    lake: LakeOption = DEFAULT_LAKE,
+    port: Annotated[int, typer.Option("--port", help="Port to serve on (127.0.0.1).")] = 8501,
+) -> None:
+    """Open the dashboard (Streamlit) on a lake: compare deployments, browse branches and runs."""
+    location = lake if "://" in lake else os.path.abspath(lake)
+    open_lake(location, None).close()  # a clear error now rather than in the browser
+    env = {**os.environ, "FLOWLAKE_LAKE": location}
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP_PATH),
+        "--server.address=127.0.0.1",
+        f"--server.port={port}",
+        "--server.headless=true",
+        "--browser.gatherUsageStats=false",
+    ]
+    render.stderr().print(f"dashboard on http://127.0.0.1:{port} (lake {location})")
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def _record_json(record: Any) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "branch": record.branch,
+        "commit": record.commit,
+        "model": record.model,
+        "user": record.user,
+        "deployed_at": record.deployed_at.isoformat() if record.deployed_at else None,
+        "status": record.status,
+        "ended_at": record.ended_at.isoformat() if record.ended_at else None,
+        "merge_commit": record.merge_commit,
+    }
