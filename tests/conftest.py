@@ -31,6 +31,12 @@ def _user(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWLAKE_USER", "tester")
 
 
+@pytest.fixture(autouse=True)
+def _cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Local caches (the tracking index) live under the test session's temporary folder."""
+    monkeypatch.setenv("FLOWLAKE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 @pytest.fixture(scope="session")
 def lakefs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """One real lakeFS server per session (skipped without Go outside CI; fails under CI)."""

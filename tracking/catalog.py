@@ -4,12 +4,15 @@ A *source* is one place run data is read from: a branch (its uncommitted changes
 live runs show) or a commit a ref names. Without a ref every branch of every namespace is a
 source, and each run is read once: from its own run branch while that exists (the freshest
 state), else from the first other branch that holds it, production first.
+
+What each source holds is listed once per commit and kept in the local index
+(:mod:`tracking.index`); only branches that may hold uncommitted run files are listed afresh.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -22,9 +25,10 @@ from store.errors import (
 )
 from tracking import layout
 from tracking.errors import RunNotFoundError
+from tracking.index import FileRef, Index
 
 if TYPE_CHECKING:
-    from store import Branch, Commit, Lake
+    from store import Branch, Commit, Lake, ObjectInfo
 
 
 @dataclass(frozen=True)
@@ -50,14 +54,22 @@ class Source:
 
 @dataclass(frozen=True)
 class RunFiles:
-    """The files of one run at one source: object paths relative to the run's folder."""
+    """The files of one run at one source (full object paths, with checksums and sizes)."""
 
     run_id: str
     source: Source
-    files: tuple[str, ...]
+    files: tuple[FileRef, ...]
 
     def path(self, relative: str) -> str:
         return layout.run_file(self.run_id, relative)
+
+    def file(self, relative: str) -> FileRef | None:
+        """The run's file at ``relative`` (``run.parquet``, ...), or None."""
+        path = self.path(relative)
+        return next((f for f in self.files if f.path == path), None)
+
+    def relative(self, file: FileRef) -> str:
+        return file.path[len(layout.run_dir(self.run_id)) + 1 :]
 
 
 def live_sources(lake: Lake) -> list[Source]:
@@ -91,48 +103,147 @@ def ref_sources(lake: Lake, refs: Sequence[str]) -> list[Source]:
     return out
 
 
-def find_runs(lake: Lake, sources: Iterable[Source], live: bool) -> list[RunFiles]:
-    """The runs each source holds. With ``live``, each run once (see the module docstring)."""
-    found: dict[tuple[str, str], list[str]] = {}
-    source_of: dict[tuple[str, str], Source] = {}
-    own: dict[str, Source] = {}
-    order: list[tuple[str, str]] = []
+def own_run(source: Source) -> str | None:
+    """The run id whose own branch ``source`` is, or None."""
+    short = (source.branch or "").rsplit("/", 1)[-1]
+    run_id = short[len(layout.RUN_BRANCH_PREFIX) :]
+    if short.startswith(layout.RUN_BRANCH_PREFIX) and layout.is_run_id(run_id):
+        return run_id
+    return None
+
+
+def find_runs(lake: Lake, index: Index, sources: Sequence[Source], live: bool) -> list[RunFiles]:
+    """The runs each source holds. With ``live``, each run once (see the module docstring).
+
+    Committed listings come from ``index`` (by commit id, so they are reused while a branch
+    does not move). A branch's uncommitted files are listed from the lake when they can matter:
+    on a run's own branch while its committed record says ``running`` (a live or killed run
+    flushes metrics without committing) and on other branches when they have uncommitted
+    changes under ``_flowlake/runs/``.
+    """
+    own = {s.ref: own_run(s) for s in sources} if live else {}
+    keys = {s.ref: _prefix(own.get(s.ref)) for s in sources}
+    cached = index.listings([(s.commit, keys[s.ref]) for s in sources])
+    missing = {
+        (s.commit, keys[s.ref]): [FileRef(o.path, o.checksum, o.size) for o in listing]
+        for s in sources
+        if (s.commit, keys[s.ref]) not in cached
+        and own.get(s.ref)
+        and (listing := _list(lake, s.commit, keys[s.ref])) is not None
+    }
+    if missing:
+        index.remember_listings(missing)
+        cached.update(missing)
+    listings: dict[str, list[FileRef]] = {}
     for source in sources:
-        short = (source.branch or "").rsplit("/", 1)[-1]
-        own_run = short[len(layout.RUN_BRANCH_PREFIX) :] if live else ""
-        if live and short.startswith(layout.RUN_BRANCH_PREFIX) and layout.is_run_id(own_run):
-            # A run branch also holds every run merged before it was created; those are read
-            # from their own branches, so list only its own run's folder.
-            prefix = layout.run_dir(own_run) + "/"
-            own[own_run] = source
+        key = (source.commit, keys[source.ref])
+        if own.get(source.ref):
+            if key in cached:
+                listings[source.ref] = cached[key]
+        elif source.branch is not None and _dirty(lake, source.branch):
+            fresh = _list(lake, source.read_ref, layout.RUNS_PREFIX)
+            if fresh is not None:
+                listings[source.ref] = [FileRef(o.path, o.checksum, o.size) for o in fresh]
         else:
-            prefix = layout.RUNS_PREFIX
-        try:
-            listing = lake.list(source.read_ref, prefix=prefix)
-        except (PermissionDeniedError, BranchNotFoundError):
-            continue  # not readable by this user, or deleted since the branch listing
-        for info in listing:
-            split = layout.split_run_path(info.path)
-            if split is None:
+            try:
+                listings[source.ref] = cached.get(key) or index.listing(*key)
+            except (PermissionDeniedError, RefNotFoundError):
                 continue
-            key = (source.ref, split[0])
-            if key not in found:
-                found[key] = []
-                source_of[key] = source
-                order.append(key)
-            found[key].append(split[1])
+    if live:
+        _refresh_running(lake, index, sources, own, listings)
+    return _group(sources, listings, own, live)
+
+
+def _refresh_running(
+    lake: Lake,
+    index: Index,
+    sources: Sequence[Source],
+    own: dict[str, str | None],
+    listings: dict[str, list[FileRef]],
+) -> None:
+    """Replace the committed listing of each run branch whose run may have uncommitted files
+    (no committed record yet, or a committed record saying ``running``) by a fresh one."""
+    records: dict[str, FileRef] = {}
+    for s in sources:
+        if own.get(s.ref):
+            found = [f for f in listings.get(s.ref, []) if f.path.endswith("/" + layout.RUN_FILE)]
+            if found:
+                records[s.ref] = found[0]
+    status = record_statuses(index, [(s, records[s.ref]) for s in sources if s.ref in records])
+    for source in sources:
+        run_id = own.get(source.ref)
+        if not run_id:
+            continue
+        record = records.get(source.ref)
+        if record is not None and status.get(record.checksum, "running") != "running":
+            continue
+        fresh = _list(lake, source.read_ref, _prefix(run_id))
+        if fresh is not None:
+            listings[source.ref] = [FileRef(o.path, o.checksum, o.size) for o in fresh]
+
+
+#: Columns a run record must have to be used (others missing are read as nulls).
+RUN_RECORD_REQUIRED = ("run_id", "status")
+
+
+def record_statuses(
+    index: Index, records: Sequence[tuple[Source, FileRef]]
+) -> dict[str, str | None]:
+    """The recorded ``status`` of each ``run.parquet`` object (by checksum), loading the ones
+    the index does not have yet (as the ``runs`` view reads them)."""
+    known = index.loaded("runs", (f.checksum for _, f in records))
+    missing = [(f, s.read_ref) for s, f in records if f.checksum not in known]
+    if missing:
+        index.load("runs", layout.RUN_SCHEMA, missing, RUN_RECORD_REQUIRED)
+        known = index.loaded("runs", (f.checksum for _, f in records))
+    return {checksum: state.status for checksum, state in known.items()}
+
+
+def _group(
+    sources: Sequence[Source],
+    listings: dict[str, list[FileRef]],
+    own: dict[str, str | None],
+    live: bool,
+) -> list[RunFiles]:
+    owner = {run_id: ref for ref, run_id in own.items() if run_id}
     out = []
     chosen: set[str] = set()
-    for key in order:
-        run_id = key[1]
-        source = source_of[key]
-        if live:
-            if run_id in chosen or (run_id in own and own[run_id] is not source):
-                continue
-            chosen.add(run_id)
-        if layout.RUN_FILE in found[key]:
-            out.append(RunFiles(run_id, source, tuple(found[key])))
+    for source in sources:
+        by_run: dict[str, list[FileRef]] = {}
+        for file in listings.get(source.ref, []):
+            split = layout.split_run_path(file.path)
+            if split is not None:
+                by_run.setdefault(split[0], []).append(file)
+        for run_id, files in by_run.items():
+            if live:
+                if run_id in chosen or owner.get(run_id, source.ref) != source.ref:
+                    continue
+                chosen.add(run_id)
+            if any(f.path.endswith("/" + layout.RUN_FILE) for f in files):
+                out.append(RunFiles(run_id, source, tuple(files)))
     return out
+
+
+def _prefix(run_id: str | None) -> str:
+    # A run branch also holds every run merged before it was created; those are read from
+    # their own branches, so list only its own run's folder.
+    return layout.run_dir(run_id) + "/" if run_id else layout.RUNS_PREFIX
+
+
+def _list(lake: Lake, ref: str, prefix: str) -> list[ObjectInfo] | None:
+    try:
+        return lake.list(ref, prefix=prefix)
+    except (PermissionDeniedError, BranchNotFoundError, RefNotFoundError):
+        return None  # not readable by this user, or deleted since the branch listing
+
+
+def _dirty(lake: Lake, branch: str) -> bool:
+    """Whether ``branch`` has uncommitted changes under ``_flowlake/runs/``."""
+    try:
+        changes = lake.get_branch(branch).uncommitted()
+    except (PermissionDeniedError, BranchNotFoundError, ValueError):
+        return False
+    return any(c.path.startswith(layout.RUNS_PREFIX) for c in changes)
 
 
 def reachable_commits(
@@ -192,11 +303,21 @@ def find_run_branch(lake: Lake, run_id: str) -> Branch:
     raise RunNotFoundError(f"no run {run_id} in this lake")
 
 
-def run_source(lake: Lake, run_id: str) -> Source:
+def run_source(lake: Lake, run_id: str, index: Index | None = None) -> Source:
     """The run's own branch as a source.
+
+    With ``index``, the branch the run was last seen on is tried first (two lookups instead of
+    listing every branch of the lake); the full search follows when it is gone.
 
     Raises:
         RunNotFoundError: no such run.
     """
+    known = index.run_branch(run_id) if index is not None else None
+    if known is not None:
+        try:
+            branch = lake.get_branch(known)
+            return Source(branch.name, branch.namespace, branch.name, branch.head().id, branch.name)
+        except (BranchNotFoundError, RefNotFoundError, ValueError):
+            pass
     branch = find_run_branch(lake, run_id)
     return Source(branch.name, branch.namespace, branch.name, branch.head().id, branch.name)

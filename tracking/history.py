@@ -3,14 +3,14 @@
 ``get_metric_history`` is the call a training dashboard makes over and over, so it skips the
 SQL machinery: opening a DuckDB connection and building views costs tens of milliseconds, far
 more than reading one run's parts. The parts are found through the public store API (a listing
-of the run's folder on its own branch), read in place where the store can locate them as local
-files and from bytes otherwise, filtered on the key and sorted like the SQL it replaces
+of the run's folder on its own branch), read through the store's verified path (every byte is
+checked against the object's hash, so a damaged part raises ``CorruptObjectError`` rather than
+returning a wrong value), filtered on the key and sorted like the SQL it replaces
 (``ORDER BY step NULLS FIRST, timestamp``).
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from store.errors import InvalidArgumentError, InvalidTableError
 from tracking import catalog, layout
+from tracking.index import Index
 
 if TYPE_CHECKING:
     from store import Lake
@@ -41,10 +42,12 @@ def metric_history(lake: Lake, run_id: str, key: str) -> pa.Table:
         RunNotFoundError: no such run.
         InvalidArgumentError: ``key`` is not a string.
         InvalidTableError: a metric part is not a readable Parquet file.
+        CorruptObjectError: a metric part's stored bytes do not match its hash.
     """
     if not isinstance(key, str):
         raise InvalidArgumentError(f"a metric key is a string, got {key!r}")
-    source = catalog.run_source(lake, run_id)
+    with Index(lake) as index:
+        source = catalog.run_source(lake, run_id, index)
     folder = layout.run_dir(run_id) + "/"
     metrics = folder + layout.METRICS_DIR + "/"
     listing = lake.list(source.read_ref, prefix=folder)
@@ -64,12 +67,7 @@ def metric_history(lake: Lake, run_id: str, key: str) -> pa.Table:
 
 
 def _read_part(lake: Lake, path: str, ref: str) -> pa.Table:
-    local = lake.locate(path, ref)
-    source: str | pa.BufferReader
-    if local is not None and os.path.isabs(local) and os.path.isfile(local):
-        source = local  # read in place
-    else:
-        source = pa.BufferReader(lake.read_bytes(path, ref))
+    source = pa.BufferReader(lake.read_bytes(path, ref))  # verified against its hash
     try:
         return pq.read_table(source, columns=_READ, read_dictionary=_DICTIONARY, use_threads=False)
     except (pa.ArrowInvalid, OSError) as exc:

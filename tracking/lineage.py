@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from store.errors import RefNotFoundError
 from tracking import layout, views
 from tracking.errors import RunNotFoundError
+from tracking.index import Index
 from tracking.model import Artifact, Lineage, RunRecord
 from tracking.query import run_query
 
@@ -27,8 +28,13 @@ def lineage(lake: Lake, target: str) -> Lineage:
         RunNotFoundError: ``target`` looks like a run id but no such run exists.
         RefNotFoundError: ``target`` is neither a run id nor a ref.
     """
-    where = views.scope(lake, None)
-    rows = run_query(lake, "SELECT * FROM runs", where).to_pylist()
+    with Index(lake) as index:
+        return _lineage(lake, index, target)
+
+
+def _lineage(lake: Lake, index: Index, target: str) -> Lineage:
+    where = views.scope(lake, index, None)
+    rows = run_query(lake, "SELECT * FROM runs", where, index=index).to_pylist()
     runs = {row["run_id"]: RunRecord.from_row(row) for row in rows}
     run: RunRecord | None = None
     if layout.is_run_id(target) and target in runs:
@@ -65,11 +71,11 @@ def lineage(lake: Lake, target: str) -> Lineage:
     code: tuple[tuple[str, str], ...] = ()
     artifacts: tuple[Artifact, ...] = ()
     if run is not None:
-        scope = views.run_scope(lake, run.run_id)
+        scope = views.run_scope(lake, index, run.run_id)
         code = tuple(
             (r["path"], r["sha256"])
             for r in run_query(
-                lake, "SELECT path, sha256 FROM code ORDER BY path", scope
+                lake, "SELECT path, sha256 FROM code ORDER BY path", scope, index=index
             ).to_pylist()
         )
         artifacts = tuple(
@@ -78,6 +84,7 @@ def lineage(lake: Lake, target: str) -> Lineage:
                 lake,
                 "SELECT name, kind, path, size, sha256, checksum FROM artifacts ORDER BY path",
                 scope,
+                index=index,
             ).to_pylist()
         )
     return Lineage(

@@ -11,7 +11,9 @@ error.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +21,9 @@ import duckdb
 import pyarrow as pa
 
 from store.errors import InvalidArgumentError, StoreError
-from tracking import history, views
+from tracking import history, layout, views
 from tracking.errors import QueryError, RunNotFoundError
+from tracking.index import Index
 from tracking.model import RunRecord
 
 if TYPE_CHECKING:
@@ -34,13 +37,15 @@ def sql(
     *,
     refs: Sequence[str] | None = None,
     params: Sequence[Any] | None = None,
+    timeout: float | None = None,
 ) -> pa.Table:
     """Run one SELECT over the views ``runs``, ``params``, ``metrics``, ``tags``,
-    ``artifacts``, ``environment``, ``code``, ``commits`` and ``branches``.
+    ``artifacts``, ``environment``, ``code``, ``commits``, ``branches`` and ``problems``.
 
     Every view has ``ref``, ``namespace``, ``branch`` and ``commit`` columns saying where its
     rows were read. By default every branch of every namespace is read, each run once (from
-    its own branch while it exists), uncommitted writes of live runs included.
+    its own branch while it exists), uncommitted writes of running runs included. A query on
+    one view whose ``WHERE`` pins ``run_id = <value>`` reads only that run.
 
     Args:
         lake: the lake.
@@ -49,42 +54,81 @@ def sql(
         refs: read several refs side by side; the ``ref`` column tells their rows apart, so
             ``... GROUP BY ref`` or a self-join on ``ref`` compares them in one query.
         params: values for ``?`` placeholders in ``query``.
+        timeout: seconds the query itself may run (views are built before it starts); None
+            for no limit.
 
     Returns:
         The result as a ``pyarrow.Table``.
 
+    Warns:
+        SkippedRunFileWarning: run files that do not decode were skipped (see ``problems``).
+
     Raises:
-        QueryError: the query is not a single SELECT, or DuckDB rejects it (its message).
+        QueryError: the query is not a single SELECT, DuckDB rejects it (its message), or it
+            ran longer than ``timeout``.
         RefNotFoundError: a ref does not resolve.
-        InvalidArgumentError: both ``ref`` and ``refs`` given.
+        InvalidArgumentError: both ``ref`` and ``refs`` given, or a bad ``timeout``.
+        CorruptObjectError: a run file's stored bytes do not match its hash.
     """
     if ref is not None and refs is not None:
         raise InvalidArgumentError("give ref or refs, not both")
     if not isinstance(query, str) or not query.strip():
         raise QueryError("the query is empty")
+    _check_timeout(timeout)
     _check_single_select(query)
-    where = views.scope(lake, [ref] if ref is not None else refs)
-    return run_query(lake, query, where, params)
+    con = duckdb.connect(":memory:")
+    try:
+        with Index(lake) as index:
+            where: views.Scope | None = None
+            if ref is None and refs is None:
+                run_id = pinned_run(con, query, params)
+                if run_id is not None:
+                    with contextlib.suppress(RunNotFoundError):
+                        where = views.run_scope(lake, index, run_id)
+            if where is None:
+                where = views.scope(lake, index, [ref] if ref is not None else refs)
+            return run_query(lake, query, where, params, index=index, timeout=timeout, con=con)
+    finally:
+        con.close()
 
 
 def run_query(
-    lake: Lake, query: str, where: views.Scope, params: Sequence[Any] | None = None
+    lake: Lake,
+    query: str,
+    where: views.Scope,
+    params: Sequence[Any] | None = None,
+    *,
+    index: Index,
+    timeout: float | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> pa.Table:
     """Run one SELECT over the views of ``where`` (see :func:`sql`).
 
+    Args:
+        con: a fresh in-memory connection to build the views on (it is locked down and
+            closed); None opens one.
+
     Raises:
-        QueryError: not a single SELECT, or DuckDB rejects it.
+        QueryError: not a single SELECT, DuckDB rejects it, or it ran past ``timeout``.
     """
     _check_single_select(query)
     names = {name for name in views.VIEW_NAMES if re.search(rf"\b{name}\b", query, re.I)}
-    con = duckdb.connect(":memory:")
+    con = con if con is not None else duckdb.connect(":memory:")
     try:
-        allowed = views.build(con, lake, where, names)
+        allowed = views.build(con, lake, index, where, names)
         _lock_down(con, allowed)
+        timer = threading.Timer(timeout, con.interrupt) if timeout is not None else None
+        if timer is not None:
+            timer.start()
         try:
             return con.sql(query, params=list(params) if params else None).to_arrow_table()
+        except duckdb.InterruptException:
+            raise QueryError(f"the query ran longer than its timeout ({timeout} s)") from None
         except duckdb.Error as exc:
             raise QueryError(_message(exc)) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
     finally:
         con.close()
 
@@ -95,7 +139,9 @@ def get_run(lake: Lake, run_id: str) -> RunRecord:
     Raises:
         RunNotFoundError: no such run.
     """
-    rows = run_query(lake, "SELECT * FROM runs", views.run_scope(lake, run_id)).to_pylist()
+    with Index(lake) as index:
+        where = views.run_scope(lake, index, run_id)
+        rows = run_query(lake, "SELECT * FROM runs", where, index=index).to_pylist()
     if not rows:
         raise RunNotFoundError(f"run {run_id} has a branch but no run record")
     return RunRecord.from_row(rows[0])
@@ -151,7 +197,8 @@ def search_runs(
     )
     if limit is not None:
         query += f" LIMIT {int(limit)}"
-    return run_query(lake, query, views.scope(lake, None), values)
+    with Index(lake) as index:
+        return run_query(lake, query, views.scope(lake, index, None), values, index=index)
 
 
 def _check_single_select(query: str) -> None:
@@ -166,9 +213,101 @@ def _check_single_select(query: str) -> None:
         raise QueryError(f"only SELECT queries are allowed; this is a {kind.name} statement")
 
 
+def pinned_run(
+    con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | None
+) -> str | None:
+    """The run id a query is limited to, when it reads one view with a top-level
+    ``WHERE ... run_id = <literal or ?> [AND ...]``; else None (the query reads everything).
+
+    Conservative: any join, subquery, set operation or second table means None.
+    """
+    try:
+        rows = con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()
+        tree = json.loads(rows[0][0]) if rows else {}
+    except (duckdb.Error, ValueError):
+        return None
+    if tree.get("error") or len(tree.get("statements", [])) != 1:
+        return None
+    node = tree["statements"][0]["node"]
+    tables = _base_tables(tree)
+    source = node.get("from_table") or {}
+    if (
+        node.get("type") != "SELECT_NODE"
+        or len(tables) != 1
+        or source.get("type") != "BASE_TABLE"
+        or source.get("table_name", "").lower() not in _PRUNABLE
+        or node.get("cte_map", {}).get("map")
+    ):
+        return None
+    alias = source.get("alias") or source["table_name"]
+    for term in _conjuncts(node.get("where_clause")):
+        value = _run_id_equality(term, alias, params)
+        if value is not None:
+            return value if layout.is_run_id(value) else None
+    return None
+
+
+_PRUNABLE = {"runs", *views.FILE_VIEWS}
+
+
+def _base_tables(tree: Any) -> list[str]:
+    found: list[str] = []
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("type") in ("BASE_TABLE", "TABLE_FUNCTION", "SUBQUERY", "JOIN"):
+                found.append(str(item.get("table_name", item.get("type"))))
+            if item.get("class") == "SUBQUERY":
+                found.append("subquery")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _conjuncts(expression: Any) -> list[Any]:
+    if not isinstance(expression, dict):
+        return []
+    if expression.get("type") == "CONJUNCTION_AND":
+        return [t for child in expression.get("children", []) for t in _conjuncts(child)]
+    return [expression]
+
+
+def _run_id_equality(term: Any, alias: str, params: Sequence[Any] | None) -> str | None:
+    if term.get("type") != "COMPARE_EQUAL":
+        return None
+    for column, value in (
+        (term.get("left"), term.get("right")),
+        (term.get("right"), term.get("left")),
+    ):
+        names = column.get("column_names") if isinstance(column, dict) else None
+        if not names or names[-1].lower() != "run_id" or (len(names) == 2 and names[0] != alias):
+            continue
+        if len(names) > 2:
+            continue
+        if value.get("class") == "CONSTANT" and value.get("literal", {}).get("kind") == "VARCHAR":
+            return str(value["literal"].get("text"))
+        if value.get("class") == "PARAMETER" and params:
+            position = int(value.get("identifier", "0")) - 1
+            if 0 <= position < len(params) and isinstance(params[position], str):
+                return params[position]
+    return None
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+
+
 def _lock_down(con: duckdb.DuckDBPyConnection, allowed: list[str]) -> None:
     if allowed:
         con.execute(f"SET allowed_paths = {views.sql_list(allowed)}")
+    # DuckDB always allows its temporary folder, by default ``.tmp`` under the working
+    # directory: a query could read whatever someone keeps there.
+    con.execute("SET temp_directory = ''")
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
     con.execute("SET enable_external_access = false")

@@ -1,15 +1,19 @@
 """The SQL views over run history, built into one DuckDB connection.
 
 Every view has the columns ``ref``, ``namespace``, ``branch`` and ``commit``: where its rows
-were read (see :mod:`tracking.catalog`). File-backed views (``params``, ``tags``, ``metrics``,
-``artifacts``, ``environment``, ``code``) read the Parquet objects in place wherever the store
-can locate them as local files, and otherwise from bytes read through the store API; the
-``runs``, ``commits`` and ``branches`` views are small and built in memory.
+were read (see :mod:`tracking.catalog`). File-backed views (``runs``, ``params``, ``tags``,
+``metrics``, ``artifacts``, ``environment``, ``code``) never hand DuckDB a lake object: each
+object is read once through the store's verified path into the local index
+(:mod:`tracking.index`), and the view joins the index's large segment files with a small table
+saying which objects each source holds. A run file that does not decode is skipped and listed in
+the ``problems`` view (with a :class:`~tracking.errors.SkippedRunFileWarning`), so one bad file
+never fails a query; a damaged object (hash mismatch) raises ``CorruptObjectError``.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +24,8 @@ import pyarrow as pa
 
 from tracking import catalog, layout, liveness
 from tracking.catalog import RunFiles, Source
+from tracking.errors import SkippedRunFileWarning
+from tracking.index import FileRef, Index
 
 if TYPE_CHECKING:
     from store import Lake
@@ -30,7 +36,7 @@ SOURCE_FIELDS = [
     ("branch", pa.string()),
     ("commit", pa.string()),
 ]
-_FILES_SCHEMA = pa.schema([("filename", pa.string()), *SOURCE_FIELDS])
+_SOURCES_SCHEMA = pa.schema([("_oid", pa.int64()), *SOURCE_FIELDS])
 
 #: File-backed views: name -> (file in the run folder, schema). ``metrics`` reads every part.
 FILE_VIEWS: dict[str, tuple[str, pa.Schema]] = {
@@ -67,7 +73,30 @@ COMMITS_SCHEMA = pa.schema(
 
 BRANCHES_SCHEMA = pa.schema([*SOURCE_FIELDS, ("protected", pa.bool_()), ("run_id", pa.string())])
 
-VIEW_NAMES = ("runs", *FILE_VIEWS, "commits", "branches")
+#: Views other tracking modules build: name -> ``"module:function"``, called as
+#: ``function(con, lake, sources, live, names) -> local files read`` and imported only when a
+#: query names one of its views.
+PLUGGED_VIEWS = {
+    "deployments": "tracking.deployment_views:build",
+    "deployment_metrics": "tracking.deployment_views:build",
+}
+
+PROBLEMS_SCHEMA = pa.schema(
+    [("run_id", pa.string()), ("path", pa.string()), ("problem", pa.string()), *SOURCE_FIELDS]
+)
+
+VIEW_NAMES = ("runs", *FILE_VIEWS, "commits", "branches", "problems", *PLUGGED_VIEWS)
+
+#: Columns a run file must have to be used (others missing are read as nulls).
+_REQUIRED = {"runs": catalog.RUN_RECORD_REQUIRED, "metrics": ("run_id", "key", "value")}
+_LIVE_SCHEMA = pa.schema(
+    [
+        ("_oid", pa.int64()),
+        ("ref", pa.string()),
+        ("status", pa.string()),
+        ("heartbeat_time", pa.timestamp("us", tz="UTC")),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +108,7 @@ class Scope:
     live: bool
 
 
-def scope(lake: Lake, refs: Sequence[str] | None) -> Scope:
+def scope(lake: Lake, index: Index, refs: Sequence[str] | None) -> Scope:
     """Every branch (``refs`` None) or the given refs.
 
     Raises:
@@ -87,79 +116,185 @@ def scope(lake: Lake, refs: Sequence[str] | None) -> Scope:
     """
     live = refs is None
     sources = catalog.live_sources(lake) if refs is None else catalog.ref_sources(lake, refs)
-    return Scope(tuple(sources), tuple(catalog.find_runs(lake, sources, live)), live)
+    found = catalog.find_runs(lake, index, sources, live)
+    if live:
+        index.remember_run_branches(
+            (run.run_id, run.source.ref) for run in found if catalog.own_run(run.source)
+        )
+    return Scope(tuple(sources), tuple(found), live)
 
 
-def build(con: duckdb.DuckDBPyConnection, lake: Lake, where: Scope, names: set[str]) -> list[str]:
-    """Create the views in ``names`` on ``con``; returns the local files they read in place."""
+def run_scope(lake: Lake, index: Index, run_id: str) -> Scope:
+    """Only one run, read from its own branch (what the live view reads for it).
+
+    Raises:
+        RunNotFoundError: no such run.
+    """
+    source = catalog.run_source(lake, run_id, index)
+    return Scope((source,), tuple(catalog.find_runs(lake, index, [source], live=True)), True)
+
+
+def build(
+    con: duckdb.DuckDBPyConnection, lake: Lake, index: Index, where: Scope, names: set[str]
+) -> list[str]:
+    """Create the views in ``names`` on ``con``; returns the local files they read (index
+    segments and whatever plugged views read), for the connection's ``allowed_paths``.
+
+    Raises:
+        CorruptObjectError: a run file's bytes do not match its hash.
+    """
     files: list[str] = []
-    for name in names & set(FILE_VIEWS):
+    problems: list[dict[str, Any]] = []
+    file_views = set(FILE_VIEWS) if "problems" in names else names & set(FILE_VIEWS)
+    for name in sorted(file_views):
         relative, schema = FILE_VIEWS[name]
         entries = [
-            (run.source, run.path(f))
+            (run, f)
             for run in where.runs
             for f in run.files
-            if (f.startswith(relative + "/") if name == "metrics" else f == relative)
+            if (
+                run.relative(f).startswith(relative + "/")
+                if name == "metrics"
+                else run.relative(f) == relative
+            )
         ]
-        files += _file_view(con, lake, name, schema, entries)
-    if "runs" in names:
-        files += _runs_view(con, lake, where)
+        files += _file_view(con, index, name, name, schema, entries, problems)
+    if "runs" in names or "problems" in names:
+        files += _runs_view(con, lake, index, where, problems)
     if "commits" in names:
         _register(con, "commits", _commits_table(lake, where))
     if "branches" in names:
         _register(con, "branches", _branches_table(where))
+    _register(con, "problems", pa.Table.from_pylist(problems, schema=PROBLEMS_SCHEMA))
+    if problems:
+        shown = "; ".join(f"{p['path']} at {p['ref']}: {p['problem']}" for p in problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        warnings.warn(
+            f"skipped {len(problems)} unreadable run file(s), see the problems view: {shown}{more}",
+            SkippedRunFileWarning,
+            stacklevel=4,
+        )
+    for target in sorted({PLUGGED_VIEWS[n] for n in names & set(PLUGGED_VIEWS)}):
+        module, _, function = target.partition(":")
+        plugged = getattr(importlib.import_module(module), function)
+        files += plugged(con, lake, where.sources, where.live, names)
     return sorted(set(files))
+
+
+def _loaded(
+    index: Index, name: str, schema: pa.Schema, entries: Sequence[tuple[Source, FileRef]]
+) -> dict[str, Any]:
+    """Load the objects of ``entries`` the index does not have yet; returns what it knows."""
+    known = index.loaded(name, (f.checksum for _, f in entries))
+    missing = [(f, s.read_ref) for s, f in entries if f.checksum not in known]
+    if missing:
+        index.load(name, schema, missing, _REQUIRED.get(name, ("run_id",)))
+        known = index.loaded(name, (f.checksum for _, f in entries))
+    return known
 
 
 def _file_view(
     con: duckdb.DuckDBPyConnection,
-    lake: Lake,
+    index: Index,
+    name: str,
+    kind: str,
+    schema: pa.Schema,
+    entries: Sequence[tuple[RunFiles, FileRef]],
+    problems: list[dict[str, Any]],
+) -> list[str]:
+    """``CREATE VIEW name``: the rows of the entries' objects (stored in the index as
+    ``kind``), each with its source columns."""
+    known = _loaded(index, kind, schema, [(run.source, f) for run, f in entries])
+    rows: list[dict[str, Any]] = []
+    segments: set[str] = set()
+    for run, file in entries:
+        state = known.get(file.checksum)
+        if state is None:
+            continue
+        if state.oid is None or state.segment is None:
+            problems.append(
+                {
+                    "run_id": run.run_id,
+                    "path": file.path,
+                    "problem": state.problem,
+                    **_source_row(run.source),
+                }
+            )
+            continue
+        segments.add(state.segment)
+        rows.append({"_oid": state.oid, **_source_row(run.source)})
+    _create_joined(con, name, schema, rows, sorted(segments))
+    return sorted(segments)
+
+
+def _create_joined(
+    con: duckdb.DuckDBPyConnection,
     name: str,
     schema: pa.Schema,
-    entries: list[tuple[Source, str]],
+    rows: list[dict[str, Any]],
+    segments: list[str],
+) -> None:
+    con.register(f"_sources_{name}", pa.Table.from_pylist(rows, schema=_SOURCES_SCHEMA))
+    columns = ", ".join(f'd."{f.name}"' for f in schema)
+    if segments:
+        data = f"read_parquet({sql_list(segments)}, hive_partitioning = false)"
+    else:
+        con.register(f"_empty_{name}", pa.schema([*schema, ("_oid", pa.int64())]).empty_table())
+        data = f"_empty_{name}"
+    con.execute(
+        f"CREATE VIEW {name} AS SELECT {columns}, s.ref, s.namespace, s.branch, s.commit"
+        f"{', s._oid' if name.startswith('_') else ''} "
+        f"FROM {data} d JOIN _sources_{name} s ON d._oid = s._oid"
+    )
+
+
+def _runs_view(
+    con: duckdb.DuckDBPyConnection,
+    lake: Lake,
+    index: Index,
+    where: Scope,
+    problems: list[dict[str, Any]],
 ) -> list[str]:
-    located: list[dict[str, Any]] = []
-    in_memory: list[pa.Table] = []
-    for source, path in entries:
-        local = lake.locate(path, source.read_ref)
-        if local is not None and os.path.isabs(local) and os.path.isfile(local):
-            located.append({"filename": local, **_source_row(source)})
-        else:
-            table = lake.read_table(path, source.read_ref)
-            in_memory.append(_with_source(table.cast(schema), source))
-    full = pa.schema([*schema, *SOURCE_FIELDS])
-    memory = pa.concat_tables(in_memory) if in_memory else full.empty_table()
-    con.register(f"_memory_{name}", memory)
-    parts = [f"SELECT * FROM _memory_{name}"]
-    if located:
-        con.register(f"_files_{name}", pa.Table.from_pylist(located, schema=_FILES_SCHEMA))
-        # Content-addressed objects: one file may serve several sources, so read each once
-        # and let the join repeat its rows once per source.
-        paths = sorted({row["filename"] for row in located})
-        parts.append(
-            "SELECT f.* EXCLUDE (filename), m.* EXCLUDE (filename) "
-            f"FROM read_parquet({sql_list(paths)}, filename = true) f "
-            f"JOIN _files_{name} m USING (filename)"
-        )
-    con.execute(f"CREATE VIEW {name} AS " + " UNION ALL BY NAME ".join(parts))
-    return [row["filename"] for row in located]
-
-
-def _runs_view(con: duckdb.DuckDBPyConnection, lake: Lake, where: Scope) -> list[str]:
-    relation = [(run.source, run.path(layout.RUN_FILE)) for run in where.runs]
-    files = _file_view(con, lake, "_run_files", layout.RUN_SCHEMA, relation)
-    rows = con.sql("SELECT * FROM _run_files").to_arrow_table().to_pylist()
-    now = datetime.now(UTC)
-    for row in rows:
-        row["recorded_status"] = row["status"]
-        row["heartbeat_time"] = None
-        if row["status"] == "running":
-            beat = catalog.heartbeat_time(lake, row["branch"] or row["commit"], row["run_id"])
-            row["heartbeat_time"] = beat
-            row["status"] = liveness.effective_status(
-                "running", row["host"], row["pid"], beat, row["heartbeat_interval"], now
+    """``runs``: every run record, with the status a reader should believe (``running`` runs
+    whose process or heartbeat is gone show ``killed`` or ``stale``)."""
+    entries = [(run, f) for run in where.runs if (f := run.file(layout.RUN_FILE)) is not None]
+    files = _file_view(con, index, "_run_records", "runs", layout.RUN_SCHEMA, entries, problems)
+    known = index.loaded("runs", (f.checksum for _, f in entries))
+    running = {
+        state.oid: run
+        for run, f in entries
+        if (state := known.get(f.checksum)) is not None and state.status == "running"
+    }
+    live: list[dict[str, Any]] = []
+    if running:
+        now = datetime.now(UTC)
+        records = con.sql(
+            "SELECT _oid, run_id, host, pid, heartbeat_interval FROM "
+            f"read_parquet({sql_list(files)}, hive_partitioning = false) "
+            f"WHERE _oid IN ({', '.join(str(o) for o in running)})"
+        ).fetchall()
+        for oid, run_id, host, pid, interval in records:
+            run = running[oid]
+            beat = catalog.heartbeat_time(lake, run.source.read_ref, run_id)
+            status = liveness.effective_status("running", host, pid, beat, interval, now)
+            live.append(
+                {"_oid": oid, "ref": run.source.ref, "status": status, "heartbeat_time": beat}
             )
-    _register(con, "runs", pa.Table.from_pylist(rows, schema=RUNS_SCHEMA))
+    con.register("_live_runs", pa.Table.from_pylist(live, schema=_LIVE_SCHEMA))
+    columns = []
+    for field in RUNS_SCHEMA:
+        if field.name == "status":
+            columns.append("coalesce(l.status, r.status) AS status")
+        elif field.name == "recorded_status":
+            columns.append("r.status AS recorded_status")
+        elif field.name == "heartbeat_time":
+            columns.append("l.heartbeat_time")
+        else:
+            columns.append(f'r."{field.name}"')
+    con.execute(
+        f"CREATE VIEW runs AS SELECT {', '.join(columns)} FROM _run_records r "
+        "LEFT JOIN _live_runs l ON l._oid = r._oid AND l.ref = r.ref"
+    )
     return files
 
 
@@ -216,21 +351,5 @@ def _source_row(source: Source) -> dict[str, Any]:
     }
 
 
-def _with_source(table: pa.Table, source: Source) -> pa.Table:
-    for field_name, value in _source_row(source).items():
-        table = table.append_column(field_name, pa.repeat(value, table.num_rows).cast(pa.string()))
-    return table
-
-
 def sql_list(values: Sequence[str]) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
-
-
-def run_scope(lake: Lake, run_id: str) -> Scope:
-    """Only one run, read from its own branch.
-
-    Raises:
-        RunNotFoundError: no such run.
-    """
-    source = catalog.run_source(lake, run_id)
-    return Scope((source,), tuple(catalog.find_runs(lake, [source], live=True)), True)

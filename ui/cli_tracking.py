@@ -21,6 +21,7 @@ from rich.table import Table
 import store
 import tracking
 from store.errors import StoreError
+from ui import render
 
 LakeOption = Annotated[
     str | None,
@@ -44,11 +45,22 @@ def _fail(exc: BaseException) -> typer.Exit:
 
 
 def _cell(value: Any) -> str:
+    """A value as people read it in a table (seconds are enough, the zone is UTC)."""
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+        return render.iso(value)[:19].replace("T", " ")
     return str(value)
+
+
+def _csv_cell(value: Any) -> str:
+    """A value as a lossless CSV cell: :func:`render.json_value` text, nested values as JSON."""
+    converted = render.json_value(value)
+    if converted is None:
+        return ""
+    if isinstance(converted, list | dict):
+        return json.dumps(converted, allow_nan=False)
+    return str(converted)
 
 
 def _rich_table(table: pa.Table, title: str | None = None) -> Table:
@@ -96,26 +108,34 @@ def sql_command(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Stop the query after this many seconds.", min=0.001),
+    ] = None,
     lake: LakeOption = None,
     namespace: NamespaceOption = None,
 ) -> None:
-    """Run read-only SQL over the run history of every namespace."""
+    """Run read-only SQL over the run history of every namespace.
+
+    ``--json`` prints one strict JSON object per row and ``--csv`` a header and rows; both
+    print instants in ISO 8601 with their offset (UTC) and floats exactly.
+    """
     if as_json and as_csv:
         raise _fail(ValueError("choose --json or --csv, not both"))
     try:
         with _open(lake, namespace) as opened:
-            result = tracking.sql(opened, query, ref=ref)
+            result = tracking.sql(opened, query, ref=ref, timeout=timeout)
     except StoreError as exc:
         raise _fail(exc) from None
     if as_json:
         for row in result.to_pylist():
-            typer.echo(json.dumps(row, default=_cell))
+            typer.echo(json.dumps(render.json_value(row), allow_nan=False))
     elif as_csv:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(result.column_names)
         for row in result.to_pylist():
-            writer.writerow([_cell(row[c]) for c in result.column_names])
+            writer.writerow([_csv_cell(row[c]) for c in result.column_names])
         typer.echo(buffer.getvalue(), nl=False)
     else:
         Console().print(_rich_table(result))

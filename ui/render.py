@@ -7,8 +7,9 @@ so that brackets in it are never read as rich markup.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import typer
@@ -39,8 +40,50 @@ def error_line(message: str) -> None:
 
 
 def emit_json(data: Any) -> None:
-    """Print ``data`` as JSON on standard output, unstyled so scripts can parse it."""
-    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+    """Print ``data`` as strict JSON on standard output, unstyled so scripts can parse it.
+
+    Values go through :func:`json_value`, so the output is valid JSON (no ``NaN`` tokens),
+    lossless and unambiguous (instants in ISO 8601 with their offset).
+    """
+    typer.echo(json.dumps(json_value(data), indent=2, sort_keys=True, allow_nan=False))
+
+
+def iso(moment: datetime) -> str:
+    """An instant in ISO 8601 with microseconds and its offset, in UTC (``...+00:00``).
+
+    A naive datetime is taken as UTC, which is what the store hands out.
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def json_value(value: Any) -> Any:
+    """``value`` made JSON-ready without losing anything: instants as :func:`iso`, dates and
+    times in ISO 8601, durations as ISO 8601 seconds (``PT1.5S``), decimals and UUIDs as
+    strings, bytes as hex, non-finite floats as the strings ``NaN``, ``Infinity`` and
+    ``-Infinity``; dicts, lists and tuples recursively."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return (
+            value
+            if math.isfinite(value)
+            else str(value).replace("inf", "Infinity").replace("nan", "NaN")
+        )
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return f"PT{value.total_seconds()!r}S"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_value(v) for v in value]
+    return str(value)  # Decimal, UUID, enums: their exact text
 
 
 def short(commit_id: str) -> str:
@@ -72,7 +115,7 @@ def commit_json(commit: Commit) -> dict[str, Any]:
         "message": commit.message,
         "metadata": dict(commit.metadata),
         "parents": list(commit.parents),
-        "timestamp": commit.timestamp.isoformat(),
+        "timestamp": iso(commit.timestamp),
         "committer": commit.committer,
     }
 
@@ -83,7 +126,7 @@ def object_json(info: ObjectInfo) -> dict[str, Any]:
         "path": info.path,
         "size": info.size,
         "checksum": info.checksum,
-        "mtime": info.mtime.isoformat() if info.mtime else None,
+        "mtime": iso(info.mtime) if info.mtime else None,
     }
 
 

@@ -1,0 +1,232 @@
+"""SQL over run history: verified reads, the sandbox, bad run files, time limits, CLI output."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import struct
+import warnings
+from datetime import datetime
+
+import pytest
+from typer.testing import CliRunner
+
+import store
+import tracking
+from store.errors import CorruptObjectError, InvalidArgumentError
+from tracking import layout
+from tracking.errors import SkippedRunFileWarning
+from tracking.query import pinned_run
+from ui.cli_tracking import runs_app
+
+VALUES = [0.123456789 + i * 1.000001 for i in range(50)]
+
+
+def _run(lake: store.Lake, branch: str, name: str = "r") -> tracking.Run:
+    with tracking.start_run(lake, branch=branch, name=name, snapshot_code=False) as run:
+        for step, value in enumerate(VALUES):
+            run.log_metric("acc", value, step=step)
+        run.log_param("lr", "0.1")
+    return run
+
+
+def test_flipped_bit_in_a_metric_part_raises_rather_than_returning_a_wrong_value(
+    embedded_lake: store.Lake,
+) -> None:
+    exp = embedded_lake.branch("exp")
+    run = _run(embedded_lake, exp.name)
+    local = embedded_lake.locate(layout.metrics_part(run.id, 0), exp.name)
+    assert local is not None and os.path.isfile(local)
+    with open(local, "rb") as f:
+        blob = bytearray(f.read())
+    at = bytes(blob).find(struct.pack("<d", VALUES[7]))
+    assert at >= 0
+    blob[at + 7] ^= 0x01
+    os.chmod(local, 0o644)
+    with open(local, "wb") as f:
+        f.write(bytes(blob))
+    with pytest.raises(CorruptObjectError):
+        tracking.sql(embedded_lake, "SELECT value FROM metrics")
+    with pytest.raises(CorruptObjectError):
+        tracking.get_metric_history(embedded_lake, run.id, "acc")
+
+
+def test_queries_cannot_read_the_working_directory_tmp_folder(
+    embedded_lake: store.Lake, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _run(embedded_lake, embedded_lake.branch("exp").name)
+    work = os.path.join(str(tmp_path), "work")
+    os.makedirs(os.path.join(work, ".tmp"))
+    with open(os.path.join(work, ".tmp", "secret.txt"), "w") as f:
+        f.write("PRIVATE")
+    monkeypatch.chdir(work)
+    for query in (
+        "SELECT content FROM read_text('.tmp/secret.txt')",
+        f"SELECT file FROM glob('{work}/.tmp/*')",
+        "SELECT m.value, t.content FROM metrics m, read_text('.tmp/secret.txt') t",
+    ):
+        with pytest.raises(tracking.QueryError):
+            tracking.sql(embedded_lake, query)
+
+
+@pytest.mark.parametrize("folder", ["step=7", "key=zzz", "value=9", "project=churn"])
+def test_a_lake_under_a_hive_style_folder_keeps_its_columns(
+    tmp_path: os.PathLike[str], folder: str
+) -> None:
+    lake = store.open(os.path.join(str(tmp_path), folder, "lake"))
+    try:
+        run = _run(lake, lake.branch("exp").name)
+        rows = tracking.sql(lake, "SELECT * FROM metrics WHERE step = 7").to_pylist()
+        assert len(rows) == 1
+        assert (rows[0]["key"], rows[0]["value"], rows[0]["run_id"]) == ("acc", VALUES[7], run.id)
+        assert set(rows[0]) == {
+            *layout.METRICS_SCHEMA.names,
+            "ref",
+            "namespace",
+            "branch",
+            "commit",
+        }
+        params = tracking.sql(lake, "SELECT key, value FROM params").to_pylist()
+        assert params == [{"key": "lr", "value": "0.1"}]
+    finally:
+        lake.close()
+
+
+def test_one_bad_run_file_is_skipped_and_reported_never_failing_the_query(
+    lake: store.Lake,
+) -> None:
+    good = _run(lake, lake.branch("exp").name, name="good")
+    other = lake.with_namespace("user:mallory").branch("junk")
+    bad_id = "ab" * 16
+    other.write_bytes(layout.run_file(bad_id, layout.RUN_FILE), b"PAR1" + b"x" * 10_000)
+    other.write_bytes(layout.run_file(bad_id, layout.PARAMS_FILE), b"not parquet")
+    with pytest.warns(SkippedRunFileWarning, match="problems view"):
+        names = tracking.sql(lake, "SELECT name FROM runs").column("name").to_pylist()
+    assert names == ["good"]
+    with pytest.warns(SkippedRunFileWarning):
+        assert tracking.search_runs(lake).column("run_id").to_pylist() == [good.id]
+    with pytest.warns(SkippedRunFileWarning):
+        problems = tracking.sql(lake, "SELECT run_id, path, branch FROM problems").to_pylist()
+    assert sorted(p["path"] for p in problems) == [
+        layout.run_file(bad_id, layout.PARAMS_FILE),
+        layout.run_file(bad_id, layout.RUN_FILE),
+    ]
+    assert {(p["run_id"], p["branch"]) for p in problems} == {(bad_id, "user:mallory/junk")}
+    result = CliRunner().invoke(runs_app, ["runs", "--lake", lake.location])
+    if not lake.location.startswith("lakefs://"):
+        assert result.exit_code == 0, result.output
+        assert "good" in result.output
+
+
+def test_a_query_past_its_timeout_is_interrupted(embedded_lake: store.Lake) -> None:
+    endless = "SELECT count(*) FROM range(1000000000000) a, range(1000) b"
+    with pytest.raises(tracking.QueryError, match="timeout"):
+        tracking.sql(embedded_lake, endless, timeout=0.2)
+    for bad in (0, -1, True, "1"):
+        with pytest.raises(InvalidArgumentError):
+            tracking.sql(embedded_lake, "SELECT 1", timeout=bad)  # type: ignore[arg-type]
+    assert tracking.sql(embedded_lake, "SELECT 1 AS one", timeout=30).to_pylist() == [{"one": 1}]
+    result = CliRunner().invoke(
+        runs_app, ["sql", endless, "--timeout", "0.2", "--lake", embedded_lake.location]
+    )
+    assert result.exit_code == 1 and "timeout" in result.output
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata", "America/Los_Angeles"])
+def test_cli_json_and_csv_print_exact_instants_with_offsets_and_strict_json(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch, zone: str
+) -> None:
+    run = _run(embedded_lake, embedded_lake.branch("exp").name)
+    monkeypatch.setenv("TZ", zone)
+    query = (
+        "SELECT start_time, 'nan'::DOUBLE AS bad, 1/3 AS third, [1, 2] AS xs FROM runs "
+        "WHERE run_id = ?"
+    ).replace("?", f"'{run.id}'")
+    location = embedded_lake.location
+    out = CliRunner().invoke(runs_app, ["sql", query, "--json", "--lake", location])
+    assert out.exit_code == 0, out.output
+
+    def strict(token: str) -> None:
+        raise ValueError(f"not strict JSON: {token}")
+
+    row = json.loads(out.output.splitlines()[0], parse_constant=strict)
+    assert datetime.fromisoformat(row["start_time"]) == run.start_time
+    assert row["start_time"].endswith("+00:00")
+    assert row["bad"] == "NaN" and row["third"] == 1 / 3 and row["xs"] == [1, 2]
+    out = CliRunner().invoke(runs_app, ["sql", query, "--csv", "--lake", location])
+    assert out.exit_code == 0, out.output
+    row = next(csv.DictReader(io.StringIO(out.output)))
+    assert datetime.fromisoformat(row["start_time"]) == run.start_time
+    assert float(row["third"]) == 1 / 3 and json.loads(row["xs"]) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("query", "pinned"),
+    [
+        ("SELECT status FROM runs WHERE run_id = ?", True),
+        ("SELECT r.status FROM runs r WHERE r.run_id = ? AND r.status = 'x'", True),
+        ("SELECT * FROM metrics WHERE key = 'acc' AND run_id = ?", True),
+        ("SELECT status FROM runs WHERE run_id = ? OR name = 'x'", False),
+        ("SELECT status FROM runs WHERE run_id <> ?", False),
+        ("SELECT r.status FROM runs r JOIN metrics m USING (run_id) WHERE r.run_id = ?", False),
+        ("SELECT (SELECT count(*) FROM params) FROM runs WHERE run_id = ?", False),
+        ("SELECT status FROM runs WHERE run_id = ? UNION ALL SELECT status FROM runs", False),
+        ("SELECT * FROM commits WHERE run_id = ?", False),
+        ("WITH x AS (SELECT * FROM runs) SELECT * FROM x WHERE run_id = ?", False),
+    ],
+)
+def test_only_queries_limited_to_one_run_read_only_that_run(query: str, pinned: bool) -> None:
+    import duckdb
+
+    run_id = "0123456789abcdef" * 2
+    con = duckdb.connect()
+    try:
+        assert pinned_run(con, query, [run_id]) == (run_id if pinned else None)
+    finally:
+        con.close()
+
+
+def test_a_query_pinned_to_one_run_returns_what_the_full_scan_returns(
+    lake: store.Lake,
+) -> None:
+    exp = lake.branch("exp")
+    finished = _run(lake, exp.name, "done")
+    live = tracking.start_run(lake, branch=exp.name, name="live", snapshot_code=False)
+    try:
+        live.log_metric("acc", 0.5, step=1)
+        live.flush()
+        for run_id in (finished.id, live.id, "f" * 32):
+            pinned = tracking.sql(lake, "SELECT * FROM runs WHERE run_id = ?", params=[run_id])
+            full = tracking.sql(lake, "SELECT * FROM runs")
+            expected = [r for r in full.to_pylist() if r["run_id"] == run_id]
+            assert _comparable(pinned.to_pylist()) == _comparable(expected)
+            metrics = tracking.sql(
+                lake,
+                "SELECT step, value FROM metrics WHERE run_id = ? ORDER BY step",
+                params=[run_id],
+            ).to_pylist()
+            all_metrics = tracking.sql(
+                lake, "SELECT run_id, step, value FROM metrics ORDER BY step"
+            ).to_pylist()
+            assert metrics == [
+                {"step": m["step"], "value": m["value"]}
+                for m in all_metrics
+                if m["run_id"] == run_id
+            ]
+    finally:
+        live.end()
+
+
+def _comparable(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [{k: v for k, v in r.items() if k != "heartbeat_time"} for r in rows]
+
+
+def test_no_warning_without_bad_files(embedded_lake: store.Lake) -> None:
+    _run(embedded_lake, embedded_lake.branch("exp").name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tracking.sql(embedded_lake, "SELECT count(*) AS n FROM problems").to_pylist() == [
+            {"n": 0}
+        ]

@@ -1,0 +1,384 @@
+"""The local run history index: a derived cache that makes SQL over many runs cheap.
+
+Never the source of truth: everything in it is rebuilt from the lake when missing, and deleting
+its folder at any moment (even while a query runs elsewhere) only costs time. It holds two
+things, both immutable once written:
+
+* **listings**: the files under a prefix of ``_flowlake/runs/`` at a *commit* (commits never
+  change), with each file's checksum and size. A commit's listing is derived from a cached
+  parent's listing plus ``diff(parent, commit)`` when one is cached, else listed in full.
+* **objects**: the decoded rows of each run file, keyed by the object's checksum (objects are
+  content-addressed, so the rows of a checksum never change). Every object enters the index
+  through ``lake.read_bytes``, which verifies its hash, so a query never reads an unverified
+  byte; rows are appended to a few large local Parquet *segments* (the small metric parts of
+  thousands of runs become one file DuckDB scans at full speed) and each object's rows carry an
+  integer ``_oid`` the views join on. Objects that do not decode against their view's schema
+  are remembered as problems (skipped and reported, never read again).
+
+Layout under the cache folder (``$FLOWLAKE_CACHE_DIR``, else ``~/.cache/flowlake``)::
+
+    tracking/<lake key>/index.db                       SQLite: listings, objects, segments, runs
+    tracking/<lake key>/segments/<view>/<n>.parquet    decoded rows + _oid
+
+Several processes may share it: SQLite arbitrates the tables, and segment files are written
+under a temporary name and renamed, so a reader sees a whole segment or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from store.errors import ObjectNotFoundError
+
+if TYPE_CHECKING:
+    from store import Lake
+
+#: Bumped when the index's tables or segment contents change meaning; a new version starts empty.
+INDEX_VERSION = 1
+#: Compact a view's segments into one when it has more than this many.
+MAX_SEGMENTS = 8
+#: Object ids are ``segment << OID_BITS | row group of the object in that segment``.
+OID_BITS = 32
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS listings (
+    commit_id TEXT NOT NULL, prefix TEXT NOT NULL, files TEXT NOT NULL,
+    PRIMARY KEY (commit_id, prefix));
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, view TEXT NOT NULL, path TEXT NOT NULL,
+    retired REAL);
+CREATE TABLE IF NOT EXISTS objects (
+    checksum TEXT NOT NULL, view TEXT NOT NULL, oid INTEGER, segment INTEGER, status TEXT,
+    problem TEXT, PRIMARY KEY (checksum, view));
+CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, branch TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One object under ``_flowlake/runs/`` at some ref: its path, checksum and size."""
+
+    path: str
+    checksum: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """Where an object's rows are: its ``_oid`` in a segment, or why it has none.
+
+    Attributes:
+        oid: the object id its rows carry; None when the object could not be used.
+        segment: the segment file holding its rows.
+        status: for ``run.parquet`` objects, the recorded status (``running``, ...).
+        problem: why the object is skipped (not Parquet, wrong columns), or None.
+    """
+
+    oid: int | None
+    segment: str | None
+    status: str | None
+    problem: str | None
+
+
+def cache_root() -> str:
+    """The cache folder: ``$FLOWLAKE_CACHE_DIR``, else ``~/.cache/flowlake``."""
+    return os.environ.get("FLOWLAKE_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "flowlake"
+    )
+
+
+class Index:
+    """The run history index of one lake (see the module docstring).
+
+    Args:
+        lake: the lake it indexes.
+        root: the cache folder (default :func:`cache_root`).
+    """
+
+    def __init__(self, lake: Lake, root: str | None = None) -> None:
+        key = hashlib.sha256(f"{INDEX_VERSION}:{lake.location}".encode()).hexdigest()[:20]
+        self.folder = os.path.join(root or cache_root(), "tracking", key)
+        self.lake = lake
+        os.makedirs(os.path.join(self.folder, "segments"), exist_ok=True)
+        self._db = sqlite3.connect(
+            os.path.join(self.folder, "index.db"), timeout=60, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- listings ------------------------------------------------------------------------------
+
+    def listings(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[FileRef]]:
+        """The cached listings among ``(commit, prefix)`` keys, read in one statement."""
+        if not keys:
+            return {}
+        rows = self._db.execute(
+            "SELECT l.commit_id, l.prefix, l.files FROM json_each(?) j JOIN listings l "
+            "ON l.commit_id = json_extract(j.value, '$[0]') "
+            "AND l.prefix = json_extract(j.value, '$[1]')",
+            (json.dumps(sorted(set(keys))),),
+        ).fetchall()
+        return {(c, p): _decode_files(files) for c, p, files in rows}
+
+    def listing(self, commit: str, prefix: str) -> list[FileRef]:
+        """The files under ``prefix`` at ``commit``: cached, derived from a cached parent plus
+        the diff, or listed in full (and cached either way).
+
+        Raises:
+            RefNotFoundError: ``commit`` is not a commit of the lake.
+        """
+        cached = self.listings([(commit, prefix)])
+        if cached:
+            return cached[(commit, prefix)]
+        files = self._derive(commit, prefix)
+        if files is None:
+            files = [FileRef(o.path, o.checksum, o.size) for o in self.lake.list(commit, prefix)]
+        self.remember_listings({(commit, prefix): files})
+        return files
+
+    def remember_listings(self, listings: dict[tuple[str, str], list[FileRef]]) -> None:
+        with self._write() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO listings VALUES (?, ?, ?)",
+                [(c, p, _encode_files(f)) for (c, p), f in listings.items()],
+            )
+
+    def _derive(self, commit: str, prefix: str) -> list[FileRef] | None:
+        """Parent's listing + diff(parent, commit), when a parent's listing is cached and the
+        diff is small; else None."""
+        parents = self.lake.commit(commit).parents
+        cached = self.listings([(p, prefix) for p in parents])
+        for parent in parents:
+            if (parent, prefix) not in cached:
+                continue
+            by_path = {f.path: f for f in cached[(parent, prefix)]}
+            changes = [c for c in self.lake.diff(parent, commit) if c.path.startswith(prefix)]
+            if len(changes) > max(64, len(by_path) // 4):
+                return None
+            for change in changes:
+                by_path.pop(change.path, None)
+                if change.kind.value != "removed":
+                    try:
+                        info = self.lake.stat(change.path, commit)
+                    except ObjectNotFoundError:
+                        continue
+                    by_path[info.path] = FileRef(info.path, info.checksum, info.size)
+            return sorted(by_path.values(), key=lambda f: f.path)
+        return None
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def run_branch(self, run_id: str) -> str | None:
+        """The branch a run was last seen writing on, or None."""
+        row = self._db.execute("SELECT branch FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return row[0] if row else None
+
+    def remember_run_branches(self, pairs: Iterable[tuple[str, str]]) -> None:
+        pairs = list(pairs)
+        known = dict(self._db.execute("SELECT run_id, branch FROM runs").fetchall())
+        new = [(r, b) for r, b in pairs if known.get(r) != b]
+        if new:
+            with self._write() as db:
+                db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?)", new)
+
+    # -- objects -------------------------------------------------------------------------------
+
+    def loaded(self, view: str, checksums: Iterable[str]) -> dict[str, Loaded]:
+        """What the index knows of each object of ``view`` (absent ones are not loaded yet)."""
+        wanted = sorted(set(checksums))
+        if not wanted:
+            return {}
+        rows = self._db.execute(
+            "SELECT o.checksum, o.oid, s.path, o.status, o.problem FROM json_each(?) j "
+            "JOIN objects o ON o.checksum = j.value AND o.view = ? "
+            "LEFT JOIN segments s ON s.id = o.segment",
+            (json.dumps(wanted), view),
+        ).fetchall()
+        return {
+            c: Loaded(oid, os.path.join(self.folder, path) if path else None, status, problem)
+            for c, oid, path, status, problem in rows
+        }
+
+    def load(
+        self,
+        view: str,
+        schema: pa.Schema,
+        objects: Sequence[tuple[FileRef, str]],
+        required: Sequence[str],
+    ) -> None:
+        """Read ``objects`` (each a file and the ref to read it at) through the verified path,
+        decode them against ``schema`` and append their rows to a new segment of ``view``.
+
+        An object that is not Parquet, lacks a ``required`` column or does not cast to
+        ``schema`` is remembered as a problem instead. Several objects with one checksum are
+        read once.
+
+        Raises:
+            CorruptObjectError: an object's bytes do not match its hash (the lake is damaged).
+        """
+        unique: dict[str, tuple[FileRef, str]] = {}
+        for file, ref in objects:
+            unique.setdefault(file.checksum, (file, ref))
+        if not unique:
+            return
+        tables: list[tuple[str, pa.Table]] = []
+        problems: list[tuple[str, str]] = []
+        for checksum, (file, ref) in unique.items():
+            data = self.lake.read_bytes(file.path, ref)  # verifies the hash
+            table, problem = _decode(data, schema, required)
+            if problem is not None:
+                problems.append((checksum, problem))
+            else:
+                tables.append((checksum, table))  # type: ignore[arg-type]
+        with self._write() as db:
+            cursor = db.execute("INSERT INTO segments (view, path) VALUES (?, '')", (view,))
+            segment = int(cursor.lastrowid or 0)
+            relative = os.path.join("segments", view, f"{segment}.parquet")
+            db.executemany(
+                "INSERT OR IGNORE INTO objects (checksum, view, problem) VALUES (?, ?, ?)",
+                [(c, view, p) for c, p in problems],
+            )
+            if tables:
+                rows = []
+                pieces = []
+                for number, (checksum, table) in enumerate(tables):
+                    oid = (segment << OID_BITS) | number
+                    status = table["status"][0].as_py() if view == "runs" and len(table) else None
+                    rows.append((checksum, view, oid, segment, status))
+                    pieces.append(table.append_column("_oid", pa.repeat(oid, len(table))))
+                _write_segment(os.path.join(self.folder, relative), pa.concat_tables(pieces))
+                db.execute("UPDATE segments SET path = ? WHERE id = ?", (relative, segment))
+                db.executemany(
+                    "INSERT OR IGNORE INTO objects (checksum, view, oid, segment, status) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+            else:
+                db.execute("DELETE FROM segments WHERE id = ?", (segment,))
+        self._compact(view, schema)
+
+    def _compact(self, view: str, schema: pa.Schema) -> None:
+        """Merge a view's segments into one when there are too many; readers of the old files
+        keep them for an hour (a query in flight elsewhere may still be scanning them)."""
+        live = self._db.execute(
+            "SELECT id, path FROM segments WHERE view = ? AND retired IS NULL AND path != ''",
+            (view,),
+        ).fetchall()
+        if len(live) <= MAX_SEGMENTS:
+            self._sweep()
+            return
+        ids = [i for i, _ in live]
+        referenced = self._db.execute(
+            "SELECT oid, segment FROM objects WHERE view = ? AND segment IN "
+            "(SELECT value FROM json_each(?))",
+            (view, json.dumps(ids)),
+        ).fetchall()
+        keep = pa.array(sorted(o for o, _ in referenced), pa.int64())
+        parts = []
+        for _, path in live:
+            table = pq.read_table(os.path.join(self.folder, path))
+            parts.append(table.filter(pa.compute.is_in(table["_oid"], value_set=keep)))
+        merged = pa.concat_tables(parts) if parts else schema.empty_table()
+        with self._write() as db:
+            cursor = db.execute("INSERT INTO segments (view, path) VALUES (?, '')", (view,))
+            segment = int(cursor.lastrowid or 0)
+            relative = os.path.join("segments", view, f"{segment}.parquet")
+            _write_segment(os.path.join(self.folder, relative), merged)
+            db.execute("UPDATE segments SET path = ? WHERE id = ?", (relative, segment))
+            # Object ids stay as they are (they are values in the rows); only where they live
+            # moves, in the same transaction that retires the old segments.
+            db.execute(
+                "UPDATE objects SET segment = ? WHERE view = ? AND segment IN "
+                "(SELECT value FROM json_each(?))",
+                (segment, view, json.dumps(ids)),
+            )
+            db.execute(
+                "UPDATE segments SET retired = unixepoch('subsec') WHERE id IN "
+                "(SELECT value FROM json_each(?))",
+                (json.dumps(ids),),
+            )
+        self._sweep()
+
+    def _sweep(self) -> None:
+        old = self._db.execute(
+            "SELECT id, path FROM segments WHERE retired < unixepoch('subsec') - 3600"
+        ).fetchall()
+        for segment, path in old:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.folder, path))
+            with self._write() as db:
+                db.execute("DELETE FROM segments WHERE id = ?", (segment,))
+
+
+def _decode(data: bytes, schema: pa.Schema, required: Sequence[str]) -> tuple[Any, str | None]:
+    """``(table as schema, None)`` or ``(None, why not)``; missing optional columns are null."""
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        return None, f"not a readable Parquet file ({exc})"
+    missing = [name for name in required if name not in table.column_names]
+    if missing:
+        return None, f"lacks the column(s) {', '.join(missing)}"
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            try:
+                columns.append(table[field.name].cast(field.type))
+            except (pa.ArrowException, ValueError) as exc:
+                return None, f"column {field.name!r} is not {field.type} ({exc})"
+        else:
+            columns.append(pa.nulls(len(table), field.type))
+    return pa.Table.from_arrays(columns, schema=schema), None
+
+
+def _write_segment(path: str, table: pa.Table) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # Sorted by object so a filter on one run's rows skips most row groups.
+            pq.write_table(table.sort_by("_oid"), f, row_group_size=256 * 1024)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def _encode_files(files: Sequence[FileRef]) -> str:
+    return json.dumps([[f.path, f.checksum, f.size] for f in files], separators=(",", ":"))
+
+
+def _decode_files(text: str) -> list[FileRef]:
+    return [FileRef(p, c, s) for p, c, s in json.loads(text)]
