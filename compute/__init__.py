@@ -1,1 +1,74 @@
-"""Compute: jobs that read a pinned commit and write to their own branch (not built yet)."""
+"""Compute: jobs (GPU included) that read a pinned commit and write their own branch.
+
+>>> import compute, store
+>>> lake = store.open("./lake")                                        # doctest: +SKIP
+>>> job = compute.submit(train, args={"lr": 0.1}, lake=lake,           # doctest: +SKIP
+...                      input_ref="main", output_branch="lr-sweep",
+...                      resources=compute.Resources(gpus=1))
+>>> job.wait()                                                          # doctest: +SKIP
+
+Inside the job, :func:`context` gives the lake (reads default to the pinned input commit), the
+job's own branch and its tracking run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from compute.context import JobContext, context
+from compute.errors import (
+    ComputeError,
+    EnvironmentBuildError,
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
+    NotInJobError,
+    ResourceError,
+)
+from compute.job import Job
+from compute.model import Environment, JobSpec, JobStatus, Resources
+from compute.submit import map, submit
+
+if TYPE_CHECKING:
+    from store.lake import Lake
+
+__all__ = [
+    "ComputeError",
+    "Environment",
+    "EnvironmentBuildError",
+    "Job",
+    "JobContext",
+    "JobFailedError",
+    "JobNotFoundError",
+    "JobSpec",
+    "JobStatus",
+    "JobTimeoutError",
+    "NotInJobError",
+    "ResourceError",
+    "Resources",
+    "context",
+    "get_job",
+    "jobs",
+    "map",
+    "submit",
+]
+
+
+def get_job(lake: Lake, job_id: str) -> Job:
+    """The job ``job_id`` (or a unique prefix of at least 4 characters) of ``lake``.
+
+    Raises:
+        JobNotFoundError: no such job.
+    """
+    from compute.job import get_job as _get
+    from compute.submit import _location
+
+    return _get(_location(lake), job_id)
+
+
+def jobs(lake: Lake) -> list[Job]:
+    """Every job submitted on ``lake`` from any process of this machine, oldest first."""
+    from compute.job import list_jobs
+    from compute.submit import _location
+
+    return list_jobs(_location(lake))

@@ -1,0 +1,66 @@
+"""Executors, looked up by name from a table of dotted paths and imported only when used.
+
+An executor starts a submitted job somewhere; everything else (validation, pinning, code
+snapshot, the job's folder) is the submitter's, and everything inside the job is the runner's.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Protocol
+
+from store.errors import InvalidArgumentError, NotInstalledError
+
+if TYPE_CHECKING:
+    from compute.model import JobSpec, Resources
+    from compute.state import JobFolder
+
+#: name -> (dotted path of the executor class, extra that installs its dependencies)
+EXECUTORS: dict[str, tuple[str, str | None]] = {
+    "local": ("compute.backends.local:LocalExecutor", None),
+    "ray": ("compute.backends.ray:RayExecutor", "ray"),
+}
+
+
+class Executor(Protocol):
+    """What a compute backend offers the submitter."""
+
+    name: str
+
+    def check(self, resources: Resources) -> None:
+        """Refuse resources this machine or cluster can never offer.
+
+        Raises:
+            ResourceError: more GPUs, CPUs or memory than there are (the message says both).
+        """
+
+    def launch(self, folder: JobFolder, spec: JobSpec) -> Any:
+        """Start the job whose spec is in ``folder``; returns an in-process handle or None.
+
+        Raises:
+            ComputeError: the job could not be started.
+        """
+
+
+def load_executor(name: str, **options: Any) -> Executor:
+    """The executor registered as ``name``.
+
+    Raises:
+        InvalidArgumentError: no executor of that name.
+        NotInstalledError: its extra is not installed (the message names it).
+    """
+    if name not in EXECUTORS:
+        raise InvalidArgumentError(
+            f"unknown compute backend {name!r}; choose one of {', '.join(sorted(EXECUTORS))}"
+        )
+    path, extra = EXECUTORS[name]
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise NotInstalledError(
+            f"the {name!r} compute backend needs {exc.name or 'a missing package'}; "
+            f"install it with: pip install 'flowlake[{extra}]'"
+        ) from None
+    executor: Executor = getattr(module, attr)(**options)
+    return executor

@@ -1,0 +1,53 @@
+"""The ``local`` backend: jobs on this machine, scheduled against its GPUs, CPUs and memory.
+
+Each job gets a detached supervisor process (:mod:`compute.supervise`) that waits for a
+machine-wide lease (:mod:`compute.leases`), so jobs submitted by several processes share the
+machine without oversubscribing it, and that outlives the process that submitted it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from compute import machine
+from compute.errors import ResourceError
+from compute.model import JobSpec, Resources
+from compute.state import JobFolder
+
+
+class LocalExecutor:
+    """Runs jobs on this machine."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.capacity = machine.detect()
+
+    def check(self, resources: Resources) -> None:
+        cap = self.capacity
+        if resources.gpus > len(cap.gpus):
+            have = f"{len(cap.gpus)} GPU(s)" if cap.gpus else "no GPU"
+            raise ResourceError(
+                f"the job asks for {resources.gpus} GPU(s) but this machine has {have} "
+                "(FLOWLAKE_GPUS overrides the detection)"
+            )
+        if resources.cpus > cap.cpus:
+            raise ResourceError(
+                f"the job asks for {resources.cpus:g} CPU(s) but this machine has {cap.cpus:g}"
+            )
+        if cap.memory and resources.memory_bytes > cap.memory:
+            raise ResourceError(
+                f"the job asks for {resources.memory_bytes} bytes of memory but this machine "
+                f"has {cap.memory}"
+            )
+
+    def launch(self, folder: JobFolder, spec: JobSpec) -> subprocess.Popen[bytes]:
+        with open(folder.path / "supervisor.log", "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-P", "-m", "compute.supervise", str(folder.path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )

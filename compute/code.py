@@ -1,0 +1,146 @@
+"""What a job runs: its code snapshot (checked out once per snapshot) and its pickled callable.
+
+The submitter snapshots the project (:func:`tracking.snapshot.capture`) at submit and checks it
+out into the state folder, keyed by the snapshot's content hash, so jobs with the same code
+share one checkout and a job runs what the work tree held at submit, whatever happens to it
+later. Callables are pickled with cloudpickle: functions of ``__main__`` and of modules that a
+fresh interpreter could not import from the snapshot or the installed packages are shipped by
+value; everything else by reference, imported from the checkout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import sys
+import sysconfig
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import cloudpickle
+
+from store.errors import InvalidArgumentError
+from tracking.snapshot import CodeSnapshot, SourceFile, capture
+
+MANIFEST = "manifest.json"
+FILES = "files"
+
+
+def snapshot_id(code: CodeSnapshot) -> str:
+    """A content hash of the snapshot (its files, paths and git commit)."""
+    h = hashlib.sha256()
+    h.update(f"{code.root}\0{code.git_commit}\0{code.git_dirty}\0".encode())
+    for f in code.files:
+        h.update(f"{f.path}\0{f.sha256}\0".encode())
+    return h.hexdigest()[:32]
+
+
+def take_snapshot(code_root: Path, code_dir: str | os.PathLike[str] | None) -> tuple[str, Path]:
+    """Snapshot the project and check it out under ``code_root``; returns ``(id, checkout)``.
+
+    A checkout that exists already (same content) is reused as it is.
+    """
+    code = capture(code_dir)
+    sid = snapshot_id(code)
+    target = code_root / sid
+    if (target / MANIFEST).is_file():
+        return sid, target / FILES
+    tmp = code_root / f".{sid}.{uuid.uuid4().hex[:8]}.tmp"
+    files = tmp / FILES
+    files.mkdir(parents=True)
+    for f in code.files:
+        path = files / f.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f.data)
+    manifest = {
+        "root": code.root,
+        "git_commit": code.git_commit,
+        "git_dirty": code.git_dirty,
+        "truncated": code.truncated,
+        "files": [{"path": f.path, "sha256": f.sha256} for f in code.files],
+    }
+    # The manifest is written last: a checkout without one is incomplete and never used.
+    (tmp / MANIFEST).write_text(json.dumps(manifest))
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another submitter checked out the same snapshot first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return sid, target / FILES
+
+
+def load_snapshot(code_root: Path, sid: str) -> tuple[CodeSnapshot, Path]:
+    """The snapshot ``sid`` as tracking records it, and the folder of its checkout."""
+    target = code_root / sid
+    manifest = json.loads((target / MANIFEST).read_text())
+    files = tuple(
+        SourceFile(f["path"], (target / FILES / f["path"]).read_bytes(), f["sha256"])
+        for f in manifest["files"]
+    )
+    snapshot = CodeSnapshot(
+        root=manifest["root"],
+        git_commit=manifest["git_commit"],
+        git_dirty=manifest["git_dirty"],
+        files=files,
+        truncated=manifest["truncated"],
+    )
+    return snapshot, target / FILES
+
+
+def _installed_roots() -> list[str]:
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    return [os.path.abspath(r) + os.sep for r in roots]
+
+
+def _ship_by_value(module: ModuleType, snapshot_root: str) -> bool:
+    """Whether a fresh interpreter in the job could not import ``module`` by name."""
+    if module.__name__ == "__main__":
+        return False  # cloudpickle ships __main__ by value already
+    file = getattr(module, "__file__", None)
+    if not file:
+        return False  # built-in or namespace module: importable by name
+    path = os.path.abspath(file)
+    root = os.path.abspath(snapshot_root)
+    if path.startswith(root + os.sep):
+        # Imported by name from the checkout only when its name matches its place there
+        # (a test module imported as ``test_x`` from ``tests/`` does not).
+        base = os.path.join(root, *module.__name__.split("."))
+        return path not in (base + ".py", os.path.join(base, "__init__.py"))
+    return not any(path.startswith(r) for r in _installed_roots())
+
+
+def pickle_payload(fn: Callable[..., Any], args: dict[str, Any], snapshot_root: str) -> bytes:
+    """Pickle ``fn`` and its keyword arguments for the job.
+
+    Raises:
+        InvalidArgumentError: ``fn`` or an argument cannot be pickled (the message names it).
+    """
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    by_value = module is not None and _ship_by_value(module, snapshot_root)
+    if by_value:
+        assert module is not None
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        try:
+            cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise InvalidArgumentError(f"the callable {fn!r} cannot be pickled: {exc}") from None
+        for key, value in args.items():
+            try:
+                cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise InvalidArgumentError(
+                    f"argument {key!r} ({type(value).__name__}) cannot be pickled: {exc}"
+                ) from None
+        return cloudpickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        if by_value:
+            assert module is not None
+            cloudpickle.unregister_pickle_by_value(module)

@@ -1,0 +1,119 @@
+"""What this machine offers to jobs: GPUs, CPU cores and memory.
+
+GPUs come from NVML (``nvidia-ml-py``), else from ``nvidia-smi -L``, else none.
+``FLOWLAKE_GPUS=0,1,2,3`` (or an empty value for none) overrides the detection, as
+``FLOWLAKE_CPUS`` and ``FLOWLAKE_MEMORY`` (bytes or a size such as ``64GiB``) override the others:
+for machines without a GPU (tests) or to keep part of a machine free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+
+from compute.errors import ResourceError
+from compute.model import parse_memory
+
+NVIDIA_SMI_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The resources jobs may share on a machine.
+
+    Attributes:
+        gpus: device ids (as ``CUDA_VISIBLE_DEVICES`` names them).
+        cpus: CPU cores.
+        memory: bytes.
+    """
+
+    gpus: tuple[int, ...]
+    cpus: float
+    memory: int
+
+
+def detect() -> Capacity:
+    """This machine's capacity, with the ``FLOWLAKE_*`` overrides applied.
+
+    Raises:
+        ResourceError: an override is malformed.
+    """
+    return Capacity(detect_gpus(), _cpus(), _memory())
+
+
+def detect_gpus() -> tuple[int, ...]:
+    """GPU ids: ``FLOWLAKE_GPUS``, else NVML, else ``nvidia-smi``, else none."""
+    override = os.environ.get("FLOWLAKE_GPUS")
+    if override is not None:
+        try:
+            ids = tuple(int(part) for part in override.split(",") if part.strip())
+        except ValueError:
+            raise ResourceError(
+                f"FLOWLAKE_GPUS={override!r} must list device ids, e.g. 0,1,2,3"
+            ) from None
+        if len(set(ids)) != len(ids) or any(i < 0 for i in ids):
+            raise ResourceError(f"FLOWLAKE_GPUS={override!r} lists a negative or repeated id")
+        return ids
+    count = _nvml_count()
+    if count is None:
+        count = _nvidia_smi_count()
+    return tuple(range(count or 0))
+
+
+def _nvml_count() -> int | None:
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver: pynvml raises its own NVMLError subclasses
+        return None
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def _nvidia_smi_count() -> int | None:
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return len(re.findall(rb"^GPU \d+", done.stdout, flags=re.M))
+
+
+def _cpus() -> float:
+    override = os.environ.get("FLOWLAKE_CPUS")
+    if override:
+        try:
+            value = float(override)
+        except ValueError:
+            raise ResourceError(f"FLOWLAKE_CPUS={override!r} is not a number") from None
+        if value <= 0:
+            raise ResourceError(f"FLOWLAKE_CPUS={override!r} must be positive")
+        return value
+    try:
+        return float(len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return float(os.cpu_count() or 1)
+
+
+def _memory() -> int:
+    override = os.environ.get("FLOWLAKE_MEMORY")
+    if override:
+        return parse_memory(int(override) if override.isdigit() else override)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0

@@ -1,0 +1,236 @@
+"""The values submitter and job runner share: resources, environments, statuses, the job spec.
+
+:class:`JobSpec` is the one serialised description of a job: the submitter writes it once (as
+JSON, next to the pickled callable), and the supervisor and the runner on the other side read
+it. Nothing else crosses between the two worlds except the job's status and outcome files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from compute.errors import ResourceError
+from store.errors import InvalidArgumentError
+
+#: Program names a command job runs with the job's own interpreter.
+PYTHON_NAMES = ("python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}")
+
+#: Bumped when the spec's fields change incompatibly.
+SPEC_VERSION = 1
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_PACKAGE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?(\[[A-Za-z0-9,._-]+\])?$")
+
+
+class JobStatus(StrEnum):
+    """Where a job is. ``succeeded``, ``failed``, ``cancelled`` and ``killed`` are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    KILLED = "killed"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def parse_memory(value: int | str | None) -> int:
+    """Bytes from ``4GiB``, ``512MB``, ``1e9``-style integers or None (0: no reservation).
+
+    Raises:
+        ResourceError: negative, or not a size.
+    """
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        raise ResourceError(f"memory must be a size such as '4GiB', not {value!r}")
+    if isinstance(value, int | float):
+        if value < 0 or not math.isfinite(value):
+            raise ResourceError(f"memory must not be negative, got {value!r}")
+        return int(value)
+    if not isinstance(value, str):
+        raise ResourceError(f"memory must be a size such as '4GiB', not {value!r}")
+    match = _MEMORY.match(value)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ResourceError(f"memory {value!r} is not a size such as '512MiB' or '4GiB'")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a job needs while it runs; never oversubscribed.
+
+    Attributes:
+        gpus: whole GPUs (each job sees only its own through ``CUDA_VISIBLE_DEVICES``).
+        cpus: CPU cores (fractions allowed).
+        memory: bytes of memory to reserve; give an int or a size such as ``"4GiB"`` (0: none).
+
+    Raises:
+        ResourceError: a negative, non-finite or malformed value.
+    """
+
+    gpus: int = 0
+    cpus: float = 1.0
+    memory: int | str = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
+            raise ResourceError(f"gpus must be a whole number >= 0, got {self.gpus!r}")
+        cpus = self.cpus
+        if (
+            isinstance(cpus, bool)
+            or not isinstance(cpus, int | float)
+            or not math.isfinite(cpus)
+            or cpus < 0
+        ):
+            raise ResourceError(f"cpus must be a number >= 0, got {cpus!r}")
+        object.__setattr__(self, "cpus", float(cpus))
+        object.__setattr__(self, "memory", parse_memory(self.memory))
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory)
+
+    def describe(self) -> str:
+        """A short human form: ``gpus=1 cpus=2 memory=4.0GiB``."""
+        parts = [f"gpus={self.gpus}", f"cpus={self.cpus:g}"]
+        if self.memory_bytes:
+            parts.append(f"memory={self.memory_bytes / 1024**3:.1f}GiB")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The Python environment a job runs in.
+
+    Attributes:
+        pypi: distributions to install, name -> version spec: ``"1.7.*"``, ``"==2.0"``,
+            ``">=1,<2"`` or ``""`` for any. Empty: the submitter's interpreter, as it is.
+
+    Raises:
+        InvalidArgumentError: a malformed name or spec.
+    """
+
+    pypi: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pypi, dict):
+            raise InvalidArgumentError("Environment(pypi=...) takes a dict of name -> version")
+        for name, spec in self.pypi.items():
+            if not isinstance(name, str) or not _PACKAGE.match(name):
+                raise InvalidArgumentError(f"{name!r} is not a package name")
+            if not isinstance(spec, str) or any(c in spec for c in "\n\r;#@ "):
+                raise InvalidArgumentError(f"{spec!r} is not a version spec for {name}")
+        object.__setattr__(self, "pypi", dict(sorted(self.pypi.items())))
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.pypi.items()))
+
+    @property
+    def is_default(self) -> bool:
+        """Whether the job simply uses the submitter's interpreter."""
+        return not self.pypi
+
+    def requirements(self) -> list[str]:
+        """The spec as requirement lines: ``{"a": "1.7.*"}`` -> ``["a==1.7.*"]``."""
+        out = []
+        for name, spec in self.pypi.items():
+            text = spec.strip()
+            if not text or text == "*":
+                out.append(name)
+            elif text[0].isdigit():
+                out.append(f"{name}=={text}")
+            else:
+                out.append(f"{name}{text}")
+        return out
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a job runner needs, written once by the submitter.
+
+    Attributes:
+        job_id: 32 hex digits.
+        name: a human-readable name, or None.
+        backend: ``local`` or ``ray``.
+        lake_location: what :func:`store.open` takes to open the lake again.
+        namespace: the submitter's namespace; the job works in it.
+        user: the login commits are attributed to.
+        input_ref: the ref as given.
+        input_commit: the full commit id it resolved to at submit (the job reads this).
+        output_branch: the full name of the branch a successful job merges into.
+        kind: ``callable`` (the pickled callable ``payload.pkl`` in the job folder) or
+            ``command``.
+        command: the command's argv (kind ``command``).
+        code_snapshot: the id of the code snapshot the job runs (see :mod:`compute.code`).
+        resources, environment: what the job needs.
+        retries: how many times a failed attempt is tried again.
+        timeout: seconds an attempt may run, or None.
+        submitted_at: unix seconds.
+        submitter_python: the submitter's ``sys.executable``.
+    """
+
+    job_id: str
+    name: str | None
+    backend: str
+    lake_location: str
+    namespace: str
+    user: str
+    input_ref: str
+    input_commit: str
+    output_branch: str
+    kind: str
+    command: tuple[str, ...]
+    code_snapshot: str
+    resources: Resources
+    environment: Environment
+    retries: int
+    timeout: float | None
+    submitted_at: float
+    submitter_python: str
+    version: int = SPEC_VERSION
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["command"] = list(self.command)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSpec:
+        """Raises: InvalidArgumentError when the spec's version is not this one's."""
+        data: dict[str, Any] = json.loads(text)
+        if data.get("version") != SPEC_VERSION:
+            raise InvalidArgumentError(
+                f"job spec version {data.get('version')} is not {SPEC_VERSION}; "
+                "submitter and runner run different flowlake versions"
+            )
+        data["resources"] = Resources(**data["resources"])
+        data["environment"] = Environment(**data["environment"])
+        data["command"] = tuple(data["command"])
+        return cls(**data)

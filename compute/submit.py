@@ -1,0 +1,225 @@
+"""The submitting side: check a job, pin its input, snapshot its code, hand it to a backend.
+
+Everything that can be wrong with a submission (backend, resources, input ref, arguments,
+command) is checked before anything is created: a refused job leaves no branch, folder or run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from compute.backends import load_executor
+from compute.code import pickle_payload, take_snapshot
+from compute.job import Job
+from compute.model import PYTHON_NAMES, Environment, JobSpec, JobStatus, Resources
+from compute.state import LAKEFS_SCHEME, JobStore, StatusRecord
+from store.errors import BranchNotFoundError, InvalidArgumentError
+from store.lake import Lake
+from store.names import parse_branch
+
+
+def submit(
+    fn: Callable[..., Any] | None = None,
+    args: dict[str, Any] | None = None,
+    *,
+    lake: Lake,
+    command: Sequence[str] | None = None,
+    input_ref: str = "main",
+    output_branch: str | None = None,
+    resources: Resources | None = None,
+    environment: Environment | None = None,
+    backend: str = "local",
+    retries: int = 0,
+    timeout: float | None = None,
+    name: str | None = None,
+    code_dir: str | os.PathLike[str] | None = None,
+    address: str | None = None,
+) -> Job:
+    """Launch ``fn(**args)`` (or ``command``) as a job on ``backend``.
+
+    The job reads the commit ``input_ref`` resolves to now, however the ref moves later. It
+    writes on its own run branch; when it succeeds its outputs and run record are merged into
+    ``output_branch`` in one merge, and when it fails, times out, is cancelled or killed,
+    ``output_branch`` is unchanged and the run branch keeps its partial outputs, log and error.
+
+    Args:
+        fn: a picklable callable (functions of ``__main__`` and of modules outside the project
+            are shipped by value); give ``fn`` or ``command``.
+        args: keyword arguments for ``fn``.
+        lake: the lake; the job works in its namespace.
+        command: an argv run in a checkout of the code snapshot (``python x.py`` runs ``x.py``
+            with the job's interpreter).
+        input_ref: a branch, tag or commit; resolved to a commit id now.
+        output_branch: where a successful job's outputs are merged; created from the input
+            commit when absent (default ``job-<job id prefix>``).
+        resources: GPUs, CPUs, memory (default one CPU).
+        environment: packages to run with (default: the submitter's interpreter as it is).
+        backend: ``local`` or ``ray``.
+        retries: how many times a failed attempt is tried again (not cancelled or killed ones).
+        timeout: seconds an attempt may run before it is stopped and fails.
+        name: a human-readable name, also the name of the job's tracking runs.
+        code_dir: the project folder to snapshot (default: the git work tree around the
+            current folder, else the current folder).
+        address: the Ray cluster (default ``RAY_ADDRESS``, else a local Ray).
+
+    Raises:
+        InvalidArgumentError: an unknown backend, both or neither of ``fn`` and ``command``,
+            an argument that cannot be pickled, a command that is not found, bad retries or
+            timeout.
+        ResourceError: negative resources, or more than the machine or cluster has.
+        RefNotFoundError: ``input_ref`` does not exist.
+        InvalidNameError: a malformed ``output_branch``.
+        NotInstalledError: the backend's extra is missing.
+    """
+    if (fn is None) == (command is None):
+        raise InvalidArgumentError("give a callable or command=[...], not both and not neither")
+    if fn is not None and not callable(fn):
+        raise InvalidArgumentError(f"{fn!r} is not callable")
+    if args is not None and (
+        not isinstance(args, dict) or not all(isinstance(k, str) for k in args)
+    ):
+        raise InvalidArgumentError("args must be a dict of keyword arguments")
+    argv = _check_command(command)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise InvalidArgumentError(f"retries must be a whole number >= 0, got {retries!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
+        raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if name is not None and not isinstance(name, str):
+        raise InvalidArgumentError("name must be a string")
+    resources = resources if resources is not None else Resources()
+    environment = environment if environment is not None else Environment()
+    if not isinstance(resources, Resources) or not isinstance(environment, Environment):
+        raise InvalidArgumentError("resources and environment take compute.Resources / Environment")
+    options = {"address": address} if backend == "ray" else {}
+    if address is not None and backend != "ray":
+        raise InvalidArgumentError("address= is for the ray backend")
+    executor = load_executor(backend, **options)
+    executor.check(resources)
+    input_commit = lake.resolve(input_ref)
+    job_id = uuid.uuid4().hex
+    target = output_branch or f"job-{job_id[:12]}"
+    parse_branch(target, _namespace(lake))
+
+    jobs = JobStore.for_location(_location(lake))
+    sid, checkout = take_snapshot(jobs.code_root, code_dir)
+    if argv is not None:
+        _check_found(argv, checkout)
+    payload = pickle_payload(fn, args or {}, _snapshot_root(checkout)) if fn is not None else None
+
+    try:
+        out_branch = lake.get_branch(target)
+    except BranchNotFoundError:
+        out_branch = lake.branch(target, source=input_commit)
+    spec = JobSpec(
+        job_id=job_id,
+        name=name,
+        backend=backend,
+        lake_location=_location(lake),
+        namespace=lake.namespace,
+        user=lake.user,
+        input_ref=input_ref,
+        input_commit=input_commit,
+        output_branch=out_branch.name,
+        kind="command" if argv is not None else "callable",
+        command=argv or (),
+        code_snapshot=sid,
+        resources=resources,
+        environment=environment,
+        retries=retries,
+        timeout=float(timeout) if timeout is not None else None,
+        submitted_at=time.time(),
+        submitter_python=sys.executable,
+    )
+    folder = jobs.new_folder(job_id)
+    if payload is not None:
+        folder.payload_file.write_bytes(payload)
+    folder.write_status(StatusRecord(JobStatus.QUEUED.value))
+    folder.log_file.touch()
+    # The spec is written last: a folder without one is not a job yet.
+    folder.spec_file.write_text(spec.to_json())
+    try:
+        handle = executor.launch(folder, spec)
+    except BaseException as exc:
+        folder.write_status(
+            StatusRecord(JobStatus.FAILED.value, error=f"could not start the job: {exc}")
+        )
+        raise
+    return Job(folder, handle)
+
+
+def map(  # noqa: A001 - a sweep is a map, as in Ray and concurrent.futures
+    fn: Callable[..., Any],
+    args_list: Iterable[dict[str, Any]],
+    *,
+    lake: Lake,
+    name: str | None = None,
+    **options: Any,
+) -> list[Job]:
+    """Submit ``fn(**args)`` once per item of ``args_list`` (a sweep); same options as
+    :func:`submit`. Every item is checked before the first job is submitted.
+
+    Raises:
+        As :func:`submit`.
+    """
+    items = list(args_list)
+    if not items:
+        raise InvalidArgumentError("map needs at least one set of arguments")
+    for item in items:
+        if not isinstance(item, dict):
+            raise InvalidArgumentError(f"each item of a sweep is a dict of arguments, not {item!r}")
+    lake.resolve(options.get("input_ref", "main"))
+    jobs = []
+    for item in items:
+        label = name or ",".join(f"{k}={v}" for k, v in item.items())
+        jobs.append(submit(fn, item, lake=lake, name=label, **options))
+    return jobs
+
+
+def _location(lake: Lake) -> str:
+    location = lake.location
+    return location if location.startswith(LAKEFS_SCHEME) else os.path.abspath(location)
+
+
+def _namespace(lake: Lake) -> Any:
+    from store.names import Namespace
+
+    return Namespace.parse(lake.namespace)
+
+
+def _snapshot_root(checkout: Path) -> str:
+    import json
+
+    return str(json.loads((checkout.parent / "manifest.json").read_text())["root"])
+
+
+def _check_command(command: Sequence[str] | None) -> tuple[str, ...] | None:
+    if command is None:
+        return None
+    if isinstance(command, str) or not all(isinstance(a, str) for a in command) or not command:
+        raise InvalidArgumentError("command must be a non-empty list of strings (an argv)")
+    return tuple(command)
+
+
+def _check_found(argv: tuple[str, ...], checkout: Path) -> None:
+    """Raises InvalidArgumentError when the program (or the Python script) is not found."""
+    program = argv[0]
+    if program in PYTHON_NAMES:
+        if len(argv) >= 2 and not argv[1].startswith("-"):
+            script = argv[1]
+            if not (checkout / script).is_file() and not Path(script).is_file():
+                raise InvalidArgumentError(
+                    f"command not found: {script} is not in the code snapshot ({checkout})"
+                )
+        return
+    local = checkout / program
+    if shutil.which(program) is None and not (local.is_file() and os.access(local, os.X_OK)):
+        raise InvalidArgumentError(f"command not found: {program}")

@@ -1,0 +1,418 @@
+"""Compute jobs on the local backend: pinning, atomic outputs, kills, cancel, timeout, retries,
+GPU scheduling across submitting processes, and refusing bad input at submit.
+
+Every job here is a real detached supervisor and runner process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import compute
+import store
+from compute.leases import Ledger
+from store.errors import InvalidArgumentError, InvalidNameError, RefNotFoundError
+from tracking import layout
+
+JOB_WAIT_S = 90
+
+
+@pytest.fixture(autouse=True)
+def _machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private lease ledger and a declared machine, so tests never see each other's jobs."""
+    monkeypatch.setenv("FLOWLAKE_LEASE_DIR", str(tmp_path / "leases"))
+    monkeypatch.setenv("FLOWLAKE_GPUS", "0,1,2,3")
+    monkeypatch.setenv("FLOWLAKE_CPUS", "8")
+
+
+def _seed(lake: store.Lake, text: bytes = b"v1") -> str:
+    branch = lake.branch("ingest", source="main", exist_ok=True)
+    branch.write_bytes("data/x.txt", text)
+    branch.commit(f"data {text.decode()}")
+    return lake.merge(branch.name, into="main").id
+
+
+def _run(lake: store.Lake, run_id: str | None) -> dict:
+    """A run's record as the run wrote it on its own branch."""
+    assert run_id is not None
+    ref = f"{lake.namespace}/{layout.run_branch_short(run_id)}"
+    return lake.read_table(layout.run_file(run_id, layout.RUN_FILE), ref=ref).to_pylist()[0]
+
+
+def _wait_for(predicate, timeout: float = JOB_WAIT_S) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+# -- job bodies (shipped by value: this module is not importable by its name in a checkout) ----
+
+
+def read_pinned_after_main_moves(expected_main: str) -> dict[str, str]:
+    ctx = compute.context()
+    deadline = time.monotonic() + 60
+    while ctx.lake.read_bytes("data/x.txt", ref="main").decode() != expected_main:
+        if time.monotonic() > deadline:
+            raise TimeoutError("main never moved")
+        time.sleep(0.05)
+    pinned = ctx.lake.read_bytes("data/x.txt").decode()
+    print('{"status": "not the protocol"}')  # a job's print must not confuse the runner
+    print("\x00\xff garbage", file=sys.stderr)
+    ctx.branch.write_bytes("out/seen.txt", pinned.encode())
+    ctx.run.log_metric("score", 1.0)
+    return {"pinned": pinned, "input_commit": ctx.input_commit, "branch": ctx.output_branch}
+
+
+def write_half_then_raise() -> None:
+    ctx = compute.context()
+    ctx.branch.write_bytes("out/half.txt", b"partial")
+    print("halfway")
+    raise ValueError("boom at half")
+
+
+def write_then_sleep(seconds: float) -> None:
+    ctx = compute.context()
+    ctx.branch.write_bytes("out/partial.txt", b"partial")
+    print("started", flush=True)
+    time.sleep(seconds)
+
+
+def fail_first_attempt() -> int:
+    ctx = compute.context()
+    if ctx.attempt == 1:
+        raise RuntimeError("flaky")
+    return ctx.attempt
+
+
+# -- pinning and atomic outputs -----------------------------------------------------------------
+
+
+def test_a_job_reads_the_commit_pinned_at_submit_while_main_moves(
+    lake: store.Lake, lake_access: object
+) -> None:
+    v1 = _seed(lake, b"v1")
+    job = compute.submit(
+        read_pinned_after_main_moves,
+        {"expected_main": "v2"},
+        lake=lake,
+        input_ref="main",
+        output_branch="sweep",
+        name="pinned",
+    )
+    _seed(lake, b"v2")
+    result = job.wait(timeout=JOB_WAIT_S)
+    assert result["pinned"] == "v1"
+    assert result["input_commit"] == v1
+    assert job.status is compute.JobStatus.SUCCEEDED
+    assert lake.read_bytes("out/seen.txt", ref="sweep") == b"v1"
+    assert lake.resolve("sweep") == job.output_commit
+    run = _run(lake, job.run_id)
+    assert run["status"] == "finished" and run["input_commit"] == v1
+    assert run["run_branch"] == result["branch"]
+    assert '{"status": "not the protocol"}' in job.logs()
+    assert lake.exists(f"runs/{job.run_id}/logs/attempt-1.log", ref="sweep")
+
+
+def test_a_job_that_raises_leaves_its_output_branch_untouched(
+    lake: store.Lake, lake_access: object
+) -> None:
+    _seed(lake)
+    before = lake.branch("results", source="main").head().id
+    job = compute.submit(write_half_then_raise, lake=lake, output_branch="results")
+    with pytest.raises(compute.JobFailedError, match="boom at half") as err:
+        job.wait(timeout=JOB_WAIT_S)
+    assert "Traceback" in (err.value.remote_traceback or "")
+    assert job.status is compute.JobStatus.FAILED
+    assert lake.resolve("results") == before
+    run = _run(lake, job.run_id)
+    assert run["status"] == "failed" and "boom at half" in (run["error"] or "")
+    assert lake.read_bytes("out/half.txt", ref=run["run_branch"]) == b"partial"
+    log = lake.read_bytes(f"runs/{job.run_id}/logs/attempt-1.log", ref=run["run_branch"])
+    assert b"halfway" in log
+
+
+def test_a_sigkilled_job_shows_killed_merges_nothing_and_frees_its_lease(
+    embedded_lake: store.Lake,
+) -> None:
+    lake = embedded_lake
+    _seed(lake)
+    before = lake.branch("results", source="main").head().id
+    job = compute.submit(
+        write_then_sleep,
+        {"seconds": 60},
+        lake=lake,
+        output_branch="results",
+        resources=compute.Resources(gpus=1),
+    )
+    _wait_for(lambda: "started" in job.logs())
+    assert len(Ledger().held()) == 1
+    os.kill(job.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    with pytest.raises(compute.JobFailedError, match="killed"):
+        job.wait(timeout=JOB_WAIT_S)
+    assert job.status is compute.JobStatus.KILLED
+    assert lake.resolve("results") == before
+    assert Ledger().held() == []
+    run = _run(lake, job.run_id)
+    assert run["status"] == "killed"
+    assert lake.read_bytes("out/partial.txt", ref=run["run_branch"]) == b"partial"
+
+
+def test_cancel_stops_a_running_job_and_a_queued_one(embedded_lake: store.Lake) -> None:
+    lake = embedded_lake
+    _seed(lake)
+    four = compute.Resources(gpus=4)
+    running = compute.submit(write_then_sleep, {"seconds": 60}, lake=lake, resources=four)
+    _wait_for(lambda: "started" in running.logs())
+    queued = compute.submit(write_then_sleep, {"seconds": 60}, lake=lake, resources=four)
+    time.sleep(0.3)
+    assert queued.status is compute.JobStatus.QUEUED
+    queued.cancel()
+    running.cancel()
+    for job in (running, queued):
+        with pytest.raises(compute.JobFailedError, match="cancelled"):
+            job.wait(timeout=JOB_WAIT_S)
+        assert job.status is compute.JobStatus.CANCELLED
+    assert _run(lake, running.run_id)["status"] == "killed"
+    assert queued.run_id is None
+    assert Ledger().held() == []
+
+
+def test_a_job_past_its_timeout_fails(embedded_lake: store.Lake) -> None:
+    _seed(embedded_lake)
+    job = compute.submit(write_then_sleep, {"seconds": 60}, lake=embedded_lake, timeout=6)
+    with pytest.raises(compute.JobFailedError, match="timed out after 6 s"):
+        job.wait(timeout=JOB_WAIT_S)
+    assert job.status is compute.JobStatus.FAILED
+    assert _run(embedded_lake, job.run_id)["status"] == "failed"
+
+
+def test_a_failed_attempt_is_retried_as_a_new_run(embedded_lake: store.Lake) -> None:
+    _seed(embedded_lake)
+    job = compute.submit(fail_first_attempt, lake=embedded_lake, retries=1, output_branch="r")
+    assert job.wait(timeout=JOB_WAIT_S) == 2
+    assert "attempt 1 failed; retrying" in job.logs()
+    run_ids = [b.name.rsplit("/run-", 1)[1] for b in embedded_lake.branches() if "/run-" in b.name]
+    statuses = sorted(_run(embedded_lake, run_id)["status"] for run_id in run_ids)
+    assert statuses == ["failed", "finished"]
+
+
+# -- code: callables and commands ---------------------------------------------------------------
+
+
+def test_commands_and_outside_modules_run_the_code_as_it_was_at_submit(
+    embedded_lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = embedded_lake
+    _seed(lake)
+    project = tmp_path / "project"
+    project.mkdir()
+    script = project / "train.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, compute
+            ctx = compute.context()
+            ctx.branch.write_bytes("out/version.txt", b"one " + sys.argv[1].encode())
+            print("trained")
+            """
+        )
+    )
+    job = compute.submit(
+        command=["python", "train.py", "lr=0.1"], lake=lake, code_dir=project, output_branch="c"
+    )
+    script.write_text("raise SystemExit('the work tree changed after submit')\n")
+    assert job.wait(timeout=JOB_WAIT_S) is None
+    assert lake.read_bytes("out/version.txt", ref="c") == b"one lr=0.1"
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "helpers_outside.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(outside))
+    import helpers_outside  # type: ignore[import-not-found]
+
+    job = compute.submit(helpers_outside.double, {"x": 21}, lake=lake, code_dir=project)
+    assert job.wait(timeout=JOB_WAIT_S) == 42
+
+    failing = compute.submit(command=["false"], lake=lake, code_dir=project)
+    with pytest.raises(compute.JobFailedError, match="exited with status 1"):
+        failing.wait(timeout=JOB_WAIT_S)
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"backend": "slurm"}, InvalidArgumentError, "unknown compute backend 'slurm'"),
+        ({"resources": "gpus"}, InvalidArgumentError, "compute.Resources"),
+        ({"input_ref": "no-such-ref"}, RefNotFoundError, "no-such-ref"),
+        ({"args": {"lock": __import__("threading").Lock()}}, InvalidArgumentError, "'lock'"),
+        ({"retries": -1}, InvalidArgumentError, "retries"),
+        ({"timeout": 0}, InvalidArgumentError, "timeout"),
+        ({"fn": None, "command": ["no-such-program-xyz"]}, InvalidArgumentError, "not found"),
+        ({"fn": None, "command": ["python", "missing.py"]}, InvalidArgumentError, "not found"),
+        ({"resources": compute.Resources(gpus=5)}, compute.ResourceError, "has 4 GPU"),
+        ({"output_branch": "bad name"}, InvalidNameError, "bad name"),
+    ],
+)
+def test_bad_input_is_refused_at_submit_and_creates_nothing(
+    embedded_lake: store.Lake, kwargs: dict, error: type, message: str
+) -> None:
+    _seed(embedded_lake)
+    branches = embedded_lake.branches(all_namespaces=True)
+    options = {"fn": fail_first_attempt, "output_branch": "o", **kwargs}
+    with pytest.raises(error, match=message):
+        compute.submit(options.pop("fn"), lake=embedded_lake, **options)
+    assert embedded_lake.branches(all_namespaces=True) == branches
+    assert compute.jobs(embedded_lake) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"gpus": -1}, {"cpus": -0.5}, {"memory": "-4GiB"}, {"memory": "4 potatoes"}]
+)
+def test_negative_or_malformed_resources_are_refused(kwargs: dict) -> None:
+    with pytest.raises(compute.ResourceError):
+        compute.Resources(**kwargs)
+
+
+def test_context_outside_a_job_says_so() -> None:
+    with pytest.raises(compute.NotInJobError, match="only inside a job"):
+        compute.context()
+
+
+# -- GPU scheduling across submitting processes -------------------------------------------------
+
+SUBMITTER = """
+import json, os, sys, time
+import compute, store
+
+def occupy(out):
+    ctx = compute.context()
+    start = time.time()
+    time.sleep(1.5)
+    with open(os.path.join(out, ctx.job_id + ".json"), "w") as f:
+        json.dump({"start": start, "end": time.time(),
+                   "visible": os.environ["CUDA_VISIBLE_DEVICES"], "gpus": list(ctx.gpus)}, f)
+
+lake = store.open(sys.argv[1])
+jobs = [compute.submit(occupy, {"out": sys.argv[2]}, lake=lake,
+                       resources=compute.Resources(gpus=1, cpus=1)) for _ in range(3)]
+for job in jobs:
+    job.wait(timeout=120)
+"""
+
+
+def test_six_one_gpu_jobs_from_two_processes_never_share_or_oversubscribe_gpus(
+    embedded_lake: store.Lake, tmp_path: Path
+) -> None:
+    _seed(embedded_lake)
+    out = tmp_path / "spans"
+    out.mkdir()
+    script = tmp_path / "submitter.py"
+    script.write_text(SUBMITTER)
+    procs = [
+        subprocess.Popen([sys.executable, str(script), embedded_lake.location, str(out)])
+        for _ in range(2)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=180) == 0
+    spans = [json.loads(p.read_text()) for p in out.iterdir()]
+    assert len(spans) == 6
+    for span in spans:
+        assert span["visible"] == str(span["gpus"][0]) and len(span["gpus"]) == 1
+    events = sorted(
+        [(s["start"], 1, s) for s in spans] + [(s["end"], -1, s) for s in spans],
+        key=lambda e: (e[0], e[1]),
+    )
+    busy: list[dict] = []
+    for _, kind, span in events:
+        if kind == 1:
+            assert span["visible"] not in {b["visible"] for b in busy}
+            busy.append(span)
+            assert len(busy) <= 4
+        else:
+            busy.remove(span)
+    assert len(compute.jobs(embedded_lake)) == 6
+    assert Ledger().held() == []
+
+
+@pytest.mark.gpu
+def test_a_gpu_job_gets_its_own_device_and_runs_a_cuda_op(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLOWLAKE_GPUS")
+    from compute.machine import detect_gpus
+
+    if not detect_gpus():
+        pytest.skip("no GPU on this machine (NVML and nvidia-smi find none)")
+    torch = pytest.importorskip("torch", reason="the CUDA op needs torch")
+    del torch
+
+    def cuda_sum() -> dict:
+        import os
+
+        import torch
+
+        x = torch.arange(10, device="cuda", dtype=torch.float32)
+        return {"sum": float((x * 2).sum().item()), "visible": os.environ["CUDA_VISIBLE_DEVICES"]}
+
+    _seed(embedded_lake)
+    job = compute.submit(cuda_sum, lake=embedded_lake, resources=compute.Resources(gpus=1))
+    result = job.wait(timeout=JOB_WAIT_S)
+    assert result["sum"] == 90.0
+    assert result["visible"] == str(job.gpus[0])
+
+
+# -- environments -------------------------------------------------------------------------------
+
+
+def humanize_version() -> dict[str, str]:
+    import humanize  # type: ignore[import-not-found]
+
+    return {"version": humanize.__version__, "python": sys.executable}
+
+
+def test_a_job_runs_in_a_cached_uv_environment_that_records_its_versions(
+    embedded_lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("uv", reason="job environments need the compute extra")
+    with pytest.raises(ImportError):
+        import humanize  # noqa: F401  # the submitter must not have it
+    monkeypatch.setenv("FLOWLAKE_ENV_CACHE", str(tmp_path / "envs"))
+    lake = embedded_lake
+    _seed(lake)
+    env = compute.Environment(pypi={"humanize": "4.9.0"})
+    first = compute.submit(humanize_version, lake=lake, environment=env)
+    cold = first.wait(timeout=JOB_WAIT_S)
+    second = compute.submit(humanize_version, lake=lake, environment=env)
+    warm = second.wait(timeout=JOB_WAIT_S)
+    assert cold["version"] == warm["version"] == "4.9.0"
+    assert cold["python"] == warm["python"] != sys.executable
+    assert len([p for p in (tmp_path / "envs").iterdir() if p.is_dir()]) == 1
+    ref = f"{lake.namespace}/{layout.run_branch_short(second.run_id)}"  # type: ignore[arg-type]
+    packages = lake.read_table(
+        layout.run_file(second.run_id, layout.ENVIRONMENT_FILE),
+        ref=ref,  # type: ignore[arg-type]
+    ).to_pylist()
+    assert {"name": "humanize", "version": "4.9.0"} in [
+        {"name": p["name"], "version": p["version"]} for p in packages
+    ]
+
+    bad = compute.submit(
+        humanize_version, lake=lake, environment=compute.Environment(pypi={"humanize": "999.0"})
+    )
+    with pytest.raises(compute.JobFailedError, match="No solution found") as err:
+        bad.wait(timeout=JOB_WAIT_S)
+    assert err.value.status == "failed" and bad.run_id is None
