@@ -11,7 +11,7 @@ branch's uncommitted changes) or a full commit id (reads see exactly that commit
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from datetime import timedelta
 from typing import BinaryIO
 
@@ -205,14 +205,22 @@ class Backend(abc.ABC):
         message: str,
         metadata: dict[str, str],
         committer: str,
+        guard: Collection[str] = (),
     ) -> Commit:
         """Three-way merge of ``source`` (branch or commit) into ``dest_branch`` as a new commit.
 
         Without a strategy any conflict fails the merge and changes nothing.
 
+        ``guard`` (optimistic concurrency for read-modify-write): paths that must not have
+        changed on ``dest_branch`` since the merge base. A guarded path that ``dest_branch``
+        added, removed or gave other contents, even the very contents ``source`` gives it,
+        fails the merge with ConflictError. The check is atomic with the merge for every
+        guarded path that exists in ``source``; one absent from ``source`` may be checked just
+        before the merge instead (lakeFS).
+
         Raises:
-            ConflictError: both sides changed a path differently (``conflicts`` may be empty:
-                the layer above fills it in).
+            ConflictError: both sides changed a path differently, or ``dest_branch`` changed a
+                guarded path (``conflicts`` may be empty: the layer above fills it in).
             DirtyBranchError: ``dest_branch`` has uncommitted changes.
             NothingToCommitError: ``source`` brings no changes.
         """

@@ -1,26 +1,47 @@
-"""``Branch``: a handle on one branch, for writing, reading and committing."""
+"""``Branch``: a handle on one branch, for writing, reading and committing, and transactions.
+
+Transactions are built once, above the backend contract: a private scratch branch, a commit,
+and a merge back. Serializable ones also record what they read and pass those paths as the
+merge's ``guard`` (see :meth:`store.backend.Backend.merge`), as Delta and Iceberg check a
+transaction's read set against the commits that landed since it began.
+"""
 
 from __future__ import annotations
 
 import builtins
 import io
+import itertools
 import os
+import random
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
 
 import pyarrow as pa
 
 from store import folders, tables
-from store.errors import InvalidArgumentError, NothingToCommitError
+from store.conflicts import conflicting_paths
+from store.errors import (
+    ConcurrentUpdateError,
+    ConflictError,
+    InvalidArgumentError,
+    NothingToCommitError,
+)
 from store.lake import _metadata
 from store.model import Change, Commit, ObjectInfo
 from store.names import BranchName, validate_path
 
 if TYPE_CHECKING:
     from store.lake import Lake
+
+T = TypeVar("T")
+
+#: How a transaction meets concurrent commits on its branch (see :meth:`Branch.transact`).
+Isolation = Literal["merge", "serializable"]
+ISOLATION_LEVELS: tuple[str, ...] = ("merge", "serializable")
 
 
 class Branch:
@@ -29,9 +50,11 @@ class Branch:
     Reads see the branch's uncommitted changes. Writes are uncommitted until :meth:`commit`.
     """
 
-    def __init__(self, lake: Lake, name: BranchName) -> None:
+    def __init__(self, lake: Lake, name: BranchName, reads: set[str] | None = None) -> None:
         self.lake = lake
         self._name = name
+        # The read set of a serializable transaction's handle; None when reads are not tracked.
+        self._reads = reads
 
     def __repr__(self) -> str:
         return f"Branch({self.name!r})"
@@ -170,25 +193,42 @@ class Branch:
 
     # -- reading ---------------------------------------------------------------------------------
 
+    # In a serializable transaction every path read through this handle (also one found
+    # missing, and every path a listing returned) joins the read set.
+
+    def _note(self, *paths: str) -> None:
+        if self._reads is not None:
+            self._reads.update(validate_path(p) for p in paths)
+
     def read_bytes(self, path: str) -> bytes:
+        self._note(path)
         return self.lake.read_bytes(path, ref=self._ref)
 
     def read_table(self, path: str, columns: builtins.list[str] | None = None) -> pa.Table:
+        self._note(path)
         return self.lake.read_table(path, ref=self._ref, columns=columns)
 
     def open(self, path: str) -> BinaryIO:
+        self._note(path)
         return self.lake.open(path, ref=self._ref)
 
     def stat(self, path: str) -> ObjectInfo:
+        self._note(path)
         return self.lake.stat(path, ref=self._ref)
 
     def exists(self, path: str) -> bool:
+        self._note(path)
         return self.lake.exists(path, ref=self._ref)
 
     def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
-        return self.lake.list(ref=self._ref, prefix=prefix)
+        found = self.lake.list(ref=self._ref, prefix=prefix)
+        self._note(*(info.path for info in found))
+        return found
 
     def download_dir(self, local_dir: str | os.PathLike[str], prefix: str = "") -> int:
+        """Export the folder ``prefix`` into ``local_dir``; see :meth:`Lake.download_dir`."""
+        if self._reads is not None:
+            self.list(folders.folder_prefix(prefix))
         return self.lake.download_dir(local_dir, ref=self._ref, prefix=prefix)
 
     # -- history ---------------------------------------------------------------------------------
@@ -222,19 +262,117 @@ class Branch:
         return commit
 
     @contextmanager
-    def transact(self, message: str, metadata: dict[str, Any] | None = None) -> Iterator[Branch]:
-        """Write on a private scratch branch; commit and merge it here only on a clean exit.
+    def transact(
+        self,
+        message: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        isolation: Isolation = "merge",
+    ) -> Iterator[Branch]:
+        """Work on a private scratch branch made from this branch's head; on a clean exit commit
+        it and merge it here as one commit; on an exception change nothing.
 
-        On an exception the scratch branch is deleted and this branch is untouched.
+        Either way the scratch branch is deleted. Reads and writes must go through the handle
+        this yields. A transaction that writes nothing commits nothing.
+
+        What each ``isolation`` promises, beyond all-or-nothing:
+
+        * ``"merge"`` (default): the transaction's changes are three-way merged onto whatever
+          the branch holds when it ends. It fails with ConflictError only when a commit that
+          landed meanwhile changed one of its paths to *different* contents. Reads are not
+          checked, so two transactions that read a counter at 0 and both write 1 both succeed
+          (one increment is lost), and a decision made on a value another commit has since
+          changed still lands. Use it for independent writes.
+        * ``"serializable"``: also fails with ConflictError when any path read through the
+          handle (including one found missing, and each path a listing returned) changed on
+          this branch since the transaction began, even to the value the transaction wrote.
+          Committed transactions then behave as if run one after another. Retry a failure, or
+          use :meth:`run_transaction`, which does. Not guarded: objects a listing did not
+          return that appear under its prefix.
+
+        Raises:
+            ConflictError: as above; ``conflicts`` lists the paths. Nothing is changed.
+            InvalidArgumentError: a bad message or isolation.
+            DirtyBranchError: this branch has uncommitted changes at the end.
+            BranchNotFoundError, ProtectedBranchError.
         """
+        if isolation not in ISOLATION_LEVELS:
+            raise InvalidArgumentError(
+                f"unknown isolation {isolation!r}; use one of {', '.join(ISOLATION_LEVELS)}"
+            )
+        if not isinstance(message, str) or not message.strip():
+            raise InvalidArgumentError("commit message must be a non-empty string")
         scratch_short = f"{self._name.short[:150]}-tx-{uuid.uuid4().hex[:12]}"
-        scratch = self.lake.branch(f"{self._name.namespace}/{scratch_short}", source=self._ref)
+        made = self.lake.branch(f"{self._name.namespace}/{scratch_short}", source=self._ref)
+        scratch = Branch(self.lake, made._name, set() if isolation == "serializable" else None)
         try:
             yield scratch
             try:
                 scratch.commit(message, metadata)
             except NothingToCommitError:
                 return
-            self.lake.merge(scratch._ref, into=self._ref, message=message, metadata=metadata)
+            if scratch._reads is None:
+                self.lake.merge(scratch._ref, into=self._ref, message=message, metadata=metadata)
+            else:
+                self._merge_guarded(scratch, scratch._reads, message, metadata)
         finally:
             self.lake.delete_branch(scratch._ref)
+
+    def _merge_guarded(
+        self, scratch: Branch, reads: set[str], message: str, metadata: dict[str, Any] | None
+    ) -> None:
+        """Merge a serializable transaction's scratch branch here, guarding its read set."""
+        done = scratch.head()
+        began = done.parents[0]
+        try:
+            self._backend.merge(
+                scratch.backend_name,
+                self.backend_name,
+                None,
+                message,
+                _metadata(metadata),
+                self.lake.user,
+                guard=sorted(reads),
+            )
+        except ConflictError as exc:
+            head = self._backend.branch_head(self.backend_name)
+            moved = {c.path for c in self._backend.diff(began, head)} & reads
+            clashes = conflicting_paths(self._backend, done.id, head)
+            paths = sorted({*exc.conflicts, *moved, *clashes})
+            raise ConflictError(
+                f"transaction on {self.name} conflicts with commits made since it began", paths
+            ) from None
+
+    def run_transaction(
+        self,
+        fn: Callable[[Branch], T],
+        message: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        retries: int = 5,
+    ) -> T:
+        """Run ``fn(tx)`` in a serializable :meth:`transact`; when it conflicts, run it again on
+        the branch's new head, up to ``retries`` more times, with a short random backoff.
+
+        ``fn`` may run several times; only the writes of the run that commits are kept, so it
+        must act on the lake through ``tx`` only. An exception from ``fn`` is not retried.
+
+        Returns:
+            What ``fn`` returned on the run that committed.
+
+        Raises:
+            ConflictError: still conflicting after ``retries`` retries.
+            InvalidArgumentError: ``retries`` is not a non-negative int.
+        """
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidArgumentError(f"retries must be an int >= 0, got {retries!r}")
+        for attempt in itertools.count():
+            try:
+                with self.transact(message, metadata, isolation="serializable") as tx:
+                    result = fn(tx)
+                return result
+            except (ConflictError, ConcurrentUpdateError):
+                if attempt >= retries:
+                    raise
+            time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises

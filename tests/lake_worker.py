@@ -5,7 +5,9 @@ An operation is appended to ACKS (and fsynced) only after the store has returned
 each line is a promise the lake must keep even if this process is killed a moment later.
 
 MODE ``mixed`` cycles through writes (inline and blob), commits, merges into main and tags on a
-branch of its own; MODE ``shared`` commits to the shared branch ``user:worker/shared``.
+branch of its own; MODE ``shared`` commits to the shared branch ``user:worker/shared``; MODE
+``counter`` adds one to ``counter.txt`` on the existing branch ``user:worker/counter`` N times,
+each a read-modify-write in a serializable transaction (``Branch.run_transaction``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,26 @@ def acknowledge(acks, **record) -> None:
     os.fsync(acks.fileno())
 
 
+def count(lake: store.Lake, acks_path: str, worker: str, steps: int) -> None:
+    """MODE ``counter``: each acknowledged line holds the value that increment committed."""
+    branch = lake.get_branch("user:worker/counter")
+
+    def increment(tx: store.Branch) -> int:
+        value = int(tx.read_bytes("counter.txt")) + 1
+        tx.write_bytes("counter.txt", str(value).encode())
+        return value
+
+    with open(acks_path, "a") as acks:
+        for step in range(steps):
+            value = branch.run_transaction(increment, f"{worker} +1", retries=1000)
+            acknowledge(acks, op="increment", worker=worker, step=step, value=value)
+
+
 def run(lake_path: str, acks_path: str, worker: str, mode: str, steps: int) -> None:
     lake = store.open(lake_path, namespace="user:worker")
+    if mode == "counter":
+        count(lake, acks_path, worker, steps)
+        return
     own = f"user:worker/{worker}" if mode == "mixed" else "user:worker/shared"
     branch = lake.branch(own.split("/")[1], exist_ok=True)
     with open(acks_path, "a") as acks:

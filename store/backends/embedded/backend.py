@@ -15,7 +15,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
@@ -462,10 +462,12 @@ class EmbeddedBackend(Backend):
         message: str,
         metadata: dict[str, str],
         committer: str,
+        guard: Collection[str] = (),
     ) -> Commit:
         if strategy not in (None, "source-wins", "dest-wins"):
             raise InvalidArgumentError(f"unknown merge strategy {strategy!r}")
         source_commit = self.resolve(source)
+        guarded = frozenset(guard)
         for _ in range(CAS_ATTEMPTS):
             dest_head, staged_up_to = self._clean_head(dest_branch)
             base = self.merge_base(source_commit, dest_head)
@@ -473,6 +475,10 @@ class EmbeddedBackend(Backend):
                 raise NothingToCommitError(f"{source!r} has nothing to merge into {dest_branch!r}")
             base_tree = self._commit_row(base).tree if base else EMPTY_TREE
             dest_tree = self._commit_row(dest_head).tree
+            if guarded:  # checked against the head the compare-and-swap below expects
+                moved = guarded & self.trees.diff(base_tree, dest_tree).keys()
+                if moved:
+                    raise ConflictError("guarded paths changed on the destination", sorted(moved))
             changes, changed = self._three_way(
                 base_tree, self._commit_row(source_commit).tree, dest_tree, strategy
             )

@@ -27,7 +27,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 import io
 import re
-from collections.abc import Callable, Iterable, Iterator
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, TypeVar
@@ -39,6 +40,7 @@ from store.backends.lakefs.errors import LakeFSError, boundary, from_status
 from store.errors import (
     AmbiguousRefError,
     BranchNotFoundError,
+    ConflictError,
     InvalidArgumentError,
     LakeNotFoundError,
     NotFoundError,
@@ -52,6 +54,8 @@ from store.model import MERGE_STRATEGIES, Change, ChangeKind, Commit, MergeStrat
 # optional fields for required ones, hence the ``type: ignore[call-arg]`` on model calls.
 
 COMMITTER_KEY = "flowlake.committer"
+#: Object user-metadata key of the token :meth:`LakeFSBackend.merge` puts on guarded paths.
+GUARD_KEY = "flowlake-guard"
 EMPTY_MESSAGE_KEY = "flowlake.empty-message"
 #: Metadata key prefixes owned by flowlake and lakeFS; user metadata may not use them.
 RESERVED_PREFIXES = ("flowlake.", ".lakefs.")
@@ -380,6 +384,7 @@ class LakeFSBackend(Backend):
         message: str,
         metadata: dict[str, str],
         committer: str,
+        guard: Collection[str] = (),
     ) -> Commit:
         if strategy is not None and strategy not in MERGE_STRATEGIES:
             raise InvalidArgumentError(
@@ -387,11 +392,67 @@ class LakeFSBackend(Backend):
             )
         text, meta = _encode_commit(message, metadata, committer)
         body = lakefs_sdk.Merge(message=text, metadata=meta, strategy=strategy)  # type: ignore[call-arg]
-        with boundary(RefNotFoundError):
-            result = self._sdk.refs_api.merge_into_branch(
-                self.repository, source, dest_branch, merge=body
-            )
+        guarded = (
+            self._guarded_source(source, dest_branch, set(guard), text, meta) if guard else None
+        )
+        try:
+            with boundary(RefNotFoundError):
+                result = self._sdk.refs_api.merge_into_branch(
+                    self.repository, guarded or source, dest_branch, merge=body
+                )
+        finally:
+            if guarded is not None:
+                self.delete_branch(guarded)
         return self.get_commit(result.reference)
+
+    def _guarded_source(
+        self, source: str, dest_branch: str, guard: set[str], text: str, meta: dict[str, str]
+    ) -> str:
+        """A temporary branch holding ``source`` with a fresh user-metadata token on every
+        guarded path, for :meth:`merge`'s ``guard``.
+
+        lakeFS has no compare-and-swap on a branch head and takes identical changes on both
+        sides as agreement, but user metadata is part of an object's identity: with the token,
+        any change the destination made to a guarded path is a conflict inside lakeFS's own
+        atomic merge. Changes already there are refused first, without the temporary branch.
+
+        Raises:
+            ConflictError: the destination changed a guarded path since the merge base.
+        """
+        source_commit = self.resolve(source)
+        head = self.branch_head(dest_branch)
+        base = self.merge_base(source_commit, head)
+        moved = guard & {c.path for c in self.diff(base, head)} if base else set()
+        if moved:
+            raise ConflictError("guarded paths changed on the destination", sorted(moved))
+        temp = f"{dest_branch}-guard-{uuid.uuid4().hex[:16]}"
+        self.create_branch(temp, source_commit)
+        token, api = uuid.uuid4().hex, self._sdk.objects_api
+
+        def touch(path: str) -> bool:
+            try:
+                with boundary(ObjectNotFoundError):
+                    stats = api.stat_object(self.repository, temp, path, user_metadata=True)
+            except ObjectNotFoundError:
+                return False
+            tokened = {**(stats.metadata or {}), GUARD_KEY: token}
+            with boundary(ObjectNotFoundError):
+                api.update_object_user_metadata(
+                    self.repository, temp, path, lakefs_sdk.UpdateObjectUserMetadata(set=tokened)
+                )
+            return True
+
+        try:
+            with ThreadPoolExecutor(WORKERS) as pool:
+                touched = any(list(pool.map(touch, sorted(guard))))
+            if touched:
+                creation = lakefs_sdk.CommitCreation(message=text, metadata=meta)  # type: ignore[call-arg]
+                with boundary(BranchNotFoundError):
+                    self._sdk.commits_api.commit(self.repository, temp, creation)
+        except BaseException:
+            self.delete_branch(temp)
+            raise
+        return temp
 
     def revert(self, branch: str, commit_id: str, committer: str) -> Commit:
         target = self.get_commit(commit_id)
