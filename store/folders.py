@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from store.backend import Backend
-from store.errors import InvalidPathError, PathClashError
+from store.errors import (
+    InvalidArgumentError,
+    InvalidPathError,
+    ObjectNotFoundError,
+    PathClashError,
+)
 from store.model import ObjectInfo
 from store.names import validate_path
 
@@ -236,12 +241,15 @@ def export(
     Raises:
         PathClashError: an object is also a folder of others (``d/a`` and ``d/a/b``), or a
             local file or folder of the other kind is in the way.
+        InvalidArgumentError: ``prefix`` names an object and no folder.
         InvalidPathError: an object's name cannot be a local path.
         CorruptObjectError, ObjectNotFoundError: as :meth:`Backend.open_read`.
         OSError: the local disk refused a write.
     """
     folder = folder_prefix(prefix)
     chosen = [info for info in entries if info.path.startswith(folder)]
+    if not chosen and folder:
+        _refuse_object_as_folder(backend, ref, folder[:-1])
     rels = [_local_rel(info.path, folder) for info in chosen]
     _check_clashes([info.path for info in chosen])
     root = Path(local_dir)
@@ -272,6 +280,15 @@ def export(
                 made.rmdir()
         raise
     return len(chosen)
+
+
+def _refuse_object_as_folder(backend: Backend, ref: str, path: str) -> None:
+    """Raise InvalidArgumentError when ``path``, exported as a folder, is an object."""
+    try:
+        backend.stat(ref, path)
+    except ObjectNotFoundError:
+        return
+    raise InvalidArgumentError(f"{path!r} is an object, not a folder: read it as a file instead")
 
 
 def _local_rel(path: str, folder: str) -> str:

@@ -15,7 +15,7 @@ from conftest import LakeAccess
 from typer.testing import CliRunner
 
 import store
-from store.errors import PathClashError
+from store.errors import InvalidArgumentError, PathClashError
 from store.folders import SkippedPathsWarning
 from ui.cli import app
 
@@ -134,6 +134,14 @@ def test_download_dir_prefix_is_a_folder_not_a_string_prefix(
         out = tmp_path / f"out-{len(prefix)}"
         assert branch.download_dir(out, prefix=prefix) == 2
         assert files_under(out) == {"x.txt": b"1", "sub/y.txt": b"2"}
+
+
+def test_exporting_an_object_as_a_folder_is_refused(lake: store.Lake, tmp_path: Path) -> None:
+    branch = committed(lake, {"model.bin": b"w", "data/x": b"x"})
+    with pytest.raises(InvalidArgumentError, match="'model.bin' is an object, not a folder"):
+        branch.download_dir(tmp_path / "out", prefix="model.bin")
+    assert not (tmp_path / "out").exists()
+    assert branch.download_dir(tmp_path / "empty", prefix="nothing/here") == 0
 
 
 def test_object_that_is_also_a_folder_is_refused_before_anything_is_written(
