@@ -116,3 +116,19 @@ def lake_access(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return LakeAccess(lake.location, env)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[object]:
+    """One real local Ray instance per session, with 4 declared (fake) GPUs and 2 CPUs."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        num_gpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield ray
+    ray.shutdown()

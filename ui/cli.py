@@ -20,6 +20,7 @@ import store
 from store.errors import LakeNotFoundError, StoreError
 from store.model import MergeStrategy
 from ui import render
+from ui.cli_compute import register as register_compute
 from ui.cli_data import cat_command, get_command, ls_command, put_command
 from ui.cli_deploy import register as register_deploy_commands
 from ui.cli_tracking import runs_command, sql_command
@@ -414,6 +415,7 @@ def demo_command(
 
 app.command("runs")(runs_command)
 app.command("sql")(sql_command)
+register_compute(app)
 register_deploy_commands(app)
 
 

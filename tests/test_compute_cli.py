@@ -1,0 +1,82 @@
+"""``flowlake run / jobs / logs / cancel``, each a real ``flowlake`` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import store
+
+FLOWLAKE = str(Path(sys.executable).with_name("flowlake"))
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A lake with data on main and a project folder with a training script, as the cwd."""
+    monkeypatch.setenv("FLOWLAKE_LEASE_DIR", str(tmp_path / "leases"))
+    monkeypatch.setenv("FLOWLAKE_GPUS", "0,1")
+    lake = store.open(tmp_path / "lake")
+    branch = lake.branch("ingest")
+    branch.write_bytes("data/x.txt", b"v1")
+    branch.commit("data")
+    lake.merge(branch.name, into="main")
+    lake.close()
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "train.py").write_text(
+        "import os, sys, time, compute\n"
+        "ctx = compute.context()\n"
+        "print('read', ctx.lake.read_bytes('data/x.txt').decode(), 'gpus', ctx.gpus)\n"
+        "ctx.branch.write_bytes('out/model.txt', sys.argv[1].encode())\n"
+        "time.sleep(float(os.environ.get('SLEEP', '0')))\n"
+    )
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("FLOWLAKE_LAKE", str(tmp_path / "lake"))
+    return folder
+
+
+def flowlake(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FLOWLAKE, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_run_jobs_logs_and_cancel_round_trip(project: Path) -> None:
+    done = flowlake("run", "--gpus", "1", "--branch", "res", "--", "python", "train.py", "m1")
+    assert done.returncode == 0, done.stderr
+    assert "read v1 gpus (" in done.stdout
+    assert "succeeded" in done.stderr and "merged into user:tester/res" in done.stderr
+    lake = store.open(project.parent / "lake")
+    assert lake.read_bytes("out/model.txt", ref="res") == b"m1"
+
+    detached = flowlake("run", "-d", "--", "python", "train.py", "m2", env={"SLEEP": "60"})
+    assert detached.returncode == 0, detached.stderr
+    job_id = detached.stdout.strip()
+    deadline = time.monotonic() + 60
+    while "read v1" not in flowlake("logs", job_id[:8]).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    listed = json.loads(flowlake("jobs", "--json").stdout)
+    assert [j["status"] for j in listed] == ["succeeded", "running"]
+    assert listed[0]["gpus"] and listed[1]["id"] == job_id
+    assert listed[1]["input_commit"] == lake.resolve("main")
+
+    assert flowlake("cancel", job_id).returncode == 0
+    followed = flowlake("logs", job_id, "-f")
+    assert followed.returncode == 0 and "read v1" in followed.stdout
+    assert json.loads(flowlake("jobs", "--json").stdout)[1]["status"] == "cancelled"
+
+    missing = flowlake("run", "--", "no-such-program-xyz")
+    assert missing.returncode == 1 and "command not found: no-such-program-xyz" in missing.stderr
+    failing = flowlake("run", "--", "python", "-c", "raise SystemExit(3)")
+    assert failing.returncode == 1 and "failed" in failing.stderr

@@ -1,0 +1,236 @@
+"""``flowlake run``, ``jobs``, ``logs`` and ``cancel``: compute jobs from the command line.
+
+The main CLI registers them with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+import compute
+from store.errors import InvalidArgumentError
+from ui import render
+from ui.options import DEFAULT_LAKE, JsonOption, LakeOption, NamespaceOption, open_lake
+
+_REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._\[\],-]*)\s*(.*)$")
+
+
+def parse_pypi(items: list[str] | None) -> compute.Environment:
+    """``["humanize==4.9.0", "numpy>=2"]`` -> ``Environment(pypi={...})``.
+
+    Raises:
+        typer.BadParameter: not a requirement.
+    """
+    pypi: dict[str, str] = {}
+    for item in items or []:
+        match = _REQUIREMENT.match(item.strip())
+        if not match:
+            raise typer.BadParameter(f"{item!r} is not PKG or PKG==VERSION", param_hint="--pypi")
+        pypi[match[1]] = match[2]
+    try:
+        return compute.Environment(pypi=pypi)
+    except InvalidArgumentError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--pypi") from None
+
+
+def run_command(
+    command: Annotated[
+        list[str], typer.Argument(help="The command to run, after --: -- python train.py ...")
+    ],
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs the job needs.")] = 0,
+    cpus: Annotated[float, typer.Option("--cpus", help="CPU cores the job needs.")] = 1.0,
+    memory: Annotated[
+        str | None, typer.Option("--memory", help="Memory to reserve, e.g. 4GiB.")
+    ] = None,
+    input_ref: Annotated[
+        str, typer.Option("--input", help="Branch, tag or commit the job reads (pinned now).")
+    ] = "main",
+    branch: Annotated[
+        str | None,
+        typer.Option("--branch", help="Branch a successful job merges into (default job-<id>)."),
+    ] = None,
+    backend: Annotated[str, typer.Option("--backend", help="local or ray.")] = "local",
+    pypi: Annotated[
+        list[str] | None,
+        typer.Option("--pypi", help="A package for the job's environment, PKG==V (repeatable)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A name for the job.")] = None,
+    retries: Annotated[int, typer.Option("--retries", help="Retries of a failed attempt.")] = 0,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds an attempt may run.")
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Print the job id and return at once.")
+    ] = False,
+    lake: LakeOption = DEFAULT_LAKE,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a command as a job that reads a pinned commit and writes its own branch."""
+    environment = parse_pypi(pypi)
+    if detach and backend == "ray":
+        raise typer.BadParameter(
+            "Ray tasks end with the process that submitted them; drop --detach for ray",
+            param_hint="--detach",
+        )
+    opened = open_lake(lake, namespace)
+    job = compute.submit(
+        command=command,
+        lake=opened,
+        input_ref=input_ref,
+        output_branch=branch,
+        resources=compute.Resources(gpus=gpus, cpus=cpus, memory=memory or 0),
+        environment=environment,
+        backend=backend,
+        retries=retries,
+        timeout=timeout,
+        name=name or " ".join(command)[:80],
+    )
+    console = Console(stderr=True)
+    if detach:
+        if as_json:
+            typer.echo(json.dumps(_job_json(job)))
+        else:
+            typer.echo(job.id)
+            console.print(
+                Text(f"follow it with: flowlake logs {job.id[:12]} -f --lake {lake}", style="dim")
+            )
+        return
+    with console.status(f"job {job.id[:12]} {job.status.value}") as status:
+        for chunk in job.follow():
+            status.update(f"job {job.id[:12]} {job.status.value}")
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    _finish(job, console, as_json)
+
+
+def _finish(job: compute.Job, console: Console, as_json: bool) -> None:
+    record = job.record()
+    status = record.effective()
+    if as_json:
+        typer.echo(json.dumps(_job_json(job)))
+    elif status is compute.JobStatus.SUCCEEDED:
+        merged = render.short(record.output_commit or "")
+        console.print(
+            Text(
+                f"job {job.id[:12]} succeeded: run {(record.run_id or '')[:12]}, "
+                f"merged into {job.spec.output_branch} at {merged}",
+                style="green",
+            )
+        )
+    if status is not compute.JobStatus.SUCCEEDED:
+        render.error_line(f"job {job.id[:12]} {status.value}: {record.error or ''}")
+        raise typer.Exit(1)
+
+
+def _job_json(job: compute.Job) -> dict[str, Any]:
+    spec = job.spec
+    record = job.record()
+    return {
+        "id": job.id,
+        "name": spec.name,
+        "status": record.effective().value,
+        "backend": spec.backend,
+        "resources": {
+            "gpus": spec.resources.gpus,
+            "cpus": spec.resources.cpus,
+            "memory": spec.resources.memory_bytes,
+        },
+        "gpus": list(record.gpus),
+        "input_ref": spec.input_ref,
+        "input_commit": spec.input_commit,
+        "output_branch": spec.output_branch,
+        "run_id": record.run_id,
+        "output_commit": record.output_commit,
+        "error": record.error,
+        "submitted_at": datetime.fromtimestamp(spec.submitted_at, UTC).isoformat(),
+    }
+
+
+_STATUS_STYLE = {
+    "queued": "yellow",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+    "killed": "red",
+}
+
+
+def jobs_command(
+    lake: LakeOption = DEFAULT_LAKE,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the jobs submitted on this lake from any process of this machine."""
+    opened = open_lake(lake, namespace)
+    rows = [_job_json(job) for job in compute.jobs(opened)]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"jobs on {lake}", title_justify="left")
+    for column in ("id", "name", "status", "backend", "resources", "input", "run", "submitted"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        res = row["resources"]
+        table.add_row(
+            row["id"][:12],
+            Text(row["name"] or ""),
+            Text(row["status"], style=_STATUS_STYLE.get(row["status"], "")),
+            row["backend"],
+            f"gpus={res['gpus']} cpus={res['cpus']:g}",
+            f"{row['input_ref']}@{row['input_commit'][:12]}",
+            (row["run_id"] or "")[:12],
+            row["submitted_at"][:19].replace("T", " "),
+        )
+    Console().print(table)
+
+
+def logs_command(
+    job_id: Annotated[str, typer.Argument(help="A job id or a unique prefix.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")
+    ] = False,
+    lake: LakeOption = DEFAULT_LAKE,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Print a job's output (stdout and stderr of every attempt)."""
+    job = compute.get_job(open_lake(lake, namespace), job_id)
+    if not follow:
+        sys.stdout.write(job.logs())
+        return
+    for chunk in job.follow():
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+def cancel_command(
+    job_id: Annotated[str, typer.Argument(help="A job id or a unique prefix.")],
+    lake: LakeOption = DEFAULT_LAKE,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Cancel a queued or running job (a job that has ended keeps its status)."""
+    job = compute.get_job(open_lake(lake, namespace), job_id)
+    status = job.status
+    if status.is_final:
+        typer.echo(f"job {job.id[:12]} has ended already ({status.value})")
+        return
+    job.cancel()
+    typer.echo(f"job {job.id[:12]} cancelling")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``run``, ``jobs``, ``logs`` and ``cancel`` to the ``flowlake`` command."""
+    app.command("run", context_settings={"allow_interspersed_args": False})(run_command)
+    app.command("jobs")(jobs_command)
+    app.command("logs")(logs_command)
+    app.command("cancel")(cancel_command)
