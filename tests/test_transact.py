@@ -31,6 +31,12 @@ def counter_branch(lake: store.Lake, **files: bytes) -> store.Branch:
     return branch
 
 
+def leftovers(lake: store.Lake) -> list[str]:
+    """Scratch or guard branches a transaction left behind (there must be none)."""
+    names = [b.name for b in lake.branches(all_namespaces=True)]
+    return [n for n in names if "-tx-" in n or "-guard-" in n]
+
+
 def commit_meanwhile(branch: store.Branch, path: str, data: bytes) -> None:
     """Another writer's commit on ``branch`` while a transaction is open."""
     branch.write_bytes(path, data)
@@ -51,6 +57,7 @@ def test_serializable_fails_when_a_path_it_read_changed_even_to_the_value_it_wro
     assert raised.value.conflicts == ["counter.txt"]
     assert branch.read_bytes("counter.txt") == b"1"
     assert branch.head().message == "meanwhile: counter.txt"
+    assert leftovers(lake) == []
 
 
 def test_default_merge_isolation_takes_identical_writes_as_agreement(lake: store.Lake) -> None:
@@ -173,6 +180,7 @@ def test_counter_incremented_by_processes_loses_nothing(
     assert values == list(range(1, workers * steps + 1))
     branch = lake.with_namespace("user:worker").get_branch("counter")
     assert branch.read_bytes("counter.txt") == str(workers * steps).encode()
+    assert leftovers(lake) == []
 
 
 @pytest.mark.parametrize("path", ["counter.txt", "limit.txt"])
@@ -200,4 +208,5 @@ def test_lakefs_guard_holds_when_a_commit_lands_between_the_check_and_the_merge(
     assert raised.value.conflicts == [path]
     assert branch.head().message == f"meanwhile: {path}"
     assert branch.read_bytes("counter.txt") == (b"1" if path == "counter.txt" else b"0")
+    assert leftovers(lake) == []
     lake.close()
