@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+import compute
 import store
 import tracking
 from store.errors import AlreadyExistsError, InvalidArgumentError, ObjectNotFoundError
@@ -113,7 +114,7 @@ def run_demo(path: Path, console: Console, fresh: bool = False) -> DemoResult:
         Text(f"A new lake at {path}. Production is branch main: it changes only by merges.\n")
     )
     data_commit = ingest(location, console)
-    candidates = [experiment(location, recipe, console) for recipe in RECIPES]
+    candidates = experiments(location, console)
     show_runs(location, console)
     production = production_baseline(location)
     winner = compare(candidates, production, console)
@@ -180,34 +181,73 @@ def ingest(location: str, console: Console) -> str:
     return merged.id
 
 
-def experiment(location: str, recipe: Recipe, console: Console) -> Candidate:
-    """One person branches from main, trains a model, and commits model and metrics."""
-    console.rule(f"2. experiment by {recipe.person}")
-    with open_as(location, recipe.person) as lake:
-        branch = lake.branch(recipe.branch, source="main")
-        _say(console, recipe.person, f"branches {branch.name} from main")
-        data_commit = lake.commit(DATA_TAG).id
-        with tracking.start_run(
-            lake, branch=branch.name, name=recipe.describe(), snapshot_code=False
-        ) as run:
-            result = train(recipe, branch.read_table(TRAIN_PATH), branch.read_table(TEST_PATH))
-            run.log_params({"model": recipe.kind, "features": len(result.features)})
-            run.log_params(dict(recipe.params))
-            run.log_metrics(result.metrics)
-            run.set_tag("data", DATA_TAG)
-            run.log_model("classifier", pickle.loads(result.model), path=MODEL_DIR)
-            run.log_table(
-                "metrics", metrics_table(result, branch.name, data_commit), path=METRICS_PATH
-            )
+def experiments(location: str, console: Console) -> list[Candidate]:
+    """Avery and Blake each train a candidate as a compute job pinned to ``data-v1``, both at
+    once; each job's run commits model and metrics on its own branch and merges into theirs."""
+    console.rule("2. experiments, as compute jobs pinned to data-v1")
+    code_dir = Path(__file__).parent
+    submitted = []
+    for recipe in RECIPES:
+        lake = open_as(location, recipe.person)
+        job = compute.submit(
+            train_job,
+            {"recipe": recipe},
+            lake=lake,
+            input_ref=DATA_TAG,
+            output_branch=recipe.branch,
+            resources=compute.Resources(cpus=1),
+            name=recipe.describe(),
+            code_dir=code_dir,
+        )
         _say(
             console,
             recipe.person,
-            f"run {run.id[:8]} trains {recipe.describe()} on {len(result.features)} features: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()),
+            f"submits job {job.id[:8]} ({recipe.describe()}) reading {DATA_TAG} "
+            f"({render.short(job.spec.input_commit)}), merging into {job.spec.output_branch}",
         )
-        _say(console, recipe.person, f"the run commits {MODEL_PATH} and {METRICS_PATH}")
-        commit = branch.head()
-    return Candidate(branch.name, commit.id, result)
+        submitted.append((recipe, lake, job))
+    candidates = []
+    for recipe, lake, job in submitted:
+        with lake:
+            result = job.wait()
+            _say(
+                console,
+                recipe.person,
+                f"job {job.id[:8]} (run {(job.run_id or '')[:8]}, gpus {list(job.gpus) or 'none'}) "
+                f"trains {recipe.describe()} on {len(result.features)} features: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()),
+            )
+            _say(console, recipe.person, f"the run commits {MODEL_PATH} and {METRICS_PATH}")
+            head = lake.resolve(job.spec.output_branch)
+            candidates.append(Candidate(job.spec.output_branch, head, result))
+    console.print(
+        Text(
+            'The same jobs run on a Ray cluster with backend="ray" (address= or RAY_ADDRESS):\n'
+            f'  compute.submit(train_job, {{...}}, lake=lake, input_ref="{DATA_TAG}", '
+            'backend="ray")\n'
+            f"  flowlake run --backend ray --input {DATA_TAG} --branch exp -- python train.py",
+            style="cyan",
+        )
+    )
+    return candidates
+
+
+def train_job(recipe: Recipe) -> TrainingResult:
+    """The body of one training job: reads the pinned data, logs the run, returns the result."""
+    ctx = compute.context()
+    result = train(recipe, ctx.lake.read_table(TRAIN_PATH), ctx.lake.read_table(TEST_PATH))
+    run = ctx.run
+    run.log_params({"model": recipe.kind, "features": len(result.features)})
+    run.log_params(dict(recipe.params))
+    run.log_metrics(result.metrics)
+    run.set_tag("data", DATA_TAG)
+    run.log_model("classifier", pickle.loads(result.model), path=MODEL_DIR)
+    run.log_table(
+        "metrics",
+        metrics_table(result, ctx.target_branch, ctx.input_commit),
+        path=METRICS_PATH,
+    )
+    return result
 
 
 RUNS_QUERY = """
