@@ -246,8 +246,11 @@ class Backend(abc.ABC):
 
         raise UnsupportedOperationError(f"{type(self).__name__} has no fsck")
 
-    def gc(self, retention: timedelta) -> int:
-        """Remove unreachable data older than ``retention``; return how many objects went."""
+    def gc(self, retention: timedelta, *, exclusive_objects: bool = False) -> int:
+        """Remove unreachable data older than ``retention``; return how many objects went.
+
+        ``exclusive_objects``: the caller asserts no other lake shares the object location.
+        """
         from store.errors import UnsupportedOperationError
 
         raise UnsupportedOperationError(f"{type(self).__name__} has no gc")

@@ -417,13 +417,27 @@ class Lake:
             raise UnsupportedOperationError("this backend checks itself; fsck is embedded-only")
         return self.backend.fsck()
 
-    def gc(self, retention: timedelta = timedelta(hours=6)) -> int:
-        """Remove data unreachable from any ref or uncommitted change, older than ``retention``."""
+    def gc(
+        self, retention: timedelta = timedelta(hours=6), *, exclusive_objects: bool = False
+    ) -> int:
+        """Remove data unreachable from any ref or uncommitted change, older than ``retention``.
+
+        Safe beside live writers at any retention (embedded: gc and writers share a lock);
+        ``retention`` is a grace period for unreachable data. ``exclusive_objects=True`` says
+        that no other lake keeps objects at this lake's external object location (``s3://``
+        or a folder outside the lake); without it gc refuses to run there.
+
+        Returns:
+            How many objects were removed.
+
+        Raises:
+            SharedObjectsError: the objects are external and ``exclusive_objects`` is false.
+        """
         if CAP_GC not in self.backend.capabilities:
             raise UnsupportedOperationError("this backend collects garbage server-side")
         if retention < timedelta(0):
             raise InvalidArgumentError("retention must not be negative")
-        return self.backend.gc(retention)
+        return self.backend.gc(retention, exclusive_objects=exclusive_objects)
 
 
 def _metadata(metadata: dict[str, Any] | None) -> dict[str, str]:

@@ -58,11 +58,17 @@ def test_killed_processes_never_corrupt_the_lake_or_lose_commits(tmp_path: Path)
     rng = random.Random(1234)
     lake_path, acks = tmp_path / "lake", tmp_path / "acks.jsonl"
     store.open(lake_path).close()
+    # A worker that does no step measures how long starting one takes on this machine (seconds
+    # when the machine is busy), so that every round gives the workers time to work.
+    began = time.monotonic()
+    probe = start(lake_path, acks, "probe", "mixed", 0)
+    assert probe.wait(timeout=120) == 0
+    startup = time.monotonic() - began
     kills = 0
     for round_ in range(12):
         # Far more steps than fit in the time before the kill: every worker dies mid-work.
         procs = [start(lake_path, acks, f"w{round_}x{i}", "mixed", 100_000) for i in range(2)]
-        time.sleep(rng.uniform(0.4, 2.0))
+        time.sleep(startup + rng.uniform(0.4, 2.0))
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)

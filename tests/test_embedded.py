@@ -145,3 +145,57 @@ def test_large_files_stream_in_bounded_memory(embedded_lake: store.Lake, tmp_pat
         tracemalloc.stop()
     assert branch.stat("models/weights.bin").size == 200 << 20
     assert peak < 48 << 20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_gc_waits_for_a_write_in_flight_and_keeps_what_it_references(
+    embedded_lake: store.Lake,
+) -> None:
+    import threading
+
+    from store.backends.embedded.refdb import StagedChange
+    from store.backends.embedded.tree import Entry
+
+    backend = embedded_lake.backend
+    scratch = embedded_lake.branch("scratch")
+    payload = os.urandom(50_000)
+    scratch.write_bytes("garbage.bin", payload)
+    scratch.reset()  # the blob is garbage now
+    target = embedded_lake.branch("target")
+    removed: list[int] = []
+    with backend.lock.writing():
+        stored = backend.objects.put_bytes(payload)  # deduplicated against the garbage blob
+        collector = threading.Thread(target=lambda: removed.append(embedded_lake.gc(timedelta(0))))
+        collector.start()
+        collector.join(timeout=0.5)
+        assert collector.is_alive(), "gc deleted while a write was in flight"
+        entry = Entry("kept.bin", stored.id, stored.size, 0, stored.address)
+        backend._stage(backend_name(embedded_lake, target), [StagedChange("kept.bin", entry)])
+    collector.join(timeout=60)
+    assert removed and target.read_bytes("kept.bin") == payload
+    assert embedded_lake.fsck() == []
+
+
+def backend_name(lake: store.Lake, branch: store.Branch) -> str:
+    return lake._read_ref(branch.name)
+
+
+def test_gc_survives_temporary_files_that_vanish_under_it(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from store.backends.embedded import objects as objects_module
+
+    store_ = embedded_lake.backend.objects
+    tmp = Path(store_.full_path("tmp"))
+    for i in range(3):
+        (tmp / f"left-by-a-killed-writer-{i}").write_bytes(b"partial")
+    real_scan = objects_module._scan
+
+    def scan_then_vanish(directory: str) -> list[os.DirEntry[str]]:
+        entries = real_scan(directory)
+        if Path(directory) == tmp:
+            (tmp / "left-by-a-killed-writer-0").unlink()  # a writer finishing meanwhile
+        return entries
+
+    monkeypatch.setattr(objects_module, "_scan", scan_then_vanish)
+    embedded_lake.gc(timedelta(0))
+    assert list(tmp.iterdir()) == []

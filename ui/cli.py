@@ -380,13 +380,24 @@ def gc_command(
     retention: Annotated[
         str, typer.Option(help="Keep unreachable data younger than this (90s, 30m, 6h, 7d).")
     ] = "6h",
+    exclusive_objects: Annotated[
+        bool,
+        typer.Option(
+            "--exclusive-objects",
+            help="The lake's objects are external (s3://, a folder outside the lake) and no "
+            "other lake uses that location: let gc delete there.",
+        ),
+    ] = False,
     lake: LakeOption = DEFAULT_LAKE,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove data no ref or uncommitted change reaches, once older than the retention."""
+    """Remove data no ref or uncommitted change reaches, once older than the retention.
+
+    Safe beside running writers at any retention: gc and writers share a lock.
+    """
     window = parse_retention(retention)
     with open_lake(lake, None) as opened:
-        removed = opened.gc(window)
+        removed = opened.gc(window, exclusive_objects=exclusive_objects)
     if as_json:
         render.emit_json({"removed": removed, "retention_seconds": window.total_seconds()})
         return

@@ -9,20 +9,21 @@ staged rows it committed. A crash at any point leaves only unreferenced objects,
 
 from __future__ import annotations
 
+import functools
 import heapq
 import io
 import json
 import os
 import re
 import time
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeVar
 
 import fsspec
 
 from store.backend import CAP_FSCK, CAP_GC, CAP_LOCAL_PATHS, Backend
-from store.backends.embedded import layout
+from store.backends.embedded import config, gclock, layout
 from store.backends.embedded.objects import ObjectStore
 from store.backends.embedded.refdb import CommitRow, RefDB, StagedChange
 from store.backends.embedded.tree import EMPTY_TREE, Changes, Entry, TreeStore
@@ -43,11 +44,25 @@ from store.errors import (
 )
 from store.model import Change, ChangeKind, Commit, MergeStrategy, ObjectInfo
 
-CONFIG_FILE = "flowlake.json"
 REFS_FILE = "refs.db"
 INLINE_MAX = 8 << 10
 CAS_ATTEMPTS = 50
+P = ParamSpec("P")
+R = TypeVar("R")
 _HEX = re.compile(r"^[0-9a-f]{4,64}$")
+
+
+def _writes(
+    method: Callable[Concatenate[EmbeddedBackend, P], R],
+) -> Callable[Concatenate[EmbeddedBackend, P], R]:
+    """Run a method that stores objects and references them under the shared gc lock."""
+
+    @functools.wraps(method)
+    def locked(self: EmbeddedBackend, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.lock.writing():
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class EmbeddedBackend(Backend):
@@ -55,11 +70,18 @@ class EmbeddedBackend(Backend):
 
     capabilities = frozenset({CAP_FSCK, CAP_GC, CAP_LOCAL_PATHS})
 
-    def __init__(self, root: str, objects: ObjectStore, refs: RefDB) -> None:
+    def __init__(
+        self, root: str, objects: ObjectStore, refs: RefDB, settings: config.LakeConfig
+    ) -> None:
         self.root = root
         self.objects = objects
         self.trees = TreeStore(objects)
         self.refs = refs
+        #: Where the objects live (absolute path or URL), and whether that is outside the lake
+        #: folder, where other lakes may share it (then gc needs ``exclusive_objects``).
+        self.objects_location = settings.objects
+        self.objects_external = settings.external
+        self.lock = gclock.GcLock(root)
 
     @classmethod
     def open(
@@ -83,41 +105,51 @@ class EmbeddedBackend(Backend):
                 disagrees with the lake's recorded object location.
         """
         root = os.path.abspath(os.fspath(path))
-        config_path = os.path.join(root, CONFIG_FILE)
-        if not os.path.exists(config_path):
+        if not os.path.exists(os.path.join(root, config.CONFIG_FILE)):
             if not create:
                 raise LakeNotFoundError(f"no lake at {root}")
-            _write_config(root, objects or os.path.join(root, "objects"))
-        with open(config_path) as f:
-            config = json.load(f)
-        if config.get("format") != layout.FORMAT_VERSION:
-            raise InvalidArgumentError(f"lake at {root} has unknown format {config.get('format')}")
-        if objects is not None and objects != config["objects"]:
+            config.create(root, objects, reserved=(REFS_FILE, gclock.LOCK_FILE))
+        settings = config.load(root)
+        if objects is not None and not config.same_location(settings, objects):
             raise InvalidArgumentError(
-                f"lake at {root} keeps its objects at {config['objects']}, not {objects}"
+                f"lake at {root} keeps its objects at {settings.objects}, not {objects}"
             )
-        fs, obj_root = fsspec.core.url_to_fs(config["objects"], **(storage_options or {}))
-        backend = cls(root, ObjectStore(fs, obj_root), RefDB(os.path.join(root, REFS_FILE)))
-        backend._ensure_initial_commit()
+        fs, obj_root = fsspec.core.url_to_fs(settings.objects, **(storage_options or {}))
+        refs = RefDB(os.path.join(root, REFS_FILE))
+        try:
+            backend = cls(root, ObjectStore(fs, obj_root), refs, settings)
+            backend._ensure_initial_commit()
+        except BaseException:
+            refs.close()
+            raise
         return backend
 
     def _ensure_initial_commit(self) -> None:
+        """Give a new lake its first commit on a protected ``main``.
+
+        A lake that has commits but no ``main`` row is damaged, not new: making a fresh ``main``
+        would hide that, so it is left for fsck to report.
+        """
         if self.refs.head(self.default_branch) is not None:
             return
-        tree = self.trees.write_ranges([])
-        row = self._write_commit(tree, (), "Repository created", {}, "flowlake")
-        with self.refs.write() as conn:
-            if self.refs.insert_branch(conn, self.default_branch, row.id):
-                self.refs.insert_commit(conn, row)
-                conn.execute(
-                    "UPDATE branches SET protected = 1 WHERE name = ?", (self.default_branch,)
-                )
+        with self.lock.writing():
+            tree = self.trees.write_ranges([])
+            row = self._write_commit(tree, (), "Repository created", {}, "flowlake")
+            with self.refs.write() as conn:
+                if conn.execute("SELECT 1 FROM commits LIMIT 1").fetchone() is not None:
+                    return
+                if self.refs.insert_branch(conn, self.default_branch, row.id):
+                    self.refs.insert_commit(conn, row)
+                    conn.execute(
+                        "UPDATE branches SET protected = 1 WHERE name = ?", (self.default_branch,)
+                    )
 
     def close(self) -> None:
         self.refs.close()
 
     # -- refs -----------------------------------------------------------------------------------
 
+    @_writes
     def create_branch(self, name: str, source_commit: str) -> None:
         if self.refs.commit(source_commit) is None:
             raise RefNotFoundError(f"commit {source_commit} does not exist")
@@ -153,6 +185,7 @@ class EmbeddedBackend(Backend):
     def protected_branches(self) -> set[str]:
         return self.refs.protected()
 
+    @_writes
     def create_tag(self, name: str, commit_id: str) -> None:
         if self.refs.commit(commit_id) is None:
             raise RefNotFoundError(f"commit {commit_id} does not exist")
@@ -309,6 +342,7 @@ class EmbeddedBackend(Backend):
         stored = self.objects.put_bytes(data)
         return Entry(path, stored.id, stored.size, mtime, stored.address)
 
+    @_writes
     def put(self, branch: str, path: str, source: BinaryIO) -> ObjectInfo:
         self._check_writable(branch)
         head = source.read(INLINE_MAX + 1)
@@ -320,12 +354,14 @@ class EmbeddedBackend(Backend):
         self._stage(branch, [StagedChange(path, entry)])
         return _info(entry)
 
+    @_writes
     def put_many(self, branch: str, items: Iterable[tuple[str, bytes]]) -> int:
         self._check_writable(branch)
         changes = [StagedChange(path, self._store_content(path, data)) for path, data in items]
         self._stage(branch, changes)
         return len(changes)
 
+    @_writes
     def delete(self, branch: str, paths: Iterable[str]) -> None:
         self._check_writable(branch)
         paths = list(paths)
@@ -364,6 +400,7 @@ class EmbeddedBackend(Backend):
         with self.refs.write() as conn:
             self.refs.clear_staged(conn, branch, None)
 
+    @_writes
     def commit(self, branch: str, message: str, metadata: dict[str, str], committer: str) -> Commit:
         self._check_writable(branch)
         for _ in range(CAS_ATTEMPTS):
@@ -454,6 +491,7 @@ class EmbeddedBackend(Backend):
             apply[path] = new
         return apply, bool(theirs)
 
+    @_writes
     def merge(
         self,
         source: str,
@@ -490,6 +528,7 @@ class EmbeddedBackend(Backend):
                 return _to_commit(row)
         raise ConcurrentUpdateError(dest_branch, dest_head, self.refs.head(dest_branch))
 
+    @_writes
     def revert(self, branch: str, commit_id: str, committer: str) -> Commit:
         target = self._commit_row(commit_id)
         parent_tree = self._commit_row(target.parents[0]).tree if target.parents else EMPTY_TREE
@@ -528,26 +567,10 @@ class EmbeddedBackend(Backend):
 
         return check(self)
 
-    def gc(self, retention: timedelta) -> int:
+    def gc(self, retention: timedelta, *, exclusive_objects: bool = False) -> int:
         from store.backends.embedded.maintenance import collect
 
-        return collect(self, retention)
-
-
-def _write_config(root: str, objects: str) -> None:
-    os.makedirs(root, exist_ok=True)
-    ours = (CONFIG_FILE, f".{CONFIG_FILE}", REFS_FILE, "objects")
-    if any(not name.startswith(ours) for name in os.listdir(root)):
-        raise InvalidArgumentError(f"folder {root} is not empty and holds no lake")
-    tmp = os.path.join(root, f".{CONFIG_FILE}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"format": layout.FORMAT_VERSION, "objects": objects}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if not os.path.exists(os.path.join(root, CONFIG_FILE)):
-        os.replace(tmp, os.path.join(root, CONFIG_FILE))
-    else:
-        os.unlink(tmp)
+        return collect(self, retention, exclusive_objects)
 
 
 def _checksum(entry: Entry | None) -> str | None:

@@ -1,75 +1,141 @@
-"""Whole-lake checks (fsck) and garbage collection for the embedded backend."""
+"""Whole-lake checks (fsck) and garbage collection for the embedded backend.
+
+gc is safe beside live writers: it marks what is reachable without holding anything, then
+deletes in short batches, each under the exclusive gc lock (``gclock.py``) and after bringing
+the marks up to date with whatever was staged or committed meanwhile. A write holds the lock
+shared from its first stored object to the transaction that references it, so under the
+exclusive lock every write has either finished (and its references are seen) or not yet begun
+(and will store the objects it needs again).
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from store.backends.embedded import layout
-from store.errors import StoreError
+from store.errors import RefsDatabaseError, SharedObjectsError, StoreError
 
 if TYPE_CHECKING:
     from store.backends.embedded.backend import EmbeddedBackend
-    from store.backends.embedded.refdb import CommitRow
+
+T = TypeVar("T")
+#: Longest time one gc batch keeps writers waiting (seconds).
+BATCH_S = 0.5
+
+
+# -- fsck --------------------------------------------------------------------------------------
 
 
 def check(backend: EmbeddedBackend) -> list[str]:
     """Verify the refs database, every commit reachable from a ref, its tree and every blob.
 
-    Returns one line per problem; an empty list means the lake is healthy.
+    Index rows are compared with the hashed commit records they stand for (tree, parents,
+    generation, bytes), and the ancestry is walked along both. Damage of any kind (an unreadable
+    table, a row with impossible values, a missing row) becomes a problem line, never an
+    exception.
+
+    Returns:
+        One line per problem; an empty list means the lake is healthy.
     """
-    problems = backend.refs.integrity_problems()
-    roots = list(backend.refs.branches().items()) + [
-        (f"tag {name}", c) for name, c in backend.refs.tags().items()
-    ]
-    commits: set[str] = set()
+    refs = backend.refs
+    problems = refs.integrity_problems()
+    try:
+        problems += refs.damaged_rows()
+        branches = refs.branches()
+        tags = refs.tags()
+    except RefsDatabaseError as exc:
+        return [*problems, str(exc)]
+    if backend.default_branch not in branches:
+        problems.append(f"production branch {backend.default_branch!r} is missing")
+    elif backend.default_branch not in _guarded(problems, refs.protected, set[str]()):
+        problems.append(f"production branch {backend.default_branch!r} is not protected")
+    roots = [(f"branch {name!r}", c) for name, c in branches.items()]
+    roots += [(f"tag {name!r}", c) for name, c in tags.items()]
+    trees: dict[str, set[str]] = {}
     for name, commit_id in roots:
-        if backend.refs.commit(commit_id) is None:
-            problems.append(f"{name} points at missing commit {commit_id}")
+        if _guarded(problems, functools.partial(refs.commit, commit_id), None) is None:
+            problems.append(f"{name} points at missing commit {commit_id!r}")
             continue
-        problems += _walk_commits(backend, commit_id, commits)
+        problems += _walk_commits(backend, commit_id, trees)
     checked: set[str] = set()
-    for commit_id in commits:
-        row = backend.refs.commit(commit_id)
-        assert row is not None
-        problems += _check_tree(backend, commit_id, row.tree, checked)
-    for addr in backend.refs.staged_addresses():
+    for commit_id, commit_trees in trees.items():
+        for tree in sorted(commit_trees):
+            problems += _check_tree(backend, commit_id, tree, checked)
+    try:
+        staged, _ = refs.staged_addresses()
+    except RefsDatabaseError as exc:
+        return [*problems, str(exc)]
+    for addr in sorted(staged):
         problems += _check_blob(backend, addr, checked, "uncommitted change")
     return problems
 
 
-def _ancestry(
-    backend: EmbeddedBackend, start: str, seen: set[str]
-) -> Iterator[tuple[str, CommitRow | None]]:
-    """Each commit reachable from ``start`` and not yet in ``seen`` (added to it), with its
-    indexed row, or None when the index lacks it."""
+def _guarded(problems: list[str], read: Callable[[], T], default: T) -> T:
+    """``read()``, or ``default`` with the refs database error added to ``problems``."""
+    try:
+        return read()
+    except RefsDatabaseError as exc:
+        problems.append(str(exc))
+        return default
+
+
+def _walk_commits(backend: EmbeddedBackend, start: str, trees: dict[str, set[str]]) -> list[str]:
+    """Check each commit reachable from ``start`` and not yet in ``trees``, adding it there
+    with the trees its index row and its stored record name."""
+    problems: list[str] = []
     stack = [start]
     while stack:
         commit_id = stack.pop()
-        if commit_id in seen:
+        if commit_id in trees:
             continue
-        seen.add(commit_id)
-        row = backend.refs.commit(commit_id)
-        yield commit_id, row
-        if row is not None:
-            stack.extend(row.parents)
-
-
-def _walk_commits(backend: EmbeddedBackend, start: str, seen: set[str]) -> list[str]:
-    problems: list[str] = []
-    for commit_id, row in _ancestry(backend, start, seen):
-        if row is None:
-            problems.append(f"missing commit {commit_id}")
-            continue
+        trees[commit_id] = set()
+        try:
+            row = backend.refs.commit(commit_id)
+        except RefsDatabaseError as exc:
+            problems.append(str(exc))
+            row = None
+        else:
+            if row is None:
+                problems.append(f"missing commit {commit_id}: no index row")
         try:
             stored = backend.objects.get_bytes(layout.address(commit_id, layout.ZSTD))
-            if json.loads(stored) != json.loads(row.record):
-                problems.append(f"commit {commit_id}: index disagrees with stored record")
-        except StoreError as exc:
+            record = json.loads(stored)
+            if not isinstance(record, dict):
+                raise ValueError("the stored object is not a commit record")
+        except (StoreError, ValueError) as exc:
             problems.append(f"commit {commit_id}: {exc}")
+            if row is not None:
+                stack.extend(row.parents)
+                trees[commit_id].add(row.tree)
+            continue
+        parents = tuple(record.get("parents", ()))
+        stack.extend(parents)
+        if isinstance(record.get("tree"), str):
+            trees[commit_id].add(record["tree"])
+        if row is None:
+            continue
+        stack.extend(row.parents)
+        trees[commit_id].add(row.tree)
+        mismatched = [
+            column
+            for column, indexed, hashed in (
+                ("tree", row.tree, record.get("tree")),
+                ("parents", row.parents, parents),
+                ("generation", row.generation, record.get("generation")),
+                ("record", row.record, stored),
+            )
+            if indexed != hashed
+        ]
+        if mismatched:
+            problems.append(
+                f"commit {commit_id}: index disagrees with the stored record "
+                f"({', '.join(mismatched)})"
+            )
     return problems
 
 
@@ -117,49 +183,146 @@ def _check_blob(backend: EmbeddedBackend, addr: str, checked: set[str], what: st
     return []
 
 
-def reachable(backend: EmbeddedBackend, fresh_after: float) -> set[str]:
-    """Addresses of every blob reachable from a ref, a staged change, or a fresh commit."""
-    roots = set(backend.refs.branches().values()) | set(backend.refs.tags().values())
-    roots |= {row.id for row, created in backend.refs.all_commits() if created >= fresh_after}
-    commits: set[str] = set()
-    for root in roots:
-        for _ in _ancestry(backend, root, commits):
-            pass
-    keep: set[str] = set(backend.refs.staged_addresses())
-    trees: set[str] = set()
-    for commit_id in commits:
-        keep.add(layout.address(commit_id, layout.ZSTD))
-        row = backend.refs.commit(commit_id)
-        if row is not None and row.tree not in trees:
-            trees.add(row.tree)
-            keep.update(backend.trees.referenced(row.tree))
-    return keep
+# -- gc ----------------------------------------------------------------------------------------
 
 
-def collect(backend: EmbeddedBackend, retention: timedelta) -> int:
+class Reachable:
+    """Everything gc must keep, marked once and then brought up to date incrementally.
+
+    Roots are branch heads, tags, commits indexed at or after ``fresh_after`` and staged
+    changes. A commit's parents and tree are taken from both its index row and the record in
+    that row, so a damaged column cannot hide an object from the marks.
+    """
+
+    def __init__(self, backend: EmbeddedBackend, fresh_after: float) -> None:
+        self._backend = backend
+        self._fresh_after = fresh_after
+        self.commits: set[str] = set()
+        self.addresses: set[str] = set()
+        self._trees: set[str] = set()
+        self._ranges: set[str] = set()
+        self._staged_seq = 0
+
+    def update(self) -> None:
+        """Mark what became reachable since the last call.
+
+        Raises:
+            RefsDatabaseError: a reachable commit has no index row, or a row is damaged: gc
+                must not guess, so it stops (``flowlake fsck`` says what is wrong).
+            StoreError: a reachable tree cannot be read.
+        """
+        refs = self._backend.refs
+        roots = set(refs.branches().values()) | set(refs.tags().values())
+        roots |= set(refs.commit_ids_since(self._fresh_after))
+        for root in roots - self.commits:
+            self._mark_ancestry(root)
+        staged, self._staged_seq = refs.staged_addresses(self._staged_seq)
+        self.addresses |= staged
+
+    def _mark_ancestry(self, start: str) -> None:
+        stack = [start]
+        while stack:
+            commit_id = stack.pop()
+            if commit_id in self.commits:
+                continue
+            row = self._backend.refs.commit(commit_id)
+            if row is None:
+                raise RefsDatabaseError(
+                    f"commit {commit_id} is reachable but has no index row; gc stopped without "
+                    "deleting anything more: run `flowlake fsck`"
+                )
+            try:
+                record = json.loads(row.record)
+                trees = {row.tree, record["tree"]}
+                parents = set(row.parents) | set(record["parents"])
+            except (ValueError, KeyError, TypeError):
+                raise RefsDatabaseError(
+                    f"commit {commit_id}: the record in its index row is damaged; gc stopped: "
+                    "run `flowlake fsck`"
+                ) from None
+            self.commits.add(commit_id)
+            self.addresses.add(layout.address(commit_id, layout.ZSTD))
+            for tree in trees:
+                self._mark_tree(tree)
+            stack.extend(parents)
+
+    def _mark_tree(self, tree: str) -> None:
+        if tree in self._trees:
+            return
+        trees = self._backend.trees
+        ranges = trees.ranges(tree)
+        self.addresses.add(layout.address(tree, layout.ZSTD))
+        for r in ranges:
+            if r.id in self._ranges:
+                continue
+            self.addresses.add(layout.address(r.id, layout.ZSTD))
+            self.addresses.update(
+                e.address for e in trees.range_entries(r.id) if e.address is not None
+            )
+            self._ranges.add(r.id)
+        self._trees.add(tree)
+
+
+def collect(backend: EmbeddedBackend, retention: timedelta, exclusive_objects: bool) -> int:
     """Delete blobs and commit records unreachable from any ref or uncommitted change.
 
-    Anything written within ``retention`` stays, so writers that have stored a blob but not yet
-    staged or committed it are safe. Returns how many blobs were removed.
+    Safe beside live writers whatever the retention (see the module docstring): ``retention``
+    is a grace period for unreachable data (undo a reset or a deleted branch), not a guard
+    against writers.
+
+    Returns:
+        How many blobs were removed.
+
+    Raises:
+        SharedObjectsError: the objects live outside the lake folder and ``exclusive_objects``
+            was not given.
+        RefsDatabaseError: the refs database is damaged (nothing more is deleted).
     """
+    if backend.objects_external and not exclusive_objects:
+        raise SharedObjectsError(
+            f"gc refused: this lake keeps its objects at {backend.objects_location}, outside "
+            "its folder, where other lakes (or copies of this one) may keep objects too; gc "
+            "sees only this lake's references and could delete theirs. If no other lake uses "
+            "that location, run gc with exclusive_objects=True (CLI: --exclusive-objects)."
+        )
     cutoff = time.time() - retention.total_seconds()
-    keep = reachable(backend, cutoff)
+    reachable = Reachable(backend, cutoff)
+    reachable.update()
+    candidates = [
+        addr
+        for addr, mtime in backend.objects.iter_addresses()
+        if mtime < cutoff and addr not in reachable.addresses
+    ]
     removed = 0
-    for addr, mtime in list(backend.objects.iter_addresses()):
-        if addr not in keep and mtime < cutoff:
-            backend.objects.remove(addr)
-            removed += 1
-    _drop_commit_rows(backend, keep, cutoff)
-    backend.objects.clean_temp(cutoff)
+    pending = iter(candidates)
+    first = True
+    exhausted = False
+    while not exhausted:
+        with backend.lock.collecting():
+            reachable.update()
+            if first:
+                # Rows first: once a commit is no longer indexed nobody can branch from it,
+                # so its objects may go.
+                _drop_commit_rows(backend, reachable.commits, cutoff)
+                backend.objects.clean_temp(cutoff)
+                first = False
+            deadline = time.monotonic() + BATCH_S
+            while time.monotonic() < deadline:
+                addr = next(pending, None)
+                if addr is None:
+                    exhausted = True
+                    break
+                if addr not in reachable.addresses:
+                    backend.objects.remove(addr)
+                    removed += 1
     return removed
 
 
-def _drop_commit_rows(backend: EmbeddedBackend, keep: Iterable[str], cutoff: float) -> None:
-    kept = set(keep)
+def _drop_commit_rows(backend: EmbeddedBackend, reachable: set[str], cutoff: float) -> None:
     stale = [
         row.id
         for row, created in backend.refs.all_commits()
-        if created < cutoff and layout.address(row.id, layout.ZSTD) not in kept
+        if created < cutoff and row.id not in reachable
     ]
     with backend.refs.write() as conn:
         conn.executemany("DELETE FROM commits WHERE id = ?", [(c,) for c in stale])

@@ -160,7 +160,13 @@ class ObjectStore:
     # -- maintenance -----------------------------------------------------------------------------
 
     def iter_addresses(self) -> Iterator[tuple[str, float]]:
-        """Every stored blob as (address, modification time in epoch seconds)."""
+        """Every stored blob as (address, modification time in epoch seconds).
+
+        Files that vanish while the listing runs are skipped; ``tmp/`` is never listed.
+        """
+        if self.is_local:
+            yield from self._iter_local()
+            return
         try:
             found = self.fs.find(self.root, detail=True)
         except FileNotFoundError:
@@ -176,20 +182,69 @@ class ObjectStore:
                 continue
             yield rel, _mtime(info)
 
+    def _iter_local(self) -> Iterator[tuple[str, float]]:
+        # Two levels of fan-out folders, then blobs; scandir, because fsspec's find stats every
+        # file and fails when one (a writer's temporary file) disappears under it.
+        for first in _scan(self.root):
+            if first.name == "tmp" or not _is_dir(first):
+                continue
+            for second in _scan(first.path):
+                if not _is_dir(second):
+                    continue
+                for blob in _scan(second.path):
+                    addr = f"{first.name}/{second.name}/{blob.name}"
+                    try:
+                        _parse(addr)
+                        mtime = blob.stat().st_mtime
+                    except (CorruptObjectError, FileNotFoundError):
+                        continue
+                    yield addr, mtime
+
     def remove(self, addr: str) -> None:
+        """Delete a blob; one that is gone already is fine."""
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.full_path(addr))
 
     def clean_temp(self, older_than: float) -> int:
-        """Remove temporary files (left by killed writers) older than ``older_than`` epoch secs."""
-        if not self.is_local:
-            return 0
+        """Remove temporary files (left by killed writers) older than ``older_than`` epoch secs.
+
+        Files that vanish meanwhile (a writer finishing) are skipped, never an error.
+        """
         removed = 0
-        for entry in os.scandir(self._tmp_dir()):
-            if entry.stat().st_mtime < older_than:
-                os.unlink(entry.path)
-                removed += 1
+        if not self.is_local:
+            try:
+                found = self.fs.find(self._tmp_dir(), detail=True)
+            except FileNotFoundError:
+                return 0
+            for path, info in found.items():
+                if _mtime(info) < older_than:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.rm_file(path)
+                        removed += 1
+            return removed
+        for entry in _scan(self._tmp_dir()):
+            try:
+                if entry.stat().st_mtime < older_than:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
         return removed
+
+
+def _scan(directory: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except FileNotFoundError:
+        return False
 
 
 def _parse(addr: str) -> tuple[str, str]:

@@ -7,7 +7,9 @@ another writer's commit. ``synchronous=FULL`` makes every acknowledged transacti
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -15,7 +17,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from store.backends.embedded import layout
 from store.backends.embedded.tree import Entry
+from store.errors import RefsDatabaseError
+
+_ID = re.compile(r"[0-9a-f]{64}")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS branches (
@@ -71,52 +77,91 @@ class RefDB:
     """The SQLite database of one lake. Thread-safe; one connection per instance."""
 
     def __init__(self, path: str) -> None:
+        """Open (creating when absent) the database at ``path``.
+
+        Raises:
+            RefsDatabaseError: the file is not a usable SQLite database.
+        """
         self.path = path
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
-            path, timeout=60, isolation_level=None, check_same_thread=False
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA busy_timeout=60000")
-        with self.write():
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self._conn.execute(statement)
+        try:
+            self._conn = sqlite3.connect(
+                path, timeout=60, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        try:
+            with self._translated():
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.execute("PRAGMA busy_timeout=60000")
+            with self.write():
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+        except BaseException:
+            self._conn.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
+    def _error(self, exc: sqlite3.Error) -> RefsDatabaseError:
+        """The store error for a failure of SQLite (the one place they are translated)."""
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            return RefsDatabaseError(f"refs database {self.path} stayed locked: {exc}")
+        return RefsDatabaseError(f"refs database {self.path} is damaged or unreadable: {exc}")
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _rollback(self) -> None:
+        # After some errors SQLite has rolled the transaction back itself.
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
+
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """An immediate (write-locked) transaction; commits on a clean exit, else rolls back."""
-        with self._lock:
+        """An immediate (write-locked) transaction; commits on a clean exit, else rolls back.
+
+        Raises:
+            RefsDatabaseError: SQLite failed (also for statements run on the yielded connection).
+        """
+        with self._lock, self._translated():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._conn.execute("COMMIT")
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        """A consistent read snapshot."""
-        with self._lock:
+        """A consistent read snapshot.
+
+        Raises:
+            RefsDatabaseError: SQLite failed.
+        """
+        with self._lock, self._translated():
             self._conn.execute("BEGIN")
             try:
                 yield self._conn
             finally:
-                self._conn.execute("COMMIT")
+                self._rollback()
 
     def _one(self, sql: str, args: tuple = ()) -> tuple | None:
-        with self._lock:
+        with self._lock, self._translated():
             row: tuple | None = self._conn.execute(sql, args).fetchone()
             return row
 
     def _all(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
+        with self._lock, self._translated():
             return self._conn.execute(sql, args).fetchall()
 
     # -- branches --------------------------------------------------------------------------------
@@ -182,12 +227,15 @@ class RefDB:
         )
 
     def all_commits(self) -> Iterator[tuple[CommitRow, float]]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, tree, parents, generation, record, created FROM commits"
-            ).fetchall()
+        rows = self._all("SELECT id, tree, parents, generation, record, created FROM commits")
         for row in rows:
             yield _commit_row(row[:5]), row[5]
+
+    def commit_ids_since(self, created_after: float) -> list[str]:
+        """Ids of the commits indexed at or after ``created_after`` (epoch seconds)."""
+        return [
+            r[0] for r in self._all("SELECT id FROM commits WHERE created >= ?", (created_after,))
+        ]
 
     # -- staging ---------------------------------------------------------------------------------
 
@@ -232,17 +280,94 @@ class RefDB:
         else:
             conn.execute("DELETE FROM staging WHERE branch = ? AND seq <= ?", (branch, up_to_seq))
 
-    def staged_addresses(self) -> set[str]:
-        rows = self._all("SELECT entry FROM staging WHERE entry IS NOT NULL")
-        return {a for (text,) in rows if (a := json.loads(text)[3]) is not None}
+    def staged_addresses(self, after_seq: int = 0) -> tuple[set[str], int]:
+        """Object addresses of the changes staged with a seq above ``after_seq``, and the
+        highest seq seen (seqs only grow, so a caller can ask again for what is new).
+
+        Raises:
+            RefsDatabaseError: a staged row is damaged.
+        """
+        with self.read() as conn:
+            rows = conn.execute(
+                "SELECT path, entry, inline FROM staging WHERE seq > ? AND entry IS NOT NULL",
+                (after_seq,),
+            ).fetchall()
+            top = conn.execute("SELECT coalesce(max(seq), 0) FROM staging").fetchone()[0]
+        found = (_staged_entry(path, text, inline) for path, text, inline in rows)
+        return {e.address for e in found if e is not None and e.address is not None}, top
 
     def integrity_problems(self) -> list[str]:
-        rows = self._all("PRAGMA integrity_check")
-        return [] if rows == [("ok",)] else [f"sqlite: {r[0]}" for r in rows]
+        """SQLite's own integrity check, one line per problem (empty when sound)."""
+        try:
+            rows = self._all("PRAGMA integrity_check")
+        except RefsDatabaseError as exc:
+            return [str(exc)]
+        return [] if rows == [("ok",)] else [f"refs database: {r[0]}" for r in rows]
+
+    def damaged_rows(self) -> list[str]:
+        """One line per row of any table that holds values flowlake never writes (for fsck).
+
+        Raises:
+            RefsDatabaseError: a table cannot be read at all.
+        """
+        problems: list[str] = []
+        for name, head, protected in self._all("SELECT name, head, protected FROM branches"):
+            if not isinstance(name, str) or not name:
+                problems.append(f"refs database: branch row with name {name!r}")
+            if not _is_id(head):
+                problems.append(f"branch {name!r}: head {head!r} is not a commit id")
+            if protected not in (0, 1):
+                problems.append(f"branch {name!r}: protected flag {protected!r} is not 0 or 1")
+        for name, commit_id in self._all("SELECT name, commit_id FROM tags"):
+            if not isinstance(name, str) or not name:
+                problems.append(f"refs database: tag row with name {name!r}")
+            if not _is_id(commit_id):
+                problems.append(f"tag {name!r}: {commit_id!r} is not a commit id")
+        for row in self._all("SELECT id, tree, parents, generation, record FROM commits"):
+            try:
+                _commit_row(row)
+            except RefsDatabaseError as exc:
+                problems.append(str(exc))
+        for branch, path, text, inline in self._all(
+            "SELECT branch, path, entry, inline FROM staging"
+        ):
+            try:
+                if not isinstance(branch, str) or not isinstance(path, str) or not path:
+                    raise RefsDatabaseError(f"staged row ({branch!r}, {path!r}) is damaged")
+                _staged_entry(path, text, inline)
+            except RefsDatabaseError as exc:
+                problems.append(f"branch {branch!r}: {exc}")
+        return problems
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
 def _commit_row(row: tuple) -> CommitRow:
-    return CommitRow(row[0], row[1], tuple(json.loads(row[2])), row[3], bytes(row[4]))
+    """A commits-table row as a CommitRow.
+
+    Raises:
+        RefsDatabaseError: a column holds a value flowlake never writes.
+    """
+    commit_id, tree, parents, generation, record = row
+    try:
+        parent_ids = tuple(json.loads(parents))
+    except (TypeError, ValueError):
+        parent_ids = ("<not JSON>",)
+    if (
+        not _is_id(commit_id)
+        or not _is_id(tree)
+        or not all(_is_id(p) for p in parent_ids)
+        or not isinstance(generation, int)
+        or generation < 1
+        or not isinstance(record, bytes)
+    ):
+        raise RefsDatabaseError(
+            f"commit {commit_id!r}: its index row is damaged (tree {tree!r}, "
+            f"parents {parents!r}, generation {generation!r})"
+        )
+    return CommitRow(commit_id, tree, parent_ids, generation, record)
 
 
 def _entry_json(entry: Entry) -> str:
@@ -250,7 +375,26 @@ def _entry_json(entry: Entry) -> str:
 
 
 def _staged_entry(path: str, text: str | None, inline: bytes | None) -> Entry | None:
+    """A staged row's entry, or None for a staged deletion.
+
+    Raises:
+        RefsDatabaseError: the row holds values flowlake never writes.
+    """
     if text is None:
         return None
-    checksum, size, mtime_ns, address = json.loads(text)
+    try:
+        checksum, size, mtime_ns, address = json.loads(text)
+        if address is not None:
+            layout.parse_address(address)
+        valid = (
+            _is_id(checksum)
+            and isinstance(size, int)
+            and isinstance(mtime_ns, int)
+            and (address is not None or isinstance(inline, bytes))
+            and (inline is None or isinstance(inline, bytes))
+        )
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise RefsDatabaseError(f"staged change {path!r}: its row is damaged ({text!r})")
     return Entry(path, checksum, size, mtime_ns, address, None if inline is None else bytes(inline))
