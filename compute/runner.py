@@ -20,6 +20,7 @@ import runpy
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ def _store_log(run: Any, folder: JobFolder, attempt: int, offset: int) -> None:
 
 def main(job_dir: str, attempt: int, offset: int) -> int:
     _die_with_parent()
+    began = time.perf_counter()
     folder = JobFolder(Path(job_dir))
     spec: JobSpec = folder.spec()
     out = folder.attempt_dir(attempt)
@@ -116,6 +118,7 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
             "compute.resources": spec.resources.describe(),
         },
     )
+    started = time.perf_counter()
     write_atomic(
         out / "run.json", json.dumps({"run_id": run.id, "run_branch": run.run_branch}).encode()
     )
@@ -156,6 +159,7 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
         write_atomic(out / "outcome.json", json.dumps(outcome).encode())
         return 1
     (out / "result.pkl").write_bytes(payload)
+    user_done = time.perf_counter()
     _store_log(run, folder, attempt, offset)
     try:
         run.end("finished")
@@ -164,7 +168,18 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
         write_atomic(out / "outcome.json", json.dumps(outcome).encode())
         return 1
     head = lake.get_branch(spec.output_branch).head().id
-    outcome.update(status="succeeded", output_commit=run.merge_commit or head)
+    ended = time.perf_counter()
+    outcome.update(
+        status="succeeded",
+        output_commit=run.merge_commit or head,
+        # Seconds per phase, for benchmarks: opening the lake and starting the run (versioning
+        # before), the user's code, storing the log and committing and merging (after).
+        timings={
+            "setup": started - began,
+            "user": user_done - started,
+            "finish": ended - user_done,
+        },
+    )
     write_atomic(out / "outcome.json", json.dumps(outcome).encode())
     return 0
 

@@ -1,0 +1,163 @@
+"""Compute benchmarks: launch overhead, throughput of tiny jobs, environment cache.
+
+Run: ``.venv/bin/python -m benchmarks.bench_compute [--jobs 100]``.
+
+Every target is a ratio of things measured side by side in this one run:
+
+* launch overhead, submit to the first line of user code: local job vs a bare ``subprocess``
+  start of the same interpreter (aim <= 1.5x plus one commit), and Ray job vs a bare Ray task
+  (aim <= 1.5x);
+* N tiny jobs through each backend: throughput, and the share of each job's wall time spent on
+  versioning (opening the lake, creating the run branch and committing its start; storing the log,
+  committing and merging its end), from the runner's own phase timings;
+* environment cache hit vs cold build (``uv``; uv's own download cache is warm for both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import compute
+import store
+from compute import envs
+
+FIRST_LINE_FILE = "first_line.txt"
+
+
+def first_line(out: str) -> None:
+    """A job body that records when the user's code started, and nothing else."""
+    stamp = time.time()
+    with open(out, "w") as f:
+        f.write(repr(stamp))
+
+
+def tiny() -> int:
+    return 1
+
+
+def _lake(root: Path) -> store.Lake:
+    lake = store.open(root / "lake")
+    branch = lake.branch("ingest")
+    branch.write_bytes("data/x.txt", b"x")
+    branch.commit("data")
+    lake.merge(branch.name, into="main")
+    return lake
+
+
+def bare_subprocess(tmp: Path) -> float:
+    out = tmp / "bare.txt"
+    start = time.time()
+    subprocess.run(
+        [sys.executable, "-c", f"import time; open({str(out)!r}, 'w').write(repr(time.time()))"],
+        check=True,
+    )
+    return float(out.read_text()) - start
+
+
+def one_commit(lake: store.Lake, i: int) -> float:
+    branch = lake.branch(f"c{i}", exist_ok=True)
+    branch.write_bytes("x", str(i).encode())
+    start = time.perf_counter()
+    branch.commit("one")
+    return time.perf_counter() - start
+
+
+def job_launch(lake: store.Lake, tmp: Path, backend: str) -> float:
+    out = tmp / f"job-{backend}.txt"
+    start = time.time()
+    job = compute.submit(first_line, {"out": str(out)}, lake=lake, backend=backend, code_dir=tmp)
+    job.wait(timeout=300)
+    return float(out.read_text()) - start
+
+
+def bare_ray_task(ray: Any) -> float:
+    @ray.remote(num_cpus=1)
+    def stamp() -> float:
+        return time.time()
+
+    start = time.time()
+    return float(ray.get(stamp.remote())) - start
+
+
+def many(lake: store.Lake, tmp: Path, backend: str, n: int) -> dict[str, float]:
+    start = time.perf_counter()
+    jobs = [compute.submit(tiny, lake=lake, backend=backend, code_dir=tmp) for _ in range(n)]
+    for job in jobs:
+        job.wait(timeout=1200)
+    wall = time.perf_counter() - start
+    versioning = 0.0
+    per_job = 0.0
+    for job in jobs:
+        record = job.record()
+        outcome = json.loads((job._folder.attempt_dir(record.attempt) / "outcome.json").read_text())
+        versioning += outcome["timings"]["setup"] + outcome["timings"]["finish"]
+        per_job += (record.ended_at or 0) - (record.started_at or 0)
+    return {"jobs_per_s": n / wall, "wall_s": wall, "versioning_share": versioning / per_job}
+
+
+def env_cache(tmp: Path) -> dict[str, float]:
+    spec = compute.Environment(pypi={"humanize": "4.9.0"})
+    os.environ["FLOWLAKE_ENV_CACHE"] = str(tmp / "envs")
+    start = time.perf_counter()
+    envs.ensure(spec)
+    cold = time.perf_counter() - start
+    hits = []
+    for _ in range(3):
+        start = time.perf_counter()
+        envs.ensure(spec)
+        hits.append(time.perf_counter() - start)
+    return {"cold_s": cold, "hit_s": median(hits), "ratio": cold / median(hits)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="flowlake-bench-compute-"))
+    os.environ["FLOWLAKE_LEASE_DIR"] = str(tmp / "leases")
+    os.environ["FLOWLAKE_CPUS"] = str(os.cpu_count() or 1)
+    results: dict[str, Any] = {}
+    try:
+        lake = _lake(tmp)
+        bare = median([bare_subprocess(tmp) for _ in range(args.repeat)])
+        commit = median([one_commit(lake, i) for i in range(args.repeat)])
+        local = median([job_launch(lake, tmp, "local") for _ in range(args.repeat)])
+        results["launch_local"] = {
+            "job_s": local,
+            "bare_subprocess_s": bare,
+            "one_commit_s": commit,
+            "ratio_vs_bare": local / bare,
+            "ratio_vs_bare_plus_commit": local / (bare + commit),
+        }
+        import ray
+
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+        bare_ray = median([bare_ray_task(ray) for _ in range(args.repeat)])
+        ray_job = median([job_launch(lake, tmp, "ray") for _ in range(args.repeat)])
+        results["launch_ray"] = {
+            "job_s": ray_job,
+            "bare_task_s": bare_ray,
+            "ratio": ray_job / bare_ray,
+        }
+        results["many_local"] = many(lake, tmp, "local", args.jobs)
+        results["many_ray"] = many(lake, tmp, "ray", args.jobs)
+        ray.shutdown()
+        results["env_cache"] = env_cache(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
