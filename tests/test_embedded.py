@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -199,3 +200,22 @@ def test_gc_survives_temporary_files_that_vanish_under_it(
     monkeypatch.setattr(objects_module, "_scan", scan_then_vanish)
     embedded_lake.gc(timedelta(0))
     assert list(tmp.iterdir()) == []
+
+
+def test_a_child_forked_during_a_write_does_not_keep_gc_out(embedded_lake: store.Lake) -> None:
+    import signal
+    import threading
+
+    with embedded_lake.backend.lock.writing():
+        child = os.fork()
+        if child == 0:  # the child inherited the write's lock descriptor
+            time.sleep(30)
+            os._exit(0)
+    try:
+        collector = threading.Thread(target=embedded_lake.gc, args=(timedelta(0),))
+        collector.start()
+        collector.join(timeout=20)
+        assert not collector.is_alive(), "gc waited for a forked child's copy of the lock"
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

@@ -15,10 +15,12 @@ cannot starve it; new writers wait at the gate only while gc deletes (or waits, 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,6 +30,21 @@ GATE_FILE = "gc.lock.gate"
 #: lets them through for a moment and tries again (a long upload must not stall every writer).
 GATE_WAIT_S = 2.0
 _POLL_S = 0.01
+
+# A forked child inherits the descriptors of the writes in flight in its parent, and an flock
+# lasts while any copy is open, so a long-lived child (a data loader worker) would hold the
+# parent's shared lock and keep gc out. The child closes its copies (never unlocks: the lock
+# is the parent's). This set is process state by nature, like the descriptors themselves.
+_LOCKS: weakref.WeakSet[GcLock] = weakref.WeakSet()
+
+
+def _close_inherited() -> None:
+    for lock in list(_LOCKS):
+        lock._close_inherited()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited)
 
 
 class GcLock:
@@ -41,9 +58,23 @@ class GcLock:
         self._lock_path = os.path.join(directory, LOCK_FILE)
         self._gate_path = os.path.join(directory, GATE_FILE)
         self._held = threading.local()
+        self._open_fds: set[int] = set()
+        _LOCKS.add(self)
+
+    def _close_inherited(self) -> None:
+        for fd in list(self._open_fds):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._open_fds.clear()
 
     def _open(self, path: str) -> int:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        self._open_fds.add(fd)
+        return fd
+
+    def _close(self, fd: int) -> None:
+        self._open_fds.discard(fd)
+        os.close(fd)
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -63,16 +94,16 @@ class GcLock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_SH)
             except BaseException:
-                os.close(lock)
+                self._close(lock)
                 raise
         finally:
-            os.close(gate)
+            self._close(gate)
         self._held.depth = 1
         try:
             yield
         finally:
             self._held.depth = 0
-            os.close(lock)
+            self._close(lock)
 
     @contextmanager
     def collecting(self) -> Iterator[None]:
@@ -91,8 +122,8 @@ class GcLock:
                         fcntl.flock(lock, fcntl.LOCK_UN)
                     return
             finally:
-                os.close(lock)
-                os.close(gate)
+                self._close(lock)
+                self._close(gate)
             time.sleep(GATE_WAIT_S / 4)  # let the writers that queued at the gate through
 
 

@@ -319,10 +319,6 @@ def collect(backend: EmbeddedBackend, retention: timedelta, exclusive_objects: b
 
 
 def _drop_commit_rows(backend: EmbeddedBackend, reachable: set[str], cutoff: float) -> None:
-    stale = [
-        row.id
-        for row, created in backend.refs.all_commits()
-        if created < cutoff and row.id not in reachable
-    ]
+    stale = [c for c in backend.refs.commit_ids_before(cutoff) if c not in reachable]
     with backend.refs.write() as conn:
         conn.executemany("DELETE FROM commits WHERE id = ?", [(c,) for c in stale])

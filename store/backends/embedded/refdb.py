@@ -233,9 +233,13 @@ class RefDB:
 
     def commit_ids_since(self, created_after: float) -> list[str]:
         """Ids of the commits indexed at or after ``created_after`` (epoch seconds)."""
-        return [
-            r[0] for r in self._all("SELECT id FROM commits WHERE created >= ?", (created_after,))
-        ]
+        rows = self._all("SELECT id FROM commits WHERE created >= ?", (created_after,))
+        return [r[0] for r in rows]
+
+    def commit_ids_before(self, created_before: float) -> list[str]:
+        """Ids of the commits indexed before ``created_before`` (epoch seconds)."""
+        rows = self._all("SELECT id FROM commits WHERE created < ?", (created_before,))
+        return [r[0] for r in rows]
 
     # -- staging ---------------------------------------------------------------------------------
 
