@@ -3,6 +3,11 @@
 >>> import store
 >>> lake = store.open("./lake")                 # doctest: +SKIP
 >>> exp = lake.branch("exp", source="main")     # doctest: +SKIP
+
+``store.branch``, ``store.merge``, ``store.diff``, ``store.log`` and ``store.tag`` do the same on
+the default lake (``$FLOWLAKE_LAKE``, else ``./lake``); see :mod:`store.default_lake`. The
+submodule ``store/branch.py`` is imported as ``from store.branch import Branch``; the package
+attribute ``store.branch`` is the function.
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ from typing import Any
 
 from store.backends import load_backend
 from store.branch import Branch
+
+# store.default_lake imports the module store.branch first, so the package attribute
+# ``store.branch`` ends up being the function.
+from store.default_lake import branch, default_location, diff, log, merge, tag
 from store.errors import *  # noqa: F403
 from store.errors import InvalidArgumentError
 from store.lake import Lake
 from store.model import BranchInfo, Change, ChangeKind, Commit, ObjectInfo
-from store.names import Namespace
+from store.names import Namespace, validate_login
 
 LAKEFS_SCHEME = "lakefs://"
 
@@ -29,14 +38,25 @@ __all__ = [
     "Commit",
     "Lake",
     "ObjectInfo",
+    "branch",
     "current_user",
+    "default_location",
+    "diff",
+    "log",
+    "merge",
     "open",
+    "tag",
 ]
 
 
 def current_user() -> str:
-    """The login flowlake acts as: ``FLOWLAKE_USER``, else the operating-system user."""
-    return os.environ.get("FLOWLAKE_USER") or getpass.getuser()
+    """The login flowlake acts as: ``FLOWLAKE_USER``, else the operating-system user.
+
+    Raises:
+        InvalidNameError: the login breaks the namespace name rules (see
+            :func:`store.names.validate_login`).
+    """
+    return validate_login(os.environ.get("FLOWLAKE_USER") or getpass.getuser())
 
 
 def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
@@ -53,17 +73,19 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
             ``lakefs://<repository>`` for lakeFS.
         namespace: ``user:<login>`` (default: the user's own), ``team:<name>`` or
             ``production``.
-        user: the login commits are attributed to (default: :func:`current_user`).
+        user: the login commits are attributed to and whose namespace ``user:<login>`` is the
+            default (default: :func:`current_user`); 1-64 characters without ``/``, ``:``,
+            ``~``, ``^`` or control characters.
         **options: backend options. Embedded: ``objects`` (fsspec URL of the object location),
             ``storage_options``, ``create``. lakeFS: ``endpoint``, ``access_key_id``,
             ``secret_access_key``, ``create``, ``storage_namespace``.
 
     Raises:
-        InvalidNameError: bad namespace.
+        InvalidNameError: bad namespace or login.
         LakeNotFoundError: no lake there and ``create=False``.
         NotInstalledError: the backend's extra is not installed.
     """
-    user = user or current_user()
+    user = validate_login(user) if user is not None else current_user()
     ns = Namespace.parse(namespace) if namespace is not None else Namespace("user", user)
     text = os.fspath(location)
     if not isinstance(text, str) or not text:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -22,7 +21,6 @@ from store import folders, tables
 from store.backend import CAP_FSCK, CAP_GC, Backend
 from store.conflicts import conflicting_paths
 from store.errors import (
-    BranchNotFoundError,
     ConflictError,
     InvalidArgumentError,
     InvalidNameError,
@@ -35,24 +33,33 @@ from store.model import MERGE_STRATEGIES, BranchInfo, Change, Commit, MergeStrat
 from store.names import (
     BranchName,
     Namespace,
+    check_new_branch_name,
+    check_new_tag_name,
     parse_branch,
+    parse_branch_ref,
     validate_path,
     validate_prefix,
     validate_tag,
 )
-from store.refs import RefSpec
+from store.refs import (
+    RefSpec,
+    Target,
+    find_branch,
+    refuse_branch_clashes,
+    refuse_tag_clashes,
+    resolve_base,
+)
 
 if TYPE_CHECKING:
     from store.branch import Branch
-
-_FULL_COMMIT_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Lake:
     """A lake seen from ``namespace``. Build it with :func:`store.open`.
 
     Branch names given to its methods are ``<namespace>/<branch>`` or bare ``<branch>``: a bare
-    name means the current namespace's branch if it exists, else the production branch.
+    name means the production branch of that name if there is one, else the current
+    namespace's. Refs are looked up in the order documented in :mod:`store.refs`.
     """
 
     def __init__(self, backend: Backend, namespace: Namespace, user: str, location: str) -> None:
@@ -91,26 +98,12 @@ class Lake:
     # -- names -----------------------------------------------------------------------------------
 
     def _branch_name(self, name: str) -> BranchName:
-        """The existing branch ``name`` refers to (current namespace first, then production).
+        """The existing branch ``name`` refers to (production first, then the current namespace).
 
         Raises:
             InvalidNameError, BranchNotFoundError.
         """
-        return self._branch_and_head(name)[0]
-
-    def _branch_and_head(self, name: str) -> tuple[BranchName, str]:
-        """:meth:`_branch_name` and that branch's head, read by the same lookup."""
-        if isinstance(name, str) and "/" not in name:
-            parsed = parse_branch(name, self._namespace)
-            candidates = [parsed, BranchName(Namespace.parse("production"), parsed.short)]
-        else:
-            candidates = [parse_branch(name, self._namespace)]
-        for candidate in candidates:
-            try:
-                return candidate, self.backend.branch_head(candidate.backend_name())
-            except BranchNotFoundError:
-                continue
-        raise BranchNotFoundError(f"branch {name!r} does not exist")
+        return find_branch(self.backend, self._namespace, name)[0]
 
     def _branch_backend_name(self, name: str) -> str:
         return self._branch_name(name).backend_name()
@@ -118,44 +111,33 @@ class Lake:
     def resolve(self, ref: str) -> str:
         """The commit id a ref names: a branch, tag, commit id or unique prefix, with ``~N``.
 
+        Names are looked up in the order documented in :mod:`store.refs`.
+
         Raises:
             InvalidNameError: the ref is malformed.
             RefNotFoundError: nothing of that name, or fewer than N ancestors.
             AmbiguousRefError: a prefix matches several commits.
         """
+        return self._target(ref).commit
+
+    def _target(self, ref: str) -> Target:
         spec = RefSpec.parse(ref)
-        commit_id = self._resolve_base(spec.base)
+        target = resolve_base(self.backend, self._namespace, spec.base)
+        if spec.back == 0:
+            return target
+        commit_id = target.commit
         for _ in range(spec.back):
             parents = self.backend.get_commit(commit_id).parents
             if not parents:
                 raise RefNotFoundError(f"{ref!r} goes back further than the history")
             commit_id = parents[0]
-        return commit_id
-
-    def _resolve_base(self, base: str) -> str:
-        if _FULL_COMMIT_ID.match(base):
-            try:
-                return self.backend.get_commit(base).id
-            except RefNotFoundError:
-                pass  # not a commit: maybe a branch that happens to look like one
-        try:
-            return self._branch_and_head(base)[1]
-        except (BranchNotFoundError, ValueError):
-            pass
-        if "/" in base:
-            raise RefNotFoundError(f"branch {base!r} does not exist")
-        return self.backend.resolve(base)
+        return Target(commit_id)
 
     def _read_ref(self, ref: str) -> str:
         """What the backend reads for ``ref``: a branch's backend name (uncommitted changes
-        visible) when the ref is a plain branch name, else a commit id."""
-        spec = RefSpec.parse(ref)
-        if spec.back == 0:
-            try:
-                return self._branch_backend_name(spec.base)
-            except (BranchNotFoundError, ValueError):
-                pass
-        return self.resolve(ref)
+        visible) when the ref names a branch, else a commit id."""
+        target = self._target(ref)
+        return target.branch.backend_name() if target.branch is not None else target.commit
 
     @contextmanager
     def _reading(self, ref: str) -> Iterator[str]:
@@ -170,7 +152,7 @@ class Lake:
         qualified = None
         if spec.back == 0 and "/" in spec.base:
             with contextlib.suppress(InvalidNameError):
-                qualified = parse_branch(spec.base, self._namespace).backend_name()
+                qualified = parse_branch_ref(spec.base, self._namespace).backend_name()
         if qualified is None:
             yield self._read_ref(ref)
             return
@@ -185,10 +167,13 @@ class Lake:
     def branch(self, name: str, source: str = "main", exist_ok: bool = False) -> Branch:
         """Create branch ``name`` (in the current namespace unless qualified) at ``source``.
 
-        Creation is O(1): the branch shares its source's tree.
+        Creation is O(1): the branch shares its source's tree. Names that would make a ref
+        ambiguous are refused (see :mod:`store.refs`): ones that look like a commit id, a
+        namespace branch named like a production branch and the reverse, and a tag's name.
 
         Raises:
             InvalidNameError: bad name or namespace.
+            AmbiguousNameError: the name would make a ref ambiguous (also with ``exist_ok``).
             AlreadyExistsError: the branch exists (unless ``exist_ok``).
             RefNotFoundError: ``source`` does not resolve.
         """
@@ -196,7 +181,9 @@ class Lake:
         from store.errors import AlreadyExistsError
 
         target = parse_branch(name, self._namespace)
+        check_new_branch_name(target.short)
         commit_id = self.resolve(source)
+        refuse_branch_clashes(self.backend, target)
         try:
             self.backend.create_branch(target.backend_name(), commit_id)
         except AlreadyExistsError:
@@ -240,10 +227,15 @@ class Lake:
         """Tag the commit ``ref`` resolves to. Tags are global and never move.
 
         Raises:
-            InvalidNameError, AlreadyExistsError, RefNotFoundError.
+            InvalidNameError: bad name, or it holds ``__``.
+            AmbiguousNameError: the name looks like a commit id, or a branch of any namespace
+                has it (see :mod:`store.refs`).
+            AlreadyExistsError, RefNotFoundError.
         """
+        check_new_tag_name(name)
         commit_id = self.resolve(ref)
-        self.backend.create_tag(validate_tag(name), commit_id)
+        refuse_tag_clashes(self.backend, name)
+        self.backend.create_tag(name, commit_id)
         return self.backend.get_commit(commit_id)
 
     def tags(self) -> dict[str, str]:

@@ -34,6 +34,7 @@ from store.backends.lakefs.backend import COMMITTER_KEY, LakeFSBackend  # noqa: 
 from store.backends.lakefs.errors import translate  # noqa: E402
 from store.errors import (  # noqa: E402
     AlreadyExistsError,
+    AmbiguousNameError,
     AmbiguousRefError,
     BackendUnavailableError,
     BranchNotFoundError,
@@ -369,7 +370,9 @@ def test_revert_merge_commit_uses_first_parent(backend: LakeFSBackend) -> None:
         backend.revert("main", base, "t")
 
 
-def test_resolve_names_ids_prefixes_and_ambiguity(backend: LakeFSBackend) -> None:
+def test_resolve_names_ids_prefixes_and_ambiguity(
+    backend: LakeFSBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ids = [_commit_file(backend, "main", "f", b"%d" % i) for i in range(17)]
     backend.create_tag("release-1.0", ids[0])
     assert backend.resolve("main") == ids[-1]
@@ -379,6 +382,11 @@ def test_resolve_names_ids_prefixes_and_ambiguity(backend: LakeFSBackend) -> Non
     # 18 commits (with the initial one) over 16 hex digits: two share a first digit.
     everything = [c.id for c in backend.log(ids[-1])]
     shared = next(p[:1] for p in everything if sum(c.startswith(p[:1]) for c in everything) > 1)
+    with pytest.raises(RefNotFoundError):  # under 4 digits: not a commit id prefix
+        backend.resolve(shared)
+    # The ambiguity check itself, with prefixes of one digit allowed (a 4-digit clash would
+    # take hundreds of commits).
+    monkeypatch.setattr("store.backends.lakefs.backend.MIN_COMMIT_PREFIX", 1)
     with pytest.raises(AmbiguousRefError):
         backend.resolve(shared)
     for missing in ("nope", "0" * 64, "main~1", "main@", "a..b"):
@@ -506,3 +514,71 @@ def test_storage_options_are_plain_json(server: LakeFSServer) -> None:
     options = s3_storage_options(server)
     assert json.loads(json.dumps(options)) == options
     assert options["endpoint_url"] == server.endpoint
+
+
+# -- names -------------------------------------------------------------------------------------
+
+
+def test_branches_made_outside_flowlake_are_listed_addressed_and_queried(
+    server: LakeFSServer, repo: str, tmp_path: Path
+) -> None:
+    """lakectl or the lakeFS UI can make branches flowlake's encoding never produces."""
+    from typer.testing import CliRunner
+
+    import tracking
+    from ui.cli import app
+
+    sdk = client_for(server).sdk_client
+    foreign = ["_scratch", "u-avery__a__b", "dev__old"]
+    for name in foreign:
+        sdk.branches_api.create_branch(repo, lakefs_sdk.BranchCreation(name=name, source="main"))
+    sdk.objects_api.upload_object(repo, "dev__old", "notes.txt", content=b"work in progress")
+    lake = server.open_lake(repo)
+    try:
+        listed = {b.name: b.namespace for b in lake.branches()}
+        assert {name: listed.get(name) for name in foreign} == dict.fromkeys(foreign, "production")
+        old = lake.get_branch("dev__old")
+        assert [c.path for c in old.uncommitted()] == ["notes.txt"]
+        assert lake.read_bytes("notes.txt", ref="dev__old") == b"work in progress"
+        assert lake.exists("notes.txt", ref="production/dev__old")
+        exp = lake.branch("exp")
+        with tracking.start_run(lake, branch=exp.name, name="beside-foreign") as run:
+            run.log_metric("loss", 0.5, step=1)
+        assert tracking.sql(lake, "SELECT run_id FROM runs").column(0).to_pylist() == [run.id]
+        env = {
+            "LAKECTL_SERVER_ENDPOINT_URL": server.endpoint,
+            "LAKECTL_CREDENTIALS_ACCESS_KEY_ID": server.access_key_id,
+            "LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY": server.secret_access_key,
+            "FLOWLAKE_LAKE": f"lakefs://{repo}",
+        }
+        for args, expected in (
+            (["runs"], "1 run(s)"),
+            (["sql", "SELECT run_id FROM runs", "--json"], run.id),
+        ):
+            result = CliRunner().invoke(app, args, env=env)
+            assert result.exit_code == 0 and expected in result.output, result.output
+        for name in foreign:
+            lake.delete_branch(name)
+        assert not set(foreign) & {b.name for b in lake.branches()}
+    finally:
+        lake.close()
+
+
+def test_lakefs_refusals_of_clashing_names_become_name_errors(backend: LakeFSBackend) -> None:
+    head = backend.branch_head("main")
+    backend.create_tag("v1", head)
+    with pytest.raises(AmbiguousNameError):
+        backend.create_branch("v1", head)
+    with pytest.raises(AmbiguousNameError):
+        backend.create_tag("main", head)
+
+
+def test_two_or_three_hex_digits_are_names_not_commit_prefixes(backend: LakeFSBackend) -> None:
+    # lakeFS itself would take them as commit id prefixes; flowlake wants 4 digits everywhere.
+    head = _commit_file(backend, "main", "f", b"1")
+    for length in (2, 3):
+        with pytest.raises(RefNotFoundError):
+            backend.resolve(head[:length])
+    backend.create_branch("abc", head)
+    assert backend.resolve("abc") == head
+    assert backend.resolve(head[:4]) == head

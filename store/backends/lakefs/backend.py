@@ -38,6 +38,7 @@ from store.backends.lakefs import protection, transfer
 from store.backends.lakefs.config import LakeFSSettings, resolve_settings
 from store.backends.lakefs.errors import LakeFSError, boundary, from_status
 from store.errors import (
+    AmbiguousNameError,
     AmbiguousRefError,
     BranchNotFoundError,
     ConflictError,
@@ -49,6 +50,7 @@ from store.errors import (
     RefNotFoundError,
 )
 from store.model import MERGE_STRATEGIES, Change, ChangeKind, Commit, MergeStrategy, ObjectInfo
+from store.names import MIN_COMMIT_PREFIX
 
 # The SDK's models are pydantic v1 classes: without pydantic's mypy plugin, mypy takes their
 # optional fields for required ones, hence the ``type: ignore[call-arg]`` on model calls.
@@ -170,8 +172,12 @@ class LakeFSBackend(Backend):
 
     def create_branch(self, name: str, source_commit: str) -> None:
         creation = lakefs_sdk.BranchCreation(name=name, source=source_commit)  # type: ignore[call-arg]
-        with boundary(RefNotFoundError, f"branch {name!r} from {source_commit[:12]}"):
-            self._sdk.branches_api.create_branch(self.repository, creation)
+        try:
+            with boundary(RefNotFoundError, f"branch {name!r} from {source_commit[:12]}"):
+                self._sdk.branches_api.create_branch(self.repository, creation)
+        except ConflictError as exc:
+            # lakeFS answers "conflict found" for a branch named like a tag or a commit id.
+            raise AmbiguousNameError(f"another ref answers to {name!r} ({exc})") from exc
 
     def delete_branch(self, name: str) -> None:
         # lakeFS protection rules do not block deleting a branch; the contract does.
@@ -200,8 +206,12 @@ class LakeFSBackend(Backend):
 
     def create_tag(self, name: str, commit_id: str) -> None:
         creation = lakefs_sdk.TagCreation(id=name, ref=commit_id)
-        with boundary(RefNotFoundError, f"tag {name!r}"):
-            self._sdk.tags_api.create_tag(self.repository, creation)
+        try:
+            with boundary(RefNotFoundError, f"tag {name!r}"):
+                self._sdk.tags_api.create_tag(self.repository, creation)
+        except ConflictError as exc:
+            # lakeFS answers "conflict found" for a tag named like a branch or a commit id.
+            raise AmbiguousNameError(f"another ref answers to {name!r} ({exc})") from exc
 
     def delete_tag(self, name: str) -> None:
         with boundary(RefNotFoundError, f"tag {name!r}"):
@@ -217,6 +227,10 @@ class LakeFSBackend(Backend):
         # parses those above the backend, so here they are simply names that do not exist.
         if not isinstance(ref, str) or not _REF.match(ref) or ".." in ref:
             raise RefNotFoundError(f"no branch, tag or commit {ref!r}")
+        if _HEX.match(ref) and len(ref) < MIN_COMMIT_PREFIX:
+            # lakeFS takes 2 or 3 hex digits as a commit id prefix; flowlake's prefixes have
+            # at least MIN_COMMIT_PREFIX digits on every backend, so this is a name or nothing.
+            return self._named_commit(ref)
         try:
             with boundary(RefNotFoundError):
                 return str(self._sdk.commits_api.get_commit(self.repository, ref).id)
@@ -231,6 +245,15 @@ class LakeFSBackend(Backend):
         if not matches:
             raise RefNotFoundError(f"no branch, tag or commit {ref!r}")
         return matches.pop()
+
+    def _named_commit(self, name: str) -> str:
+        """The head of branch ``name``, else the commit of tag ``name``."""
+        try:
+            return self.branch_head(name)
+        except BranchNotFoundError:
+            pass
+        with boundary(RefNotFoundError, f"no branch, tag or commit {name!r}"):
+            return str(self._sdk.tags_api.get_tag(self.repository, name).commit_id)
 
     def _reachable_commits_with_prefix(self, prefix: str) -> set[str]:
         # Only on the error path: walks the history of every branch and tag (a head already
