@@ -6,6 +6,7 @@ fsspec's own conformance suite runs in ``tests/test_filesystem_abstract.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -158,6 +159,9 @@ def test_unknown_ref_or_missing_object_gets_the_store_error(
     with pytest.raises(ObjectNotFoundError):
         fs.info("flowlake://main/missing.txt")
     assert not fs.exists("flowlake://main/missing.txt")
+    for detail in (True, False):
+        with pytest.raises(FileNotFoundError):
+            fs.ls("flowlake://main/missing", detail=detail)
     with pytest.raises(InvalidPathError):
         fs.cat("flowlake://main/data/../a.txt")
     with pytest.raises(InvalidNameError):
@@ -461,3 +465,34 @@ def test_large_writes_and_reads_stay_in_bounded_memory(embedded_lake: store.Lake
         tracemalloc.stop()
         fs.close()
     assert peak < 40 << 20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def _worker_options(lake_access: Any) -> dict[str, Any]:
+    """Options that open the lake in another process, which does not share this one's
+    environment (Ray workers start before a test sets it)."""
+    env = lake_access.env
+    options: dict[str, Any] = {"lake": lake_access.location}
+    if "LAKECTL_SERVER_ENDPOINT_URL" in env:
+        options["endpoint"] = env["LAKECTL_SERVER_ENDPOINT_URL"]
+        options["access_key_id"] = env["LAKECTL_CREDENTIALS_ACCESS_KEY_ID"]
+        options["secret_access_key"] = env["LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY"]
+    if "FSSPEC_S3" in env:
+        options["storage_options"] = json.loads(env["FSSPEC_S3"])
+    return options
+
+
+@pytest.mark.parametrize("lake", ["embedded", "lakefs"], indirect=True)
+def test_ray_data_reads_a_parquet_folder_through_a_url(
+    lake: store.Lake, lake_access: Any, ray_cluster: Any
+) -> None:
+    import ray.data
+
+    exp = lake.branch("exp")
+    for part in range(3):
+        exp.write_table(f"data/part-{part}.parquet", pa.table({"x": [part] * 10}))
+    exp.commit("parts")
+    lake.tag("parts-v1", exp.name)
+    fs, path = fsspec.core.url_to_fs("flowlake://parts-v1/data", **_worker_options(lake_access))
+    dataset = ray.data.read_parquet(path, filesystem=fs)
+    assert sorted(row["x"] for row in dataset.take_all()) == sorted([0, 1, 2] * 10)
+    fs.close()

@@ -294,7 +294,8 @@ class FlowlakeFileSystem(AbstractFileSystem):  # type: ignore[misc]
         prefix = f"{url.path}/" if url.path else ""
         listing = self._list(target, prefix)
         if not listing and url.path:
-            return [self.info(path) if detail else url.name]
+            found = self.info(path)  # the file itself, or ObjectNotFoundError
+            return [found] if detail else [found["name"]]
         commit = self._commit_of(target) if detail else ""
         out: dict[str, dict[str, Any]] = {}
         for obj in listing:
