@@ -27,6 +27,7 @@ test: $(VENV)/.installed-all
 	$(BIN)/mypy
 	@if command -v go >/dev/null; then bash scripts/build-lakefs.sh; \
 	 else echo "Go not found: the lakeFS tests will skip (under CI they fail)"; fi
+	bash scripts/install-chromium.sh
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-all

@@ -30,8 +30,11 @@ def app_on(location: Path | None, monkeypatch: pytest.MonkeyPatch) -> AppTest:
 
 @pytest.fixture
 def built_lake(tmp_path: Path) -> Path:
+    return build_lake(tmp_path / "lake")
+
+
+def build_lake(path: Path) -> Path:
     """A lake with a run, a changed table on a branch, and a deployment with outcomes."""
-    path = tmp_path / "lake"
     lake = store.open(path)
     main = lake.get_branch("main")
     with main.transact("table v1") as tx:
@@ -105,7 +108,8 @@ def test_compare_page_shows_tracking_compare_numbers_and_promotes(
     assert overall["difference"] == pytest.approx(row.difference)
     assert (overall["low"], overall["high"]) == pytest.approx((row.low, row.high))
     assert overall["adjusted p"] == pytest.approx(row.adjusted_p)
-    assert "better" in overall["verdict"]
+    assert overall["verdict"] == "better"
+    assert any("accuracy**: :green[better]" in m.value for m in at.markdown)
     assert any("sequential" in c.value for c in at.caption)
     before = store.open(built_lake).resolve("main")
     at.button(key="promote").click().run()

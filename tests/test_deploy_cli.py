@@ -85,3 +85,25 @@ def test_deploy_and_undeploy_commands(lake_dir: Path) -> None:
     assert "retired second" in run(lake_dir, "undeploy", "second")
     bad = CliRunner().invoke(app, ["deploy", "x", "--branch", "nope", "--lake", str(lake_dir)])
     assert bad.exit_code == 1 and "nope" in bad.output
+
+
+def test_demo_ends_with_candidates_compared_live_and_the_winner_promoted(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    path = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--path", str(path)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "compare avery-logistic-regression --lake" in out
+    assert "always-valid sequential intervals" in out and "gate open" in out
+    assert f"ui --lake {path}" in out.replace("\n", "")
+    with store.open(path) as lake:
+        records = {r.name: r for r in tracking.deployments(lake)}
+        promoted = [r for r in records.values() if r.status == "promoted"]
+        assert len(records) == 3 and len(promoted) == 1
+        assert promoted[0].merge_commit == lake.resolve("main")
+        days = tracking.sql(
+            lake,
+            "SELECT deployment, count(DISTINCT CAST(timestamp AS DATE)) AS days, "
+            "count(DISTINCT segment) AS segments FROM deployment_metrics GROUP BY ALL",
+        ).to_pylist()
+    assert {(d["days"], d["segments"]) for d in days} == {(14, 2)} and len(days) == 3

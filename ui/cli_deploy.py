@@ -165,27 +165,34 @@ def print_comparison(result: Comparison) -> None:
 
 
 def comparison_table(rows: Any, title: str) -> Table:
-    """One row per metric: both values, difference, interval, adjusted p, verdict."""
-    table = Table(
-        title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0)
-    )
-    table.add_column("metric", no_wrap=True, overflow="ellipsis", max_width=16)
-    table.add_column("base", justify="right", no_wrap=True)
-    table.add_column("cand", justify="right", no_wrap=True)
-    table.add_column("diff", justify="right", no_wrap=True)
-    table.add_column("interval", justify="right", no_wrap=True)
-    table.add_column("adj p", justify="right", no_wrap=True)
-    table.add_column("verdict", no_wrap=True, min_width=15)
-    for r in rows:
-        table.add_row(
+    """One row per metric: both values, difference, interval, adjusted p, verdict.
+
+    Number columns keep their full width; only the metric name gives way (with an ellipsis)
+    when the terminal is narrow.
+    """
+    cells = [
+        (
             metric_label(r),
             num(r.baseline),
             num(r.candidate),
             num(r.difference, signed=True),
             interval(r),
             pvalue(r.adjusted_p),
-            Text(r.verdict, VERDICT_STYLE.get(r.verdict, "")),
+            r.verdict,
         )
+        for r in rows
+    ]
+    headers = ("metric", "base", "cand", "diff", "interval", "adj p", "verdict")
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)]
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0)
+    )
+    table.add_column("metric", no_wrap=True, overflow="ellipsis", min_width=8, max_width=24)
+    for header, width in zip(headers[1:-1], widths[1:-1], strict=True):
+        table.add_column(header, justify="right", no_wrap=True, min_width=width)
+    table.add_column("verdict", no_wrap=True, min_width=widths[-1])
+    for cell in cells:
+        table.add_row(*cell[:-1], Text(cell[-1], VERDICT_STYLE.get(cell[-1], "")))
     return table
 
 

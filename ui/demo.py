@@ -3,9 +3,10 @@
 Dana ingests production data and merges it into ``main`` (tag ``data-v1``); Avery and Blake
 each train a model on their own branch in their own namespace, as tracked runs (params, metrics,
 model and metrics table), compared with one SQL query; the better candidate passes the
-promotion gate (its accuracy must beat production's) and is merged into ``main`` (tag
-``model-v1``). Each chapter is one function over the public store API, so later chapters
-(experiment tracking, remote compute) slot in between.
+promotion gate: both are deployed next to production, score two simulated weeks of held-out
+cases, are compared with ``tracking.compare``, and the winner is promoted into ``main`` through
+the gate (tag ``model-v1``). Each chapter is one function over the public store API, so later
+chapters (experiment tracking, remote compute) slot in between.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import store
 import tracking
 from store.errors import AlreadyExistsError, InvalidArgumentError, ObjectNotFoundError
 from ui import render
+from ui.demo_live import live_trial
 from ui.demo_models import (
     DATASET,
     RECIPES,
@@ -117,8 +119,16 @@ def run_demo(path: Path, console: Console, fresh: bool = False) -> DemoResult:
     candidates = experiments(location, console)
     show_runs(location, console)
     production = production_baseline(location)
-    winner = compare(candidates, production, console)
-    promoted = promote(location, winner, production.accuracy, console)
+    compare(candidates, production, console)
+    promoted = live_trial(
+        location,
+        candidates,
+        console,
+        model_dir=MODEL_DIR,
+        test_path=TEST_PATH,
+        model_tag=MODEL_TAG,
+        cli=_cli_name(),
+    )
     epilogue(location, console)
     return DemoResult(path, data_commit, candidates, production.accuracy, promoted)
 
@@ -288,7 +298,7 @@ def production_baseline(location: str) -> Baseline:
 
 def compare(candidates: list[Candidate], production: Baseline, console: Console) -> Candidate:
     """Show every candidate against production; returns the best one."""
-    console.rule("3. promotion gate")
+    console.rule("3. offline scores")
     table = Table(title="candidates against production", title_justify="left")
     table.add_column("branch", no_wrap=True)
     table.add_column("model")
@@ -314,33 +324,9 @@ def compare(candidates: list[Candidate], production: Baseline, console: Console)
     )
 
 
-def promote(
-    location: str, winner: Candidate, production: float, console: Console
-) -> Candidate | None:
-    """Merge the winner into main and tag it, if it beats production's accuracy."""
-    accuracy = winner.result.metrics["accuracy"]
-    person = winner.result.recipe.person
-    if accuracy <= production:
-        console.print(Text(f"gate closed: {accuracy:.3f} does not beat {production:.3f}", "red"))
-        return None
-    with open_as(location, person) as lake:
-        merged = lake.merge(
-            winner.branch,
-            into="main",
-            message=f"Promote {winner.result.recipe.kind} from {winner.branch}",
-            metadata={"gate": "accuracy", "accuracy": str(accuracy), "production": str(production)},
-        )
-        lake.tag(MODEL_TAG, "main")
-    console.print(
-        Text(f"gate open: {accuracy:.3f} > {production:.3f}; ", "green")
-        + Text(f"{winner.branch} merged into main ({render.short(merged.id)}), tagged {MODEL_TAG}")
-    )
-    return winner
-
-
 def epilogue(location: str, console: Console) -> None:
     """Show production's history, what the model release changed, and every branch."""
-    console.rule("4. history")
+    console.rule("5. history")
     with store.open(location, namespace="production") as lake:
         console.print(render.commits_table(lake.log("main"), lake.tags(), "log of main"))
         if MODEL_TAG in lake.tags():

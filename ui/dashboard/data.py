@@ -93,7 +93,7 @@ def metric_table(rows: tuple[tracking.MetricComparison, ...]) -> pd.DataFrame:
             {
                 "metric": r.metric,
                 "segment": r.segment or "all",
-                "statistic": r.statistic,
+                "verdict": r.verdict,
                 "baseline": r.baseline,
                 "candidate": r.candidate,
                 "difference": r.difference,
@@ -103,7 +103,7 @@ def metric_table(rows: tuple[tracking.MetricComparison, ...]) -> pd.DataFrame:
                 "adjusted p": r.adjusted_p,
                 "n baseline": r.n_baseline,
                 "n candidate": r.n_candidate,
-                "verdict": r.verdict,
+                "statistic": r.statistic,
                 "mode": r.mode,
             }
             for r in rows

@@ -9,14 +9,15 @@ import streamlit as st
 from store.errors import StoreError
 from ui.dashboard import data
 
-#: Verdict markers: the colour code of the Compare table (and its legend).
-VERDICT_MARK = {
-    "better": "🟢 better",
-    "worse": "🔴 worse",
-    "changed": "🟡 changed",
-    "not significant": "⚪ not significant",
-    "not enough data": "⚫ not enough data",
+#: Verdict colours: the colour code of the Compare table and the verdict lines.
+VERDICT_COLOUR = {
+    "better": "green",
+    "worse": "red",
+    "changed": "orange",
+    "not significant": "gray",
+    "not enough data": "gray",
 }
+_CELL = {"green": "#d3f4dc", "red": "#fbd5d5", "orange": "#fde8c8", "gray": ""}
 MODE_TEXT = {
     "sequential": "always-valid sequential intervals (confidence sequences), safe to look daily",
     "fixed": "fixed-horizon intervals (Welch's t): valid for a single look only",
@@ -52,7 +53,7 @@ def compare_page(location: str) -> None:
     result = data.comparison(location, candidate, baseline, mode, heads)
     st.caption(
         f"Mode: {MODE_TEXT[mode]}. p-values adjusted by Benjamini-Hochberg. "
-        f"Window: {result.window_start or 'start'} to {result.window_end:%Y-%m-%d %H:%M} UTC."
+        f"Window: {_when(result.window_start)} to {_when(result.window_end)} UTC."
     )
     if result.sample_ratio.mismatch:
         b, c = result.sample_ratio.counts
@@ -60,14 +61,30 @@ def compare_page(location: str) -> None:
     for row in result.regressions:
         where = f" in segment **{row.segment}**" if row.segment else " overall"
         st.error(f"Regression: **{row.metric}**{where}: {row.candidate:.4g} vs {row.baseline:.4g}")
+    for row in result.metrics:
+        st.markdown(
+            f"**{row.metric}**: :{VERDICT_COLOUR[row.verdict]}[{row.verdict}] "
+            f"({row.candidate:.4g} vs {row.baseline:.4g}, adjusted p {row.adjusted_p:.3g})"
+        )
     table = data.metric_table((*result.metrics, *result.segments))
-    table["verdict"] = table["verdict"].map(VERDICT_MARK)
-    st.dataframe(table, hide_index=True, key="metrics-table")
+    styled = table.style.map(
+        lambda v: (
+            f"background-color: {_CELL[VERDICT_COLOUR[v]]}"
+            if _CELL.get(VERDICT_COLOUR.get(v, "gray"))
+            else ""
+        ),
+        subset=["verdict"],
+    ).format(precision=4, subset=["baseline", "candidate", "difference", "low", "high"])
+    st.dataframe(styled, hide_index=True, key="metrics-table")
     timeline = data.timeline_frame(result)
     if not timeline.empty:
         metric = st.selectbox("metric over time", sorted(timeline["metric"].unique()))
         st.altair_chart(_timeline_chart(timeline[timeline["metric"] == metric]))
     _promote_box(location, candidate, baseline, mode, result)
+
+
+def _when(moment: object) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if hasattr(moment, "strftime") else "the start"
 
 
 def _timeline_chart(frame: pd.DataFrame) -> alt.LayerChart | alt.FacetChart:
