@@ -18,6 +18,7 @@ import pytest
 from gc_race_worker import content
 
 import store
+from store.backends.embedded import layout
 
 WORKER = str(Path(__file__).with_name("gc_race_worker.py"))
 WRITERS = 2
@@ -74,5 +75,12 @@ def test_gc_with_zero_retention_beside_deduplicating_writers_loses_nothing(
         assert lake.fsck() == []
         lake.gc(retention=timedelta(0))
         assert lake.fsck() == []
+        orphans = [
+            layout.address(layout.content_id(content(f"w{i}", step, "orphan")), codec)
+            for i in range(WRITERS)
+            for step in range(STEPS)
+            for codec in layout.CODECS
+        ]
+        assert not any(lake.backend.objects.exists(addr) for addr in orphans)
     finally:
         lake.close()
