@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import math
-import numbers
 import threading
 import time
 import uuid
@@ -33,9 +32,10 @@ from store.errors import (
     NothingToCommitError,
     ObjectNotFoundError,
 )
-from tracking import buffer
+from tracking import buffer, points
 from tracking import deployment_layout as layout
 from tracking.deployment_errors import DeploymentNotFoundError, DeploymentStateError
+from tracking.errors import InvalidMetricError
 
 if TYPE_CHECKING:
     from store import Branch, Lake
@@ -184,8 +184,9 @@ class Deployment:
             segment: the traffic segment this outcome belongs to (``mobile``, ``eu`` ...).
 
         Raises:
-            InvalidArgumentError: a bad key, segment, step or timestamp, or a value that is
-                NaN, infinite or not a number.
+            InvalidMetricError: a bad key, segment, step or timestamp, or a value that is
+                NaN, infinite or not a number (checked as run metrics are, by
+                :mod:`tracking.points`; an ``InvalidArgumentError``).
             DeploymentStateError: the deployment is no longer live.
         """
         self._check_live()
@@ -205,8 +206,8 @@ class Deployment:
         if not isinstance(metrics, dict):
             raise InvalidArgumentError(f"metrics must be a dict, got {type(metrics).__name__}")
         stamp = _seconds(timestamp)
-        points = [_point(k, v, step, stamp * 1000, segment) for k, v in metrics.items()]
-        for point in points:
+        checked = [_point(k, v, step, stamp * 1000, segment) for k, v in metrics.items()]
+        for point in checked:
             self._buffer.append(point)  # type: ignore[arg-type]
         self._start_flusher()
 
@@ -465,41 +466,29 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _seconds(timestamp: int | float | datetime | None) -> float:
+def _seconds(timestamp: int | float | datetime | None, key: str = "") -> float:
     """Unix seconds of a ``log_metric`` timestamp (milliseconds or a datetime; None: now)."""
     if timestamp is None:
         return time.time()
     if isinstance(timestamp, datetime):
         return _utc(timestamp).timestamp()
-    if isinstance(timestamp, bool) or not isinstance(timestamp, numbers.Real):
-        raise InvalidArgumentError(
-            f"timestamp must be milliseconds since the epoch or a datetime, got {timestamp!r}"
-        )
-    millis = float(timestamp)
-    if not math.isfinite(millis) or millis < 0:
-        raise InvalidArgumentError(f"timestamp must be finite and not negative, got {timestamp!r}")
-    return millis / 1000
+    return points.check_timestamp_ms(timestamp, key)
 
 
 def _point(key: Any, value: Any, step: Any, timestamp: Any, segment: Any) -> DeploymentPoint:
-    if not isinstance(key, str) or not key:
-        raise InvalidArgumentError(f"a metric name must be a non-empty string, got {key!r}")
-    if isinstance(value, bool):
-        value = int(value)
-    if not isinstance(value, numbers.Real):
-        raise InvalidArgumentError(
-            f"metric {key!r} must be a number, got {type(value).__name__} {value!r}"
-        )
-    number = float(value)
+    """One outcome checked as run metrics are (:mod:`tracking.points`), and further: a live
+    outcome must be finite (a NaN would poison every mean it enters) and its segment, if any,
+    a non-empty string."""
+    name = points.check_key(key)
+    number = points.check_value(value, name)
     if not math.isfinite(number):
-        raise InvalidArgumentError(f"metric {key!r} must be finite, got {number}")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, numbers.Integral)):
-        raise InvalidArgumentError(f"step must be an integer or None, got {step!r}")
-    if step is not None and int(step) < 0:
-        raise InvalidArgumentError(f"step must not be negative, got {step}")
+        raise InvalidMetricError(f"metric {name!r}: an outcome must be finite, got {number}")
+    checked_step = points.check_step(step, name)
     if segment is not None and (not isinstance(segment, str) or not segment):
-        raise InvalidArgumentError(f"segment must be a non-empty string or None, got {segment!r}")
-    return (key, number, None if step is None else int(step), _seconds(timestamp), segment)
+        raise InvalidMetricError(
+            f"metric {name!r}: segment must be a non-empty string or None, got {segment!r}"
+        )
+    return (name, number, checked_step, _seconds(timestamp, name), segment)
 
 
 def _to_table(name: str, points: list[DeploymentPoint]) -> pa.Table:
