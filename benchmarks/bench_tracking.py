@@ -1,8 +1,21 @@
-"""Tracking benchmarks: logging speed, SQL group-by over 10M points, metric history retrieval.
+"""Tracking benchmarks: logging speed, SQL group-by over 10M points, metric history retrieval,
+and run history at scale (leaderboard and one-run lookup at 100 / 1,000 / 10,000 runs, a
+group-by over 10M points spread over 10,000 runs).
 
 Run from the repository root::
 
     .venv/bin/python -m benchmarks.bench_tracking [--mlflow-python /tmp/bench-venv/bin/python]
+
+``--scale`` runs only the run-history-at-scale part::
+
+    .venv/bin/python -m benchmarks.bench_tracking --scale 100,1000,10000 \
+        --spread-runs 10000 --mlflow-python /tmp/bench-venv/bin/python
+
+Runs for the scale part are *generated*, not trained: :func:`generate_runs` writes exactly the
+files a finished run leaves (``run.parquet``, ``params.parquet`` with 3 params, one metric part
+with 50 points of ``acc``) through the public store API (``Branch.write_many``), commits them on
+the sweep branch, and gives every run its own run branch at that commit, as runs do. MLflow's runs
+are made through its client (``create_run``, ``log_batch``, ``set_terminated``).
 
 Every comparison is measured side by side in the same invocation: flowlake's single
 ``log_metric`` against a plain list append and a bare method call appending a tuple,
@@ -14,21 +27,28 @@ process so MLflow never enters flowlake's venv.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
+import random
+import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 import store
 import tracking
+from tracking import layout
 
 KEYS = ("loss", "acc", "f1", "lr")
 GROUP_BY = "SELECT key, avg(value) AS mean, max(value) AS best, count(*) AS n FROM {} GROUP BY key"
@@ -205,8 +225,258 @@ def bench_mlflow(python: str, calls: int, points: int) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+LEADERBOARD = (
+    "SELECT r.name, max(m.value) FROM runs r JOIN metrics m USING (run_id) "
+    "WHERE m.key = 'acc' GROUP BY 1 ORDER BY 2 DESC LIMIT 5"
+)
+LOOKUP = "SELECT status FROM runs WHERE run_id = ?"
+
+
+def _parquet(rows: list[dict[str, Any]], schema: pa.Schema, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer, **options)
+    return buffer.getvalue()
+
+
+def generate_runs(
+    lake: store.Lake, branch: str, count: int, points: int, keys: tuple[str, ...], seed: int
+) -> list[str]:
+    """Write ``count`` finished runs the way runs leave them (see the module docstring);
+    returns their ids."""
+    rnd = random.Random(seed)
+    target = lake.get_branch(branch)
+    base = target.head().id
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    ids = [uuid.UUID(int=rnd.getrandbits(128)).hex for _ in range(count)]
+    items: list[tuple[str, bytes]] = []
+    for i, run_id in enumerate(ids):
+        record: dict[str, Any] = {f.name: None for f in layout.RUN_SCHEMA}
+        record.update(
+            format_version=layout.FORMAT_VERSION,
+            run_id=run_id,
+            name=f"trial-{seed}-{i}",
+            run_namespace=lake.namespace,
+            target_branch=target.name,
+            run_branch=f"{lake.namespace}/{layout.run_branch_short(run_id)}",
+            status="finished",
+            user="bench",
+            host="bench-host",
+            pid=1,
+            start_time=t0 + timedelta(seconds=i),
+            end_time=t0 + timedelta(seconds=i + 1),
+            input_commit=base,
+            python_version="3.11",
+            python_executable="python",
+            platform="linux",
+            heartbeat_interval=10.0,
+            sessions=1,
+        )
+        items.append(
+            (layout.run_file(run_id, layout.RUN_FILE), _parquet([record], layout.RUN_SCHEMA))
+        )
+        params = [
+            {"run_id": run_id, "key": k, "value": str(rnd.random())}
+            for k in ("lr", "depth", "seed")
+        ]
+        items.append(
+            (layout.run_file(run_id, layout.PARAMS_FILE), _parquet(params, layout.KEY_VALUE_SCHEMA))
+        )
+        metrics = [
+            {
+                "run_id": run_id,
+                "key": keys[s % len(keys)],
+                "value": rnd.random(),
+                "step": s,
+                "timestamp": t0,
+            }
+            for s in range(points)
+        ]
+        items.append(
+            (
+                layout.metrics_part(run_id, 0),
+                _parquet(metrics, layout.METRICS_SCHEMA, **layout.METRICS_PARQUET_OPTIONS),
+            )
+        )
+        if len(items) >= 3000:
+            target.write_many(items)
+            items = []
+    if items:
+        target.write_many(items)
+    commit = target.commit(f"{count} generated runs")
+    for run_id in ids:
+        lake.branch(layout.run_branch_short(run_id), source=commit.id)
+    return ids
+
+
+def _timed(fn: Any, repeat: int) -> tuple[float, float]:
+    """(first call, best of the next ``repeat``) in seconds."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    return first, best_of(repeat, fn)
+
+
+def bench_scale(root: str, sizes: list[int], repeat: int) -> list[dict[str, Any]]:
+    """Leaderboard and lookup as the lake grows to each size (runs added between sizes)."""
+    lake = store.open(os.path.join(root, "lake-scale"))
+    sweep = lake.branch("sweep", source="main")
+    out, have, ids = [], 0, []
+    for size in sizes:
+        start = time.perf_counter()
+        ids += generate_runs(lake, sweep.name, size - have, 50, ("acc",), seed=size)
+        made = time.perf_counter() - start
+        have = size
+        probe = ids[len(ids) // 2]
+        board_first, board = _timed(lambda: tracking.sql(lake, LEADERBOARD), repeat)
+        look_first, look = _timed(
+            lambda probe=probe: tracking.sql(lake, LOOKUP, params=[probe]), repeat
+        )
+        assert tracking.sql(lake, LOOKUP, params=[probe]).to_pylist() == [{"status": "finished"}]
+        assert tracking.sql(lake, LEADERBOARD).num_rows == 5
+        row = {
+            "runs": size,
+            "generate_s": made,
+            "leaderboard_first_s": board_first,
+            "leaderboard_s": board,
+            "lookup_first_s": look_first,
+            "lookup_s": look,
+        }
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    lake.close()
+    return out
+
+
+def bench_spread_group_by(root: str, runs: int, points: int, repeat: int) -> dict[str, Any]:
+    """A group-by over ``runs * points`` metric points spread over ``runs`` runs, against
+    DuckDB over the same points in one plain Parquet file."""
+    lake = store.open(os.path.join(root, "lake-spread"))
+    sweep = lake.branch("spread", source="main")
+    start = time.perf_counter()
+    generate_runs(lake, sweep.name, runs, points, KEYS, seed=7)
+    made = time.perf_counter() - start
+    plain = os.path.join(root, "spread.parquet")
+    query = GROUP_BY.format("metrics")
+    first, flow_s = _timed(lambda: tracking.sql(lake, query), repeat)
+    everything = tracking.sql(lake, "SELECT run_id, key, value, step, timestamp FROM metrics")
+    pq.write_table(everything, plain)
+    con = duckdb.connect()
+    plain_query = GROUP_BY.format(f"read_parquet('{plain}')")
+    expected = sorted(_rounded(r) for r in con.sql(plain_query).fetchall())
+    got = sorted(_rounded(tuple(r.values())) for r in tracking.sql(lake, query).to_pylist())
+    assert got == expected and sum(r[3] for r in got) == runs * points, (got, expected)
+    duck_s = best_of(repeat, lambda: con.sql(plain_query).fetchall())
+    lake.close()
+    return {
+        "runs": runs,
+        "points": runs * points,
+        "generate_s": made,
+        "flowlake_first_query_s": first,
+        "flowlake_sql_s": flow_s,
+        "duckdb_one_parquet_s": duck_s,
+        "flowlake_over_duckdb": flow_s / duck_s,
+    }
+
+
+MLFLOW_SCALE_SCRIPT = textwrap.dedent(
+    """
+    import json, random, sys, time, logging, uuid
+    logging.disable(logging.WARNING)
+    import mlflow
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+    sizes, repeat, workdir = [int(x) for x in sys.argv[1].split(",")], int(sys.argv[2]), sys.argv[3]
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
+    client = MlflowClient()
+    exp = client.create_experiment("scale", artifact_location=f"{workdir}/artifacts")
+    rnd = random.Random(0)
+    def best(fn):
+        start = time.perf_counter(); fn(); first = time.perf_counter() - start
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
+        return first, min(times)
+    have, ids = 0, []
+    for size in sizes:
+        start = time.perf_counter()
+        now = int(time.time() * 1000)
+        for i in range(have, size):
+            run = client.create_run(exp, run_name=f"trial-{i}")
+            params = [Param(k, str(rnd.random())) for k in ("lr", "depth", "seed")]
+            metrics = [Metric("acc", rnd.random(), now, s) for s in range(50)]
+            client.log_batch(run.info.run_id, metrics=metrics, params=params)
+            client.set_terminated(run.info.run_id)
+            ids.append(run.info.run_id)
+        made = time.perf_counter() - start
+        have = size
+        probe = ids[len(ids) // 2]
+        order = ["metrics.acc DESC"]
+        board = best(lambda: client.search_runs([exp], order_by=order, max_results=5))
+        look = best(lambda: client.get_run(probe).info.status)
+        print(json.dumps({"runs": size, "generate_s": made, "leaderboard_first_s": board[0],
+                          "leaderboard_s": board[1], "lookup_first_s": look[0], "lookup_s": look[1],
+                          "mlflow_version": mlflow.__version__}), flush=True)
+    """
+)
+
+
+def bench_mlflow_scale(python: str, sizes: list[int], repeat: int) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="bench-mlflow-scale-") as workdir:
+        done = subprocess.run(
+            [python, "-c", MLFLOW_SCALE_SCRIPT, ",".join(map(str, sizes)), str(repeat), workdir],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=4 * 3600,
+        )
+    return [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
+
+
+def main_scale(args: argparse.Namespace) -> None:
+    sizes = [int(x) for x in args.scale.split(",")]
+    results: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "duckdb": duckdb.__version__,
+        "runs_made_by": "generate_runs (public store API, files as runs write them)",
+    }
+    root = tempfile.mkdtemp(prefix="bench-scale-")
+    cache = tempfile.mkdtemp(prefix="bench-scale-cache-")
+    os.environ["FLOWLAKE_CACHE_DIR"] = cache  # a cold local index to start with
+    try:
+        results["flowlake"] = bench_scale(root, sizes, args.repeat)
+        if args.spread_runs:
+            results["spread_group_by"] = bench_spread_group_by(
+                root, args.spread_runs, args.spread_points, args.repeat
+            )
+            print(json.dumps(results["spread_group_by"]), flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+    if args.mlflow_python:
+        mlflow_sizes = [int(x) for x in (args.mlflow_scale or args.scale).split(",")]
+        results["mlflow"] = bench_mlflow_scale(args.mlflow_python, mlflow_sizes, args.repeat)
+        by_size = {r["runs"]: r for r in results["mlflow"]}
+        for row in results["flowlake"]:
+            ml = by_size.get(row["runs"])
+            if ml:
+                row["leaderboard_speedup_over_mlflow"] = ml["leaderboard_s"] / row["leaderboard_s"]
+                row["lookup_speedup_over_mlflow"] = ml["lookup_s"] / row["lookup_s"]
+    print(json.dumps(results, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", default=None, help="run counts, e.g. 100,1000,10000")
+    parser.add_argument(
+        "--mlflow-scale", default=None, help="MLflow's run counts (default --scale)"
+    )
+    parser.add_argument("--spread-runs", type=int, default=0, help="runs for the spread group-by")
+    parser.add_argument("--spread-points", type=int, default=1000, help="points per spread run")
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--calls", type=int, default=2_000_000)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--points-per-run", type=int, default=1_000_000)
@@ -215,6 +485,9 @@ def main() -> None:
     parser.add_argument("--mlflow-calls", type=int, default=1000)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
+    if args.scale:
+        main_scale(args)
+        return
     results: dict[str, Any] = {
         "python": sys.version.split()[0],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

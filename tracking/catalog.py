@@ -59,6 +59,7 @@ class RunFiles:
     run_id: str
     source: Source
     files: tuple[FileRef, ...]
+    volatile: bool = False
 
     def path(self, relative: str) -> str:
         return layout.run_file(self.run_id, relative)
@@ -105,11 +106,14 @@ def ref_sources(lake: Lake, refs: Sequence[str]) -> list[Source]:
 
 def own_run(source: Source) -> str | None:
     """The run id whose own branch ``source`` is, or None."""
-    short = (source.branch or "").rsplit("/", 1)[-1]
+    short = (source.branch or "").rpartition("/")[2]
+    # Cheap tests first: this runs once per branch of the lake on every query.
+    if len(short) != len(layout.RUN_BRANCH_PREFIX) + 32 or not short.startswith(
+        layout.RUN_BRANCH_PREFIX
+    ):
+        return None
     run_id = short[len(layout.RUN_BRANCH_PREFIX) :]
-    if short.startswith(layout.RUN_BRANCH_PREFIX) and layout.is_run_id(run_id):
-        return run_id
-    return None
+    return run_id if layout.is_run_id(run_id) else None
 
 
 def find_runs(lake: Lake, index: Index, sources: Sequence[Source], live: bool) -> list[RunFiles]:
@@ -140,7 +144,7 @@ def find_runs(lake: Lake, index: Index, sources: Sequence[Source], live: bool) -
         if own.get(source.ref):
             if key in cached:
                 listings[source.ref] = cached[key]
-        elif source.branch is not None and _dirty(lake, source.branch):
+        elif source.branch is not None and dirty(lake, source.branch):
             fresh = _list(lake, source.read_ref, layout.RUNS_PREFIX)
             if fresh is not None:
                 listings[source.ref] = [FileRef(o.path, o.checksum, o.size) for o in fresh]
@@ -149,9 +153,8 @@ def find_runs(lake: Lake, index: Index, sources: Sequence[Source], live: bool) -
                 listings[source.ref] = cached.get(key) or index.listing(*key)
             except (PermissionDeniedError, RefNotFoundError):
                 continue
-    if live:
-        _refresh_running(lake, index, sources, own, listings)
-    return _group(sources, listings, own, live)
+    refreshed = _refresh_running(lake, index, sources, own, listings) if live else set()
+    return _group(sources, listings, own, live, refreshed)
 
 
 def _refresh_running(
@@ -160,9 +163,11 @@ def _refresh_running(
     sources: Sequence[Source],
     own: dict[str, str | None],
     listings: dict[str, list[FileRef]],
-) -> None:
+) -> set[str]:
     """Replace the committed listing of each run branch whose run may have uncommitted files
-    (no committed record yet, or a committed record saying ``running``) by a fresh one."""
+    (no committed record yet, or a committed record saying ``running``) by a fresh one;
+    returns the refs of those sources."""
+    refreshed: set[str] = set()
     records: dict[str, FileRef] = {}
     for s in sources:
         if own.get(s.ref):
@@ -178,8 +183,10 @@ def _refresh_running(
         if record is not None and status.get(record.checksum, "running") != "running":
             continue
         fresh = _list(lake, source.read_ref, _prefix(run_id))
+        refreshed.add(source.ref)
         if fresh is not None:
             listings[source.ref] = [FileRef(o.path, o.checksum, o.size) for o in fresh]
+    return refreshed
 
 
 #: Columns a run record must have to be used (others missing are read as nulls).
@@ -204,6 +211,7 @@ def _group(
     listings: dict[str, list[FileRef]],
     own: dict[str, str | None],
     live: bool,
+    refreshed: set[str],
 ) -> list[RunFiles]:
     owner = {run_id: ref for ref, run_id in own.items() if run_id}
     out = []
@@ -220,7 +228,7 @@ def _group(
                     continue
                 chosen.add(run_id)
             if any(f.path.endswith("/" + layout.RUN_FILE) for f in files):
-                out.append(RunFiles(run_id, source, tuple(files)))
+                out.append(RunFiles(run_id, source, tuple(files), source.ref in refreshed))
     return out
 
 
@@ -237,7 +245,7 @@ def _list(lake: Lake, ref: str, prefix: str) -> list[ObjectInfo] | None:
         return None  # not readable by this user, or deleted since the branch listing
 
 
-def _dirty(lake: Lake, branch: str) -> bool:
+def dirty(lake: Lake, branch: str) -> bool:
     """Whether ``branch`` has uncommitted changes under ``_flowlake/runs/``."""
     try:
         changes = lake.get_branch(branch).uncommitted()

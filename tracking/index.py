@@ -65,6 +65,51 @@ CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, branch TEXT NOT NULL);
 """
 
 
+_SOURCE_FIELDS = [
+    ("ref", pa.string()),
+    ("namespace", pa.string()),
+    ("branch", pa.string()),
+    ("commit", pa.string()),
+]
+
+#: One row per object occurrence a view reads: the object's rows (``_oid``) and where it was
+#: found; ``status`` is a run record's recorded status, ``volatile`` marks a source whose run
+#: may still write uncommitted files (it is resolved afresh on every query).
+RESOLVED_SCHEMA = pa.schema(
+    [
+        ("_oid", pa.int64()),
+        *_SOURCE_FIELDS,
+        ("run_id", pa.string()),
+        ("read_ref", pa.string()),
+        ("status", pa.string()),
+        ("volatile", pa.bool_()),
+    ]
+)
+
+#: The ``problems`` view: run files skipped because they do not decode.
+PROBLEMS_SCHEMA = pa.schema(
+    [("run_id", pa.string()), ("path", pa.string()), ("problem", pa.string()), *_SOURCE_FIELDS]
+)
+
+#: Resolved views kept per lake (the newest by use); older ones are deleted.
+MAX_RESOLVED = 64
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One view of one scope resolved to index objects.
+
+    Attributes:
+        rows: :data:`RESOLVED_SCHEMA` rows.
+        segments: the segment files holding those objects' rows.
+        problems: :data:`PROBLEMS_SCHEMA` rows of the files skipped.
+    """
+
+    rows: pa.Table
+    segments: tuple[str, ...]
+    problems: pa.Table
+
+
 @dataclass(frozen=True)
 class FileRef:
     """One object under ``_flowlake/runs/`` at some ref: its path, checksum and size."""
@@ -196,6 +241,54 @@ class Index:
                     by_path[info.path] = FileRef(info.path, info.checksum, info.size)
             return sorted(by_path.values(), key=lambda f: f.path)
         return None
+
+    # -- resolved views --------------------------------------------------------------------------
+
+    def _resolved_path(self, key: str, view: str) -> str:
+        return os.path.join(self.folder, "resolved", f"{key}-{view}.arrow")
+
+    def resolved(self, key: str, view: str) -> Resolved | None:
+        """View ``view`` as resolved for scope ``key``, or None when not kept (or when one of
+        its segments is gone)."""
+        path = self._resolved_path(key, view)
+        try:
+            with pa.memory_map(path) as source:
+                table = pa.ipc.open_file(source).read_all()
+        except (FileNotFoundError, pa.ArrowInvalid):
+            return None
+        meta = table.schema.metadata or {}
+        segments = tuple(os.path.join(self.folder, s) for s in json.loads(meta[b"segments"]))
+        if not all(os.path.exists(s) for s in segments):
+            return None
+        problems = pa.Table.from_pylist(json.loads(meta[b"problems"]), schema=PROBLEMS_SCHEMA)
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        return Resolved(table.replace_schema_metadata(None), segments, problems)
+
+    def remember_resolved(self, key: str, view: str, resolved: Resolved) -> None:
+        folder = os.path.join(self.folder, "resolved")
+        os.makedirs(folder, exist_ok=True)
+        meta = {
+            "segments": json.dumps([os.path.relpath(s, self.folder) for s in resolved.segments]),
+            "problems": json.dumps(resolved.problems.to_pylist()),
+        }
+        table = resolved.rows.replace_schema_metadata(meta)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
+                writer.write_table(table)
+            os.replace(tmp, self._resolved_path(key, view))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+        kept = sorted(
+            (e for e in os.scandir(folder) if e.name.endswith(".arrow")),
+            key=lambda e: e.stat().st_mtime,
+        )
+        for entry in kept[:-MAX_RESOLVED]:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(entry.path)
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -344,9 +437,12 @@ class Index:
 def _decode(data: bytes, schema: pa.Schema, required: Sequence[str]) -> tuple[Any, str | None]:
     """``(table as schema, None)`` or ``(None, why not)``; missing optional columns are null."""
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        # ParquetFile, not read_table: no dataset discovery, no thread pool per tiny file.
+        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         return None, f"not a readable Parquet file ({exc})"
+    if table.schema.equals(schema, check_metadata=False):
+        return table, None  # the usual case: written by flowlake with this very schema
     missing = [name for name in required if name not in table.column_names]
     if missing:
         return None, f"lacks the column(s) {', '.join(missing)}"

@@ -12,6 +12,7 @@ never fails a query; a damaged object (hash mismatch) raises ``CorruptObjectErro
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import warnings
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ import pyarrow as pa
 from tracking import catalog, layout, liveness
 from tracking.catalog import RunFiles, Source
 from tracking.errors import SkippedRunFileWarning
-from tracking.index import FileRef, Index
+from tracking.index import PROBLEMS_SCHEMA, RESOLVED_SCHEMA, Index, Resolved
 
 if TYPE_CHECKING:
     from store import Lake
@@ -36,7 +37,6 @@ SOURCE_FIELDS = [
     ("branch", pa.string()),
     ("commit", pa.string()),
 ]
-_SOURCES_SCHEMA = pa.schema([("_oid", pa.int64()), *SOURCE_FIELDS])
 
 #: File-backed views: name -> (file in the run folder, schema). ``metrics`` reads every part.
 FILE_VIEWS: dict[str, tuple[str, pa.Schema]] = {
@@ -81,10 +81,6 @@ PLUGGED_VIEWS = {
     "deployment_metrics": "tracking.deployment_views:build",
 }
 
-PROBLEMS_SCHEMA = pa.schema(
-    [("run_id", pa.string()), ("path", pa.string()), ("problem", pa.string()), *SOURCE_FIELDS]
-)
-
 VIEW_NAMES = ("runs", *FILE_VIEWS, "commits", "branches", "problems", *PLUGGED_VIEWS)
 
 #: Columns a run file must have to be used (others missing are read as nulls).
@@ -101,11 +97,18 @@ _LIVE_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class Scope:
-    """What a query reads: its sources, the runs found there, and whether it is the live view."""
+    """What a query reads: its sources and whether it is the live view.
+
+    Attributes:
+        sources: where run data is read from.
+        live: the live view (each run once, from its own branch while that exists).
+        key: identifies what the sources hold (their commits), so views resolved for it can be
+            reused; None when a source has uncommitted run files outside a run's own branch.
+    """
 
     sources: tuple[Source, ...]
-    runs: tuple[RunFiles, ...]
     live: bool
+    key: str | None
 
 
 def scope(lake: Lake, index: Index, refs: Sequence[str] | None) -> Scope:
@@ -116,12 +119,7 @@ def scope(lake: Lake, index: Index, refs: Sequence[str] | None) -> Scope:
     """
     live = refs is None
     sources = catalog.live_sources(lake) if refs is None else catalog.ref_sources(lake, refs)
-    found = catalog.find_runs(lake, index, sources, live)
-    if live:
-        index.remember_run_branches(
-            (run.run_id, run.source.ref) for run in found if catalog.own_run(run.source)
-        )
-    return Scope(tuple(sources), tuple(found), live)
+    return _keyed(lake, tuple(sources), live)
 
 
 def run_scope(lake: Lake, index: Index, run_id: str) -> Scope:
@@ -130,8 +128,44 @@ def run_scope(lake: Lake, index: Index, run_id: str) -> Scope:
     Raises:
         RunNotFoundError: no such run.
     """
-    source = catalog.run_source(lake, run_id, index)
-    return Scope((source,), tuple(catalog.find_runs(lake, index, [source], live=True)), True)
+    return _keyed(lake, (catalog.run_source(lake, run_id, index),), True)
+
+
+def _keyed(lake: Lake, sources: tuple[Source, ...], live: bool) -> Scope:
+    cacheable = not any(
+        s.branch is not None and not (live and catalog.own_run(s)) and catalog.dirty(lake, s.branch)
+        for s in sources
+    )
+    if not cacheable:
+        return Scope(sources, live, None)
+    digest = hashlib.sha256(f"{live}".encode())
+    for s in sources:
+        digest.update(f"\n{s.ref}\t{s.namespace}\t{s.branch}\t{s.commit}\t{s.read_ref}".encode())
+    return Scope(sources, live, digest.hexdigest()[:32])
+
+
+class _Runs:
+    """The runs of a scope, found on first use (a query answered from resolved views that are
+    all cached never lists anything)."""
+
+    def __init__(self, lake: Lake, index: Index, where: Scope) -> None:
+        self.lake, self.index, self.where = lake, index, where
+        self._all: list[RunFiles] | None = None
+
+    def all(self) -> list[RunFiles]:
+        if self._all is None:
+            self._all = catalog.find_runs(
+                self.lake, self.index, self.where.sources, self.where.live
+            )
+            if self.where.live:
+                self.index.remember_run_branches(
+                    (r.run_id, r.source.ref) for r in self._all if catalog.own_run(r.source)
+                )
+        return self._all
+
+    def of(self, refs: set[str]) -> list[RunFiles]:
+        sources = [s for s in self.where.sources if s.ref in refs]
+        return catalog.find_runs(self.lake, self.index, sources, self.where.live)
 
 
 def build(
@@ -144,33 +178,30 @@ def build(
         CorruptObjectError: a run file's bytes do not match its hash.
     """
     files: list[str] = []
-    problems: list[dict[str, Any]] = []
-    file_views = set(FILE_VIEWS) if "problems" in names else names & set(FILE_VIEWS)
-    for name in sorted(file_views):
-        relative, schema = FILE_VIEWS[name]
-        entries = [
-            (run, f)
-            for run in where.runs
-            for f in run.files
-            if (
-                run.relative(f).startswith(relative + "/")
-                if name == "metrics"
-                else run.relative(f) == relative
-            )
-        ]
-        files += _file_view(con, index, name, name, schema, entries, problems)
-    if "runs" in names or "problems" in names:
-        files += _runs_view(con, lake, index, where, problems)
+    problems: list[pa.Table] = []
+    runs = _Runs(lake, index, where)
+    wanted = set(FILE_VIEWS) | {"runs"} if "problems" in names else names & {"runs", *FILE_VIEWS}
+    for name in sorted(wanted):
+        resolved = _resolved(index, runs, name)
+        problems.append(resolved.problems)
+        files += resolved.segments
+        if name == "runs":
+            _runs_view(con, lake, resolved)
+        else:
+            _create_joined(con, name, FILE_VIEWS[name][1], resolved)
     if "commits" in names:
         _register(con, "commits", _commits_table(lake, where))
     if "branches" in names:
         _register(con, "branches", _branches_table(where))
-    _register(con, "problems", pa.Table.from_pylist(problems, schema=PROBLEMS_SCHEMA))
-    if problems:
-        shown = "; ".join(f"{p['path']} at {p['ref']}: {p['problem']}" for p in problems[:3])
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    found = pa.concat_tables(problems) if problems else PROBLEMS_SCHEMA.empty_table()
+    _register(con, "problems", found)
+    if found.num_rows:
+        listed = found.slice(0, 3).to_pylist()
+        shown = "; ".join(f"{p['path']} at {p['ref']}: {p['problem']}" for p in listed)
+        more = f" (and {found.num_rows - 3} more)" if found.num_rows > 3 else ""
         warnings.warn(
-            f"skipped {len(problems)} unreadable run file(s), see the problems view: {shown}{more}",
+            f"skipped {found.num_rows} unreadable run file(s), see the problems view: "
+            f"{shown}{more}",
             SkippedRunFileWarning,
             stacklevel=4,
         )
@@ -181,63 +212,97 @@ def build(
     return sorted(set(files))
 
 
-def _loaded(
-    index: Index, name: str, schema: pa.Schema, entries: Sequence[tuple[Source, FileRef]]
-) -> dict[str, Any]:
-    """Load the objects of ``entries`` the index does not have yet; returns what it knows."""
+def _resolved(index: Index, runs: _Runs, name: str) -> Resolved:
+    """The view's rows resolved to index objects: reused for the scope's key where cached
+    (sources whose runs may still be writing are resolved afresh), else resolved and kept."""
+    key = runs.where.key
+    cached = index.resolved(key, name) if key is not None else None
+    if cached is None:
+        fresh = _resolve(runs.index, name, runs.all())
+        if key is not None:
+            index.remember_resolved(key, name, fresh)
+        return fresh
+    volatile = set(cached.rows.filter(cached.rows["volatile"])["ref"].to_pylist())
+    if not volatile:
+        return cached
+    again = _resolve(runs.index, name, runs.of(volatile))
+    keep = pa.compute.invert(cached.rows["volatile"])
+    problems = cached.problems.filter(
+        pa.compute.invert(pa.compute.is_in(cached.problems["ref"], pa.array(sorted(volatile))))
+    )
+    return Resolved(
+        pa.concat_tables([cached.rows.filter(keep), again.rows]),
+        tuple(sorted({*cached.segments, *again.segments})),
+        pa.concat_tables([problems, again.problems]),
+    )
+
+
+def _resolve(index: Index, name: str, runs: Sequence[RunFiles]) -> Resolved:
+    """Load the objects of ``runs`` that feed view ``name`` into the index (verified, once)
+    and say where each one's rows are."""
+    if name == "runs":
+        schema = layout.RUN_SCHEMA
+        entries = [(run, f) for run in runs if (f := run.file(layout.RUN_FILE)) is not None]
+    else:
+        relative, schema = FILE_VIEWS[name]
+        prefix = relative + "/"
+        entries = [
+            (run, f)
+            for run in runs
+            for f in run.files
+            if (
+                run.relative(f).startswith(prefix)
+                if name == "metrics"
+                else run.relative(f) == relative
+            )
+        ]
     known = index.loaded(name, (f.checksum for _, f in entries))
-    missing = [(f, s.read_ref) for s, f in entries if f.checksum not in known]
+    missing = [(f, run.source.read_ref) for run, f in entries if f.checksum not in known]
     if missing:
         index.load(name, schema, missing, _REQUIRED.get(name, ("run_id",)))
         known = index.loaded(name, (f.checksum for _, f in entries))
-    return known
-
-
-def _file_view(
-    con: duckdb.DuckDBPyConnection,
-    index: Index,
-    name: str,
-    kind: str,
-    schema: pa.Schema,
-    entries: Sequence[tuple[RunFiles, FileRef]],
-    problems: list[dict[str, Any]],
-) -> list[str]:
-    """``CREATE VIEW name``: the rows of the entries' objects (stored in the index as
-    ``kind``), each with its source columns."""
-    known = _loaded(index, kind, schema, [(run.source, f) for run, f in entries])
-    rows: list[dict[str, Any]] = []
+    columns: dict[str, list[Any]] = {f.name: [] for f in RESOLVED_SCHEMA}
+    problems: dict[str, list[Any]] = {f.name: [] for f in PROBLEMS_SCHEMA}
     segments: set[str] = set()
     for run, file in entries:
         state = known.get(file.checksum)
         if state is None:
             continue
+        source = run.source
         if state.oid is None or state.segment is None:
-            problems.append(
-                {
-                    "run_id": run.run_id,
-                    "path": file.path,
-                    "problem": state.problem,
-                    **_source_row(run.source),
-                }
-            )
+            for field, value in (
+                ("run_id", run.run_id),
+                ("path", file.path),
+                ("problem", state.problem),
+                *_source_row(source).items(),
+            ):
+                problems[field].append(value)
             continue
         segments.add(state.segment)
-        rows.append({"_oid": state.oid, **_source_row(run.source)})
-    _create_joined(con, name, schema, rows, sorted(segments))
-    return sorted(segments)
+        for field, value in (
+            ("_oid", state.oid),
+            *_source_row(source).items(),
+            ("run_id", run.run_id),
+            ("read_ref", source.read_ref),
+            ("status", state.status),
+            ("volatile", run.volatile),
+        ):
+            columns[field].append(value)
+    return Resolved(
+        pa.Table.from_pydict(columns, schema=RESOLVED_SCHEMA),
+        tuple(sorted(segments)),
+        pa.Table.from_pydict(problems, schema=PROBLEMS_SCHEMA),
+    )
 
 
 def _create_joined(
-    con: duckdb.DuckDBPyConnection,
-    name: str,
-    schema: pa.Schema,
-    rows: list[dict[str, Any]],
-    segments: list[str],
+    con: duckdb.DuckDBPyConnection, name: str, schema: pa.Schema, resolved: Resolved
 ) -> None:
-    con.register(f"_sources_{name}", pa.Table.from_pylist(rows, schema=_SOURCES_SCHEMA))
+    """``CREATE VIEW name``: the rows of the resolved objects, each with its source columns."""
+    con.register(f"_sources_{name}", resolved.rows)
     columns = ", ".join(f'd."{f.name}"' for f in schema)
-    if segments:
-        data = f"read_parquet({sql_list(segments)}, hive_partitioning = false)"
+    if resolved.segments:
+        data = f"read_parquet({sql_list(resolved.segments)}, hive_partitioning = false)"
     else:
         con.register(f"_empty_{name}", pa.schema([*schema, ("_oid", pa.int64())]).empty_table())
         data = f"_empty_{name}"
@@ -248,38 +313,25 @@ def _create_joined(
     )
 
 
-def _runs_view(
-    con: duckdb.DuckDBPyConnection,
-    lake: Lake,
-    index: Index,
-    where: Scope,
-    problems: list[dict[str, Any]],
-) -> list[str]:
+def _runs_view(con: duckdb.DuckDBPyConnection, lake: Lake, resolved: Resolved) -> None:
     """``runs``: every run record, with the status a reader should believe (``running`` runs
     whose process or heartbeat is gone show ``killed`` or ``stale``)."""
-    entries = [(run, f) for run in where.runs if (f := run.file(layout.RUN_FILE)) is not None]
-    files = _file_view(con, index, "_run_records", "runs", layout.RUN_SCHEMA, entries, problems)
-    known = index.loaded("runs", (f.checksum for _, f in entries))
-    running = {
-        state.oid: run
-        for run, f in entries
-        if (state := known.get(f.checksum)) is not None and state.status == "running"
-    }
+    _create_joined(con, "_run_records", layout.RUN_SCHEMA, resolved)
+    running = resolved.rows.filter(pa.compute.equal(resolved.rows["status"], "running"))
     live: list[dict[str, Any]] = []
-    if running:
+    if running.num_rows:
         now = datetime.now(UTC)
+        where = {(r["_oid"], r["ref"]): r["read_ref"] for r in running.to_pylist()}
         records = con.sql(
-            "SELECT _oid, run_id, host, pid, heartbeat_interval FROM "
-            f"read_parquet({sql_list(files)}, hive_partitioning = false) "
-            f"WHERE _oid IN ({', '.join(str(o) for o in running)})"
+            "SELECT DISTINCT _oid, ref, run_id, host, pid, heartbeat_interval FROM _run_records "
+            f"WHERE _oid IN ({', '.join(str(oid) for oid, _ in where)})"
         ).fetchall()
-        for oid, run_id, host, pid, interval in records:
-            run = running[oid]
-            beat = catalog.heartbeat_time(lake, run.source.read_ref, run_id)
+        for oid, ref, run_id, host, pid, interval in records:
+            if (oid, ref) not in where:
+                continue
+            beat = catalog.heartbeat_time(lake, where[(oid, ref)], run_id)
             status = liveness.effective_status("running", host, pid, beat, interval, now)
-            live.append(
-                {"_oid": oid, "ref": run.source.ref, "status": status, "heartbeat_time": beat}
-            )
+            live.append({"_oid": oid, "ref": ref, "status": status, "heartbeat_time": beat})
     con.register("_live_runs", pa.Table.from_pylist(live, schema=_LIVE_SCHEMA))
     columns = []
     for field in RUNS_SCHEMA:
@@ -295,7 +347,6 @@ def _runs_view(
         f"CREATE VIEW runs AS SELECT {', '.join(columns)} FROM _run_records r "
         "LEFT JOIN _live_runs l ON l._oid = r._oid AND l.ref = r.ref"
     )
-    return files
 
 
 def _commits_table(lake: Lake, where: Scope) -> pa.Table:
