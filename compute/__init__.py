@@ -13,9 +13,9 @@ job's own branch and its tracking run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from compute.context import JobContext, context
 from compute.errors import (
     ComputeError,
     EnvironmentBuildError,
@@ -25,12 +25,30 @@ from compute.errors import (
     NotInJobError,
     ResourceError,
 )
-from compute.job import Job
 from compute.model import Environment, JobSpec, JobStatus, Resources
-from compute.submit import map, submit
 
 if TYPE_CHECKING:
+    from compute.inside import JobContext, context
+    from compute.job import Job
+    from compute.submission import map, submit
     from store.lake import Lake
+
+# Imported on first use, so that a job's supervisor (which imports this package) does not pay
+# for the submitter's and the runner's imports while it waits in the queue.
+_LAZY = {
+    "JobContext": "compute.inside",
+    "context": "compute.inside",
+    "Job": "compute.job",
+    "map": "compute.submission",
+    "submit": "compute.submission",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'compute' has no attribute {name!r}")
+
 
 __all__ = [
     "ComputeError",
@@ -61,7 +79,7 @@ def get_job(lake: Lake, job_id: str) -> Job:
         JobNotFoundError: no such job.
     """
     from compute.job import get_job as _get
-    from compute.submit import _location
+    from compute.submission import _location
 
     return _get(_location(lake), job_id)
 
@@ -69,6 +87,6 @@ def get_job(lake: Lake, job_id: str) -> Job:
 def jobs(lake: Lake) -> list[Job]:
     """Every job submitted on ``lake`` from any process of this machine, oldest first."""
     from compute.job import list_jobs
-    from compute.submit import _location
+    from compute.submission import _location
 
     return list_jobs(_location(lake))

@@ -24,10 +24,11 @@ from filelock import FileLock
 
 from compute.machine import Capacity
 from compute.model import Resources
+from compute.procs import pid_alive, start_token
 from compute.state import write_atomic
-from tracking.liveness import pid_alive
 
 POLL_INTERVAL_S = 0.05
+MAX_POLL_INTERVAL_S = 0.5
 
 
 def lease_dir() -> Path:
@@ -61,17 +62,8 @@ class Lease:
     memory: int
 
 
-def _start_time(pid: int) -> str | None:
-    """A token that changes when ``pid`` is reused by another process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
-
-
 def _alive(entry: dict[str, Any]) -> bool:
-    return pid_alive(entry["pid"]) and _start_time(entry["pid"]) == entry.get("start")
+    return pid_alive(entry["pid"]) and start_token(entry["pid"]) == entry.get("start")
 
 
 class Ledger:
@@ -118,12 +110,13 @@ class Ledger:
         me = {
             "job_id": job_id,
             "pid": pid or os.getpid(),
-            "start": _start_time(pid or os.getpid()),
+            "start": start_token(pid or os.getpid()),
             "since": time.time(),
             "gpus": resources.gpus,
             "cpus": resources.cpus,
             "memory": resources.memory_bytes,
         }
+        delay = POLL_INTERVAL_S
         try:
             while True:
                 lease = self._try(me, capacity)
@@ -131,7 +124,9 @@ class Ledger:
                     return lease
                 if should_stop is not None and should_stop():
                     return None
-                time.sleep(POLL_INTERVAL_S)
+                time.sleep(delay)
+                # A long queue of waiters must not keep the machine busy reading the ledger.
+                delay = min(delay * 1.5, MAX_POLL_INTERVAL_S)
         except BaseException:
             self._forget(job_id)
             raise

@@ -30,7 +30,7 @@ import cloudpickle
 import store
 import tracking
 from compute.code import load_snapshot
-from compute.context import JobContext, PinnedLake, activate
+from compute.inside import JobContext, PinnedLake, activate
 from compute.model import PYTHON_NAMES, JobSpec
 from compute.state import JobFolder, write_atomic
 from store.errors import ConflictError

@@ -29,8 +29,8 @@ from typing import Any
 
 from compute.errors import JobNotFoundError
 from compute.model import JobSpec, JobStatus
+from compute.procs import pid_alive
 from store.errors import InvalidArgumentError
-from tracking.liveness import pid_alive
 
 LAKEFS_SCHEME = "lakefs://"
 

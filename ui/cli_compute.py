@@ -105,11 +105,16 @@ def run_command(
                 Text(f"follow it with: flowlake logs {job.id[:12]} -f --lake {lake}", style="dim")
             )
         return
-    with console.status(f"job {job.id[:12]} {job.status.value}") as status:
-        for chunk in job.follow():
-            status.update(f"job {job.id[:12]} {job.status.value}")
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
+    try:
+        with console.status(f"job {job.id[:12]} {job.status.value}") as status:
+            for chunk in job.follow():
+                status.update(f"job {job.id[:12]} {job.status.value}")
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        job.cancel()
+        render.error_line(f"job {job.id[:12]} cancelled (Ctrl-C)")
+        raise typer.Exit(130) from None
     _finish(job, console, as_json)
 
 
