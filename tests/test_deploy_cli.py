@@ -15,6 +15,7 @@ import tracking
 from ui.cli import app
 
 T0 = datetime.now(UTC) - timedelta(days=6)
+APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
 
 
 @pytest.fixture
@@ -87,7 +88,9 @@ def test_deploy_and_undeploy_commands(lake_dir: Path) -> None:
     assert bad.exit_code == 1 and "nope" in bad.output
 
 
-def test_demo_ends_with_candidates_compared_live_and_the_winner_promoted(tmp_path: Path) -> None:
+def test_demo_ends_with_candidates_compared_live_and_the_winner_promoted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("sklearn")
     path = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--path", str(path)], env={"COLUMNS": "80"})
@@ -107,3 +110,12 @@ def test_demo_ends_with_candidates_compared_live_and_the_winner_promoted(tmp_pat
             "count(DISTINCT segment) AS segments FROM deployment_metrics GROUP BY ALL",
         ).to_pylist()
     assert {(d["days"], d["segments"]) for d in days} == {(14, 2)} and len(days) == 3
+
+    # every dashboard page on the demo lake (its Compare numbers are checked in test_dashboard)
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FLOWLAKE_LAKE", str(path))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    for page in ("Compare", "Branches", "Runs", "Diff"):
+        at.sidebar.radio(key="page").set_value(page).run()
+        assert not at.exception, (page, at.exception)
