@@ -20,6 +20,7 @@ import pytest
 import compute
 import store
 from compute.leases import Ledger
+from compute.procs import pid_alive
 from store.errors import InvalidArgumentError, InvalidNameError, RefNotFoundError
 from tracking import layout
 
@@ -167,6 +168,19 @@ def test_a_sigkilled_job_shows_killed_merges_nothing_and_frees_its_lease(
     assert run["status"] == "killed"
     assert lake.read_bytes("out/partial.txt", ref=run["run_branch"]) == b"partial"
 
+    # A SIGKILLed supervisor takes its job with it and its lease is dropped all the same.
+    second = compute.submit(
+        write_then_sleep, {"seconds": 60}, lake=lake, resources=compute.Resources(gpus=4)
+    )
+    _wait_for(lambda: "started" in second.logs())
+    runner = second.pid
+    os.kill(second.record().pid, signal.SIGKILL)  # type: ignore[arg-type]
+    with pytest.raises(compute.JobFailedError, match="killed"):
+        second.wait(timeout=JOB_WAIT_S)
+    _wait_for(lambda: not pid_alive(runner))  # type: ignore[arg-type]
+    assert Ledger().held() == []
+    assert lake.resolve("results") == before
+
 
 def test_cancel_stops_a_running_job_and_a_queued_one(embedded_lake: store.Lake) -> None:
     lake = embedded_lake
@@ -307,8 +321,8 @@ def occupy(out):
                    "visible": os.environ["CUDA_VISIBLE_DEVICES"], "gpus": list(ctx.gpus)}, f)
 
 lake = store.open(sys.argv[1])
-jobs = [compute.submit(occupy, {"out": sys.argv[2]}, lake=lake,
-                       resources=compute.Resources(gpus=1, cpus=1)) for _ in range(3)]
+jobs = compute.map(occupy, [{"out": sys.argv[2]}] * 3, lake=lake,
+                   resources=compute.Resources(gpus=1, cpus=1))
 for job in jobs:
     job.wait(timeout=120)
 """
