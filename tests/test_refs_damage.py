@@ -230,3 +230,13 @@ def test_a_dropped_table_is_reported(tmp_path: Path) -> None:
         assert any("production branch 'main' is missing" in p for p in lake.fsck())
     finally:
         lake.close()
+
+
+def test_a_lost_refs_file_is_an_error_not_a_fresh_empty_lake(tmp_path: Path) -> None:
+    path = tmp_path / "lake"
+    build(path)
+    for name in ("refs.db", "refs.db-wal", "refs.db-shm"):
+        (path / name).unlink(missing_ok=True)
+    with pytest.raises(errors.RefsDatabaseError, match="missing"):
+        store.open(path)
+    assert not (path / "refs.db").exists()

@@ -41,6 +41,7 @@ from store.errors import (
     ObjectNotFoundError,
     ProtectedBranchError,
     RefNotFoundError,
+    RefsDatabaseError,
 )
 from store.model import Change, ChangeKind, Commit, MergeStrategy, ObjectInfo
 
@@ -103,6 +104,7 @@ class EmbeddedBackend(Backend):
             LakeNotFoundError: no lake there and ``create`` is false.
             InvalidArgumentError: the folder holds something that is not a lake, or ``objects``
                 disagrees with the lake's recorded object location.
+            RefsDatabaseError: the refs database is damaged, or gone while objects remain.
         """
         root = os.path.abspath(os.fspath(path))
         if not os.path.exists(os.path.join(root, config.CONFIG_FILE)):
@@ -115,7 +117,14 @@ class EmbeddedBackend(Backend):
                 f"lake at {root} keeps its objects at {settings.objects}, not {objects}"
             )
         fs, obj_root = fsspec.core.url_to_fs(settings.objects, **(storage_options or {}))
-        refs = RefDB(os.path.join(root, REFS_FILE))
+        refs_path = os.path.join(root, REFS_FILE)
+        if not os.path.exists(refs_path) and _holds_objects(settings):
+            # A fresh refs.db would give the lake an empty main and hide all its history.
+            raise RefsDatabaseError(
+                f"lake at {root} has objects but its refs database {refs_path} is missing; "
+                "restore it from a backup"
+            )
+        refs = RefDB(refs_path)
         try:
             backend = cls(root, ObjectStore(fs, obj_root), refs, settings)
             backend._ensure_initial_commit()
@@ -571,6 +580,17 @@ class EmbeddedBackend(Backend):
         from store.backends.embedded.maintenance import collect
 
         return collect(self, retention, exclusive_objects)
+
+
+def _holds_objects(settings: config.LakeConfig) -> bool:
+    """Whether a local object folder holds any object (fan-out folders), cheaply."""
+    if "://" in settings.objects:
+        return False  # not worth a remote listing on every open of a new lake
+    try:
+        with os.scandir(settings.objects) as entries:
+            return any(e.name != "tmp" and e.is_dir() for e in entries)
+    except FileNotFoundError:
+        return False
 
 
 def _checksum(entry: Entry | None) -> str | None:
