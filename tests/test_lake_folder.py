@@ -124,3 +124,17 @@ def test_an_unreadable_configuration_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "lake" / "flowlake.json").write_text("{not json")
     with pytest.raises(errors.InvalidArgumentError, match="flowlake.json"):
         store.open(tmp_path / "lake")
+
+
+def test_flowlake_gc_on_external_objects_says_why_and_how_to_override(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ui.cli import app
+
+    store.open(tmp_path / "a", objects=str(tmp_path / "shared-objects")).close()
+    lake_args = ["--lake", str(tmp_path / "a")]
+    refused = CliRunner().invoke(app, ["gc", "--retention", "0", *lake_args])
+    assert refused.exit_code == 1
+    assert "other lakes" in refused.output and "--exclusive-objects" in refused.output
+    allowed = CliRunner().invoke(app, ["gc", "--exclusive-objects", *lake_args])
+    assert allowed.exit_code == 0, allowed.output
