@@ -4,9 +4,17 @@ session per run at a time, and what an empty run costs in commits and repeated w
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +22,8 @@ import pytest
 
 import store
 import tracking
-from tracking import points
+from tracking import environment, points, snapshot
+from tracking.lifecycle import CLAIM_TAG_PREFIX
 
 
 def _start(lake: store.Lake, branch: str | None, name: str, **kw: object) -> tracking.Run:
@@ -150,3 +159,298 @@ def test_dataframes_read_back_as_pandas_own_parquet_round_trip(
     with _start(lake, exp.name, "tables") as run:
         art = run.log_table("t", frame)
     pd.testing.assert_frame_equal(lake.read_table(art.path, ref=exp.name).to_pandas(), expected)
+
+
+# -- one session at a time -------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_OWNER = textwrap.dedent(
+    """
+    import sys, time, store, tracking
+    lake = store.open(sys.argv[1])
+    run = tracking.start_run(lake, branch=sys.argv[2], name="shared", snapshot_code=False,
+                             heartbeat_interval=float(sys.argv[3]))
+    run.log_metric("x", -1.0, step=-1)
+    run.flush()
+    print(run.id, flush=True)
+    time.sleep(600)
+    """
+)
+
+_RESUMER = textwrap.dedent(
+    """
+    import sys, store, tracking
+    lake = store.open(sys.argv[1])
+    print("ready", flush=True)
+    sys.stdin.readline()                  # all resumers go at once
+    try:
+        run = tracking.resume_run(lake, sys.argv[2])
+    except tracking.RunStateError as exc:
+        print("refused", exc, flush=True)
+        sys.exit(0)
+    print("in", flush=True)
+    sys.stdin.readline()                  # every session that got in is open before any logs
+    for i in range(200):
+        run.log_metric("x", float(i), step=int(sys.argv[3]) * 1000 + i)
+    run.end()
+    print("ended", flush=True)
+    """
+)
+
+
+def _spawn(code: str, *args: str, stdin: bool = False) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdin=subprocess.PIPE if stdin else None,
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        text=True,
+    )
+
+
+def _dead_run(lake_location: str, branch: str) -> str:
+    """A run whose process was SIGKILLed after flushing one point."""
+    owner = _spawn(_OWNER, lake_location, branch, "10")
+    try:
+        assert owner.stdout is not None
+        run_id = owner.stdout.readline().strip()
+        assert len(run_id) == 32, run_id
+    finally:
+        owner.kill()
+        owner.wait(timeout=30)
+    return run_id
+
+
+@pytest.fixture
+def lake_location(lake_access) -> str:  # type: ignore[no-untyped-def]
+    """The lake's location; the environment lets another process open it by that."""
+    return str(lake_access.location)
+
+
+def test_concurrent_resumes_let_exactly_one_session_in(
+    lake: store.Lake, lake_location: str
+) -> None:
+    exp = lake.branch("exp", source="main")
+    run_id = _dead_run(lake_location, exp.name)
+    expected = [-1]
+    # Trial 0 races on a killed run, trial 1 on the finished run the winner left.
+    for trial in range(2):
+        procs = [_spawn(_RESUMER, lake_location, run_id, f"{trial}{k}", stdin=True) for k in "123"]
+        try:
+            for p in procs:
+                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            first = [p.stdout.readline().split()[0] for p in procs if p.stdout is not None]
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write("log\n")
+                p.stdin.flush()
+            outs = [p.communicate(timeout=120)[0] for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        assert sorted(first) == ["in", "refused", "refused"], (first, outs)
+        assert all(p.returncode == 0 for p in procs)
+        expected += [int(f"{trial}{first.index('in') + 1}") * 1000 + i for i in range(200)]
+        steps = tracking.get_metric_history(lake, run_id, "x").column("step").to_pylist()
+        assert steps == sorted(expected)
+        rows = tracking.sql(
+            lake, "SELECT status, sessions FROM runs WHERE run_id = ?", params=[run_id]
+        ).to_pylist()
+        assert rows == [{"status": "finished", "sessions": 2 + trial}]
+    assert not [t for t in lake.tags() if t.startswith(CLAIM_TAG_PREFIX)]
+
+
+def test_resume_is_refused_while_the_original_process_lives(
+    lake: store.Lake, lake_location: str
+) -> None:
+    exp = lake.branch("exp", source="main")
+    owner = _spawn(_OWNER, lake_location, exp.name, "0.05")
+    try:
+        assert owner.stdout is not None
+        run_id = owner.stdout.readline().strip()
+        os.kill(owner.pid, signal.SIGSTOP)  # alive, but its heartbeat goes stale
+        time.sleep(0.3)
+        assert tracking.get_run(lake, run_id).status == "stale"
+        with pytest.raises(tracking.RunStateError, match=f"pid {owner.pid} on this host"):
+            tracking.resume_run(lake, run_id)
+    finally:
+        owner.kill()
+        owner.wait(timeout=30)
+    with tracking.resume_run(lake, run_id) as again:  # its process is gone now
+        again.log_metric("x", 0.0, step=0)
+    steps = tracking.get_metric_history(lake, run_id, "x").column("step").to_pylist()
+    assert steps == [-1, 0]
+
+
+def test_a_session_taken_over_by_a_resume_writes_nothing_more(lake: store.Lake) -> None:
+    exp = lake.branch("exp", source="main")
+    first = _start(lake, exp.name, "taken-over")
+    first.log_metric("x", 1.0, step=1)
+    first.flush()
+    # As if ``first`` had been given up for dead: resumed in the same process (allowed there).
+    second = tracking.resume_run(lake, first.id)
+    first.log_metric("x", 2.0, step=2)
+    first.set_tag("late", "yes")
+    with pytest.raises(tracking.RunStateError, match="resumed by another session"):
+        first.flush()
+    with pytest.raises(tracking.RunStateError, match="resumed by another session"):
+        first.end()
+    second.log_metric("x", 3.0, step=3)
+    second.end()
+    assert tracking.get_metric_history(lake, first.id, "x").column("step").to_pylist() == [1, 3]
+    assert tracking.sql(lake, "SELECT key FROM tags").num_rows == 0
+    record = tracking.sql(lake, "SELECT status, sessions, pid FROM runs").to_pylist()
+    assert record == [{"status": "finished", "sessions": 2, "pid": os.getpid()}]
+
+
+def test_a_claim_left_by_a_crashed_resumer_names_its_remedy(lake: store.Lake) -> None:
+    run = _start(lake, None, "claimed")
+    run.log_metric("x", 1.0, step=1)
+    run.end("failed")
+    stale_claim = f"{CLAIM_TAG_PREFIX}{run.id}-2"
+    lake.tag(stale_claim, run.run_branch)
+    with pytest.raises(tracking.RunStateError, match=stale_claim):
+        tracking.resume_run(lake, run.id)
+    lake.delete_tag(stale_claim)
+    with tracking.resume_run(lake, run.id) as again:
+        again.log_metric("x", 2.0, step=2)
+    assert tracking.get_metric_history(lake, run.id, "x").column("step").to_pylist() == [1, 2]
+    assert lake.tags() == {}
+
+
+# -- what an empty run costs -----------------------------------------------------------------
+
+
+def test_an_empty_run_commits_once_on_its_branch_then_records_and_merges(
+    lake: store.Lake, tmp_path: Path
+) -> None:
+    exp = lake.branch("exp", source="main")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("print('hi')\n")
+    with tracking.start_run(
+        lake, branch=exp.name, name="empty", code_dir=project, cache_dir=tmp_path / "cache"
+    ) as run:
+        # Started, not committed: the run's files wait on its branch.
+        assert lake.resolve(run.run_branch) == run.input_commit
+        assert tracking.get_run(lake, run.id).status == "running"
+    events = tracking.sql(
+        lake, "SELECT event, commit FROM commits WHERE run_id = ?", params=[run.id]
+    ).to_pylist()
+    assert sorted(e["event"] for e in events) == ["finished", "merge", "recorded"]
+    assert {"event": "finished", "commit": run.output_commit} in events
+    # Nothing a run records was given up.
+    at_output = {o.path.rsplit("/", 1)[-1] for o in lake.list(run.output_commit, "_flowlake/")}
+    assert {"run.parquet", "environment.parquet", "code.parquet", "heartbeat.json"} <= at_output
+    assert tracking.sql(lake, "SELECT count(*) AS n FROM environment").column("n")[0].as_py() > 5
+    assert tracking.sql(lake, "SELECT path FROM code").to_pylist() == [{"path": "train.py"}]
+
+
+def _dist_info(folder: Path, name: str, version: str) -> None:
+    info = folder / f"{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+
+
+def test_environment_listing_is_reused_until_a_distribution_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    listings = []
+    real = importlib.metadata.distributions
+
+    def counting() -> object:
+        listings.append(1)
+        return real()
+
+    monkeypatch.setattr(importlib.metadata, "distributions", counting)
+    cache = str(tmp_path / "cache")
+    first = environment.capture(cache)
+    assert environment.capture(cache) == first and len(listings) == 1
+    (site / "unrelated.txt").write_text("a file coming and going changes nothing")
+    assert environment.capture(cache).packages == first.packages and len(listings) == 1
+    _dist_info(site, "flowlake_probe", "1.0")
+    assert ("flowlake_probe", "1.0") in environment.capture(cache).packages
+    assert len(listings) == 2
+    shutil.rmtree(site / "flowlake_probe-1.0.dist-info")
+    _dist_info(site, "flowlake_probe", "2.0")
+    assert ("flowlake_probe", "2.0") in environment.capture(cache).packages
+    assert environment.capture(None).packages == environment.capture(cache).packages
+    shutil.rmtree(tmp_path / "cache")  # never the source of truth
+    assert ("flowlake_probe", "2.0") in environment.capture(cache).packages
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+
+
+def _age(path: Path, seconds: float = 3600) -> None:
+    stamp = time.time_ns() - int(seconds * 1e9)
+    os.utime(path, ns=(stamp, stamp))
+
+
+def test_code_snapshot_reuses_hashes_and_git_status_of_unchanged_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    files = {f"pkg/m{i}.py": f"x = {i}\n" for i in range(5)}
+    for rel, text in files.items():
+        (repo / rel).write_text(text)
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "init")
+    for path in repo.rglob("*.py"):
+        _age(path)
+    # An index written well after the files, as in a work tree edited a while ago (an index no
+    # newer than its files makes git re-check them, and rewrite the index, on every status).
+    _age(repo / ".git" / "index", 1800)
+    hashed: list[int] = []
+    statuses: list[int] = []
+    real_sha, real_git = snapshot._sha256, snapshot._git
+
+    def sha(data: bytes) -> str:
+        hashed.append(len(data))
+        return real_sha(data)
+
+    def git(cwd: str, *args: str) -> str | None:
+        statuses.extend([1] if args[0] == "status" else [])
+        return real_git(cwd, *args)
+
+    monkeypatch.setattr(snapshot, "_sha256", sha)
+    monkeypatch.setattr(snapshot, "_git", git)
+    cache = str(tmp_path / "cache")
+    first = snapshot.capture(repo, cache_dir=cache)
+    assert [f.path for f in first.files] == sorted(files) and first.git_dirty is False
+    assert len(hashed) == 5 and len(statuses) == 1
+    # git status may refresh its index; what it answers is kept once the index is settled.
+    _age(repo / ".git" / "index", 1800)
+    assert snapshot.capture(repo, cache_dir=cache) == first
+    hashed.clear()
+    statuses.clear()
+    assert snapshot.capture(repo, cache_dir=cache) == first
+    assert hashed == [] and statuses == []
+    # An edit: that file alone is hashed again, and git is asked again.
+    (repo / "pkg/m1.py").write_text("x = 'changed'\n")
+    _age(repo / "pkg/m1.py", 2400)
+    edited = snapshot.capture(repo, cache_dir=cache)
+    assert edited.git_dirty is True and len(hashed) == 1 and len(statuses) == 1
+    assert edited == snapshot.capture(repo)  # what the cache gives is what git and reading give
+    # A file changed within the racy window is never taken from the cache.
+    (repo / "pkg/m2.py").write_text("x = 'new'\n")
+    hashed.clear()
+    snapshot.capture(repo, cache_dir=cache)
+    snapshot.capture(repo, cache_dir=cache)
+    assert len(hashed) == 2

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from store.errors import ObjectNotFoundError
-from tracking import catalog, environment, layout, liveness, snapshot
+from store.errors import AlreadyExistsError, ObjectNotFoundError, StoreError
+from tracking import catalog, environment, layout, liveness, localcache, snapshot
+from tracking import run as run_module
 from tracking.errors import RunNotFoundError, RunStateError
 from tracking.run import Run
 
@@ -36,12 +39,20 @@ def start_run(
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
     input_commit: str | None = None,
     code: snapshot.CodeSnapshot | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Run:
     """Start a run on its own branch, created from ``branch`` (default ``main``).
 
     Records the input commit, user, host, process, Python environment and (unless
-    ``snapshot_code`` is false) the code snapshot, and commits that on the run branch before
-    returning. Use the run as a context manager, or call :meth:`Run.end`.
+    ``snapshot_code`` is false) the code snapshot on the run branch before returning; they are
+    committed with everything else when the run ends (until then readers see them as the run
+    branch's uncommitted changes, and :func:`resume_run` commits them after a crash). Use the
+    run as a context manager, or call :meth:`Run.end`.
+
+    Work that repeats from run to run is reused through a local cache (never the source of
+    truth, see :mod:`tracking.localcache`): the list of installed distributions while the
+    interpreter's ``sys.path`` folders are unchanged, a source file's hash while its size and
+    modification time are, and ``git status`` while ``HEAD``, the index and the files are.
 
     Args:
         lake: the lake.
@@ -62,6 +73,8 @@ def start_run(
             pinned to the commit it was submitted with); it still merges into ``branch``.
         code: record this code snapshot instead of capturing one (a compute job records the
             snapshot taken when it was submitted).
+        cache_dir: the local cache folder (default ``$FLOWLAKE_CACHE_DIR``, else
+            ``~/.cache/flowlake``).
 
     Raises:
         BranchNotFoundError: ``branch`` does not exist.
@@ -84,9 +97,10 @@ def start_run(
         input_commit = target.head().id if target is not None else lake.resolve("main")
     new_id = uuid.uuid4().hex
     run_branch = lake.branch(layout.run_branch_short(new_id), source=input_commit)
-    env = environment.capture()
+    cache = os.fspath(cache_dir) if cache_dir is not None else localcache.cache_root()
+    env = environment.capture(cache)
     if code is None and snapshot_code:
-        code = snapshot.capture(code_dir)
+        code = snapshot.capture(code_dir, cache_dir=cache)
     record: dict[str, Any] = {
         "format_version": layout.FORMAT_VERSION,
         "run_id": new_id,
@@ -123,20 +137,29 @@ def start_run(
         next_part=0,
         merge=merge,
         flush_interval=flush_interval,
+        head=input_commit,
     )
     if tags:
         run.set_tags(tags)
+    # One batch (one staging transaction on the embedded backend). The record is in it too: at
+    # the start it only says "running", so a reader that sees it before the other files of the
+    # batch (lakeFS uploads a batch in parallel) sees a live run that has not logged yet.
+    # Nothing is committed now; the run's end commits it all.
     packages = [{"run_id": new_id, "name": n, "version": v} for n, v in env.packages]
-    run_branch.write_table(
-        layout.run_file(new_id, layout.ENVIRONMENT_FILE),
-        pa.Table.from_pylist(packages, schema=layout.ENVIRONMENT_SCHEMA),
-    )
+    items = [
+        (
+            layout.run_file(new_id, layout.ENVIRONMENT_FILE),
+            run_module.parquet_bytes(
+                pa.Table.from_pylist(packages, schema=layout.ENVIRONMENT_SCHEMA)
+            ),
+        ),
+        *run._dirty_files(),
+        *run._heartbeat_item(),
+    ]
     if code is not None:
-        _write_code(run_branch, new_id, code)
-    run.flush()
-    run._heartbeat()
-    run._write_record()
-    run._commit("start")
+        items += _code_items(new_id, code)
+    items.append((layout.run_file(new_id, layout.RUN_FILE), run._record_bytes()))
+    run_branch.write_many(items)
     run._begin(heartbeat_interval)
     return run
 
@@ -151,7 +174,12 @@ def resume_run(
 ) -> Run:
     """Reopen a run by id to log more: its status goes back to ``running`` until it ends again.
 
-    What a killed process flushed before it died is kept and committed now.
+    What a killed process flushed before it died is kept and committed now. One session at a
+    time: of several processes resuming the run at once exactly one succeeds (see
+    :func:`_claim`), and a run whose process is alive is refused. If a session that was
+    believed dead (a stale heartbeat on another host) is still alive, it notices at its next
+    flush, heartbeat or end that the run branch moved, and from then on writes nothing and
+    raises :class:`RunStateError`.
 
     Raises:
         RunNotFoundError: no run branch for ``run_id`` in any namespace.
@@ -159,69 +187,134 @@ def resume_run(
     """
     _check_intervals(flush_interval, heartbeat_interval)
     run_branch = catalog.find_run_branch(lake, run_id)
+    head = run_branch.head().id
+    record = _read_record(run_branch, run_id)
+    _refuse_if_live(lake, run_branch, run_id, record)
+    session = int(record.get("sessions") or 1) + 1
+    claim = _claim(lake, run_branch, run_id, session, head)
     try:
-        record = run_branch.read_table(layout.run_file(run_id, layout.RUN_FILE)).to_pylist()[0]
-    except ObjectNotFoundError:
-        raise RunNotFoundError(f"run {run_id} has a branch but no run record") from None
-    if record["status"] == "running" and record["pid"] != os.getpid():
-        status = liveness.effective_status(
-            "running",
-            record["host"],
-            record["pid"],
-            catalog.heartbeat_time(lake, run_branch.name, run_id),
-            record["heartbeat_interval"],
-            datetime.now(UTC),
+        params = _key_values(run_branch, run_id, layout.PARAMS_FILE)
+        tags = _key_values(run_branch, run_id, layout.TAGS_FILE)
+        artifacts = _rows(run_branch, run_id, layout.ARTIFACTS_FILE)
+        env = environment.capture(localcache.cache_root())
+        record.update(
+            status="running",
+            end_time=None,
+            error=None,
+            output_commit=None,
+            host=env.host,
+            pid=env.pid,
+            heartbeat_interval=float(heartbeat_interval),
+            sessions=session,
         )
-        if status == "running":
-            raise RunStateError(f"run {run_id} is still running (pid {record['pid']})")
-    params = _key_values(run_branch, run_id, layout.PARAMS_FILE)
-    tags = _key_values(run_branch, run_id, layout.TAGS_FILE)
-    artifacts = _rows(run_branch, run_id, layout.ARTIFACTS_FILE)
-    parts = [
-        layout.part_number(o.path)
-        for o in run_branch.list(f"{layout.run_dir(run_id)}/{layout.METRICS_DIR}/")
-    ]
-    env = environment.capture()
-    record.update(
-        status="running",
-        end_time=None,
-        error=None,
-        output_commit=None,
-        host=env.host,
-        pid=env.pid,
-        heartbeat_interval=float(heartbeat_interval),
-        sessions=int(record.get("sessions") or 1) + 1,
-    )
-    run = Run(
-        lake,
-        run_branch,
-        record,
-        params=params,
-        tags=tags,
-        artifacts=artifacts,
-        next_part=max((p for p in parts if p is not None), default=-1) + 1,
-        merge=merge,
-        flush_interval=flush_interval,
-    )
-    run._heartbeat()
-    run._write_record()
-    run._commit("resume")
+        run = Run(
+            lake,
+            run_branch,
+            record,
+            params=params,
+            tags=tags,
+            artifacts=artifacts,
+            next_part=0,
+            merge=merge,
+            flush_interval=flush_interval,
+            head=head,
+        )
+        run._heartbeat()
+        run._write_record()
+        run._commit("resume")
+        # Listed after the resume commit: a part that an earlier session still managed to
+        # write is seen here, and its number is not reused.
+        parts = [
+            layout.part_number(o.path)
+            for o in run_branch.list(f"{layout.run_dir(run_id)}/{layout.METRICS_DIR}/")
+        ]
+        run._next_part = max((p for p in parts if p is not None), default=-1) + 1
+    finally:
+        with contextlib.suppress(StoreError):
+            lake.delete_tag(claim)
     run._begin(heartbeat_interval)
     return run
 
 
-def _write_code(run_branch: Branch, run_id: str, code: snapshot.CodeSnapshot) -> None:
-    """Store the snapshot's files content-addressed (one batch) and its manifest by name."""
-    if code.files:
-        run_branch.write_many((layout.code_blob(f.sha256), f.data) for f in code.files)
+#: Prefix of the tags that claim a run's next session while it is being resumed.
+CLAIM_TAG_PREFIX = "flowlake-resume-"
+
+
+def _claim(lake: Lake, run_branch: Branch, run_id: str, session: int, head: str) -> str:
+    """Claim session ``session`` of the run: one process wins, whatever the interleaving.
+
+    Creating a tag is atomic on every backend, so of several processes resuming the run at
+    once exactly one creates the claim tag; the others are refused. The winner then checks that
+    the run branch is still at ``head``, the commit whose record it judged: a process that read
+    the run before another resumed it (and removed its tag again) finds the branch moved. The
+    winner removes its tag once its resume commit has moved the branch.
+
+    Raises:
+        RunStateError: another process claimed the session, or resumed the run meanwhile.
+    """
+    name = f"{CLAIM_TAG_PREFIX}{run_id}-{session}"
+    try:
+        lake.tag(name, head)
+    except AlreadyExistsError:
+        raise RunStateError(
+            f"run {run_id} is being resumed by another process (it holds tag {name!r}); if no "
+            f"process is resuming it, delete that tag and resume again"
+        ) from None
+    try:
+        moved = run_branch.head().id
+    except BaseException:
+        with contextlib.suppress(StoreError):
+            lake.delete_tag(name)
+        raise
+    if moved != head:
+        with contextlib.suppress(StoreError):
+            lake.delete_tag(name)
+        raise RunStateError(f"run {run_id} was resumed or ended by another process meanwhile")
+    return name
+
+
+def _read_record(run_branch: Branch, run_id: str) -> dict[str, Any]:
+    try:
+        rows = run_branch.read_table(layout.run_file(run_id, layout.RUN_FILE)).to_pylist()
+    except ObjectNotFoundError:
+        raise RunNotFoundError(f"run {run_id} has a branch but no run record") from None
+    return rows[0]  # type: ignore[no-any-return]
+
+
+def _refuse_if_live(lake: Lake, run_branch: Branch, run_id: str, record: dict[str, Any]) -> None:
+    """Refuse to resume a run that a live process is running.
+
+    A ``running`` run is live when its process exists on this host (whatever its heartbeat
+    says: a busy process may miss beats), or when its heartbeat is recent. Only a run whose
+    process is gone, or whose heartbeat went stale on another host, is resumed. A run recorded
+    as running by this very process (one whose end failed) may be resumed here.
+    """
+    if record["status"] != "running" or record["pid"] == os.getpid():
+        return
+    pid = record["pid"]
+    if record["host"] == socket.gethostname() and pid is not None and liveness.pid_alive(pid):
+        raise RunStateError(f"run {run_id} is still running (pid {pid} on this host)")
+    status = liveness.effective_status(
+        "running",
+        record["host"],
+        pid,
+        catalog.heartbeat_time(lake, run_branch.name, run_id),
+        record["heartbeat_interval"],
+        datetime.now(UTC),
+    )
+    if status == "running":
+        raise RunStateError(f"run {run_id} is still running (pid {pid} on {record['host']})")
+
+
+def _code_items(run_id: str, code: snapshot.CodeSnapshot) -> list[tuple[str, bytes]]:
+    """The snapshot's files content-addressed, and its manifest by name."""
     rows = [
         {"run_id": run_id, "path": f.path, "size": len(f.data), "sha256": f.sha256}
         for f in code.files
     ]
-    run_branch.write_table(
-        layout.run_file(run_id, layout.CODE_FILE),
-        pa.Table.from_pylist(rows, schema=layout.CODE_SCHEMA),
-    )
+    manifest = run_module.parquet_bytes(pa.Table.from_pylist(rows, schema=layout.CODE_SCHEMA))
+    blobs = {layout.code_blob(f.sha256): f.data for f in code.files}
+    return [*blobs.items(), (layout.run_file(run_id, layout.CODE_FILE), manifest)]
 
 
 def _rows(run_branch: Branch, run_id: str, name: str) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ and merged into the branch the run was started on; on an exception it is committ
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import io
 import json
@@ -57,8 +58,12 @@ class Run:
         next_part: int,
         merge: bool,
         flush_interval: float,
+        head: str,
     ) -> None:
         self._lake = lake
+        # The run branch's head as this session left it: anything else means another session
+        # took the run over, and this one must not write again (see _check_owner).
+        self._head = head
         self._branch = run_branch
         self._record = record
         self._params = params
@@ -323,12 +328,16 @@ class Run:
         """Write every buffered point and changed param, tag and artifact list now.
 
         Raises:
+            RunStateError: another session resumed the run; this one writes nothing more.
             StoreError: the store refused the write (the points stay buffered for a retry).
         """
         with self._write_lock:
             chunk = self._pending + self._buffer.drain()
+            self._pending = chunk
+            if not chunk and not self._dirty:
+                return
+            self._check_owner()
             if chunk:
-                self._pending = chunk
                 table = buffer.to_table(self.id, chunk)
                 self._branch.write_table(
                     layout.metrics_part(self.id, self._next_part),
@@ -345,6 +354,33 @@ class Run:
                     self._dirty.add(name)
                     raise
 
+    def _dirty_files(self) -> list[tuple[str, bytes]]:
+        """The changed param, tag and artifact files as ``(path, Parquet bytes)``, marked
+        written (for a caller that writes them in its own batch)."""
+        items = [
+            (layout.run_file(self.id, name), parquet_bytes(self._table_of(name)))
+            for name in sorted(self._dirty)
+        ]
+        self._dirty.clear()
+        return items
+
+    def _check_owner(self) -> None:
+        """Refuse once the run branch has moved from where this session left it.
+
+        Only a run's own session commits on its run branch, so a moved head means another
+        process resumed the run (its resume commit). Writing on would overwrite that session's
+        metric parts and record.
+
+        Raises:
+            RunStateError: the branch moved.
+        """
+        head = self._branch.head().id
+        if head != self._head:
+            raise RunStateError(
+                f"run {self.id} was resumed by another session (its branch moved from "
+                f"{self._head[:12]} to {head[:12]}); this session writes nothing more"
+            )
+
     def _table_of(self, name: str) -> pa.Table:
         if name == layout.ARTIFACTS_FILE:
             return pa.Table.from_pylist(self._artifacts, schema=layout.ARTIFACTS_SCHEMA)
@@ -352,10 +388,18 @@ class Run:
         rows = [{"run_id": self.id, "key": k, "value": v} for k, v in sorted(values.items())]
         return pa.Table.from_pylist(rows, schema=layout.KEY_VALUE_SCHEMA)
 
-    def _heartbeat(self) -> None:
+    def _heartbeat_item(self) -> list[tuple[str, bytes]]:
         data = json.dumps({"time": time.time(), "pid": self._record["pid"]}).encode()
+        return [(layout.run_file(self.id, layout.HEARTBEAT_FILE), data)]
+
+    def _heartbeat(self) -> None:
         with self._write_lock:
-            self._branch.write_bytes(layout.run_file(self.id, layout.HEARTBEAT_FILE), data)
+            self._check_owner()
+            ((path, data),) = self._heartbeat_item()
+            self._branch.write_bytes(path, data)
+
+    def _record_bytes(self) -> bytes:
+        return parquet_bytes(pa.Table.from_pylist([self._record], schema=layout.RUN_SCHEMA))
 
     def _write_record(self) -> None:
         table = pa.Table.from_pylist([self._record], schema=layout.RUN_SCHEMA)
@@ -365,10 +409,9 @@ class Run:
     def _commit(self, event: str) -> str:
         metadata = {"tracking.run_id": self.id, "tracking.event": event}
         with self._write_lock:
-            try:
-                return self._branch.commit(f"run {self.id} {event}", metadata).id
-            except NothingToCommitError:
-                return self._branch.head().id
+            with contextlib.suppress(NothingToCommitError):
+                self._head = self._branch.commit(f"run {self.id} {event}", metadata).id
+            return self._head
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -404,6 +447,8 @@ class Run:
         Raises:
             InvalidArgumentError: ``status`` is not finished, failed or killed.
             ConflictError: the merge conflicts (the run stays finished on its own branch).
+            RunStateError: another session resumed the run meanwhile; this one wrote nothing
+                more (the points it still held are dropped).
             StoreError: the final writes failed; the run then stays ``running`` in the lake
                 and shows as killed or stale to readers.
         """
@@ -417,14 +462,15 @@ class Run:
         atexit.unregister(self._end_at_exit)
         if self._flusher is not None:
             self._flusher.stop()
-        self.flush()
-        self._record.update(status=status, end_time=datetime.now(UTC), error=error)
-        self._heartbeat()
-        self._write_record()
-        output = self._commit(status)
-        self._record["output_commit"] = output
-        self._write_record()
-        self._commit("recorded")
+        with self._write_lock:
+            self.flush()
+            self._check_owner()
+            self._record.update(status=status, end_time=datetime.now(UTC), error=error)
+            self._write_record()
+            output = self._commit(status)
+            self._record["output_commit"] = output
+            self._write_record()
+            self._commit("recorded")
         if status == "finished" and self._merge and self.branch is not None:
             try:
                 merged = self._lake.merge(
@@ -455,6 +501,14 @@ class Run:
 
 
 _ARTIFACT_FIELDS = ("name", "kind", "path", "size", "sha256", "checksum")
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as Parquet bytes, encoded as :meth:`store.Branch.write_table` encodes it."""
+    from store.tables import encode
+
+    with encode(table) as encoded:
+        return encoded.read()  # type: ignore[no-any-return]
 
 
 def _key(key: Any) -> str:

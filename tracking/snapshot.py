@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
+import time
 from dataclasses import dataclass
+
+from tracking import localcache
 
 SOURCE_SUFFIXES = frozenset(
     {
@@ -90,32 +94,139 @@ class CodeSnapshot:
     truncated: bool
 
 
-def capture(root: str | os.PathLike[str] | None = None) -> CodeSnapshot:
+def capture(
+    root: str | os.PathLike[str] | None = None, *, cache_dir: str | None = None
+) -> CodeSnapshot:
     """Snapshot the project at ``root`` (default: the git work tree around the current folder,
-    else the current folder)."""
-    start = os.path.abspath(os.fspath(root) if root is not None else os.getcwd())
-    top = _git(start, "rev-parse", "--show-toplevel")
-    if top is not None and root is None:
-        start = top.strip()
-    commit = _git(start, "rev-parse", "HEAD") if top is not None else None
+    else the current folder).
+
+    Args:
+        root: the project folder.
+        cache_dir: the local cache folder (see :mod:`tracking.localcache`), or None for no
+            cache. With it, a file whose size and modification time (in nanoseconds) are what
+            they were when it was last hashed is not hashed again, and ``git status`` is not run
+            again while ``HEAD``, the git index and every listed file's size and modification
+            time are unchanged. Entries about files modified in the last
+            :data:`RACY_WINDOW_NS` are never kept, since a write in the same clock tick could
+            leave size and time unchanged.
+    """
+    cwd = os.path.abspath(os.fspath(root) if root is not None else os.getcwd())
+    spec = "." if root is not None else ":/"
+    # rev-parse and ls-files do not depend on each other: run them side by side.
+    rev = _spawn(cwd, "rev-parse", "--show-toplevel", "--git-path", "index", "HEAD")
+    listing = _spawn(cwd, "ls-files", "-co", "--exclude-standard", "-z", "--full-name", "--", spec)
+    rev_out, listed = _finish(rev), _finish(listing)
+    if rev_out is None:  # not a work tree, or a repository without commits yet
+        rev_out = _git(cwd, "rev-parse", "--show-toplevel", "--git-path", "index")
+    top, index, commit = ((rev_out or "").splitlines() + ["", "", ""])[:3]
     dirty: bool | None = None
-    if top is not None:
-        status = _git(start, "status", "--porcelain", "--untracked-files=no", "--", ".")
-        dirty = bool(status.strip()) if status is not None else None
-    listed = _git(start, "ls-files", "-co", "--exclude-standard", "-z") if top else None
-    names = listed.split("\0") if listed is not None else list(_walk(start))
-    files, truncated = _read_files(start, sorted(n for n in names if n))
+    if top:
+        base = top if root is None else cwd
+        names = [n for n in (listed or "").split("\0") if n]
+        if root is not None:
+            prefix = os.path.relpath(os.path.realpath(cwd), top).replace(os.sep, "/")
+            names = [n[len(prefix) + 1 :] for n in names] if prefix != "." else names
+        stats = _stats(base, names)
+        dirty = _dirty(cwd, top, spec, commit, os.path.join(cwd, index), stats, cache_dir)
+    else:
+        base, names = cwd, _walk(cwd)
+    hashes_path = localcache.entry_path(cache_dir, "code", _digest(base)) if cache_dir else None
+    known = localcache.load(hashes_path) if hashes_path else None
+    known = known if isinstance(known, dict) else {}
+    files, mtimes, truncated = _read_files(base, sorted(names), known)
+    if hashes_path:
+        fresh = {
+            f.path: [len(f.data), mtimes[f.path], f.sha256]
+            for f in files
+            if _settled((len(f.data), mtimes[f.path]))
+        }
+        if fresh != known:
+            localcache.store(hashes_path, fresh)
     return CodeSnapshot(
-        root=start,
-        git_commit=commit.strip() if commit else None,
+        root=base,
+        git_commit=commit.strip() or None,
         git_dirty=dirty,
         files=tuple(files),
         truncated=truncated,
     )
 
 
-def _read_files(root: str, names: list[str]) -> tuple[list[SourceFile], bool]:
+#: A file changed this recently (nanoseconds) may change again within one clock tick of the
+#: file system, unseen by size and time; the caches never keep what they learnt about it.
+RACY_WINDOW_NS = 2_000_000_000
+
+
+def _stats(base: str, names: list[str]) -> dict[str, tuple[int, int]]:
+    out = {}
+    for name in names:
+        try:
+            st = os.lstat(os.path.join(base, name))
+            out[name] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            out[name] = (-1, -1)
+    return out
+
+
+def _settled(stat: tuple[int, int] | None) -> bool:
+    return stat is not None and stat[1] >= 0 and time.time_ns() - stat[1] > RACY_WINDOW_NS
+
+
+def _dirty(
+    start: str,
+    top: str,
+    spec: str,
+    commit: str | None,
+    index: str,
+    stats: dict[str, tuple[int, int]],
+    cache_dir: str | None,
+) -> bool | None:
+    """Whether tracked files differ from ``HEAD``: ``git status``, or its cached answer."""
+
+    def key() -> str | None:
+        try:
+            st = os.stat(index)
+        except OSError:
+            return None
+        if not all(_settled(s) for s in stats.values()) or not _settled(
+            (st.st_size, st.st_mtime_ns)
+        ):
+            return None
+        parts = [top, start, spec, commit or "", f"{st.st_size}:{st.st_mtime_ns}"]
+        parts += [f"{n}\0{s}\0{m}" for n, (s, m) in sorted(stats.items())]
+        return _digest("\n".join(parts))
+
+    before = key() if cache_dir else None
+    path = localcache.entry_path(cache_dir, "git-status", before) if cache_dir and before else None
+    cached = localcache.load(path) if path else None
+    if isinstance(cached, bool):
+        return cached
+    status = _git(start, "status", "--porcelain", "--untracked-files=no", "--", spec)
+    dirty = bool(status.strip()) if status is not None else None
+    # Store only when nothing moved while git looked (git may refresh its index meanwhile:
+    # then the next run stores it).
+    if path and dirty is not None and key() == before:
+        localcache.store(path, dirty)
+    return dirty
+
+
+def _sha256(data: bytes) -> str:
+    """A source file's hash (the one place files are hashed)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _read_files(
+    root: str, names: list[str], known: dict[str, object]
+) -> tuple[list[SourceFile], dict[str, int], bool]:
+    """The source-like files among ``names``, their mtimes, and whether limits dropped any.
+
+    A file whose size and mtime match its entry in ``known`` keeps the hash recorded there.
+    """
     files: list[SourceFile] = []
+    mtimes: dict[str, int] = {}
     total = 0
     truncated = False
     for name in names:
@@ -127,21 +238,33 @@ def _read_files(root: str, names: list[str]) -> tuple[list[SourceFile], bool]:
             continue
         full = os.path.join(root, name)
         try:
-            if not os.path.isfile(full) or os.path.islink(full):
+            st = os.lstat(full)
+            if not stat.S_ISREG(st.st_mode):
                 continue
-            size = os.path.getsize(full)
-            if size > MAX_FILE_BYTES:
+            if st.st_size > MAX_FILE_BYTES:
                 truncated = True
                 continue
-            if len(files) >= MAX_FILES or total + size > MAX_TOTAL_BYTES:
-                return files, True
+            if len(files) >= MAX_FILES or total + st.st_size > MAX_TOTAL_BYTES:
+                return files, mtimes, True
             with open(full, "rb") as f:
                 data = f.read()
         except OSError:
             continue
         total += len(data)
-        files.append(SourceFile(name, data, hashlib.sha256(data).hexdigest()))
-    return files, truncated
+        entry = known.get(name)
+        if (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and entry[0] == len(data) == st.st_size
+            and entry[1] == st.st_mtime_ns
+            and isinstance(entry[2], str)
+        ):
+            digest = entry[2]
+        else:
+            digest = _sha256(data)
+        files.append(SourceFile(name, data, digest))
+        mtimes[name] = st.st_mtime_ns
+    return files, mtimes, truncated
 
 
 def _walk(root: str) -> list[str]:
@@ -156,14 +279,31 @@ def _walk(root: str) -> list[str]:
     return out
 
 
+def _spawn(cwd: str, *args: str) -> subprocess.Popen[bytes] | None:
+    """Start a git command (None when git is absent)."""
+    try:
+        return subprocess.Popen(
+            ["git", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+    except OSError:
+        return None
+
+
+def _finish(proc: subprocess.Popen[bytes] | None) -> str | None:
+    """Output of a started git command, or None when it failed or timed out."""
+    if proc is None:
+        return None
+    try:
+        out, _ = proc.communicate(timeout=GIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None
+    if proc.returncode != 0:
+        return None
+    return out.decode("utf-8", "surrogateescape")
+
+
 def _git(cwd: str, *args: str) -> str | None:
     """Output of a git command, or None when git is absent or this is not a work tree."""
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, timeout=GIT_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.decode("utf-8", "surrogateescape")
+    return _finish(_spawn(cwd, *args))

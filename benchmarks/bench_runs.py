@@ -1,0 +1,158 @@
+"""Run lifecycle benchmark: an empty run (start + end) against MLflow's start_run/end_run.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.bench_runs --mlflow-python /tmp/mlflow-venv/bin/python
+
+Both sides run in the same invocation, in alternating rounds so that a noisy neighbour slows
+both alike. flowlake: ``tracking.start_run(lake, branch=..., name=...)`` then ``end()`` on an
+embedded lake, with the code snapshot and the environment capture on, as a user gets them by
+default. The project both sides run in is a fresh clone of this repository's ``HEAD`` (a quiet
+work tree, as a user's project is during a sweep; this one may be edited while the benchmark
+runs). MLflow (its own venv, run as a child process so MLflow never
+enters flowlake's venv): ``mlflow.start_run(run_name=...)`` then ``mlflow.end_run()`` on a
+sqlite tracking store, from the same folder (so MLflow records its git source tags too). The
+first run of each side (cold caches, imports) is reported apart and left out of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from typing import Any
+
+import store
+import tracking
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MLFLOW_SCRIPT = textwrap.dedent(
+    """
+    import json, logging, sys, time
+    logging.disable(logging.WARNING)
+    import mlflow
+    runs, workdir = int(sys.argv[1]), sys.argv[2]
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
+    mlflow.set_experiment("bench")
+    times = []
+    for i in range(runs):
+        start = time.perf_counter()
+        mlflow.start_run(run_name=f"empty-{i}")
+        mlflow.end_run()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"version": mlflow.__version__, "times": times}))
+    """
+)
+
+
+def flowlake_round(
+    lake: store.Lake, branch: str, runs: int, cache_dir: str, project: str
+) -> tuple[list[float], str]:
+    """``runs`` empty runs: their times, and the last one's id."""
+    times = []
+    run_id = ""
+    for i in range(runs):
+        start = time.perf_counter()
+        run = tracking.start_run(
+            lake, branch=branch, name=f"empty-{i}", code_dir=project, cache_dir=cache_dir
+        )
+        run.end()
+        times.append(time.perf_counter() - start)
+        run_id = run.id
+    return times, run_id
+
+
+def mlflow_round(python: str, runs: int, workdir: str, project: str) -> dict[str, Any]:
+    """One MLflow process doing ``runs`` empty runs; its first pays for imports and setup."""
+    done = subprocess.run(
+        [python, "-c", MLFLOW_SCRIPT, str(runs), workdir],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+        cwd=project,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs-per-round", type=int, default=10)
+    parser.add_argument("--mlflow-python", default=None, help="python of a venv with mlflow")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    results: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    flow: list[float] = []
+    ml: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-runs-") as tmp:
+        project = os.path.join(tmp, "project")
+        subprocess.run(["git", "clone", "--quiet", REPO, project], check=True, timeout=300)
+        lake = store.open(os.path.join(tmp, "lake"))
+        branch = lake.branch("sweep", source="main").name
+        cache_dir = os.path.join(tmp, "cache")  # starts empty: the first run pays for it
+        cold = flowlake_round(lake, branch, 1, cache_dir, project)[0][0]
+        mlflow_dir = os.path.join(tmp, "mlflow")
+        os.makedirs(mlflow_dir)
+        ml_cold = None
+        for _ in range(args.rounds):
+            times, last = flowlake_round(lake, branch, args.runs_per_round, cache_dir, project)
+            flow += times
+            if args.mlflow_python:
+                out = mlflow_round(args.mlflow_python, args.runs_per_round + 1, mlflow_dir, project)
+                results["mlflow_version"] = out["version"]
+                if ml_cold is None:
+                    ml_cold = out["times"][0]
+                ml += out["times"][1:]
+        events = tracking.sql(
+            lake, "SELECT event FROM commits WHERE run_id = ?", params=[last]
+        ).column("event")
+        files = tracking.sql(
+            lake, "SELECT count(*) AS n FROM code WHERE run_id = ?", params=[last]
+        ).column("n")
+        results["flowlake"] = {
+            "runs": len(flow),
+            "cold_first_run_ms": _ms(cold),
+            "median_ms": _ms(statistics.median(flow)),
+            "mean_ms": _ms(statistics.fmean(flow)),
+            "p90_ms": _ms(statistics.quantiles(flow, n=10)[-1]),
+            "commits_per_run": sorted(events.to_pylist()),
+            "code_files_snapshotted": files[0].as_py(),
+        }
+        lake.close()
+    print(json.dumps(results["flowlake"]), flush=True)
+    if ml:
+        results["mlflow"] = {
+            "runs": len(ml),
+            "cold_first_run_ms": _ms(ml_cold or 0.0),
+            "median_ms": _ms(statistics.median(ml)),
+            "mean_ms": _ms(statistics.fmean(ml)),
+            "p90_ms": _ms(statistics.quantiles(ml, n=10)[-1]),
+        }
+        results["flowlake_over_mlflow_median"] = round(
+            statistics.median(flow) / statistics.median(ml), 3
+        )
+        print(json.dumps(results["mlflow"]), flush=True)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

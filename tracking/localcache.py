@@ -1,0 +1,59 @@
+"""Small local caches that spare a run repeated work: never the source of truth.
+
+What a run records is always recomputed when a cache entry is missing, unreadable or stale, so
+deleting the cache folder at any moment only costs time. Entries are JSON files written under a
+temporary name and renamed, so a reader (another process, too) sees a whole entry or none.
+
+The folder is ``$FLOWLAKE_CACHE_DIR``, else ``~/.cache/flowlake``; callers pass it in (see
+:func:`tracking.start_run`), and tests give their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any
+
+#: Bumped when the shape of an entry changes; old entries are then simply not found.
+CACHE_VERSION = 1
+
+
+def cache_root() -> str:
+    """The cache folder: ``$FLOWLAKE_CACHE_DIR``, else ``~/.cache/flowlake``."""
+    return os.environ.get("FLOWLAKE_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "flowlake"
+    )
+
+
+def entry_path(root: str, kind: str, key: str) -> str:
+    """Where entry ``key`` (a hex digest) of ``kind`` lives under ``root``."""
+    return os.path.join(root, "runs", f"v{CACHE_VERSION}", kind, f"{key}.json")
+
+
+def load(path: str) -> Any | None:
+    """The entry at ``path``, or None when it is missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def store(path: str, value: Any) -> None:
+    """Write an entry atomically; a failure (read-only home, full disk) is ignored: a cache
+    that cannot be written only costs the next run the work again."""
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(value, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
