@@ -27,6 +27,7 @@ from store.errors import InvalidArgumentError
 from store.lake import Lake
 from store.model import BranchInfo, Change, ChangeKind, Commit, ObjectInfo
 from store.names import Namespace, validate_login
+from store.policy.enforce import policy_view
 
 LAKEFS_SCHEME = "lakefs://"
 
@@ -64,6 +65,8 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
     namespace: str | None = None,
     *,
     user: str | None = None,
+    perimeter: str | None = None,
+    token: str | None = None,
     **options: Any,
 ) -> Lake:
     """Open a lake.
@@ -76,6 +79,9 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
         user: the login commits are attributed to and whose namespace ``user:<login>`` is the
             default (default: :func:`current_user`); 1-64 characters without ``/``, ``:``,
             ``~``, ``^`` or control characters.
+        perimeter: the policy perimeter to act in (default ``$FLOWLAKE_PERIMETER``, else the
+            token's, else ``staging`` when ``main`` holds a policy); see docs/policy.md.
+        token: a machine token's secret (default ``$FLOWLAKE_TOKEN``); never logged or stored.
         **options: backend options. Embedded: ``objects`` (fsspec URL of the object location),
             ``storage_options``, ``create``. lakeFS: ``endpoint``, ``access_key_id``,
             ``secret_access_key``, ``create``, ``storage_namespace``.
@@ -84,6 +90,7 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
         InvalidNameError: bad namespace or login.
         LakeNotFoundError: no lake there and ``create=False``.
         NotInstalledError: the backend's extra is not installed.
+        PermissionDeniedError, TokenError: the policy refuses this principal or token.
     """
     user = validate_login(user) if user is not None else current_user()
     ns = Namespace.parse(namespace) if namespace is not None else Namespace("user", user)
@@ -95,4 +102,9 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
         backend = load_backend("lakefs", repository=repository, **options)
     else:
         backend = load_backend("embedded", path=text, **options)
-    return Lake(backend, ns, user, text)
+    try:  # the policy's one enforcement point sits under every handle (docs/policy.md)
+        view = policy_view(backend, user, perimeter, token, location=text)
+    except BaseException:
+        backend.close()
+        raise
+    return Lake(view, ns, user, text)

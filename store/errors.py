@@ -76,6 +76,15 @@ class TokenError(PermissionDeniedError):
     """A machine token is malformed, unknown, revoked or expired (the message never holds it)."""
 
 
+class GateFailedError(PermissionDeniedError):
+    """A promotion into ``main`` was refused by a policy gate; ``failures`` names each failed
+    condition with its numbers. Nothing was changed."""
+
+    def __init__(self, message: str, failures: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.failures: list[str] = list(failures)
+
+
 class ProtectedBranchError(PermissionDeniedError):
     """The branch is protected: change it only by merging into it."""
 

@@ -1,0 +1,309 @@
+"""The policy enforced on every backend: perimeters, rights, tokens, the audit chain, gates.
+
+Every behaviour runs on every backend through the ``lake`` fixture; lakes are reopened through
+``lake_access`` (configuration only) in a perimeter or with a token, as CI would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+import store
+import tracking
+from store.errors import (
+    GateFailedError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    PolicyError,
+    TokenError,
+)
+from store.policy import api
+from store.policy.enforce import META_AUDIT_SEQ, META_PERIMETER, META_PRINCIPAL, backend_principal
+from store.policy.ledger import ADMIN_BRANCH, audit_path
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+POLICY = """\
+version = 1
+
+[groups]
+release = ["{admin}", "token:ci"]
+
+[perimeters.production]
+principals = ["group:release"]
+write = ["production/**", "user:*/**"]
+
+[perimeters.staging]
+principals = ["*"]
+write = ["user:*/**", "team:*/**"]
+read_deny = ["data/pii/**"]
+{gates}
+"""
+
+METRIC_GATE = """
+[[gates]]
+metric = "accuracy >= production.accuracy - 0.002"
+"""
+
+
+def admin(lake: store.Lake) -> str:
+    return backend_principal(api._view(lake)._inner, lake.user)
+
+
+def install_policy(lake: store.Lake, gates: str = "") -> str:
+    """Merge a policy (and some data) into main of a lake that has none yet; returns it."""
+    text = POLICY.format(admin=admin(lake), gates=gates)
+    setup = lake.branch("setup")
+    setup.write_bytes("data/pii/people.csv", b"name\nada\n")
+    setup.write_bytes("data/open.csv", b"x\n1\n")
+    setup.write_bytes("_flowlake/policy.toml", text.encode())
+    setup.commit("policy and data")
+    lake.merge(setup.name, into="main")
+    return text
+
+
+def reopen(access: object, **kwargs: str) -> store.Lake:
+    return store.open(access.location, **kwargs)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def policed(lake: store.Lake, lake_access: object) -> object:
+    install_policy(lake)
+    return lake_access
+
+
+def test_a_lake_without_policy_records_nothing_and_checks_nothing(lake: store.Lake) -> None:
+    branch = lake.branch("exp")
+    branch.write_bytes("a", b"1")
+    commit = branch.commit("one")
+    assert META_PERIMETER not in commit.metadata
+    lake.merge("exp", into="main")
+    assert ADMIN_BRANCH not in {b.name for b in lake.branches(all_namespaces=True)}
+
+
+def test_staging_cannot_write_production_merge_into_main_or_read_pii(policed: object) -> None:
+    staging = reopen(policed, perimeter="staging")
+    main = staging.resolve("main")
+    exp = staging.branch("exp")
+    exp.write_bytes("model.bin", b"m")
+    commit = exp.commit("train")
+    assert commit.metadata[META_PERIMETER] == "staging"
+    assert commit.metadata[META_PRINCIPAL] == api.identity(staging).principal
+    with pytest.raises(PermissionDeniedError, match="may not merge into production/main"):
+        staging.merge("exp", into="main")
+    with pytest.raises(PermissionError, match="may not create branch production/hotfix"):
+        staging.with_namespace("production").branch("hotfix")
+    with pytest.raises(PermissionError, match="data/pii/people.csv"):
+        staging.read_bytes("data/pii/people.csv", "main")
+    assert [o.path for o in staging.list("main", "data")] == ["data/open.csv"]
+    assert staging.read_bytes("data/open.csv", "main") == b"x\n1\n"
+    assert staging.resolve("main") == main
+    staging.close()
+
+
+def test_staging_cannot_change_the_policy_and_an_invalid_policy_never_lands(
+    policed: object,
+) -> None:
+    staging = reopen(policed, perimeter="staging")
+    edit = staging.branch("weaken")
+    edit.write_bytes("_flowlake/policy.toml", b"version = 1\n")
+    edit.commit("weaken the policy")
+    main = staging.resolve("main")
+    with pytest.raises(PermissionDeniedError):
+        staging.merge("weaken", into="main")
+    staging.close()
+    prod = reopen(policed, perimeter="production")
+    with pytest.raises(PolicyError, match=r"\[perimeters.<name>\] table is required"):
+        prod.merge("user:tester/weaken", into="main")
+    assert prod.resolve("main") == main
+    prod.close()
+
+
+def test_unknown_perimeter_and_outsiders_are_refused(policed: object, monkeypatch) -> None:
+    with pytest.raises(InvalidArgumentError, match="unknown perimeter 'prod'.*production"):
+        reopen(policed, perimeter="prod")
+    monkeypatch.setenv("FLOWLAKE_TOKEN", "")
+    monkeypatch.setenv("FLOWLAKE_USER", "mallory")
+    if api.identity(reopen(policed)).principal == "user:mallory":  # embedded: the login counts
+        with pytest.raises(PermissionDeniedError, match="user:mallory may not act in"):
+            reopen(policed, perimeter="production")
+
+
+def test_tokens_authenticate_expire_revoke_and_never_leak(
+    policed: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prod = reopen(policed, perimeter="production")
+    secret, record = api.create_token(prod, "ci", "production", "30d")
+    assert secret.startswith("flk_") and record.digest != secret
+    monkeypatch.setenv("FLOWLAKE_TOKEN", secret)
+    ci = reopen(policed)
+    assert api.identity(ci) == api.Identity("token:ci", "production")
+    branch = ci.branch("release")
+    branch.write_bytes("m", b"1")
+    commit = branch.commit("release")
+    ci.merge(branch.name, into="main")
+    with pytest.raises(TokenError, match="'ci' is for perimeter 'production'") as wrong:
+        reopen(policed, perimeter="staging")
+    assert secret not in str(wrong.value)
+    monkeypatch.setenv("FLOWLAKE_TOKEN", secret[:-1] + ("A" if secret[-1] != "A" else "B"))
+    with pytest.raises(TokenError, match="malformed"):
+        reopen(policed)
+    monkeypatch.delenv("FLOWLAKE_TOKEN")
+    listed = api.list_tokens(prod)
+    assert [(t.name, t.perimeter) for t in listed] == [("ci", "production")]
+    assert listed[0].last_used is not None
+    view = api._view(prod)
+    view.ledger.update_token(replace(listed[0], expires=datetime.now(UTC) - timedelta(1)))
+    monkeypatch.setenv("FLOWLAKE_TOKEN", secret)
+    with pytest.raises(TokenError, match="token 'ci' expired"):
+        reopen(policed)
+    monkeypatch.delenv("FLOWLAKE_TOKEN")
+    view.ledger.update_token(replace(listed[0], expires=datetime.now(UTC) + timedelta(1)))
+    api.revoke_token(prod, "ci")
+    monkeypatch.setenv("FLOWLAKE_TOKEN", secret)
+    with pytest.raises(TokenError, match="token 'ci' was revoked"):
+        reopen(policed)
+    everything = json.dumps([e.body() for e in api.audit_log(prod)])
+    everything += json.dumps([dict(c.metadata) for c in prod.log("main")])
+    everything += json.dumps([dict(commit.metadata)])
+    assert secret not in everything
+    assert {"token-create", "token-use", "token-revoke", "promote"} <= {
+        e.action for e in api.audit_log(prod)
+    }
+    prod.close()
+
+
+def test_only_production_creates_tokens(policed: object) -> None:
+    staging = reopen(policed, perimeter="staging")
+    with pytest.raises(PermissionDeniedError, match="needs the production perimeter"):
+        api.create_token(staging, "ci", "production")
+    assert api.list_tokens(staging) == []
+
+
+def test_the_audit_chain_verifies_and_names_edits_and_cut_tails(policed: object) -> None:
+    prod = reopen(policed, perimeter="production")
+    api.create_token(prod, "ci", "production")
+    branch = prod.branch("r1")
+    branch.write_bytes("m", b"1")
+    branch.commit("r1")
+    merged = prod.merge(branch.name, into="main")
+    anchored = int(merged.metadata[META_AUDIT_SEQ])
+    assert api.verify_audit(prod) == []
+    inner = api._view(prod)._inner
+    entries = api.audit_log(prod)
+    edited = json.loads(inner.open_read(ADMIN_BRANCH, audit_path(1)).read())
+    edited["actor"] = "user:someone-else"
+    inner.put_many(ADMIN_BRANCH, [(audit_path(1), json.dumps(edited).encode())])
+    inner.commit(ADMIN_BRANCH, "tamper", {}, "mallory")
+    assert any("entry 1" in p and "edited" in p for p in api.verify_audit(prod))
+    inner.delete(ADMIN_BRANCH, [audit_path(e.seq) for e in entries if e.seq >= anchored])
+    inner.commit(ADMIN_BRANCH, "cut the tail", {}, "mallory")
+    assert any(f"entry {anchored}" in p and "missing" in p for p in api.verify_audit(prod))
+    with pytest.raises(PermissionDeniedError, match="internal admin branch"):
+        prod.backend.put_many(ADMIN_BRANCH, [("x", b"y")])
+    prod.close()
+
+
+def test_concurrent_audit_appends_lose_and_duplicate_nothing(policed: object) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    prod = reopen(policed, perimeter="production")
+    ledger = api._view(prod).ledger
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: ledger.append("user:x", "gate", {"i": i}), range(8)))
+    entries = api.audit_log(prod)
+    assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+    assert sorted(e.details["i"] for e in entries if e.action == "gate") == list(range(8))
+    assert api.verify_audit(prod) == []
+    prod.close()
+
+
+# -- gates -------------------------------------------------------------------------------------
+
+
+def log_stream(dep: tracking.Deployment, values: np.ndarray) -> None:
+    per_day = math.ceil(len(values) / 4)
+    for i, value in enumerate(values):
+        stamp = T0 + timedelta(days=i // per_day, minutes=i % per_day)
+        dep.log_metric("accuracy", float(value), step=i, timestamp=stamp)
+    dep.close()
+
+
+def candidate(lake: store.Lake, name: str, content: bytes) -> None:
+    branch = lake.branch(name)
+    branch.write_bytes("models/clf/model.pkl", content)
+    branch.commit(f"train {name}")
+
+
+def test_a_failing_metric_gate_blocks_and_the_passing_candidate_promotes(
+    lake: store.Lake, lake_access: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(7)
+    candidate(lake, "good", b"good")
+    candidate(lake, "bad", b"bad")
+    good = tracking.deploy(lake, "good", branch="good", deployed_at=T0)
+    bad = tracking.deploy(lake, "bad", branch="bad", deployed_at=T0)
+    log_stream(tracking.deployment(lake, "production"), rng.normal(0.8, 0.02, 120))
+    log_stream(good, rng.normal(0.9, 0.02, 120))
+    log_stream(bad, rng.normal(0.7, 0.02, 120))
+    install_policy(lake, METRIC_GATE)
+    prod = reopen(lake_access, perimeter="production")
+    secret, _ = api.create_token(prod, "ci", "production", "1d")
+    monkeypatch.setenv("FLOWLAKE_TOKEN", secret)
+    ci = reopen(lake_access)
+    main = ci.resolve("main")
+    outcomes = api.check_gates(ci, "user:tester/bad")
+    assert [o.passed for o in outcomes] == [False]
+    with pytest.raises(GateFailedError, match=r"accuracy 0\.\d+ vs 0\.7\d+ = production") as info:
+        ci.merge("user:tester/bad", into="main")
+    assert info.value.failures and ci.resolve("main") == main
+    promotion = tracking.promote(ci, "good")
+    assert promotion.merge_commit == ci.resolve("main")
+    assert ci.read_bytes("models/clf/model.pkl", "main") == b"good"
+    gates = [e for e in api.audit_log(ci) if e.action == "gate"]
+    assert [e.details["passed"] for e in gates] == [False, True]
+    assert api.verify_audit(ci) == []
+    ci.close()
+    prod.close()
+
+
+def test_check_run_and_approval_gates_hold_for_exactly_the_source_commit(
+    policed: object,
+) -> None:
+    prod = reopen(policed, perimeter="production")
+    text = POLICY.format(
+        admin=admin(prod),
+        gates='[[gates]]\ncheck_run = "tests"\n\n[[gates]]\napprovals = 1\n'
+        'approvers = ["group:release"]\n',
+    )
+    update = prod.branch("gates")
+    update.write_bytes("_flowlake/policy.toml", text.encode())
+    update.commit("add gates")
+    prod.merge(update.name, into="main")
+    pr = prod.branch("pr")
+    pr.write_bytes("m", b"1")
+    pr.commit("change")
+    with pytest.raises(GateFailedError) as info:
+        prod.merge(pr.name, into="main")
+    assert any("no run tagged check='tests'" in f for f in info.value.failures)
+    assert any("approvals" in f and "0 of 1" in f for f in info.value.failures)
+    with tracking.start_run(
+        prod, pr.name, tags={"check": "tests"}, merge=False, snapshot_code=False
+    ):
+        pass
+    with pytest.raises(PermissionDeniedError, match="approve another's commit"):
+        api.approve(prod, pr.name)
+    secret, _ = api.create_token(prod, "ci", "production")
+    ci = store.open(policed.location, token=secret)  # type: ignore[attr-defined]
+    api.approve(ci, pr.name)
+    assert all(o.passed for o in api.check_gates(ci, pr.name))
+    merged = ci.merge(pr.name, into="main")
+    assert ci.read_bytes("m", "main") == b"1" and merged.metadata[META_AUDIT_SEQ]
+    ci.close()
+    prod.close()
