@@ -44,13 +44,12 @@ def check(backend: EmbeddedBackend) -> list[str]:
     """
     refs = backend.refs
     problems = refs.integrity_problems()
-    try:
-        problems += refs.damaged_rows()
-        branches = refs.branches()
-        tags = refs.tags()
-    except RefsDatabaseError as exc:
-        return [*problems, str(exc)]
-    if backend.default_branch not in branches:
+    problems += _guarded(problems, refs.damaged_rows, [])
+    branches = _guarded(problems, refs.branches, None)
+    tags = _guarded(problems, refs.tags, dict[str, str]())
+    if branches is None:
+        branches = {}  # unreadable: reported above; check what the tags still reach
+    elif backend.default_branch not in branches:
         problems.append(f"production branch {backend.default_branch!r} is missing")
     elif backend.default_branch not in _guarded(problems, refs.protected, set[str]()):
         problems.append(f"production branch {backend.default_branch!r} is not protected")
@@ -66,10 +65,7 @@ def check(backend: EmbeddedBackend) -> list[str]:
     for commit_id, commit_trees in trees.items():
         for tree in sorted(commit_trees):
             problems += _check_tree(backend, commit_id, tree, checked)
-    try:
-        staged, _ = refs.staged_addresses()
-    except RefsDatabaseError as exc:
-        return [*problems, str(exc)]
+    staged, _ = _guarded(problems, refs.staged_addresses, (set[str](), 0))
     for addr in sorted(staged):
         problems += _check_blob(backend, addr, checked, "uncommitted change")
     return problems
