@@ -32,6 +32,7 @@ import json
 import os
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 INDEX_VERSION = 1
 #: Compact a view's segments into one when it has more than this many.
 MAX_SEGMENTS = 8
+#: Seconds a compacted segment is kept for queries that were already reading it.
+RETIRED_KEPT_S = 3600.0
 #: Object ids are ``segment << OID_BITS | row group of the object in that segment``.
 OID_BITS = 32
 
@@ -417,15 +420,14 @@ class Index:
                 (segment, view, json.dumps(ids)),
             )
             db.execute(
-                "UPDATE segments SET retired = unixepoch('subsec') WHERE id IN "
-                "(SELECT value FROM json_each(?))",
-                (json.dumps(ids),),
+                "UPDATE segments SET retired = ? WHERE id IN (SELECT value FROM json_each(?))",
+                (time.time(), json.dumps(ids)),
             )
         self._sweep()
 
     def _sweep(self) -> None:
         old = self._db.execute(
-            "SELECT id, path FROM segments WHERE retired < unixepoch('subsec') - 3600"
+            "SELECT id, path FROM segments WHERE retired < ?", (time.time() - RETIRED_KEPT_S,)
         ).fetchall()
         for segment, path in old:
             with contextlib.suppress(FileNotFoundError):

@@ -194,7 +194,8 @@ def build(
     if "branches" in names:
         _register(con, "branches", _branches_table(where))
     found = pa.concat_tables(problems) if problems else PROBLEMS_SCHEMA.empty_table()
-    _register(con, "problems", found)
+    if "problems" in names:
+        _register(con, "problems", found)
     if found.num_rows:
         listed = found.slice(0, 3).to_pylist()
         shown = "; ".join(f"{p['path']} at {p['ref']}: {p['problem']}" for p in listed)
@@ -332,6 +333,17 @@ def _runs_view(con: duckdb.DuckDBPyConnection, lake: Lake, resolved: Resolved) -
             beat = catalog.heartbeat_time(lake, where[(oid, ref)], run_id)
             status = liveness.effective_status("running", host, pid, beat, interval, now)
             live.append({"_oid": oid, "ref": ref, "status": status, "heartbeat_time": beat})
+    if not live:  # no run to second-guess: the recorded status stands
+        columns = [
+            "r.status AS recorded_status"
+            if f.name == "recorded_status"
+            else "NULL::TIMESTAMPTZ AS heartbeat_time"
+            if f.name == "heartbeat_time"
+            else f'r."{f.name}"'
+            for f in RUNS_SCHEMA
+        ]
+        con.execute(f"CREATE VIEW runs AS SELECT {', '.join(columns)} FROM _run_records r")
+        return
     con.register("_live_runs", pa.Table.from_pylist(live, schema=_LIVE_SCHEMA))
     columns = []
     for field in RUNS_SCHEMA:
