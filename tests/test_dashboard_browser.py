@@ -96,16 +96,18 @@ def test_compare_pick_promote_confirm_moves_main(served: tuple[str, Path], tmp_p
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            page = browser.new_page(viewport={"width": 1400, "height": 1900})
             page.goto(url)
             expect(page.get_by_role("heading", name="Compare")).to_be_visible(timeout=60_000)
             page.get_by_test_id("stSelectbox").first.click()
             page.get_by_role("option", name="cand").click()
             verdict = page.get_by_test_id("stMarkdown").filter(has_text="accuracy: better")
             expect(verdict.first).to_be_visible(timeout=30_000)
-            expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
-            expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible()
-            expect(page.get_by_text("always-valid sequential intervals").first).to_be_visible()
+            expect(page.get_by_test_id("stDataFrame").first).to_be_visible(timeout=30_000)
+            expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("always-valid sequential intervals").first).to_be_visible(
+                timeout=30_000
+            )
             shots = Path(os.environ.get("FLOWLAKE_SCREENSHOT_DIR") or tmp_path)
             shots.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shots / "dashboard-compare.png"), full_page=True)

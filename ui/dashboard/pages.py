@@ -67,24 +67,45 @@ def compare_page(location: str) -> None:
             f"({row.candidate:.4g} vs {row.baseline:.4g}, adjusted p {row.adjusted_p:.3g})"
         )
     table = data.metric_table((*result.metrics, *result.segments))
-    styled = table.style.map(
-        lambda v: (
-            f"background-color: {_CELL[VERDICT_COLOUR[v]]}"
-            if _CELL.get(VERDICT_COLOUR.get(v, "gray"))
-            else ""
-        ),
-        subset=["verdict"],
-    ).format(precision=4, subset=["baseline", "candidate", "difference", "low", "high"])
+    styled = (
+        table.style.map(
+            lambda v: (
+                f"background-color: {_CELL[VERDICT_COLOUR[v]]}"
+                if _CELL.get(VERDICT_COLOUR.get(v, "gray"))
+                else ""
+            ),
+            subset=["verdict"],
+        )
+        .format(precision=4, subset=["baseline", "candidate", "difference", "low", "high"])
+        .format("{:.1f}", subset=["relative %"])
+    )
     st.dataframe(styled, hide_index=True, key="metrics-table")
     timeline = data.timeline_frame(result)
     if not timeline.empty:
         metric = st.selectbox("metric over time", sorted(timeline["metric"].unique()))
-        st.altair_chart(_timeline_chart(timeline[timeline["metric"] == metric]))
+        chosen = timeline[timeline["metric"] == metric]
+        st.altair_chart(_values_chart(chosen, candidate, baseline))
+        st.altair_chart(_timeline_chart(chosen))
     _promote_box(location, candidate, baseline, mode, result)
 
 
 def _when(moment: object) -> str:
     return moment.strftime("%Y-%m-%d %H:%M") if hasattr(moment, "strftime") else "the start"
+
+
+def _values_chart(frame: pd.DataFrame, candidate: str, baseline: str) -> alt.Chart:
+    """Both deployments' cumulative means per day."""
+    long = frame.melt("day", ["baseline", "candidate"], var_name="side", value_name="mean")
+    long["side"] = long["side"].map({"baseline": baseline, "candidate": candidate})
+    return (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("day:T", title="day"),
+            y=alt.Y("mean:Q", title="cumulative mean", scale=alt.Scale(zero=False)),
+            color=alt.Color("side:N", title=None),
+        )
+    )
 
 
 def _timeline_chart(frame: pd.DataFrame) -> alt.LayerChart | alt.FacetChart:
