@@ -1,0 +1,165 @@
+"""``flowlake token / audit / gates / approve / check`` and the CI workflow in examples/ci/.
+
+The workflow test runs the ``run:`` scripts of the flowlake steps of
+``examples/ci/github-actions.yml`` with bash, in order, against a local lake, with the machine
+token only in the environment, as GitHub Actions would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import store
+from ui.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / "examples" / "ci" / "github-actions.yml"
+POLICY = """\
+version = 1
+
+[perimeters.production]
+principals = ["user:tester", "token:ci"]
+write = ["production/**", "team:*/**", "user:*/**"]
+
+[perimeters.staging]
+principals = ["*"]
+write = ["user:*/**"]
+
+[[gates]]
+check_run = "tests"
+"""
+
+
+def flowlake(lake: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [*args, "--lake", str(lake)], env=env)
+    return result.exit_code, result.output + (
+        str(result.exception or "") if result.exit_code else ""
+    )
+
+
+@pytest.fixture
+def policed_lake(tmp_path: Path) -> Path:
+    path = tmp_path / "lake"
+    lake = store.open(path)
+    setup = lake.branch("setup")
+    setup.write_bytes("_flowlake/policy.toml", POLICY.encode())
+    setup.commit("policy")
+    lake.merge(setup.name, into="main")
+    lake.close()
+    return path
+
+
+def create_token(lake: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("FLOWLAKE_PERIMETER", "production")
+    code, out = flowlake(lake, "token", "create", "--name", "ci", "--perimeter", "production")
+    monkeypatch.delenv("FLOWLAKE_PERIMETER")
+    assert code == 0, out
+    secret = out.strip().splitlines()[-1]
+    assert secret.startswith("flk_")
+    return secret
+
+
+def test_token_commands_never_print_the_secret_again(
+    policed_lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = create_token(policed_lake, monkeypatch)
+    outputs = [
+        flowlake(policed_lake, "token", "list", "--json"),
+        flowlake(policed_lake, "token", "list"),
+        flowlake(policed_lake, "audit", "--json"),
+    ]
+    listed = json.loads(outputs[0][1])
+    assert [(t["name"], t["perimeter"], t["revoked"]) for t in listed] == [
+        ("ci", "production", None)
+    ]
+    monkeypatch.setenv("FLOWLAKE_TOKEN", secret)
+    outputs.append(flowlake(policed_lake, "audit", "--verify", "--json"))
+    outputs.append(flowlake(policed_lake, "token", "revoke", "ci"))
+    refused = flowlake(policed_lake, "token", "list")
+    assert refused[0] != 0 and "revoked" in refused[1]
+    outputs.append(refused)
+    monkeypatch.setenv("FLOWLAKE_TOKEN", secret + "x")
+    outputs.append(flowlake(policed_lake, "token", "list"))
+    assert all(secret not in out for _, out in outputs)
+    audit = json.loads(outputs[3][1])
+    assert audit["problems"] == []
+    assert [e["action"] for e in audit["entries"]][:2] == ["token-create", "token-use"]
+
+
+def test_staging_cannot_create_tokens_from_the_cli(policed_lake: Path) -> None:
+    code, out = flowlake(policed_lake, "token", "create", "--name", "x", "--perimeter", "staging")
+    assert code != 0 and "needs the production perimeter" in out
+
+
+def test_the_github_actions_workflow_runs_locally_with_the_token_from_the_environment(
+    policed_lake: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = create_token(policed_lake, monkeypatch)
+    lake = store.open(policed_lake, token=secret)
+    pr = lake.branch("team:ml/pr-7")
+    pr.write_bytes("models/clf/model.pkl", b"trained on the pull request")
+    pr.commit("train")
+    lake.close()
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWLAKE_", "LAKECTL_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        FLOWLAKE_LAKE=str(policed_lake),
+        FLOWLAKE_TOKEN=secret,
+        FLOWLAKE_USER="runner",
+        FLOWLAKE_CACHE_DIR=str(tmp_path / "cache"),
+        PR_BRANCH="team:ml/pr-7",
+        DEPLOYMENT="pr-7",
+        CHECK_COMMAND=f"{sys.executable} -c pass",
+    )
+    assert set(workflow["env"]) >= {"FLOWLAKE_LAKE", "FLOWLAKE_TOKEN", "PR_BRANCH"}
+    logs = []
+    for job in ("pull-request", "promote"):
+        for step in workflow["jobs"][job]["steps"]:
+            if not step.get("name", "").startswith("flowlake"):
+                continue
+            done = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", step["run"]],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            logs.append(done.stdout + done.stderr)
+            assert done.returncode == 0, f"step {step['name']!r} failed:\n{logs[-1]}"
+    assert any("check tests on" in log and "passed" in log for log in logs)
+    assert any("check_run 'tests': passed" in log for log in logs)
+    assert "audit chain intact" in logs[-1]
+    assert all(secret not in log for log in logs)
+    after = store.open(policed_lake, perimeter="production")
+    assert after.read_bytes("models/clf/model.pkl", "main") == b"trained on the pull request"
+    head = after.commit("main")
+    assert head.metadata["flowlake-policy.principal"] == "token:ci"
+    assert secret not in json.dumps(dict(head.metadata))
+    after.close()
+
+
+def test_gates_check_fails_and_names_the_missing_check_run(
+    policed_lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLOWLAKE_PERIMETER", "production")
+    lake = store.open(policed_lake)
+    pr = lake.branch("pr")
+    pr.write_bytes("m", b"1")
+    pr.commit("change")
+    main = lake.resolve("main")
+    lake.close()
+    code, out = flowlake(policed_lake, "gates", "check", "pr")
+    assert code == 1 and "no run tagged check='tests'" in out
+    code, out = flowlake(policed_lake, "merge", "pr", "--into", "main")
+    assert code != 0 and "refused" in out
+    assert store.open(policed_lake, perimeter="production").resolve("main") == main
