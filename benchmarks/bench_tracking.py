@@ -316,31 +316,113 @@ def _timed(fn: Any, repeat: int) -> tuple[float, float]:
     return first, best_of(repeat, fn)
 
 
-def bench_scale(root: str, sizes: list[int], repeat: int) -> list[dict[str, Any]]:
-    """Leaderboard and lookup as the lake grows to each size (runs added between sizes)."""
+MLFLOW_SCALE_SCRIPT = textwrap.dedent(
+    """
+    import json, random, sys, time, logging
+    logging.disable(logging.WARNING)
+    import mlflow
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+    workdir = sys.argv[1]
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
+    client = MlflowClient()
+    exp = client.create_experiment("scale", artifact_location=f"{workdir}/artifacts")
+    rnd = random.Random(0)
+    ids = []
+    order = ["metrics.acc DESC"]
+    def timed(fn):
+        start = time.perf_counter(); fn(); return time.perf_counter() - start
+    # Commands on stdin, one JSON answer per line on stdout.
+    for line in sys.stdin:
+        command, arg = line.split()
+        if command == "grow":
+            start = time.perf_counter()
+            now = int(time.time() * 1000)
+            for i in range(len(ids), int(arg)):
+                run = client.create_run(exp, run_name=f"trial-{i}")
+                params = [Param(k, str(rnd.random())) for k in ("lr", "depth", "seed")]
+                metrics = [Metric("acc", rnd.random(), now, s) for s in range(50)]
+                client.log_batch(run.info.run_id, metrics=metrics, params=params)
+                client.set_terminated(run.info.run_id)
+                ids.append(run.info.run_id)
+            answer = {"generate_s": time.perf_counter() - start,
+                      "mlflow_version": mlflow.__version__}
+        elif command == "leaderboard":
+            answer = {"s": timed(lambda: client.search_runs([exp], order_by=order,
+                                                             max_results=5))}
+        else:
+            probe = ids[len(ids) // 2]
+            answer = {"s": timed(lambda: client.get_run(probe).info.status)}
+        print(json.dumps(answer), flush=True)
+    """
+)
+
+
+class _MlflowChild:
+    """MLflow's sqlite store in its own interpreter, driven command by command, so each of its
+    measurements sits next to flowlake's under the same machine load."""
+
+    def __init__(self, python: str, workdir: str) -> None:
+        self.process = subprocess.Popen(
+            [python, "-c", MLFLOW_SCALE_SCRIPT, workdir],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def ask(self, command: str, arg: int = 0) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{command} {arg}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the MLflow child stopped (exit {self.process.wait()})")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def bench_scale(
+    root: str, sizes: list[int], repeat: int, mlflow: _MlflowChild | None, mlflow_max: int
+) -> list[dict[str, Any]]:
+    """Leaderboard and lookup as the lake grows to each size (runs added between sizes),
+    alternating flowlake's and MLflow's calls; each figure is the best of ``repeat``."""
     lake = store.open(os.path.join(root, "lake-scale"))
     sweep = lake.branch("sweep", source="main")
     out, have, ids = [], 0, []
     for size in sizes:
         start = time.perf_counter()
         ids += generate_runs(lake, sweep.name, size - have, 50, ("acc",), seed=size)
-        made = time.perf_counter() - start
+        row: dict[str, Any] = {"runs": size, "generate_s": time.perf_counter() - start}
         have = size
         probe = ids[len(ids) // 2]
-        board_first, board = _timed(lambda: tracking.sql(lake, LEADERBOARD), repeat)
-        look_first, look = _timed(
-            lambda probe=probe: tracking.sql(lake, LOOKUP, params=[probe]), repeat
-        )
+        ml = mlflow if mlflow is not None and size <= mlflow_max else None
+        if ml is not None:
+            row["mlflow_generate_s"] = ml.ask("grow", size)["generate_s"]
+        for name, call in (
+            ("leaderboard", lambda: tracking.sql(lake, LEADERBOARD)),
+            ("lookup", lambda probe=probe: tracking.sql(lake, LOOKUP, params=[probe])),
+        ):
+            start = time.perf_counter()
+            call()
+            row[f"{name}_first_s"] = time.perf_counter() - start
+            flow, theirs = [], []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                call()
+                flow.append(time.perf_counter() - start)
+                if ml is not None:
+                    theirs.append(ml.ask(name)["s"])
+            row[f"{name}_s"] = min(flow)
+            if theirs:
+                row[f"mlflow_{name}_s"] = min(theirs)
+                row[f"{name}_speedup_over_mlflow"] = min(theirs) / min(flow)
         assert tracking.sql(lake, LOOKUP, params=[probe]).to_pylist() == [{"status": "finished"}]
         assert tracking.sql(lake, LEADERBOARD).num_rows == 5
-        row = {
-            "runs": size,
-            "generate_s": made,
-            "leaderboard_first_s": board_first,
-            "leaderboard_s": board,
-            "lookup_first_s": look_first,
-            "lookup_s": look,
-        }
+        row["load_average"] = os.getloadavg()[0]
         print(json.dumps(row), flush=True)
         out.append(row)
     lake.close()
@@ -349,7 +431,7 @@ def bench_scale(root: str, sizes: list[int], repeat: int) -> list[dict[str, Any]
 
 def bench_spread_group_by(root: str, runs: int, points: int, repeat: int) -> dict[str, Any]:
     """A group-by over ``runs * points`` metric points spread over ``runs`` runs, against
-    DuckDB over the same points in one plain Parquet file."""
+    DuckDB over the same points in one plain Parquet file (timed alternately)."""
     lake = store.open(os.path.join(root, "lake-spread"))
     sweep = lake.branch("spread", source="main")
     start = time.perf_counter()
@@ -357,7 +439,9 @@ def bench_spread_group_by(root: str, runs: int, points: int, repeat: int) -> dic
     made = time.perf_counter() - start
     plain = os.path.join(root, "spread.parquet")
     query = GROUP_BY.format("metrics")
-    first, flow_s = _timed(lambda: tracking.sql(lake, query), repeat)
+    start = time.perf_counter()
+    tracking.sql(lake, query)
+    first = time.perf_counter() - start
     everything = tracking.sql(lake, "SELECT run_id, key, value, step, timestamp FROM metrics")
     pq.write_table(everything, plain)
     con = duckdb.connect()
@@ -365,71 +449,25 @@ def bench_spread_group_by(root: str, runs: int, points: int, repeat: int) -> dic
     expected = sorted(_rounded(r) for r in con.sql(plain_query).fetchall())
     got = sorted(_rounded(tuple(r.values())) for r in tracking.sql(lake, query).to_pylist())
     assert got == expected and sum(r[3] for r in got) == runs * points, (got, expected)
-    duck_s = best_of(repeat, lambda: con.sql(plain_query).fetchall())
+    flow, duck = [], []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        tracking.sql(lake, query)
+        flow.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        con.sql(plain_query).fetchall()
+        duck.append(time.perf_counter() - start)
     lake.close()
     return {
         "runs": runs,
         "points": runs * points,
         "generate_s": made,
         "flowlake_first_query_s": first,
-        "flowlake_sql_s": flow_s,
-        "duckdb_one_parquet_s": duck_s,
-        "flowlake_over_duckdb": flow_s / duck_s,
+        "flowlake_sql_s": min(flow),
+        "duckdb_one_parquet_s": min(duck),
+        "flowlake_over_duckdb": min(flow) / min(duck),
+        "load_average": os.getloadavg()[0],
     }
-
-
-MLFLOW_SCALE_SCRIPT = textwrap.dedent(
-    """
-    import json, random, sys, time, logging, uuid
-    logging.disable(logging.WARNING)
-    import mlflow
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
-    sizes, repeat, workdir = [int(x) for x in sys.argv[1].split(",")], int(sys.argv[2]), sys.argv[3]
-    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
-    client = MlflowClient()
-    exp = client.create_experiment("scale", artifact_location=f"{workdir}/artifacts")
-    rnd = random.Random(0)
-    def best(fn):
-        start = time.perf_counter(); fn(); first = time.perf_counter() - start
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
-        return first, min(times)
-    have, ids = 0, []
-    for size in sizes:
-        start = time.perf_counter()
-        now = int(time.time() * 1000)
-        for i in range(have, size):
-            run = client.create_run(exp, run_name=f"trial-{i}")
-            params = [Param(k, str(rnd.random())) for k in ("lr", "depth", "seed")]
-            metrics = [Metric("acc", rnd.random(), now, s) for s in range(50)]
-            client.log_batch(run.info.run_id, metrics=metrics, params=params)
-            client.set_terminated(run.info.run_id)
-            ids.append(run.info.run_id)
-        made = time.perf_counter() - start
-        have = size
-        probe = ids[len(ids) // 2]
-        order = ["metrics.acc DESC"]
-        board = best(lambda: client.search_runs([exp], order_by=order, max_results=5))
-        look = best(lambda: client.get_run(probe).info.status)
-        print(json.dumps({"runs": size, "generate_s": made, "leaderboard_first_s": board[0],
-                          "leaderboard_s": board[1], "lookup_first_s": look[0], "lookup_s": look[1],
-                          "mlflow_version": mlflow.__version__}), flush=True)
-    """
-)
-
-
-def bench_mlflow_scale(python: str, sizes: list[int], repeat: int) -> list[dict[str, Any]]:
-    with tempfile.TemporaryDirectory(prefix="bench-mlflow-scale-") as workdir:
-        done = subprocess.run(
-            [python, "-c", MLFLOW_SCALE_SCRIPT, ",".join(map(str, sizes)), str(repeat), workdir],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=4 * 3600,
-        )
-    return [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
 
 
 def main_scale(args: argparse.Namespace) -> None:
@@ -443,25 +481,22 @@ def main_scale(args: argparse.Namespace) -> None:
     root = tempfile.mkdtemp(prefix="bench-scale-")
     cache = tempfile.mkdtemp(prefix="bench-scale-cache-")
     os.environ["FLOWLAKE_CACHE_DIR"] = cache  # a cold local index to start with
+    mlflow = _MlflowChild(args.mlflow_python, root) if args.mlflow_python else None
     try:
-        results["flowlake"] = bench_scale(root, sizes, args.repeat)
+        results["scale"] = bench_scale(root, sizes, args.repeat, mlflow, args.mlflow_max_runs)
+        if mlflow is not None:
+            mlflow.close()
+            mlflow = None
         if args.spread_runs:
             results["spread_group_by"] = bench_spread_group_by(
                 root, args.spread_runs, args.spread_points, args.repeat
             )
             print(json.dumps(results["spread_group_by"]), flush=True)
     finally:
+        if mlflow is not None:
+            mlflow.close()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(cache, ignore_errors=True)
-    if args.mlflow_python:
-        mlflow_sizes = [int(x) for x in (args.mlflow_scale or args.scale).split(",")]
-        results["mlflow"] = bench_mlflow_scale(args.mlflow_python, mlflow_sizes, args.repeat)
-        by_size = {r["runs"]: r for r in results["mlflow"]}
-        for row in results["flowlake"]:
-            ml = by_size.get(row["runs"])
-            if ml:
-                row["leaderboard_speedup_over_mlflow"] = ml["leaderboard_s"] / row["leaderboard_s"]
-                row["lookup_speedup_over_mlflow"] = ml["lookup_s"] / row["lookup_s"]
     print(json.dumps(results, indent=2))
     if args.json:
         with open(args.json, "w") as f:
@@ -472,7 +507,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", default=None, help="run counts, e.g. 100,1000,10000")
     parser.add_argument(
-        "--mlflow-scale", default=None, help="MLflow's run counts (default --scale)"
+        "--mlflow-max-runs", type=int, default=10**9, help="measure MLflow up to this many runs"
     )
     parser.add_argument("--spread-runs", type=int, default=0, help="runs for the spread group-by")
     parser.add_argument("--spread-points", type=int, default=1000, help="points per spread run")
