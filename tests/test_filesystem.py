@@ -25,6 +25,7 @@ import pytest
 
 import store
 from store.errors import (
+    ConflictError,
     DirtyBranchError,
     InvalidArgumentError,
     InvalidNameError,
@@ -358,6 +359,13 @@ def test_transaction_that_fails_leaves_the_branch_untouched(
     with fs.transaction:
         pass  # nothing written: no commit
     assert lake.commit(exp.name).id == before
+
+    with pytest.raises(ConflictError, match=r"a\.txt"), fs.transaction:
+        fs.pipe("flowlake://exp/a.txt", b"from the transaction")
+        exp.write_bytes("a.txt", b"from another writer")
+        exp.commit("meanwhile")
+    assert lake.read_bytes("a.txt", ref=exp.name) == b"from another writer"
+    assert _scratch_branches(lake) == []
 
 
 def test_transaction_refuses_main_a_dirty_branch_and_a_second_branch(
