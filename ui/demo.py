@@ -28,7 +28,7 @@ import compute
 import store
 import tracking
 from store.errors import AlreadyExistsError, InvalidArgumentError, ObjectNotFoundError
-from ui import render
+from ui import demo_policy, render
 from ui.demo_live import live_trial
 from ui.demo_models import (
     DATASET,
@@ -120,15 +120,17 @@ def run_demo(path: Path, console: Console, fresh: bool = False) -> DemoResult:
     show_runs(location, console)
     production = production_baseline(location)
     compare(candidates, production, console)
-    promoted = live_trial(
-        location,
-        candidates,
-        console,
-        model_dir=MODEL_DIR,
-        test_path=TEST_PATH,
-        model_tag=MODEL_TAG,
-        cli=_cli_name(),
-    )
+    with demo_policy.ci_policy(location, console, _cli_name()):
+        promoted = live_trial(
+            location,
+            candidates,
+            console,
+            model_dir=MODEL_DIR,
+            test_path=TEST_PATH,
+            model_tag=MODEL_TAG,
+            cli=_cli_name(),
+        )
+        demo_policy.refused_and_audited(location, candidates, promoted, console, _cli_name())
     epilogue(location, console)
     return DemoResult(path, data_commit, candidates, production.accuracy, promoted)
 

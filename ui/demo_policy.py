@@ -1,0 +1,122 @@
+"""The demo's policy chapter: only CI promotes, through the gates, and the audit log proves it.
+
+Before the live trial, ``ops`` merges a policy into ``main`` (production is written only by the
+``release`` group, which holds ``ops`` and the CI token; two metric gates guard ``main``) and
+creates the CI token. The trial then runs with the token in the environment, as CI would, so the
+winner's promotion passes through the gates; afterwards the loser's promotion is refused with
+the failing condition and the audit chain is verified.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.text import Text
+
+import store
+from store.errors import GateFailedError
+from store.policy import api
+from store.policy.model import POLICY_PATH
+
+if TYPE_CHECKING:
+    from ui.demo import Candidate
+
+ADMIN = "ops"
+POLICY = """\
+version = 1
+
+[groups]
+release = ["user:ops", "token:ci"]
+
+[perimeters.production]
+principals = ["group:release"]
+write = ["production/**", "user:*/**", "team:*/**"]
+
+[perimeters.staging]
+principals = ["*"]
+write = ["user:*/**", "team:*/**", "production/deploy-*"]
+
+[[gates]]
+metric = "accuracy >= production.accuracy - 0.002"
+
+[[gates]]
+metric = "accuracy >= 0.97"
+"""
+
+
+@contextmanager
+def ci_policy(location: str, console: Console, cli: str) -> Iterator[None]:
+    """Install the policy and a CI token; inside the block the process acts as CI
+    (``FLOWLAKE_TOKEN`` set); it is unset again on the way out."""
+    console.rule("policy: only CI promotes, through the gates")
+    with store.open(location, namespace="production", user=ADMIN) as lake:
+        branch = lake.branch(f"user:{ADMIN}/policy")
+        branch.write_bytes(POLICY_PATH, POLICY.encode())
+        branch.commit("policy: production written only by release; gates on main")
+        lake.merge(branch.name, into="main", message="Adopt the promotion policy")
+        lake.delete_branch(branch.name)
+    console.print(Text(f"{ADMIN} merged {POLICY_PATH} into main:", style="bold"))
+    console.print(Text(POLICY, style="dim"))
+    with store.open(location, user=ADMIN, perimeter="production") as lake:
+        secret, record = api.create_token(lake, "ci", "production", "30d")
+    console.print(
+        Text(
+            f"$ FLOWLAKE_PERIMETER=production {cli} token create --name ci "
+            "--perimeter production --expires 30d",
+            style="cyan",
+        )
+    )
+    console.print(
+        f"token {record.name} for perimeter {record.perimeter}, expires "
+        f"{record.expires:%Y-%m-%d}; its secret ({secret[:8]}...) goes to CI's secrets only"
+    )
+    console.print("From here on the demo acts as CI: FLOWLAKE_TOKEN is set in its environment.")
+    before = os.environ.get("FLOWLAKE_TOKEN")
+    os.environ["FLOWLAKE_TOKEN"] = secret
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("FLOWLAKE_TOKEN", None)
+        else:
+            os.environ["FLOWLAKE_TOKEN"] = before
+
+
+def refused_and_audited(
+    location: str,
+    candidates: list[Candidate],
+    promoted: Candidate | None,
+    console: Console,
+    cli: str,
+) -> None:
+    """Try to promote every candidate but the winner (as CI); show the refusal; verify the
+    audit chain."""
+    console.rule("policy: a refused promotion and the audit log")
+    with store.open(location) as lake:
+        for candidate in candidates:
+            if promoted is not None and candidate.branch == promoted.branch:
+                continue
+            console.print(Text(f"$ {cli} merge {candidate.branch} --into main", style="cyan"))
+            try:
+                lake.merge(candidate.branch, into="main")
+            except GateFailedError as exc:
+                for failure in exc.failures:
+                    console.print(Text(f"refused: {failure}", style="red"))
+            else:  # pragma: no cover - the demo's numbers make the loser fail
+                console.print(Text(f"{candidate.branch} passed every gate", style="yellow"))
+        console.print(Text(f"\n$ {cli} audit --verify --lake {location}", style="cyan"))
+        for entry in api.audit_log(lake):
+            details = ", ".join(
+                f"{k}={str(v)[:12]}" for k, v in entry.details.items() if not k.startswith("gate.")
+            )
+            console.print(f"{entry.seq:>3} {entry.actor:<12} {entry.action:<13} {details}")
+        problems = api.verify_audit(lake)
+    if problems:
+        for problem in problems:
+            console.print(Text(problem, style="red"))
+    else:
+        console.print(Text("audit chain intact", style="green"))
