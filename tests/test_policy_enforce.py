@@ -95,8 +95,14 @@ def test_staging_cannot_write_production_merge_into_main_or_read_pii(policed: ob
     commit = exp.commit("train")
     assert commit.metadata[META_PERIMETER] == "staging"
     assert commit.metadata[META_PRINCIPAL] == api.identity(staging).principal
+    exp.write_bytes("model.bin", b"m2")
+    with pytest.raises(InvalidArgumentError, match="kept for the policy layer"):
+        exp.commit("claim to be CI", metadata={META_PRINCIPAL: "token:ci"})
+    exp.reset()
     with pytest.raises(PermissionDeniedError, match="may not merge into production/main"):
         staging.merge("exp", into="main")
+    with pytest.raises(PermissionDeniedError, match="may not revert on production/main"):
+        staging.revert("main", "main")
     with pytest.raises(PermissionError, match="may not create branch production/hotfix"):
         staging.with_namespace("production").branch("hotfix")
     with pytest.raises(PermissionError, match="data/pii/people.csv"):
