@@ -54,6 +54,17 @@ def check_promises(lake: store.Lake, records: list[dict], committed_only: bool) 
             assert data == content(worker, record["step"], record["size"])
 
 
+def wait_for_commits(acks: Path, workers: list[str], procs: list[subprocess.Popen]) -> None:
+    """Until each worker has acknowledged a commit (or one of them has died)."""
+    branches = {f"user:worker/{name}" for name in workers}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        done = {r["branch"] for r in acknowledged(acks) if r["op"] == "commit"}
+        if branches <= done:
+            return
+        time.sleep(0.05)
+
+
 def test_killed_processes_never_corrupt_the_lake_or_lose_commits(tmp_path: Path) -> None:
     rng = random.Random(1234)
     lake_path, acks = tmp_path / "lake", tmp_path / "acks.jsonl"
@@ -67,8 +78,15 @@ def test_killed_processes_never_corrupt_the_lake_or_lose_commits(tmp_path: Path)
     kills = 0
     for round_ in range(12):
         # Far more steps than fit in the time before the kill: every worker dies mid-work.
-        procs = [start(lake_path, acks, f"w{round_}x{i}", "mixed", 100_000) for i in range(2)]
-        time.sleep(startup + rng.uniform(0.4, 2.0))
+        names = [f"w{round_}x{i}" for i in range(2)]
+        procs = [start(lake_path, acks, name, "mixed", 100_000) for name in names]
+        if round_ % 2:
+            # Every other round kills only once both workers have committed, so that a busy
+            # machine (slow starts) still yields commits to check.
+            wait_for_commits(acks, names, procs)
+            time.sleep(rng.uniform(0.0, 1.0))
+        else:
+            time.sleep(startup + rng.uniform(0.4, 2.0))
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
