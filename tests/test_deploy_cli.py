@@ -40,7 +40,7 @@ def lake_dir(tmp_path: Path) -> Path:
     return path
 
 
-def run(lake_dir: Path, *args: str, stdin: str | None = None) -> str:
+def run_cli(lake_dir: Path, *args: str, stdin: str | None = None) -> str:
     result = CliRunner().invoke(
         app, [*args, "--lake", str(lake_dir)], input=stdin, env={"COLUMNS": "80"}
     )
@@ -49,8 +49,8 @@ def run(lake_dir: Path, *args: str, stdin: str | None = None) -> str:
 
 
 def test_tables_fit_80_columns_with_short_ids_and_unsplit_times(lake_dir: Path) -> None:
-    listing = run(lake_dir, "deployments")
-    compared = run(lake_dir, "compare", "cand")
+    listing = run_cli(lake_dir, "deployments")
+    compared = run_cli(lake_dir, "compare", "cand")
     for text in (listing, compared):
         assert max(len(line) for line in text.splitlines()) <= 80
     commit = tracking.deployment(store.open(lake_dir), "cand").commit
@@ -61,9 +61,9 @@ def test_tables_fit_80_columns_with_short_ids_and_unsplit_times(lake_dir: Path) 
 
 
 def test_json_outputs_equal_the_python_api(lake_dir: Path) -> None:
-    listed = json.loads(run(lake_dir, "deployments", "--json"))
+    listed = json.loads(run_cli(lake_dir, "deployments", "--json"))
     assert [d["name"] for d in listed] == ["production", "cand"]
-    compared = json.loads(run(lake_dir, "compare", "cand", "--json"))
+    compared = json.loads(run_cli(lake_dir, "compare", "cand", "--json"))
     direct = tracking.compare(store.open(lake_dir), "cand").to_dict()
     assert compared["metrics"] == direct["metrics"]
     assert compared["metrics"][0]["verdict"] == "better"
@@ -74,16 +74,16 @@ def test_promote_asks_then_moves_main(lake_dir: Path) -> None:
     refused = CliRunner().invoke(app, ["promote", "cand", "--lake", str(lake_dir)], input="n\n")
     assert refused.exit_code == 1 and "gate open" in refused.output
     assert store.open(lake_dir).resolve("main") == before
-    out = run(lake_dir, "promote", "cand", stdin="y\n")
+    out = run_cli(lake_dir, "promote", "cand", stdin="y\n")
     assert "promoted cand" in out
     assert store.open(lake_dir).resolve("main") != before
 
 
 def test_deploy_and_undeploy_commands(lake_dir: Path) -> None:
-    assert "deployed" in run(
+    assert "deployed" in run_cli(
         lake_dir, "deploy", "second", "--branch", "a-rather-long-candidate-branch-name"
     )
-    assert "retired second" in run(lake_dir, "undeploy", "second")
+    assert "retired second" in run_cli(lake_dir, "undeploy", "second")
     bad = CliRunner().invoke(app, ["deploy", "x", "--branch", "nope", "--lake", str(lake_dir)])
     assert bad.exit_code == 1 and "nope" in bad.output
 
@@ -119,3 +119,21 @@ def test_demo_ends_with_candidates_compared_live_and_the_winner_promoted(
     for page in ("Compare", "Branches", "Runs", "Diff"):
         at.sidebar.radio(key="page").set_value(page).run()
         assert not at.exception, (page, at.exception)
+
+
+def test_runs_table_fits_80_columns_with_unsplit_times(lake_dir: Path) -> None:
+    with (
+        store.open(lake_dir) as lake,
+        tracking.start_run(
+            lake,
+            branch="a-rather-long-candidate-branch-name",
+            name="gradient-boosting(max_depth=7, n_estimators=500, learning_rate=0.05)",
+            snapshot_code=False,
+        ) as run,
+    ):
+        run.log_metric("loss", 0.5)
+    out = run_cli(lake_dir, "runs")
+    assert max(len(line) for line in out.splitlines()) <= 80
+    (line,) = [line for line in out.splitlines() if run.id[:8] in line]
+    assert run.id not in out and "gradient-boo" in line and "…" in line
+    assert run.start_time.strftime("%Y-%m-%d %H:%M") in line

@@ -93,12 +93,37 @@ def runs_command(
             )
     except StoreError as exc:
         raise _fail(exc) from None
-    shown = found.select(
-        ["run_id", "name", "status", "target_branch", "user", "start_time", "end_time"]
+    Console().print(_runs_table(found))
+
+
+def _runs_table(found: pa.Table) -> Table:
+    """Runs in an 80-column terminal: 8-digit ids, names and branches cut with an ellipsis,
+    start times on one line (``--json`` via ``flowlake sql`` has every column in full)."""
+    from rich import box
+
+    out = Table(
+        title=f"{found.num_rows} run(s)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
     )
-    short = pa.array([r[:12] for r in shown.column("run_id").to_pylist()], pa.string())
-    shown = shown.set_column(0, "run_id", short)
-    Console().print(_rich_table(shown, title=f"{found.num_rows} run(s)"))
+    out.add_column("run", no_wrap=True, min_width=8)
+    out.add_column("name", no_wrap=True, overflow="ellipsis", max_width=16)
+    out.add_column("status", no_wrap=True, min_width=8)
+    out.add_column("branch", no_wrap=True, overflow="ellipsis", max_width=16)
+    out.add_column("user", no_wrap=True, overflow="ellipsis", max_width=8)
+    out.add_column("started (UTC)", no_wrap=True, min_width=16)
+    for row in found.to_pylist():
+        out.add_row(
+            row["run_id"][:8],
+            row["name"] or "",
+            row["status"],
+            row["target_branch"] or "",
+            row["user"] or "",
+            _cell(row["start_time"])[:16],
+        )
+    return out
 
 
 def sql_command(
