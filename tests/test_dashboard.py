@@ -118,3 +118,29 @@ def test_compare_page_shows_tracking_compare_numbers_and_promotes(
     assert not at.exception, at.exception
     after = store.open(built_lake).resolve("main")
     assert after != before and after[:12] in at.success[-1].value
+
+
+def test_compare_page_on_every_backend(
+    lake: store.Lake, lake_access: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard opens the lake from configuration (lakeFS through ``LAKECTL_*``, S3
+    objects through fsspec's configuration) and shows what ``tracking.compare`` computes."""
+    branch = lake.branch("exp")
+    branch.write_bytes("models/clf/model.pkl", b"v2")
+    branch.commit("model")
+    dep = tracking.deploy(lake, "cand", branch="exp", deployed_at=T0)
+    prod = tracking.deployment(lake, "production")
+    for i in range(80):
+        stamp = T0 + timedelta(hours=i)
+        prod.log_metric("error_rate", 0.2 + 0.01 * (i % 5), timestamp=stamp)
+        dep.log_metric("error_rate", 0.1 + 0.01 * (i % 5), timestamp=stamp)
+    dep.close()
+    prod.close()
+    at = app_on(Path(lake.location) if "://" not in lake.location else None, monkeypatch)
+    monkeypatch.setenv("FLOWLAKE_LAKE", lake.location)
+    at.run()
+    assert not at.exception, at.exception
+    shown = at.dataframe[0].value.iloc[0]
+    expected = tracking.compare(lake, "cand").metrics[0]
+    assert shown["difference"] == pytest.approx(expected.difference)
+    assert shown["verdict"] == expected.verdict == "better"  # lower error is better
