@@ -389,7 +389,9 @@ def bench_scale(
     root: str, sizes: list[int], repeat: int, mlflow: _MlflowChild | None, mlflow_max: int
 ) -> list[dict[str, Any]]:
     """Leaderboard and lookup as the lake grows to each size (runs added between sizes),
-    alternating flowlake's and MLflow's calls; each figure is the best of ``repeat``."""
+    alternating flowlake's and MLflow's calls; each figure is the best of ``repeat``. The
+    lookup is measured twice: as SQL and as ``tracking.get_run``, both against MLflow's
+    ``get_run``."""
     lake = store.open(os.path.join(root, "lake-scale"))
     sweep = lake.branch("sweep", source="main")
     out, have, ids = [], 0, []
@@ -402,9 +404,10 @@ def bench_scale(
         ml = mlflow if mlflow is not None and size <= mlflow_max else None
         if ml is not None:
             row["mlflow_generate_s"] = ml.ask("grow", size)["generate_s"]
-        for name, call in (
-            ("leaderboard", lambda: tracking.sql(lake, LEADERBOARD)),
-            ("lookup", lambda probe=probe: tracking.sql(lake, LOOKUP, params=[probe])),
+        for name, call, theirs_name in (
+            ("leaderboard", lambda: tracking.sql(lake, LEADERBOARD), "leaderboard"),
+            ("lookup", lambda probe=probe: tracking.sql(lake, LOOKUP, params=[probe]), "lookup"),
+            ("get_run", lambda probe=probe: tracking.get_run(lake, probe), "lookup"),
         ):
             start = time.perf_counter()
             call()
@@ -415,7 +418,7 @@ def bench_scale(
                 call()
                 flow.append(time.perf_counter() - start)
                 if ml is not None:
-                    theirs.append(ml.ask(name)["s"])
+                    theirs.append(ml.ask(theirs_name)["s"])
             row[f"{name}_s"] = min(flow)
             if theirs:
                 row[f"mlflow_{name}_s"] = min(theirs)

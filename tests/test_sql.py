@@ -230,3 +230,19 @@ def test_no_warning_without_bad_files(embedded_lake: store.Lake) -> None:
         assert tracking.sql(embedded_lake, "SELECT count(*) AS n FROM problems").to_pylist() == [
             {"n": 0}
         ]
+
+
+def test_get_run_equals_the_runs_view_row(lake: store.Lake) -> None:
+    exp = lake.branch("exp")
+    finished = _run(lake, exp.name, "done")
+    live = tracking.start_run(lake, branch=exp.name, name="live", snapshot_code=False)
+    try:
+        for run_id in (finished.id, live.id):
+            row = tracking.sql(lake, "SELECT * FROM runs WHERE run_id = ?", params=[run_id])
+            expected = tracking.RunRecord.from_row(row.to_pylist()[0])
+            assert tracking.get_run(lake, run_id) == expected
+        assert tracking.get_run(lake, live.id).status == "running"
+    finally:
+        live.end()
+    with pytest.raises(tracking.RunNotFoundError):
+        tracking.get_run(lake, "e" * 32)

@@ -81,7 +81,7 @@ def sql(
         with Index(lake) as index:
             where: views.Scope | None = None
             if ref is None and refs is None:
-                run_id = pinned_run(con, query, params)
+                run_id = pinned_run(con, query, params) if _RUN_ID_TERM.search(query) else None
                 if run_id is not None:
                     with contextlib.suppress(RunNotFoundError):
                         where = views.run_scope(lake, index, run_id)
@@ -134,17 +134,17 @@ def run_query(
 
 
 def get_run(lake: Lake, run_id: str) -> RunRecord:
-    """One run as recorded on its own branch, with its reader-side status.
+    """One run as recorded on its own branch, with its reader-side status (the row
+    ``SELECT * FROM runs WHERE run_id = ?`` returns, read without a DuckDB connection).
 
     Raises:
         RunNotFoundError: no such run.
     """
     with Index(lake) as index:
-        where = views.run_scope(lake, index, run_id)
-        rows = run_query(lake, "SELECT * FROM runs", where, index=index).to_pylist()
-    if not rows:
+        row = views.run_record(lake, index, run_id)
+    if row is None:
         raise RunNotFoundError(f"run {run_id} has a branch but no run record")
-    return RunRecord.from_row(rows[0])
+    return RunRecord.from_row(row)
 
 
 def get_metric_history(lake: Lake, run_id: str, key: str) -> pa.Table:
@@ -248,6 +248,8 @@ def pinned_run(
 
 
 _PRUNABLE = {"runs", *views.FILE_VIEWS}
+#: Only a query with such a term can be pinned; others skip parsing.
+_RUN_ID_TERM = re.compile(r"\brun_id\s*=", re.I)
 
 
 def _base_tables(tree: Any) -> list[str]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tracking import catalog, layout, liveness
 from tracking.catalog import RunFiles, Source
@@ -294,6 +295,39 @@ def _resolve(index: Index, name: str, runs: Sequence[RunFiles]) -> Resolved:
         tuple(sorted(segments)),
         pa.Table.from_pydict(problems, schema=PROBLEMS_SCHEMA),
     )
+
+
+def run_record(lake: Lake, index: Index, run_id: str) -> dict[str, Any] | None:
+    """One row of the ``runs`` view for ``run_id`` (read from its own branch), without a DuckDB
+    connection: the run record is read from its index segment by its object id.
+
+    Returns None when the run branch holds no readable run record.
+
+    Raises:
+        RunNotFoundError: no such run.
+    """
+    where = run_scope(lake, index, run_id)
+    resolved = _resolved(index, _Runs(lake, index, where), "runs")
+    if not resolved.rows.num_rows:
+        return None
+    found = resolved.rows.slice(0, 1).to_pylist()[0]
+    oid = found["_oid"]
+    for segment in resolved.segments:
+        rows = pq.read_table(segment, filters=[("_oid", "=", oid)]).to_pylist()
+        if rows:
+            break
+    else:
+        return None
+    row = {k: v for k, v in rows[0].items() if k != "_oid"}
+    row.update(recorded_status=row["status"], heartbeat_time=None)
+    row.update({k: found[k] for k in ("ref", "namespace", "branch", "commit")})
+    if row["status"] == "running":
+        beat = catalog.heartbeat_time(lake, found["read_ref"], run_id)
+        row["heartbeat_time"] = beat
+        row["status"] = liveness.effective_status(
+            "running", row["host"], row["pid"], beat, row["heartbeat_interval"], datetime.now(UTC)
+        )
+    return row
 
 
 def _create_joined(
