@@ -180,6 +180,39 @@ def bench_history(lake: store.Lake, points: int) -> dict[str, float]:
     }
 
 
+def bench_verify_cost(lake: store.Lake, points: int, repeat: int = 7) -> dict[str, float]:
+    """What verifying reads costs: one metric part of ``points`` points read in place without
+    a check (what queries did before) against read through ``lake.read_bytes`` (hash checked),
+    and ``get_metric_history`` (which now reads the verified way)."""
+    with tracking.start_run(lake, name="bench-verify", snapshot_code=False) as run:
+        for i in range(points):
+            run.log_metric("loss", 1.0 / (i + 1), step=i)
+    part = layout.metrics_part(run.id, 0)
+    ref = run.run_branch
+    local = lake.locate(part, ref)
+    assert local is not None and os.path.isfile(local), "needs an embedded lake"
+
+    def in_place() -> None:
+        pq.ParquetFile(local).read(use_threads=False)
+
+    def verified() -> None:
+        pq.ParquetFile(pa.BufferReader(lake.read_bytes(part, ref))).read(use_threads=False)
+
+    unchecked, checked = [], []
+    for _ in range(repeat):
+        unchecked.append(best_of(1, in_place))
+        checked.append(best_of(1, verified))
+    history = best_of(repeat, lambda: tracking.get_metric_history(lake, run.id, "loss"))
+    return {
+        "points": points,
+        "part_bytes": os.path.getsize(local),
+        "read_in_place_unverified_s": min(unchecked),
+        "read_verified_s": min(checked),
+        "verified_over_unverified": min(checked) / min(unchecked),
+        "get_metric_history_s": history,
+    }
+
+
 MLFLOW_SCRIPT = textwrap.dedent(
     """
     import json, sys, time, logging
@@ -515,6 +548,9 @@ def main() -> None:
     parser.add_argument("--spread-runs", type=int, default=0, help="runs for the spread group-by")
     parser.add_argument("--spread-points", type=int, default=1000, help="points per spread run")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--verify-cost", type=int, default=0, help="only measure verified reads of N points"
+    )
     parser.add_argument("--calls", type=int, default=2_000_000)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--points-per-run", type=int, default=1_000_000)
@@ -525,6 +561,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.scale:
         main_scale(args)
+        return
+    if args.verify_cost:
+        with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
+            lake = store.open(os.path.join(tmp, "lake"))
+            print(json.dumps(bench_verify_cost(lake, args.verify_cost), indent=2))
+            lake.close()
         return
     results: dict[str, Any] = {
         "python": sys.version.split()[0],
