@@ -69,16 +69,14 @@ class TestProductionNames:
 
 
 class TestCommitIdNames:
-    @pytest.mark.parametrize("kind", ["own", "production", "other namespace", "tag"])
-    def test_names_that_look_like_commit_ids_are_refused(self, lake: store.Lake, kind) -> None:
+    def test_names_that_look_like_commit_ids_are_refused(self, lake: store.Lake) -> None:
         good = committed(lake, "exp", {"m.bin": b"GOOD"}).head()
         for name in (good.id[:12], good.id, "cafe", "0123", "deadbeef"):
+            for qualified in (name, f"production/{name}", f"user:mallory/{name}"):
+                with pytest.raises(errors.AmbiguousNameError, match="commit id"):
+                    lake.branch(qualified)
             with pytest.raises(errors.AmbiguousNameError, match="commit id"):
-                if kind == "tag":
-                    lake.tag(name, "main")
-                else:
-                    prefix = {"own": "", "production": "production/", "other namespace": "user:m/"}
-                    lake.branch(prefix[kind] + name)
+                lake.tag(name, "main")
         assert names(lake) == {"main", "user:tester/exp"} and lake.tags() == {}
         assert lake.read_bytes("m.bin", ref=good.id[:12]) == b"GOOD"
 
@@ -198,10 +196,10 @@ class TestLogins:
                 store.open(where)
         assert not where.exists()
 
-    @pytest.mark.parametrize("namespace", ["user:a/b", "team:x:y", "user:" + "u" * 65, "user:a\tb"])
-    def test_bad_namespaces_are_refused(self, lake: store.Lake, namespace: str) -> None:
-        with pytest.raises(errors.InvalidNameError):
-            lake.with_namespace(namespace)
+    def test_bad_namespaces_are_refused(self, lake: store.Lake) -> None:
+        for namespace in ("user:a/b", "team:x:y", "user:" + "u" * 65, "user:a\tb", "user:e\u0301"):
+            with pytest.raises(errors.InvalidNameError):
+                lake.with_namespace(namespace)
 
     @pytest.mark.parametrize("login", ["a.b@corp", "Zoë", "j smith", "日本" * 32, "DOMAIN\\x"])
     def test_unusual_but_valid_logins_read_their_own_branches(
@@ -218,9 +216,14 @@ class TestLogins:
 class TestPaths:
     BAD = ["data/\udcff.txt", "a\x85b", "a\x9bb", "a\x7fb", "a\u2028b", "x" * (MAX_PATH + 1)]
 
-    @pytest.mark.parametrize("path", BAD, ids=repr)
-    def test_bad_paths_are_refused_by_every_call(self, lake: store.Lake, path: str) -> None:
+    def test_bad_paths_are_refused_by_every_call(self, lake: store.Lake) -> None:
         branch = committed(lake, "exp", {"keep.txt": b"k"})
+        for path in self.BAD:
+            self._refused_everywhere(lake, branch, path)
+        assert branch.uncommitted() == []
+
+    @staticmethod
+    def _refused_everywhere(lake: store.Lake, branch: store.Branch, path: str) -> None:
         calls = [
             lambda: branch.write_bytes(path, b"v"),
             lambda: branch.write_many([("ok.txt", b"1"), (path, b"2")]),
@@ -234,7 +237,6 @@ class TestPaths:
         for call in calls:
             with pytest.raises(errors.InvalidPathError):
                 call()
-        assert branch.uncommitted() == []
 
     def test_a_folder_with_a_non_utf8_file_name_is_refused_whole(
         self, lake: store.Lake, tmp_path: Path
@@ -264,10 +266,10 @@ class TestBoundedParsing:
             with pytest.raises(errors.InvalidNameError):
                 lake.read_bytes("a", ref=ref)
 
-    @pytest.mark.parametrize("ref", ["main~x", "main~1x", "~1", "main~1234567890", "main~²"])
-    def test_malformed_ancestry_is_refused(self, lake: store.Lake, ref: str) -> None:
-        with pytest.raises(errors.InvalidNameError):
-            lake.resolve(ref)
+    def test_malformed_ancestry_is_refused(self, lake: store.Lake) -> None:
+        for ref in ("main~x", "main~1x", "~1", "main~1234567890", "main~²", "main\t~1"):
+            with pytest.raises(errors.InvalidNameError):
+                lake.resolve(ref)
 
     def test_ancestry_steps_add_up(self, lake: store.Lake) -> None:
         branch = lake.branch("exp")
