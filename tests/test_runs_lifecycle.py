@@ -104,6 +104,7 @@ def test_bad_points_are_refused_at_the_call_and_never_poison_the_run(lake: store
     log("good", float("nan"), step=3)
     log("good", float("inf"), step=4, timestamp=NOW_MS)
     run.log_metrics({"good": -math.inf, "other": np.float64(0.25)}, step=5)
+    log("good", 2**60 + 1, step=6)  # not exactly a float: converted at the call, not at flush
     run.end()
     assert tracking.get_run(lake, run.id).status == "finished"
     rows = tracking.sql(
@@ -116,11 +117,12 @@ def test_bad_points_are_refused_at_the_call_and_never_poison_the_run(lake: store
         ("good", 3),
         ("good", 4),
         ("good", 5),
+        ("good", 6),
         ("other", 5),
     ]
     values = [r["value"] for r in rows]
     assert values[:2] == [1.0, 2.0] and math.isnan(values[2])
-    assert values[3:] == [math.inf, -math.inf, 0.25]
+    assert values[3:] == [math.inf, -math.inf, float(2**60), 0.25]
     assert rows[3]["ms"] == NOW_MS
     assert all(r["ms"] > points.MIN_TIMESTAMP_MS for r in rows)
 

@@ -171,27 +171,32 @@ def metric_logger(
 
     The hot path is a closure rather than a method: reading ``append`` and the clock from
     cells skips the bound-method call and the attribute lookups. A point with a ``float`` value
-    (or an ``int`` one exactly representable as a float), an in-range ``int`` step or none, no
-    timestamp and a key already checked once is appended without calling :func:`check_point`;
-    everything else goes through it.
+    (or an ``int`` one exactly representable as a float, which Arrow converts exactly when the
+    buffer is written), an in-range ``int`` step or none, no timestamp and a key already checked
+    once is appended without calling :func:`check_point`; everything else goes through it.
     """
     now = time.time
     known: set[str] = set()
+    lo, hi, exact = MIN_STEP, MAX_STEP, _EXACT  # closure cells: cheaper than globals
 
     def log_metric(key: str, value: Any, step: Any = None, timestamp: Any = None) -> None:
+        # Only checked keys (all str) are in ``known``; an unhashable key takes the slow path.
+        try:
+            seen = key in known
+        except TypeError:
+            seen = False
         if (
-            timestamp is None
-            and (step is None or (step.__class__ is int and MIN_STEP <= step <= MAX_STEP))
-            and key.__class__ is str
-            and key in known
+            seen
+            and timestamp is None
+            and (step is None or (step.__class__ is int and lo <= step <= hi))
+            and (
+                value.__class__ is float
+                # Arrow converts such an int to float64 exactly when the buffer is written.
+                or (value.__class__ is int and -exact <= value <= exact)
+            )
         ):
-            kind = value.__class__
-            if kind is float:
-                append((key, value, step, now()))
-                return
-            if kind is int and -_EXACT <= value <= _EXACT:
-                append((key, float(value), step, now()))
-                return
+            append((key, value, step, now()))
+            return
         point = check_point(key, value, step, timestamp, now)
         if len(known) < _MAX_KNOWN_KEYS:
             known.add(point[0])
