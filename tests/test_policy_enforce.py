@@ -25,7 +25,9 @@ from store.errors import (
 )
 from store.policy import api
 from store.policy.enforce import META_AUDIT_SEQ, META_PERIMETER, META_PRINCIPAL, backend_principal
+from store.policy.gates import evaluate
 from store.policy.ledger import ADMIN_BRANCH, audit_path
+from store.policy.parse import parse_policy
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -272,6 +274,12 @@ def test_a_failing_metric_gate_blocks_and_the_passing_candidate_promotes(
     promotion = tracking.promote(ci, "good")
     assert promotion.merge_commit == ci.resolve("main")
     assert ci.read_bytes("models/clf/model.pkl", "main") == b"good"
+    unknown = parse_policy(POLICY.format(admin="*", gates='[[gates]]\nmetric = "latency <= 5"\n'))
+    view = api._view(ci)
+    bad_commit = ci.resolve("user:tester/bad")
+    (outcome,) = evaluate(unknown, view._inner, view.ledger, bad_commit, view.identity)
+    assert not outcome.passed and "metric 'latency' is unknown" in outcome.detail
+    assert "accuracy" in outcome.detail  # the known metrics are listed
     gates = [e for e in api.audit_log(ci) if e.action == "gate"]
     assert [e.details["passed"] for e in gates] == [False, True]
     assert api.verify_audit(ci) == []

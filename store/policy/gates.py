@@ -130,7 +130,9 @@ def _metric(lake: Any, gate: Gate, commit: str) -> GateOutcome:
         return GateOutcome(gate, False, f"no live deployment serves {commit[:12]}")
     record = serving[0]
     wanted = [gate.metric] + ([gate.baseline_metric] if gate.baseline_metric else [])
-    comparison = _tracking("compare")(lake, record.name, metrics=sorted(set(wanted)))
+    # Every metric, so that one the deployments never logged is named as unknown rather
+    # than compared on no data.
+    comparison = _tracking("compare")(lake, record.name)
     rows = {row.metric: row for row in comparison.metrics}
     for name in wanted:
         if name not in rows:
