@@ -383,9 +383,10 @@ class EmbeddedBackend(Backend):
         head = self.branch_head(branch)
         tree = self._commit_row(head).tree
         staged, top = self.refs.staged(branch)
+        committed = self.trees.get_many(tree, (change.path for change in staged))
         changes: dict[str, Entry | None] = {}
         for change in staged:
-            old = self.trees.get(tree, change.path)
+            old = committed.get(change.path)
             if change.entry is None and old is None:
                 continue
             if change.entry and old and change.entry.checksum == old.checksum:
@@ -395,11 +396,11 @@ class EmbeddedBackend(Backend):
 
     def uncommitted(self, branch: str) -> Iterator[Change]:
         head, changes, _ = self._effective_staged(branch)
-        tree = self._commit_row(head).tree
+        committed = self.trees.get_many(self._commit_row(head).tree, changes)
         for path in sorted(changes):
             if changes[path] is None:
                 yield Change(path, ChangeKind.REMOVED)
-            elif self.trees.get(tree, path) is None:
+            elif path not in committed:
                 yield Change(path, ChangeKind.ADDED)
             else:
                 yield Change(path, ChangeKind.CHANGED)

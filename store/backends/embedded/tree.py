@@ -19,6 +19,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,9 @@ TARGET_ENTRIES = 512
 MAX_ENTRIES = 4096
 MAX_RANGE_BYTES = 1 << 20
 EMPTY_TREE = layout.content_id(b"[]")
+#: Ranges written by parallel threads once a tree change makes at least this many.
+PARALLEL_WRITES_FROM = 4
+WRITE_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,7 @@ class TreeStore:
 
     def build(self, entries: Iterable[Entry]) -> str:
         """Write a tree from entries sorted by path; return its id."""
-        return self.write_ranges(list(self._chunk(entries)))
+        return self.write_ranges(self._write_pieces(list(_cut(entries))))
 
     def apply(self, tree_id: str, changes: Changes) -> str:
         """A new tree: ``tree_id`` with ``changes`` applied. Untouched ranges are reused."""
@@ -183,29 +187,35 @@ class TreeStore:
         for path in sorted(changes):
             i = max(bisect.bisect_right(firsts, path) - 1, 0)
             touched.setdefault(i, {})[path] = changes[path]
-        result: list[RangeRef] = []
-        slots: list[RangeRef | None] = list(ranges) or [None]
-        for i, r in enumerate(slots):
+        # Each slot keeps its range, or becomes the pieces its merged entries are cut into.
+        slots: list[RangeRef | list[list[Entry]]] = []
+        for i, r in enumerate(list(ranges) or [None]):
             if i not in touched:
                 assert r is not None
-                result.append(r)
+                slots.append(r)
                 continue
             old = self.range_entries(r.id) if r is not None else []
-            result.extend(self._chunk(_merge_sorted(old, touched[i])))
+            slots.append(list(_cut(_merge_sorted(old, touched[i]))))
+        written = iter(self._write_pieces([p for s in slots if isinstance(s, list) for p in s]))
+        result: list[RangeRef] = []
+        for slot in slots:
+            if isinstance(slot, RangeRef):
+                result.append(slot)
+            else:
+                result.extend(next(written) for _ in slot)
         return self.write_ranges(result)
 
-    def _chunk(self, entries: Iterable[Entry]) -> Iterator[RangeRef]:
-        current: list[Entry] = []
-        size = 0
-        for entry in entries:
-            current.append(entry)
-            size += len(entry.path) + 100 + (len(entry.inline) * 4 // 3 if entry.inline else 0)
-            boundary = zlib.crc32(entry.path.encode()) % TARGET_ENTRIES == 0
-            if boundary or len(current) >= MAX_ENTRIES or size >= MAX_RANGE_BYTES:
-                yield self._write_range(current)
-                current, size = [], 0
-        if current:
-            yield self._write_range(current)
+    def _write_pieces(self, pieces: list[list[Entry]]) -> list[RangeRef]:
+        """Store each piece as a range; the refs in the same order.
+
+        Ranges are encoded and written by a few threads at once: hashing, zstd and the fsync
+        of each file release the GIL, so a commit of many ranges waits on the disk once per
+        batch of writes rather than once per range.
+        """
+        if len(pieces) < PARALLEL_WRITES_FROM:
+            return [self._write_range(piece) for piece in pieces]
+        with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
+            return list(pool.map(self._write_range, pieces))
 
     # -- comparing -------------------------------------------------------------------------------
 
@@ -238,6 +248,21 @@ class TreeStore:
             for entry in self.range_entries(r.id):
                 if entry.address is not None:
                     yield entry.address
+
+
+def _cut(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
+    """Sorted entries in range-sized pieces, ending at content-defined boundaries."""
+    current: list[Entry] = []
+    size = 0
+    for entry in entries:
+        current.append(entry)
+        size += len(entry.path) + 100 + (len(entry.inline) if entry.inline else 0)
+        boundary = zlib.crc32(entry.path.encode()) % TARGET_ENTRIES == 0
+        if boundary or len(current) >= MAX_ENTRIES or size >= MAX_RANGE_BYTES:
+            yield current
+            current, size = [], 0
+    if current:
+        yield current
 
 
 def _decode_metarange(data: bytes) -> list[RangeRef]:
