@@ -160,6 +160,12 @@ def test_gates_check_fails_and_names_the_missing_check_run(
     lake.close()
     code, out = flowlake(policed_lake, "gates", "check", "pr")
     assert code == 1 and "no run tagged check='tests'" in out
+    failing = [sys.executable, "-c", "raise SystemExit(3)"]
+    args = ["check", "tests", "--ref", "pr", "--lake", str(policed_lake), "--", *failing]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 3 and "failed" in result.output
+    code, out = flowlake(policed_lake, "gates", "check", "pr")
+    assert code == 1 and "no finished check run" in out and "failed" in out
     code, out = flowlake(policed_lake, "merge", "pr", "--into", "main")
     assert code != 0 and "refused" in out
     assert store.open(policed_lake, perimeter="production").resolve("main") == main
