@@ -106,11 +106,14 @@ class Resolved:
         rows: :data:`RESOLVED_SCHEMA` rows.
         segments: the segment files holding those objects' rows.
         problems: :data:`PROBLEMS_SCHEMA` rows of the files skipped.
+        volatile: refs of the sources resolved afresh on every query (runs that may still
+            write uncommitted files), whether or not they hold rows of this view yet.
     """
 
     rows: pa.Table
     segments: tuple[str, ...]
     problems: pa.Table
+    volatile: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -264,9 +267,10 @@ class Index:
         if not all(os.path.exists(s) for s in segments):
             return None
         problems = pa.Table.from_pylist(json.loads(meta[b"problems"]), schema=PROBLEMS_SCHEMA)
+        volatile = tuple(json.loads(meta[b"volatile"]))
         with contextlib.suppress(OSError):
             os.utime(path)
-        return Resolved(table.replace_schema_metadata(None), segments, problems)
+        return Resolved(table.replace_schema_metadata(None), segments, problems, volatile)
 
     def remember_resolved(self, key: str, view: str, resolved: Resolved) -> None:
         folder = os.path.join(self.folder, "resolved")
@@ -274,6 +278,7 @@ class Index:
         meta = {
             "segments": json.dumps([os.path.relpath(s, self.folder) for s in resolved.segments]),
             "problems": json.dumps(resolved.problems.to_pylist()),
+            "volatile": json.dumps(list(resolved.volatile)),
         }
         table = resolved.rows.replace_schema_metadata(meta)
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")

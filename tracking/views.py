@@ -224,7 +224,7 @@ def _resolved(index: Index, runs: _Runs, name: str) -> Resolved:
         if key is not None:
             index.remember_resolved(key, name, fresh)
         return fresh
-    volatile = set(cached.rows.filter(cached.rows["volatile"])["ref"].to_pylist())
+    volatile = set(cached.volatile)
     if not volatile:
         return cached
     again = _resolve(runs.index, name, runs.of(volatile))
@@ -236,6 +236,7 @@ def _resolved(index: Index, runs: _Runs, name: str) -> Resolved:
         pa.concat_tables([cached.rows.filter(keep), again.rows]),
         tuple(sorted({*cached.segments, *again.segments})),
         pa.concat_tables([problems, again.problems]),
+        cached.volatile,
     )
 
 
@@ -294,6 +295,7 @@ def _resolve(index: Index, name: str, runs: Sequence[RunFiles]) -> Resolved:
         pa.Table.from_pydict(columns, schema=RESOLVED_SCHEMA),
         tuple(sorted(segments)),
         pa.Table.from_pydict(problems, schema=PROBLEMS_SCHEMA),
+        tuple(sorted({run.source.ref for run in runs if run.volatile})),
     )
 
 
