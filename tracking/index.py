@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from store import Lake
 
 #: Bumped when the index's tables or segment contents change meaning; a new version starts empty.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 #: Compact a view's segments into one when it has more than this many.
 MAX_SEGMENTS = 8
 #: Seconds a compacted segment is kept for queries that were already reading it.
@@ -267,7 +267,7 @@ class Index:
         if not all(os.path.exists(s) for s in segments):
             return None
         problems = pa.Table.from_pylist(json.loads(meta[b"problems"]), schema=PROBLEMS_SCHEMA)
-        volatile = tuple(json.loads(meta[b"volatile"]))
+        volatile = tuple(json.loads(meta.get(b"volatile", b"[]")))
         with contextlib.suppress(OSError):
             os.utime(path)
         return Resolved(table.replace_schema_metadata(None), segments, problems, volatile)
