@@ -34,6 +34,7 @@ from compute.inside import JobContext, PinnedLake, activate
 from compute.model import PYTHON_NAMES, JobSpec
 from compute.state import JobFolder, write_atomic
 from store.errors import ConflictError
+from tracking import layout
 
 PR_SET_PDEATHSIG = 1
 
@@ -83,7 +84,8 @@ def run_command(argv: tuple[str, ...]) -> None:
 
 
 def _store_log(run: Any, folder: JobFolder, attempt: int, offset: int) -> None:
-    """Attach this attempt's log so far to its run (``runs/<run_id>/logs/attempt-<n>.log``)."""
+    """Attach this attempt's log so far to its run, next to the run's own files
+    (``_flowlake/runs/<run_id>/logs/attempt-<n>.log``)."""
     sys.stdout.flush()
     sys.stderr.flush()
     with open(folder.log_file, "rb") as f:
@@ -91,7 +93,7 @@ def _store_log(run: Any, folder: JobFolder, attempt: int, offset: int) -> None:
         data = f.read()
     local = folder.attempt_dir(attempt) / f"attempt-{attempt}.log"
     local.write_bytes(data)
-    run.log_artifact(local, artifact_path=f"runs/{run.id}/logs")
+    run.log_artifact(local, artifact_path=f"{layout.run_dir(run.id)}/logs")
 
 
 def main(job_dir: str, attempt: int, offset: int) -> int:

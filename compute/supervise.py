@@ -207,6 +207,7 @@ def _end_run(
     run branch: logs, status and error; nothing is merged."""
     import store
     import tracking
+    from tracking import layout
 
     try:
         with store.open(
@@ -218,7 +219,7 @@ def _end_run(
                 data = f.read()
             local = folder.attempt_dir(attempt) / f"attempt-{attempt}.log"
             local.write_bytes(data)
-            run.log_artifact(local, artifact_path=f"runs/{run_id}/logs")
+            run.log_artifact(local, artifact_path=f"{layout.run_dir(run_id)}/logs")
             run.end("failed" if status is JobStatus.FAILED else "killed", error=error)
     except Exception as exc:  # the job's status is recorded anyway; say why the run is not
         with open(folder.log_file, "ab") as log:

@@ -122,7 +122,7 @@ def test_a_job_reads_the_commit_pinned_at_submit_while_main_moves(
     assert run["status"] == "finished" and run["input_commit"] == v1
     assert run["run_branch"] == result["branch"]
     assert '{"status": "not the protocol"}' in job.logs()
-    assert lake.exists(f"runs/{job.run_id}/logs/attempt-1.log", ref="sweep")
+    assert lake.exists(f"{layout.run_dir(job.run_id)}/logs/attempt-1.log", ref="sweep")
 
 
 def test_a_job_that_raises_leaves_its_output_branch_untouched(
@@ -139,7 +139,7 @@ def test_a_job_that_raises_leaves_its_output_branch_untouched(
     run = _run(lake, job.run_id)
     assert run["status"] == "failed" and "boom at half" in (run["error"] or "")
     assert lake.read_bytes("out/half.txt", ref=run["run_branch"]) == b"partial"
-    log = lake.read_bytes(f"runs/{job.run_id}/logs/attempt-1.log", ref=run["run_branch"])
+    log = lake.read_bytes(f"{layout.run_dir(job.run_id)}/logs/attempt-1.log", ref=run["run_branch"])
     assert b"halfway" in log
 
 
