@@ -456,3 +456,28 @@ def test_code_snapshot_reuses_hashes_and_git_status_of_unchanged_files(
     snapshot.capture(repo, cache_dir=cache)
     snapshot.capture(repo, cache_dir=cache)
     assert len(hashed) == 2
+
+
+@pytest.mark.parametrize("in_git", [False, True], ids=["folder", "git-work-tree"])
+def test_code_files_with_non_utf8_names_are_skipped_with_a_warning_not_a_crash(
+    lake: store.Lake, tmp_path: Path, in_git: bool
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "good.py").write_text("x = 1\n")
+    bad = os.path.join(os.fsencode(project), b"bad\xff.py")
+    with open(bad, "w") as f:
+        f.write("y = 2\n")
+    with open(os.path.join(os.fsencode(project), b"data\xfe.bin"), "w") as f:
+        f.write("not source\n")
+    if in_git:
+        _git(project, "init", "-q")
+    with pytest.warns(tracking.errors.SkippedCodeFileWarning, match=r"bad\\udcff\.py"):
+        captured = snapshot.capture(project)
+    assert captured.skipped == ("'bad\\udcff.py'",)
+    assert [f.path for f in captured.files] == ["good.py"]
+    with pytest.warns(tracking.errors.SkippedCodeFileWarning):
+        run = tracking.start_run(lake, name="odd-names", code_dir=project, cache_dir=tmp_path / "c")
+    run.end()
+    code = tracking.sql(lake, "SELECT path FROM code WHERE run_id = ?", params=[run.id])
+    assert code.column("path").to_pylist() == ["good.py"]

@@ -38,3 +38,7 @@ class InvalidMetricError(TrackingError, InvalidArgumentError):
 
 class SkippedRunFileWarning(UserWarning):
     """A query skipped run files it could not decode; the ``problems`` view lists them."""
+
+
+class SkippedCodeFileWarning(UserWarning):
+    """A code snapshot left files out (names that are not valid UTF-8); the snapshot lists them."""

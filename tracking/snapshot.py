@@ -12,9 +12,11 @@ import os
 import stat
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 
 from tracking import localcache
+from tracking.errors import SkippedCodeFileWarning
 
 SOURCE_SUFFIXES = frozenset(
     {
@@ -85,6 +87,9 @@ class CodeSnapshot:
         git_dirty: whether tracked files differ from ``HEAD`` (None outside git).
         files: the source files kept, sorted by path.
         truncated: whether the limits dropped files.
+        skipped: source-like files left out because their names are not valid UTF-8 (a run's
+            tables store paths as UTF-8 strings), as ``ascii()`` writes the name's bytes
+            decoded with ``surrogateescape``, sorted.
     """
 
     root: str
@@ -92,6 +97,7 @@ class CodeSnapshot:
     git_dirty: bool | None
     files: tuple[SourceFile, ...]
     truncated: bool
+    skipped: tuple[str, ...] = ()
 
 
 def capture(
@@ -109,6 +115,10 @@ def capture(
             time are unchanged. Entries about files modified in the last
             :data:`RACY_WINDOW_NS` are never kept, since a write in the same clock tick could
             leave size and time unchanged.
+
+    Warns:
+        SkippedCodeFileWarning: some files were left out because their names are not valid
+            UTF-8; :attr:`CodeSnapshot.skipped` lists them.
     """
     cwd = os.path.abspath(os.fspath(root) if root is not None else os.getcwd())
     spec = "." if root is not None else ":/"
@@ -133,6 +143,14 @@ def capture(
     hashes_path = localcache.entry_path(cache_dir, "code", _digest(base)) if cache_dir else None
     known = localcache.load(hashes_path) if hashes_path else None
     known = known if isinstance(known, dict) else {}
+    names, skipped = _utf8_names(names)
+    if skipped:
+        warnings.warn(
+            f"code snapshot of {base}: {len(skipped)} file(s) left out because their names are "
+            f"not valid UTF-8: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}",
+            SkippedCodeFileWarning,
+            stacklevel=2,
+        )
     files, mtimes, truncated = _read_files(base, sorted(names), known)
     if hashes_path:
         fresh = {
@@ -148,7 +166,27 @@ def capture(
         git_dirty=dirty,
         files=tuple(files),
         truncated=truncated,
+        skipped=tuple(skipped),
     )
+
+
+def _utf8_names(names: list[str]) -> tuple[list[str], list[str]]:
+    """(names that are valid UTF-8, ``ascii()`` of the source-like others, sorted).
+
+    Names come from git or the file system decoded with ``surrogateescape``: a byte that is
+    not UTF-8 becomes a lone surrogate, which no UTF-8 string column can hold.
+    """
+    kept: list[str] = []
+    bad: list[str] = []
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            if _is_source(name):
+                bad.append(ascii(name))
+            continue
+        kept.append(name)
+    return kept, sorted(bad)
 
 
 #: A file changed this recently (nanoseconds) may change again within one clock tick of the
@@ -230,11 +268,7 @@ def _read_files(
     total = 0
     truncated = False
     for name in names:
-        parts = name.split("/")
-        if (
-            any(p in SKIP_DIRS for p in parts[:-1])
-            or os.path.splitext(name)[1] not in SOURCE_SUFFIXES
-        ):
+        if not _is_source(name):
             continue
         full = os.path.join(root, name)
         try:
@@ -265,6 +299,14 @@ def _read_files(
         files.append(SourceFile(name, data, digest))
         mtimes[name] = st.st_mtime_ns
     return files, mtimes, truncated
+
+
+def _is_source(name: str) -> bool:
+    """Whether a listed file is one the snapshot keeps (by suffix, outside skipped folders)."""
+    parts = name.split("/")
+    return (
+        not any(p in SKIP_DIRS for p in parts[:-1]) and os.path.splitext(name)[1] in SOURCE_SUFFIXES
+    )
 
 
 def _walk(root: str) -> list[str]:
