@@ -152,6 +152,8 @@ def test_tokens_authenticate_expire_revoke_and_never_leak(
     monkeypatch.setenv("FLOWLAKE_TOKEN", secret)
     ci = reopen(policed)
     assert api.identity(ci) == api.Identity("token:ci", "production")
+    with pytest.raises(PermissionDeniedError, match="only a person creates tokens"):
+        api.create_token(ci, "ci2", "production")
     branch = ci.branch("release")
     branch.write_bytes("m", b"1")
     commit = branch.commit("release")

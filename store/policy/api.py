@@ -65,11 +65,17 @@ def create_token(
     record that is stored (its SHA-256 digest only).
 
     Raises:
-        PermissionDeniedError: the caller does not act in the production perimeter.
+        PermissionDeniedError: the caller does not act in the production perimeter, or is a
+            machine token.
         InvalidArgumentError: no policy, an unknown perimeter, a bad name or lifetime, or the
             name is taken.
     """
     view = _production_only(lake, "creating a token")
+    if view.identity.principal.startswith("token:"):
+        # A leaked token must not be able to mint successors that outlive its revocation.
+        raise PermissionDeniedError(
+            f"{view.identity.principal} is a machine token; only a person creates tokens"
+        )
     if perimeter not in _policy(lake).perimeters:
         raise InvalidArgumentError(
             f"unknown perimeter {perimeter!r}; the policy defines "
