@@ -33,16 +33,12 @@ KILL_GRACE_S = 2.0
 LOG_TAIL_BYTES = 4000
 
 
-def supervise(
-    job_dir: str, gpus: tuple[int, ...] | None = None, build_environment: bool = True
-) -> StatusRecord:
+def supervise(job_dir: str, gpus: tuple[int, ...] | None = None) -> StatusRecord:
     """Run the job in ``job_dir`` to its end; returns its final status.
 
     Args:
         job_dir: the job's folder.
         gpus: devices already granted (Ray); None takes a machine-wide lease here first.
-        build_environment: build the job's environment with uv (Ray builds it from the
-            task's ``runtime_env`` instead).
     """
     folder = JobFolder(Path(job_dir))
     spec = folder.spec()
@@ -51,7 +47,7 @@ def supervise(
     ledger = Ledger() if gpus is None else None
     try:
         python = sys.executable
-        if build_environment and not spec.environment.is_default:
+        if not spec.environment.is_default:
             from compute.envs import ensure
             from compute.errors import EnvironmentBuildError
 

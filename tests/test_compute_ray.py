@@ -12,6 +12,7 @@ from test_compute import (
     JOB_WAIT_S,
     _run,
     _seed,
+    humanize_version,
     read_pinned_after_main_moves,
     write_half_then_raise,
 )
@@ -78,3 +79,18 @@ def test_ray_refuses_more_gpus_than_the_cluster_has(embedded_lake: store.Lake) -
         )
     assert time.monotonic() - started < 30
     assert compute.jobs(embedded_lake) == []
+
+
+def test_a_ray_job_runs_in_its_uv_environment(
+    embedded_lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("uv", reason="job environments need the compute extra")
+    monkeypatch.setenv("FLOWLAKE_ENV_CACHE", str(tmp_path / "envs"))
+    _seed(embedded_lake)
+    job = compute.submit(
+        humanize_version,
+        lake=embedded_lake,
+        backend="ray",
+        environment=compute.Environment(pypi={"humanize": "4.9.0"}),
+    )
+    assert job.wait(timeout=JOB_WAIT_S)["version"] == "4.9.0"

@@ -3,9 +3,11 @@
 A job becomes one Ray task that asks Ray for the job's resources (``num_gpus``, ``num_cpus``,
 ``memory``) and, once Ray grants them, runs the job's supervisor (:mod:`compute.supervise`)
 inside the task with the GPU ids Ray assigned: the same attempts, timeout, cancel, logs and
-atomic commit as on the local backend. The job's environment becomes the task's
-``runtime_env`` (``pip`` packages, plus the submitter's ``FLOWLAKE_*``, ``LAKECTL_*`` and
-``FSSPEC_*`` variables so the task opens the same lake). Job state stays in the lake's state
+atomic commit as on the local backend. The task's ``runtime_env`` carries the submitter's
+``FLOWLAKE_*``, ``LAKECTL_*``, ``FSSPEC_*`` and ``AWS_*`` variables, so it opens the same lake. A
+job's ``Environment`` is built by the task on its node with uv, exactly as on the local backend
+(same cache, same pins), rather than with Ray's ``pip`` runtime_env, which needs ``virtualenv``
+on every node. Job state stays in the lake's state
 folder, so that folder must be on a filesystem every node sees (always true on one machine;
 on a cluster, point ``FLOWLAKE_COMPUTE_DIR`` at shared storage).
 """
@@ -30,7 +32,7 @@ def _run_job(job_dir: str) -> str:
     from compute.supervise import supervise
 
     gpus = tuple(int(g) for g in ray.get_gpu_ids())
-    return supervise(job_dir, gpus=gpus, build_environment=False).status
+    return supervise(job_dir, gpus=gpus).status
 
 
 class RayExecutor:
@@ -62,8 +64,6 @@ class RayExecutor:
     def launch(self, folder: JobFolder, spec: JobSpec) -> Any:
         env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
         runtime_env: dict[str, Any] = {"env_vars": env_vars}
-        if not spec.environment.is_default:
-            runtime_env["pip"] = spec.environment.requirements()
         options: dict[str, Any] = {
             "num_gpus": spec.resources.gpus,
             "num_cpus": spec.resources.cpus,
