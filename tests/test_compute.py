@@ -430,3 +430,32 @@ def test_a_job_runs_in_a_cached_uv_environment_that_records_its_versions(
     with pytest.raises(compute.JobFailedError, match="No solution found") as err:
         bad.wait(timeout=JOB_WAIT_S)
     assert err.value.status == "failed" and bad.run_id is None
+
+
+def test_the_job_spec_round_trips_and_refuses_another_version() -> None:
+    spec = compute.JobSpec(
+        job_id="a" * 32,
+        name="n",
+        backend="local",
+        lake_location="/lake",
+        namespace="user:tester",
+        user="tester",
+        input_ref="main",
+        input_commit="c" * 64,
+        output_branch="user:tester/o",
+        kind="command",
+        command=("python", "train.py"),
+        code_snapshot="s" * 32,
+        resources=compute.Resources(gpus=1, cpus=2, memory="1GiB"),
+        environment=compute.Environment(pypi={"humanize": "4.9.0"}),
+        retries=1,
+        timeout=10.0,
+        submitted_at=1.0,
+        submitter_python=sys.executable,
+    )
+    assert compute.JobSpec.from_json(spec.to_json()) == spec
+    assert spec.resources.memory_bytes == 1024**3
+    assert spec.environment.requirements() == ["humanize==4.9.0"]
+    future = json.loads(spec.to_json()) | {"version": 99}
+    with pytest.raises(InvalidArgumentError, match="version 99"):
+        compute.JobSpec.from_json(json.dumps(future))
