@@ -142,8 +142,9 @@ class EmbeddedBackend(Backend):
         if self.refs.head(self.default_branch) is not None:
             return
         with self.lock.writing():
-            tree = self.trees.write_ranges([])
-            row = self._write_commit(tree, (), "Repository created", {}, "flowlake")
+            with self.objects.batch():
+                tree = self.trees.write_ranges([])
+                row = self._write_commit(tree, (), "Repository created", {}, "flowlake")
             with self.refs.write() as conn:
                 if conn.execute("SELECT 1 FROM commits LIMIT 1").fetchone() is not None:
                     return
@@ -366,7 +367,10 @@ class EmbeddedBackend(Backend):
     @_writes
     def put_many(self, branch: str, items: Iterable[tuple[str, bytes]]) -> int:
         self._check_writable(branch)
-        changes = [StagedChange(path, self._store_content(path, data)) for path, data in items]
+        # One batch: the blobs are durable (about two disk waits in all) before staged rows
+        # reference them.
+        with self.objects.batch():
+            changes = [StagedChange(path, self._store_content(path, data)) for path, data in items]
         self._stage(branch, changes)
         return len(changes)
 
@@ -417,8 +421,11 @@ class EmbeddedBackend(Backend):
             head, changes, top = self._effective_staged(branch)
             if not changes:
                 raise NothingToCommitError(f"branch {branch!r} has no uncommitted changes")
-            tree = self.trees.apply(self._commit_row(head).tree, changes)
-            row = self._write_commit(tree, (head,), message, metadata, committer)
+            # Ranges, metarange and commit record share one publish pass, which makes them
+            # durable before the transaction below references them.
+            with self.objects.batch():
+                tree = self.trees.apply(self._commit_row(head).tree, changes)
+                row = self._write_commit(tree, (head,), message, metadata, committer)
             if self._advance(branch, head, row, clear_up_to=top):
                 return _to_commit(row)
         raise ConcurrentUpdateError(branch, head, self.refs.head(branch))
@@ -532,8 +539,11 @@ class EmbeddedBackend(Backend):
             )
             if not changed:
                 raise NothingToCommitError(f"{source!r} has nothing to merge into {dest_branch!r}")
-            tree = self.trees.apply(dest_tree, changes)
-            row = self._write_commit(tree, (dest_head, source_commit), message, metadata, committer)
+            with self.objects.batch():
+                tree = self.trees.apply(dest_tree, changes)
+                row = self._write_commit(
+                    tree, (dest_head, source_commit), message, metadata, committer
+                )
             if self._advance(dest_branch, dest_head, row, clear_up_to=staged_up_to):
                 return _to_commit(row)
         raise ConcurrentUpdateError(dest_branch, dest_head, self.refs.head(dest_branch))
@@ -548,10 +558,11 @@ class EmbeddedBackend(Backend):
             changes, changed = self._three_way(target.tree, parent_tree, head_tree, None)
             if not changed:
                 raise NothingToCommitError(f"commit {commit_id} changed nothing to revert")
-            tree = self.trees.apply(head_tree, changes)
-            row = self._write_commit(
-                tree, (head,), f"Revert {commit_id[:12]}", {"reverted": commit_id}, committer
-            )
+            with self.objects.batch():
+                tree = self.trees.apply(head_tree, changes)
+                row = self._write_commit(
+                    tree, (head,), f"Revert {commit_id[:12]}", {"reverted": commit_id}, committer
+                )
             if self._advance(branch, head, row, clear_up_to=staged_up_to):
                 return _to_commit(row)
         raise ConcurrentUpdateError(branch, head, self.refs.head(branch))

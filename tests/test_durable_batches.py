@@ -1,0 +1,149 @@
+"""Embedded object store: batched writes are durable before anything references them.
+
+A process kill cannot lose what the page cache holds, so these tests check the order of the
+system calls themselves: every object a staging or commit transaction references has had its
+file fsynced before its rename into place, and its folder (and any fan-out folder created for
+it) fsynced after the rename, all before the transaction; a batch fsyncs each folder once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pytest
+
+import store
+from store.backends.embedded.objects import ObjectStore
+from store.backends.embedded.refdb import RefDB
+from store.tables import encode
+
+
+class SyscallLog:
+    """Records fsyncs (by path), renames, folder creations and SQLite write transactions."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def fsyncs(self) -> list[str]:
+        return [e[1] for e in self.events if e[0] == "fsync"]
+
+    def check_durable_before_each_transaction(self, objects_root: str) -> int:
+        """Assert the ordering rules at every transaction; the number of objects checked."""
+        synced_files: set[str] = set()
+        published: list[tuple[int, str, str]] = []  # (event index, final path, temp path)
+        created: list[tuple[int, str]] = []
+        checked = 0
+        for i, event in enumerate(self.events):
+            kind = event[0]
+            if kind == "fsync":
+                synced_files.add(event[1])
+            elif kind == "replace" and event[2].startswith(objects_root):
+                assert event[1] in synced_files, f"{event[2]} renamed before its bytes were synced"
+                published.append((i, event[2], event[1]))
+            elif kind == "mkdir" and event[1].startswith(objects_root):
+                created.append((i, event[1]))
+            elif kind == "tx":
+                for at, final, _ in published:
+                    folder = os.path.dirname(final)
+                    assert ("fsync", folder) in self.events[at:i], f"{final}: folder not synced"
+                    checked += 1
+                for at, folder in created:
+                    parent = os.path.dirname(folder)
+                    assert ("fsync", parent) in self.events[at:i], f"{folder}: parent not synced"
+                published.clear()
+                created.clear()
+        return checked
+
+
+@pytest.fixture
+def syscalls(monkeypatch: pytest.MonkeyPatch) -> Iterator[SyscallLog]:
+    log = SyscallLog()
+    lock = threading.Lock()
+    real_fsync, real_replace, real_mkdir, real_write = os.fsync, os.replace, os.mkdir, RefDB.write
+
+    def fsync(fd: int) -> None:
+        with lock:
+            log.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        real_replace(src, dst)
+        with lock:
+            log.events.append(("replace", os.path.realpath(src), os.path.realpath(dst)))
+
+    def mkdir(path: str, *args: object, **kwargs: object) -> None:
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+        with lock:
+            log.events.append(("mkdir", os.path.realpath(path)))
+
+    @contextlib.contextmanager
+    def write(self: RefDB) -> Iterator[object]:
+        with real_write(self) as conn:
+            yield conn
+            with lock:
+                log.events.append(("tx",))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(RefDB, "write", write)
+    yield log
+
+
+def _parquet(i: int) -> bytes:
+    with encode(pa.table({"i": [i] * 10, "s": [f"row {i}"] * 10})) as encoded:
+        return encoded.read()  # type: ignore[no-any-return]
+
+
+def test_batched_writes_and_commits_are_durable_before_the_transaction_that_references_them(
+    embedded_lake: store.Lake, syscalls: SyscallLog
+) -> None:
+    branch = embedded_lake.branch("work", source="main")
+    objects_root = os.path.realpath(embedded_lake.backend.objects.root)  # type: ignore[attr-defined]
+    syscalls.events.clear()
+    branch.write_many([(f"t/{i}.parquet", _parquet(i)) for i in range(6)])
+    batch_fsyncs = syscalls.fsyncs()
+    # Six files synced once each, and no folder synced twice within the batch.
+    temps = os.path.join(objects_root, "tmp") + "/"
+    assert len([p for p in batch_fsyncs if p.startswith(temps)]) == 6
+    folders = [p for p in batch_fsyncs if not p.startswith(temps)]
+    assert folders and len(folders) == len(set(folders))
+    branch.commit("six tables")
+    embedded_lake.merge("work", into="main")
+    assert syscalls.check_durable_before_each_transaction(objects_root) >= 6 + 3 + 1
+    assert branch.read_bytes("t/3.parquet") == _parquet(3)
+
+
+def test_a_batch_publishes_nothing_when_its_block_raises(tmp_path: Path) -> None:
+    objects = ObjectStore(_local_fs(), str(tmp_path / "objects"))
+    with pytest.raises(RuntimeError), objects.batch():
+        stored = objects.put_bytes(b"never published" * 1000)
+        assert objects.get_bytes(stored.address) == b"never published" * 1000
+        raise RuntimeError("the writer failed")
+    assert not objects.exists(stored.address)
+    assert os.listdir(tmp_path / "objects" / "tmp") == []
+
+
+def test_a_batch_hides_its_objects_from_other_threads_until_it_ends(tmp_path: Path) -> None:
+    objects = ObjectStore(_local_fs(), str(tmp_path / "objects"))
+    seen: list[bool] = []
+    with objects.batch():
+        stored = objects.put_bytes(b"batched" * 1000)
+        again = objects.put_bytes(b"batched" * 1000)  # deduplicated inside the batch
+        worker = threading.Thread(target=lambda: seen.append(objects.exists(stored.address)))
+        worker.start()
+        worker.join()
+        assert objects.get_bytes(stored.address) == b"batched" * 1000
+    assert again == stored and seen == [False]
+    assert objects.exists(stored.address)
+    assert os.listdir(tmp_path / "objects" / "tmp") == []
+
+
+def _local_fs() -> fsspec.AbstractFileSystem:
+    return fsspec.filesystem("file")
