@@ -246,3 +246,29 @@ def test_get_run_equals_the_runs_view_row(lake: store.Lake) -> None:
         live.end()
     with pytest.raises(tracking.RunNotFoundError):
         tracking.get_run(lake, "e" * 32)
+
+
+def test_plugged_views_can_read_lake_files_verified_through_the_index(lake: store.Lake) -> None:
+    import duckdb
+    import pyarrow as pa
+
+    from tracking import catalog, views
+
+    branch = lake.branch("exp")
+    schema = pa.schema([("run_id", pa.string()), ("x", pa.int64())])
+    branch.write_table("d/a.parquet", pa.table({"run_id": ["r"], "x": [1]}, schema=schema))
+    branch.write_table("d/b.parquet", pa.table({"run_id": ["r", "s"], "x": [2, 3]}, schema=schema))
+    branch.write_bytes("d/c.parquet", b"PAR1 not really")
+    source = catalog.Source(branch.name, lake.namespace, branch.name, "c0", branch.name)
+    con = duckdb.connect()
+    try:
+        paths = ["d/a.parquet", "d/b.parquet", "d/c.parquet"]
+        with pytest.warns(SkippedRunFileWarning, match="d/c.parquet"):
+            files = views.verified_file_view(
+                con, lake, "things", schema, [(source, p) for p in paths]
+            )
+        rows = con.sql("SELECT x, branch FROM things ORDER BY x").fetchall()
+    finally:
+        con.close()
+    assert rows == [(1, branch.name), (2, branch.name), (3, branch.name)]
+    assert files and all(os.path.isfile(f) for f in files)

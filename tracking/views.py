@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from tracking import catalog, layout, liveness
 from tracking.catalog import RunFiles, Source
 from tracking.errors import SkippedRunFileWarning
-from tracking.index import PROBLEMS_SCHEMA, RESOLVED_SCHEMA, Index, Resolved
+from tracking.index import PROBLEMS_SCHEMA, RESOLVED_SCHEMA, FileRef, Index, Resolved
 
 if TYPE_CHECKING:
     from store import Lake
@@ -297,6 +297,68 @@ def _resolve(index: Index, name: str, runs: Sequence[RunFiles]) -> Resolved:
         pa.Table.from_pydict(problems, schema=PROBLEMS_SCHEMA),
         tuple(sorted({run.source.ref for run in runs if run.volatile})),
     )
+
+
+def verified_file_view(
+    con: duckdb.DuckDBPyConnection,
+    lake: Lake,
+    name: str,
+    schema: pa.Schema,
+    entries: Sequence[tuple[Source, str]],
+    required: Sequence[str] = ("run_id",),
+) -> list[str]:
+    """``CREATE VIEW name`` over Parquet objects (each a source and an object path) the way the
+    run views are built, for plugged views (see :data:`PLUGGED_VIEWS`): every object is read
+    once through the verified path into the local index, Hive partitioning is off, and the view
+    has ``schema``'s columns plus ``ref``, ``namespace``, ``branch`` and ``commit``.
+
+    Returns:
+        The local files the view reads (for the connection's ``allowed_paths``).
+
+    Warns:
+        SkippedRunFileWarning: objects that do not decode against ``schema`` were skipped.
+
+    Raises:
+        CorruptObjectError: an object's bytes do not match its hash.
+    """
+    files: list[tuple[Source, FileRef]] = []
+    for source, path in entries:
+        info = lake.stat(path, source.read_ref)
+        files.append((source, FileRef(info.path, info.checksum, info.size)))
+    with Index(lake) as index:
+        known = index.loaded(name, (f.checksum for _, f in files))
+        missing = [(f, s.read_ref) for s, f in files if f.checksum not in known]
+        if missing:
+            index.load(name, schema, missing, required)
+            known = index.loaded(name, (f.checksum for _, f in files))
+    rows: dict[str, list[Any]] = {f.name: [] for f in RESOLVED_SCHEMA}
+    skipped = []
+    for source, file in files:
+        state = known.get(file.checksum)
+        if state is None or state.oid is None or state.segment is None:
+            skipped.append(f"{file.path} at {source.ref}: {state.problem if state else '?'}")
+            continue
+        for field, value in (
+            ("_oid", state.oid),
+            *_source_row(source).items(),
+            ("run_id", None),
+            ("read_ref", source.read_ref),
+            ("status", None),
+            ("volatile", False),
+        ):
+            rows[field].append(value)
+    segments = sorted({s.segment for s in known.values() if s.segment is not None})
+    table = pa.Table.from_pydict(rows, schema=RESOLVED_SCHEMA)
+    _create_joined(
+        con, name, schema, Resolved(table, tuple(segments), PROBLEMS_SCHEMA.empty_table())
+    )
+    if skipped:
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable file(s) of {name}: {'; '.join(skipped[:3])}",
+            SkippedRunFileWarning,
+            stacklevel=3,
+        )
+    return segments
 
 
 def run_record(lake: Lake, index: Index, run_id: str) -> dict[str, Any] | None:
