@@ -21,7 +21,12 @@ import compute
 import store
 from compute.leases import Ledger
 from compute.procs import pid_alive
-from store.errors import InvalidArgumentError, InvalidNameError, RefNotFoundError
+from store.errors import (
+    InvalidArgumentError,
+    InvalidNameError,
+    NotInstalledError,
+    RefNotFoundError,
+)
 from tracking import layout
 
 JOB_WAIT_S = 90
@@ -459,3 +464,13 @@ def test_the_job_spec_round_trips_and_refuses_another_version() -> None:
     future = json.loads(spec.to_json()) | {"version": 99}
     with pytest.raises(InvalidArgumentError, match="version 99"):
         compute.JobSpec.from_json(json.dumps(future))
+
+
+def test_a_backend_whose_extra_is_missing_names_the_extra(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if not installed
+    monkeypatch.delitem(sys.modules, "compute.backends.ray", raising=False)
+    with pytest.raises(NotInstalledError, match=r"pip install 'flowlake\[ray\]'"):
+        compute.submit(fail_first_attempt, lake=embedded_lake, backend="ray")
+    assert compute.jobs(embedded_lake) == []
