@@ -207,7 +207,8 @@ def experiments(location: str, console: Console) -> list[Candidate]:
             lake=lake,
             input_ref=DATA_TAG,
             output_branch=recipe.branch,
-            resources=compute.Resources(cpus=1),
+            # Half a core each, so that both candidates train at once even on a one-core machine.
+            resources=compute.Resources(cpus=0.5),
             name=recipe.describe(),
             code_dir=code_dir,
         )
