@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -125,9 +126,12 @@ def compare_command(
     print_comparison(result)
 
 
-def print_comparison(result: Comparison) -> None:
-    """The comparison as tables: segment regressions first, then every metric overall."""
-    out = render.stdout()
+def print_comparison(result: Comparison, out: Console | None = None) -> None:
+    """The comparison as tables: segment regressions first, then every metric overall.
+
+    Printed to ``out`` (default: standard output), so a caller that prints JSON can silence it.
+    """
+    out = out if out is not None else render.stdout()
     mode = (
         "always-valid sequential intervals (safe to look daily)"
         if result.mode == "sequential"

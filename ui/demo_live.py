@@ -86,7 +86,7 @@ def live_trial(
         for name in names:
             console.print(Text(f"\n$ {cli} compare {name} --lake {location}", style="cyan"))
             result = tracking.compare(lake, name)
-            cli_deploy.print_comparison(result)
+            cli_deploy.print_comparison(result, console)
             results[name] = result
     gated = {name: result for name, result in results.items() if gate(result).open}
     if not gated:
