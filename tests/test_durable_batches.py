@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pytest
 
 import store
+from store.backends.embedded import layout
 from store.backends.embedded.objects import ObjectStore
 from store.backends.embedded.refdb import RefDB
 from store.tables import encode
@@ -147,3 +149,51 @@ def test_a_batch_hides_its_objects_from_other_threads_until_it_ends(tmp_path: Pa
 
 def _local_fs() -> fsspec.AbstractFileSystem:
     return fsspec.filesystem("file")
+
+
+def test_a_stored_content_is_found_again_without_choosing_its_codec_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = ObjectStore(_local_fs(), str(tmp_path / "objects"))
+    chosen: list[int] = []
+    real_choose = layout.choose_codec
+
+    def choose(sample: bytes) -> str:
+        chosen.append(len(sample))
+        return real_choose(sample)
+
+    monkeypatch.setattr(layout, "choose_codec", choose)
+    texts = objects.put_bytes(b"compressible text " * 1000)
+    noise = objects.put_bytes(os.urandom(20_000))
+    assert texts.address.endswith(layout.ZSTD) and not noise.address.endswith(layout.ZSTD)
+    assert objects.put_bytes(b"compressible text " * 1000) == texts
+    assert objects.put_bytes(objects.get_bytes(noise.address)) == noise
+    assert len(chosen) == 2
+
+
+def test_a_forked_child_publishes_batches_with_threads_of_its_own(tmp_path: Path) -> None:
+    objects = ObjectStore(_local_fs(), str(tmp_path / "objects"))
+    with objects.batch():  # starts the parent's fsync threads
+        objects.put_bytes(b"parent one" * 100)
+        objects.put_bytes(b"parent two" * 100)
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's threads do not exist here
+        code = 1
+        try:
+            with objects.batch():
+                stored = [objects.put_bytes(f"child {i}".encode() * 100) for i in range(3)]
+            code = 0 if all(objects.exists(s.address) for s in stored) else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung publishing a batch")
+    objects.close()

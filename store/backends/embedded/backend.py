@@ -156,6 +156,7 @@ class EmbeddedBackend(Backend):
 
     def close(self) -> None:
         self.refs.close()
+        self.objects.close()
 
     # -- refs -----------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import os
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -57,6 +57,10 @@ class ObjectStore:
         # Per thread: a batch collects only its own thread's writes, so a write made by another
         # thread (which may reference it in SQLite at once) is never left waiting for an fsync.
         self._batches = threading.local()
+        # fsync threads kept between batches: starting threads for each batch cost as much as
+        # the fsyncs themselves on a busy machine. (pid, pool): a forked child makes its own.
+        self._sync_pool: tuple[int, ThreadPoolExecutor] | None = None
+        self._sync_pool_lock = threading.Lock()
         if self.is_local:
             os.makedirs(self._tmp_dir(), exist_ok=True)
 
@@ -72,6 +76,30 @@ class ObjectStore:
 
     def _tmp_dir(self) -> str:
         return f"{self.root}/tmp"
+
+    def close(self) -> None:
+        """Stop the threads kept for fsyncs (a later write starts them again)."""
+        with self._sync_pool_lock:
+            held, self._sync_pool = self._sync_pool, None
+        if held is not None and held[0] == os.getpid():
+            held[1].shutdown(wait=True)
+
+    def _sync_all(self, paths: list[str]) -> None:
+        """fsync each path (file or folder): the first here, the others by parallel threads."""
+        if len(paths) > 1:
+            pool = self._pool()
+            rest = [pool.submit(_fsync_path, p) for p in paths[1:]]
+        _fsync_path(paths[0])
+        if len(paths) > 1:
+            for future in rest:
+                future.result()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._sync_pool_lock:
+            if self._sync_pool is None or self._sync_pool[0] != os.getpid():
+                pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="flowlake-fsync")
+                self._sync_pool = (os.getpid(), pool)
+            return self._sync_pool[1]
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -108,14 +136,23 @@ class ObjectStore:
     def put_bytes(self, data: bytes, codec: str | None = None) -> StoredObject:
         """Store an in-memory content (compressed when that pays, unless ``codec`` is given)."""
         object_id = layout.content_id(data)
+        pending = self._pending()
+        if codec is None and self.is_local:
+            # A content stored before is found without choosing its codec again (that costs a
+            # trial compression): the choice is deterministic, so it sits under one of the two.
+            for candidate in (layout.RAW, layout.ZSTD):
+                addr = layout.address(object_id, candidate)
+                if self._known(addr, pending):
+                    return StoredObject(object_id, len(data), addr)
         codec = layout.choose_codec(data[: 1 << 20]) if codec is None else codec
         addr = layout.address(object_id, codec)
-        pending = self._pending()
-        if pending is not None and addr in pending.temps:
-            return StoredObject(object_id, len(data), addr)
-        if not self._exists_touch(addr):
+        if not self._known(addr, pending):
             self._publish_bytes(layout.encode(data, codec), addr, pending)
         return StoredObject(object_id, len(data), addr)
+
+    def _known(self, addr: str, pending: _Pending | None) -> bool:
+        """Whether the blob is stored or held by this thread's batch (stored: mtime refreshed)."""
+        return (pending is not None and addr in pending.temps) or self._exists_touch(addr)
 
     def put_stream(self, source: BinaryIO, first: bytes = b"") -> StoredObject:
         """Store a stream without holding it in memory. ``first`` is data already read from it."""
@@ -395,7 +432,7 @@ def _publish_all(store: ObjectStore, pending: _Pending) -> None:
     """
     if not pending.temps:
         return
-    _sync_all(_fsync_path, list(pending.temps.values()))
+    store._sync_all(list(pending.temps.values()))
     folders: set[str] = set()
     for addr, tmp_path in list(pending.temps.items()):
         final = store.full_path(addr)
@@ -404,7 +441,7 @@ def _publish_all(store: ObjectStore, pending: _Pending) -> None:
         folders.update(_make_dirs(directory, store.root))
         os.replace(tmp_path, final)
         del pending.temps[addr]
-    _sync_all(_fsync_path, sorted(folders))
+    store._sync_all(sorted(folders))
 
 
 def _make_dirs(directory: str, root: str) -> list[str]:
@@ -421,15 +458,6 @@ def _make_dirs(directory: str, root: str) -> list[str]:
         os.mkdir(directory)
     gained.append(parent)
     return gained
-
-
-def _sync_all(sync: Callable[[str], None], paths: list[str]) -> None:
-    """fsync each path, by parallel threads when there are several."""
-    if len(paths) == 1:
-        sync(paths[0])
-        return
-    with ThreadPoolExecutor(max_workers=min(SYNC_THREADS, len(paths))) as pool:
-        list(pool.map(sync, paths))
 
 
 def _fsync_path(path: str) -> None:
