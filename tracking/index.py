@@ -12,8 +12,8 @@ things, both immutable once written:
   through ``lake.read_bytes``, which verifies its hash, so a query never reads an unverified
   byte; rows are appended to a few large local Parquet *segments* (the small metric parts of
   thousands of runs become one file DuckDB scans at full speed) and each object's rows carry an
-  integer ``_oid`` the views join on. Objects that do not decode against their view's schema
-  are remembered as problems (skipped and reported, never read again).
+  integer ``_oid`` (dense over the index) the views join on. Objects that do not decode against
+  their view's schema are remembered as problems (skipped and reported, never read again).
 
 Layout under the cache folder (``$FLOWLAKE_CACHE_DIR``, else ``~/.cache/flowlake``)::
 
@@ -46,13 +46,11 @@ if TYPE_CHECKING:
     from store import Lake
 
 #: Bumped when the index's tables or segment contents change meaning; a new version starts empty.
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 #: Compact a view's segments into one when it has more than this many.
 MAX_SEGMENTS = 8
 #: Seconds a compacted segment is kept for queries that were already reading it.
 RETIRED_KEPT_S = 3600.0
-#: Object ids are ``segment << OID_BITS | row group of the object in that segment``.
-OID_BITS = 32
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS listings (
@@ -65,6 +63,8 @@ CREATE TABLE IF NOT EXISTS objects (
     checksum TEXT NOT NULL, view TEXT NOT NULL, oid INTEGER, segment INTEGER, status TEXT,
     problem TEXT, PRIMARY KEY (checksum, view));
 CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, branch TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters VALUES ('oid', 0);
 """
 
 
@@ -373,8 +373,16 @@ class Index:
             if tables:
                 rows = []
                 pieces = []
+                # Object ids are dense over the whole index (allocated under the write lock), so
+                # a view's join on them is a perfect-hash join over a small key range.
+                # Never reused: rows of an object another process indexed first stay in this
+                # segment unreferenced, and must not match an object indexed later.
+                first = db.execute("SELECT value FROM counters WHERE name = 'oid'").fetchone()[0]
+                db.execute(
+                    "UPDATE counters SET value = ? WHERE name = 'oid'", (first + len(tables),)
+                )
                 for number, (checksum, table) in enumerate(tables):
-                    oid = (segment << OID_BITS) | number
+                    oid = first + number
                     status = table["status"][0].as_py() if view == "runs" and len(table) else None
                     rows.append((checksum, view, oid, segment, status))
                     pieces.append(table.append_column("_oid", pa.repeat(oid, len(table))))
