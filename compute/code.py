@@ -21,12 +21,14 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from store.errors import InvalidArgumentError
-from tracking.snapshot import CodeSnapshot, SourceFile, capture
+
+if TYPE_CHECKING:
+    from tracking.snapshot import CodeSnapshot
 
 MANIFEST = "manifest.json"
 FILES = "files"
@@ -46,6 +48,8 @@ def take_snapshot(code_root: Path, code_dir: str | os.PathLike[str] | None) -> t
 
     A checkout that exists already (same content) is reused as it is.
     """
+    from tracking.snapshot import capture
+
     code = capture(code_dir)
     sid = snapshot_id(code)
     target = code_root / sid
@@ -74,8 +78,15 @@ def take_snapshot(code_root: Path, code_dir: str | os.PathLike[str] | None) -> t
     return sid, target / FILES
 
 
+def checkout_dir(code_root: Path, sid: str) -> Path:
+    """The folder of the checkout of snapshot ``sid`` (what a job runs in)."""
+    return code_root / sid / FILES
+
+
 def load_snapshot(code_root: Path, sid: str) -> tuple[CodeSnapshot, Path]:
     """The snapshot ``sid`` as tracking records it, and the folder of its checkout."""
+    from tracking.snapshot import CodeSnapshot, SourceFile
+
     target = code_root / sid
     manifest = json.loads((target / MANIFEST).read_text())
     files = tuple(

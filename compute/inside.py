@@ -6,8 +6,8 @@ import builtins
 import contextvars
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import pyarrow as pa
 
@@ -70,34 +70,67 @@ class PinnedLake(Lake):
         return super().log(ref or self.pin, limit)
 
 
+class JobVersioning(Protocol):
+    """What a job's context opens on first use: its lake and its tracking run.
+
+    The runner starts the run (its branch, record and tags) only when the job's code first asks
+    for it, or when the code has returned, so that nothing but the code's own imports stands
+    between a submit and the code's first line.
+    """
+
+    def lake(self) -> Lake:
+        """The lake, reads pinned to the input commit."""
+
+    def run(self) -> Run:
+        """The attempt's tracking run, started on the first call."""
+
+    def branch(self) -> Branch:
+        """A handle on the run's branch (starts the run)."""
+
+
 @dataclass(frozen=True)
 class JobContext:
     """What a running job knows about itself.
 
+    ``lake``, ``run``, ``output_branch`` and ``branch`` are opened on first use (the run's
+    branch is created then), so a job pays for the lake and its run only once it uses them.
+
     Attributes:
-        lake: the lake, in the submitter's namespace; reads without a ref read
-            :attr:`input_commit`.
         input_commit: the full id of the commit the job was pinned to at submit.
-        output_branch: the full name of the branch the job writes to (its own run branch; a
-            successful job's writes are merged from there into the branch it was submitted
-            for, :attr:`target_branch`).
         target_branch: the branch the job's outputs are merged into when it succeeds.
-        branch: a handle on :attr:`output_branch`.
-        run: the tracking run recording this attempt.
         job_id: the job's id.
         attempt: 1 for the first attempt, then 2, 3, ... on retries.
         gpus: the device ids this job was given (also in ``CUDA_VISIBLE_DEVICES``).
     """
 
-    lake: Lake
     input_commit: str
-    output_branch: str
     target_branch: str
-    branch: Branch
-    run: Run
     job_id: str
     attempt: int
     gpus: tuple[int, ...]
+    versioning: JobVersioning = field(repr=False, compare=False)
+
+    @property
+    def lake(self) -> Lake:
+        """The lake, in the submitter's namespace; reads without a ref read
+        :attr:`input_commit`."""
+        return self.versioning.lake()
+
+    @property
+    def run(self) -> Run:
+        """The tracking run recording this attempt."""
+        return self.versioning.run()
+
+    @property
+    def output_branch(self) -> str:
+        """The full name of the branch the job writes to: its own run branch (a successful
+        job's writes are merged from there into :attr:`target_branch`)."""
+        return self.run.run_branch
+
+    @property
+    def branch(self) -> Branch:
+        """A handle on :attr:`output_branch`."""
+        return self.versioning.branch()
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(

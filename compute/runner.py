@@ -2,9 +2,12 @@
 
 Started by a supervisor (:mod:`compute.supervise`) as
 ``python -P -m compute.runner <job folder> <attempt> <log offset>`` with stdout and stderr
-going to the job's log. It opens the lake, starts the attempt's tracking run on its own branch
-from the pinned input commit, runs the user's callable or command in the checkout of the code
-snapshot, and then either commits and merges the run (success) or records it failed. What it
+going to the job's log, or forked by it (:func:`run_forked`), which saves an interpreter start.
+It opens the lake, runs the user's callable or command in the checkout of the code snapshot,
+and then either commits and merges the attempt's tracking run (success) or records it failed.
+The run (its branch from the pinned input commit, its record and tags) is started when the
+job's code first asks for it through :func:`compute.context`, else when the code returns: the
+tracking package and the run's first writes never delay the code's first line. What it
 tells the supervisor goes through files in the attempt folder (``run.json``, ``outcome.json``,
 ``result.pkl``), never through stdout, so nothing the job prints can corrupt it.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import json
 import os
 import pickle
@@ -20,21 +24,23 @@ import runpy
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
-
-import cloudpickle
+from typing import TYPE_CHECKING, Any
 
 import store
-import tracking
-from compute.code import load_snapshot
+from compute.code import checkout_dir
 from compute.inside import JobContext, PinnedLake, activate
 from compute.model import PYTHON_NAMES, JobSpec
 from compute.state import JobFolder, write_atomic
 from store.errors import ConflictError
-from tracking import layout
+
+if TYPE_CHECKING:
+    from store.branch import Branch
+    from store.lake import Lake
+    from tracking.run import Run
 
 PR_SET_PDEATHSIG = 1
 
@@ -86,6 +92,8 @@ def run_command(argv: tuple[str, ...]) -> None:
 def _store_log(run: Any, folder: JobFolder, attempt: int, offset: int) -> None:
     """Attach this attempt's log so far to its run, next to the run's own files
     (``_flowlake/runs/<run_id>/logs/attempt-<n>.log``)."""
+    from tracking import layout
+
     sys.stdout.flush()
     sys.stderr.flush()
     with open(folder.log_file, "rb") as f:
@@ -96,6 +104,74 @@ def _store_log(run: Any, folder: JobFolder, attempt: int, offset: int) -> None:
     run.log_artifact(local, artifact_path=f"{layout.run_dir(run.id)}/logs")
 
 
+class AttemptVersioning:
+    """The attempt's lake and tracking run, opened once, on first use, from any thread.
+
+    Attributes:
+        seconds: time spent starting the run (versioning work, for the benchmarks' timings).
+    """
+
+    def __init__(
+        self, spec: JobSpec, folder: JobFolder, attempt: int, gpus: tuple[int, ...]
+    ) -> None:
+        self._spec = spec
+        self._folder = folder
+        self._attempt = attempt
+        self._gpus = gpus
+        self._lock = threading.Lock()
+        self._raw = store.open(
+            spec.lake_location, namespace=spec.namespace, user=spec.user, create=False
+        )
+        self._lake = PinnedLake(self._raw, spec.input_commit)
+        self._run: Run | None = None
+        self.seconds = 0.0
+
+    @property
+    def started(self) -> bool:
+        """Whether the run has been started."""
+        return self._run is not None
+
+    def lake(self) -> Lake:
+        return self._lake
+
+    def run(self) -> Run:
+        with self._lock:
+            if self._run is None:
+                began = time.perf_counter()
+                self._run = self._start()
+                self.seconds += time.perf_counter() - began
+            return self._run
+
+    def branch(self) -> Branch:
+        return self._raw.get_branch(self.run().run_branch)
+
+    def _start(self) -> Run:
+        import tracking
+        from compute.code import load_snapshot
+
+        spec = self._spec
+        code, _ = load_snapshot(self._folder.path.parent.parent / "code", spec.code_snapshot)
+        run = tracking.start_run(
+            self._raw,
+            branch=spec.output_branch,
+            name=spec.name,
+            input_commit=spec.input_commit,
+            code=code,
+            tags={
+                "compute.job_id": spec.job_id,
+                "compute.backend": spec.backend,
+                "compute.attempt": self._attempt,
+                "compute.gpus": ",".join(map(str, self._gpus)),
+                "compute.resources": spec.resources.describe(),
+            },
+        )
+        write_atomic(
+            self._folder.attempt_dir(self._attempt) / "run.json",
+            json.dumps({"run_id": run.id, "run_branch": run.run_branch}).encode(),
+        )
+        return run
+
+
 def main(job_dir: str, attempt: int, offset: int) -> int:
     _die_with_parent()
     began = time.perf_counter()
@@ -104,42 +180,24 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
     out = folder.attempt_dir(attempt)
     out.mkdir(parents=True, exist_ok=True)
     gpus = tuple(int(g) for g in os.environ.get("FLOWLAKE_JOB_GPUS", "").split(",") if g)
-    lake = store.open(spec.lake_location, namespace=spec.namespace, user=spec.user, create=False)
-    code, checkout = load_snapshot(folder.path.parent.parent / "code", spec.code_snapshot)
-    run = tracking.start_run(
-        lake,
-        branch=spec.output_branch,
-        name=spec.name,
-        input_commit=spec.input_commit,
-        code=code,
-        tags={
-            "compute.job_id": spec.job_id,
-            "compute.backend": spec.backend,
-            "compute.attempt": attempt,
-            "compute.gpus": ",".join(map(str, gpus)),
-            "compute.resources": spec.resources.describe(),
-        },
-    )
-    started = time.perf_counter()
-    write_atomic(
-        out / "run.json", json.dumps({"run_id": run.id, "run_branch": run.run_branch}).encode()
-    )
+    # The lake is opened before the job's code (cheap: store is imported already), so a lake
+    # this process cannot open fails the job before its code runs, not after.
+    versioning = AttemptVersioning(spec, folder, attempt, gpus)
+    checkout = checkout_dir(folder.path.parent.parent / "code", spec.code_snapshot)
     ctx = JobContext(
-        lake=PinnedLake(lake, spec.input_commit),
         input_commit=spec.input_commit,
-        output_branch=run.run_branch,
         target_branch=spec.output_branch,
-        branch=lake.get_branch(run.run_branch),
-        run=run,
         job_id=spec.job_id,
         attempt=attempt,
         gpus=gpus,
+        versioning=versioning,
     )
     activate(ctx)
     # The job runs its snapshot: imports resolve there first, relative paths start there.
     sys.path.insert(0, str(checkout))
     os.chdir(checkout)
-    outcome: dict[str, Any] = {"run_id": run.id}
+    started = time.perf_counter()
+    outcome: dict[str, Any] = {}
     try:
         if spec.kind == "command":
             run_command(spec.command)
@@ -147,6 +205,8 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
         else:
             fn, args = pickle.loads(folder.payload_file.read_bytes())
             result = fn(**args)
+        import cloudpickle
+
         payload = cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException as exc:  # the job's own failure, whatever it is
         text = traceback.format_exc()
@@ -155,6 +215,8 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
         else:
             print(text, file=sys.stderr, end="")
         error = f"{type(exc).__name__}: {exc}"
+        run = versioning.run()
+        outcome["run_id"] = run.id
         _store_log(run, folder, attempt, offset)
         run.end("failed", error=error)
         outcome.update(status="failed", error=error, traceback=text or None)
@@ -162,6 +224,10 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
         return 1
     (out / "result.pkl").write_bytes(payload)
     user_done = time.perf_counter()
+    # Time the code spent waiting for its run to start is versioning, not the user's.
+    in_user = versioning.seconds
+    run = versioning.run()
+    outcome["run_id"] = run.id
     _store_log(run, folder, attempt, offset)
     try:
         run.end("finished")
@@ -169,21 +235,59 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
         outcome.update(status="failed", error=f"the job's outputs conflict: {exc}")
         write_atomic(out / "outcome.json", json.dumps(outcome).encode())
         return 1
-    head = lake.get_branch(spec.output_branch).head().id
+    head = versioning._raw.get_branch(spec.output_branch).head().id
     ended = time.perf_counter()
     outcome.update(
         status="succeeded",
         output_commit=run.merge_commit or head,
-        # Seconds per phase, for benchmarks: opening the lake and starting the run (versioning
-        # before), the user's code, storing the log and committing and merging (after).
+        # Seconds per phase, for benchmarks: opening the lake (and starting the run, when the
+        # code asked for it) before or during the user's code, the user's code itself, and
+        # starting the run (when the code did not), storing the log, committing and merging.
         timings={
-            "setup": started - began,
-            "user": user_done - started,
+            "setup": started - began + in_user,
+            "user": user_done - started - in_user,
             "finish": ended - user_done,
         },
     )
     write_atomic(out / "outcome.json", json.dumps(outcome).encode())
     return 0
+
+
+def run_forked(job_dir: str, attempt: int, offset: int, log_fd: int, env: dict[str, str]) -> None:
+    """Run one attempt in a child forked from the supervisor, which has this module imported
+    already; never returns.
+
+    The child gets its own process group (so the supervisor can stop all of it), the
+    job's log as stdout and stderr (unbuffered, as ``PYTHONUNBUFFERED`` gives a fresh
+    interpreter), and ``env`` as its environment.
+    """
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        sys.stdout = io.TextIOWrapper(
+            io.FileIO(1, "w", closefd=False), write_through=True, errors="backslashreplace"
+        )
+        sys.stderr = io.TextIOWrapper(
+            io.FileIO(2, "w", closefd=False), write_through=True, errors="backslashreplace"
+        )
+        os.environ.clear()
+        os.environ.update(env)
+        code = main(job_dir, attempt, offset)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # the child must never return into the supervisor's code
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ folder>``), so a job outlives the process that submitted it; on Ray it runs insi
 task, which has been granted the job's resources already. Each attempt runs in a child
 process (:mod:`compute.runner`) whose stdout and stderr go straight to the job's log file, so
 the log is live while the job runs. The supervisor is the only writer of ``status.json``.
+The local supervisor forks that child from itself (it has the runner's modules imported
+already) when the job runs with the submitter's interpreter; in a Ray worker, which has threads
+of its own, and for a job environment's interpreter, the child is a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -33,12 +36,16 @@ KILL_GRACE_S = 2.0
 LOG_TAIL_BYTES = 4000
 
 
-def supervise(job_dir: str, gpus: tuple[int, ...] | None = None) -> StatusRecord:
+def supervise(
+    job_dir: str, gpus: tuple[int, ...] | None = None, fork: bool = False
+) -> StatusRecord:
     """Run the job in ``job_dir`` to its end; returns its final status.
 
     Args:
         job_dir: the job's folder.
         gpus: devices already granted (Ray); None takes a machine-wide lease here first.
+        fork: start attempts that use this interpreter by forking this process (only where it
+            runs no threads: the local backend's own supervisor process).
     """
     folder = JobFolder(Path(job_dir))
     spec = folder.spec()
@@ -57,6 +64,9 @@ def supervise(job_dir: str, gpus: tuple[int, ...] | None = None) -> StatusRecord
                 python = str(ensure(spec.environment))
             except EnvironmentBuildError as exc:
                 return _final(folder, record, JobStatus.FAILED, error=str(exc))
+        fork = fork and python == sys.executable
+        if fork:
+            import compute.runner  # noqa: F401 - loaded once, before the job waits for a lease
         if ledger is not None:
             lease = ledger.acquire(
                 spec.job_id,
@@ -73,7 +83,7 @@ def supervise(job_dir: str, gpus: tuple[int, ...] | None = None) -> StatusRecord
             if folder.cancel_requested():
                 return _final(folder, record, JobStatus.CANCELLED, error="cancelled")
             record = replace(record, attempt=attempt)
-            status, outcome = _attempt(folder, spec, record, attempt, python)
+            status, outcome = _attempt(folder, spec, record, attempt, python, fork)
             record = replace(
                 record,
                 run_id=outcome.get("run_id") or record.run_id,
@@ -112,8 +122,67 @@ def _final(
     return final
 
 
+class _Forked:
+    """A child forked from this process, watched like a :class:`subprocess.Popen`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(POLL_S / 5)
+        assert self.returncode is not None
+        return self.returncode
+
+
+def _start(
+    folder: JobFolder, attempt: int, python: str, env: dict[str, str], fork: bool
+) -> tuple[subprocess.Popen[bytes] | _Forked, int]:
+    """Start the attempt's process with the job's log as its output; returns it and the log
+    offset its output starts at."""
+    with open(folder.log_file, "ab") as log:
+        offset = log.tell()
+        if fork:
+            from compute.runner import run_forked
+
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                run_forked(str(folder.path), attempt, offset, log.fileno(), env)
+            # Also set here: a stop that comes before the child's own setpgid still finds it.
+            with contextlib.suppress(OSError):
+                os.setpgid(pid, pid)
+            return _Forked(pid), offset
+        child = subprocess.Popen(
+            [python, "-P", "-m", "compute.runner", str(folder.path), str(attempt), str(offset)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        return child, offset
+
+
 def _attempt(
-    folder: JobFolder, spec: JobSpec, record: StatusRecord, attempt: int, python: str
+    folder: JobFolder,
+    spec: JobSpec,
+    record: StatusRecord,
+    attempt: int,
+    python: str,
+    fork: bool = False,
 ) -> tuple[JobStatus, dict[str, Any]]:
     """Run one attempt in a child process and return its status and outcome."""
     out = folder.attempt_dir(attempt)
@@ -126,16 +195,7 @@ def _attempt(
         FLOWLAKE_JOB_ID=spec.job_id,
         PYTHONUNBUFFERED="1",
     )
-    with open(folder.log_file, "ab") as log:
-        offset = log.tell()
-        child = subprocess.Popen(
-            [python, "-P", "-m", "compute.runner", str(folder.path), str(attempt), str(offset)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+    child, offset = _start(folder, attempt, python, env, fork)
     folder.write_status(replace(record, status=JobStatus.RUNNING.value, runner_pid=child.pid))
     deadline = time.monotonic() + spec.timeout if spec.timeout else None
     why: tuple[JobStatus, str] | None = None
@@ -160,24 +220,25 @@ def _attempt(
         outcome: dict[str, Any] = json.loads(outcome_file.read_text())
         return JobStatus(outcome["status"]), outcome
     run_id = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
+    code = child.poll()
+    assert code is not None
     if why is not None:
         status, error = why
-    elif child.returncode < 0:
-        sig = signal.Signals(-child.returncode).name
+    elif code < 0:
+        sig = signal.Signals(-code).name
         status, error = JobStatus.KILLED, f"killed by {sig}"
     else:
-        status, error = JobStatus.FAILED, f"the job exited with status {child.returncode}"
+        status, error = JobStatus.FAILED, f"the job exited with status {code}"
     with open(folder.log_file, "rb") as f:
         f.seek(offset)
         tail = f.read()[-LOG_TAIL_BYTES:].decode("utf-8", "replace")
     with open(folder.log_file, "ab") as log:
         log.write(f"[flowlake] {status.value}: {error}\n".encode())
-    if run_id is not None:
-        _end_run(spec, folder, run_id, attempt, offset, status, error)
+    run_id = _end_run(spec, folder, run_id, attempt, offset, status, error, record.gpus)
     return status, {"run_id": run_id, "error": error, "traceback": tail or None}
 
 
-def _stop(child: subprocess.Popen[bytes]) -> None:
+def _stop(child: subprocess.Popen[bytes] | _Forked) -> None:
     """SIGTERM the attempt's process group, then SIGKILL what is left after a grace period."""
     try:
         os.killpg(child.pid, signal.SIGTERM)
@@ -193,35 +254,41 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
 def _end_run(
     spec: JobSpec,
     folder: JobFolder,
-    run_id: str,
+    run_id: str | None,
     attempt: int,
     offset: int,
     status: JobStatus,
     error: str,
-) -> None:
+    gpus: tuple[int, ...],
+) -> str | None:
     """Record an attempt that could not record itself (killed, cancelled, timed out) on its
-    run branch: logs, status and error; nothing is merged."""
-    import store
+    run branch: logs, status and error; nothing is merged. An attempt stopped before its code
+    asked for its run gets its run started here. Returns the run's id (None: it could not be
+    recorded; the log says why)."""
     import tracking
+    from compute.runner import AttemptVersioning
     from tracking import layout
 
     try:
-        with store.open(
-            spec.lake_location, namespace=spec.namespace, user=spec.user, create=False
-        ) as lake:
-            run = tracking.resume_run(lake, run_id, merge=False)
-            with open(folder.log_file, "rb") as f:
-                f.seek(offset)
-                data = f.read()
-            local = folder.attempt_dir(attempt) / f"attempt-{attempt}.log"
-            local.write_bytes(data)
-            run.log_artifact(local, artifact_path=f"{layout.run_dir(run_id)}/logs")
-            run.end("failed" if status is JobStatus.FAILED else "killed", error=error)
+        versioning = AttemptVersioning(spec, folder, attempt, gpus)
+        if run_id is None:
+            run = versioning.run()
+        else:
+            run = tracking.resume_run(versioning._raw, run_id, merge=False)
+        with open(folder.log_file, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+        local = folder.attempt_dir(attempt) / f"attempt-{attempt}.log"
+        local.write_bytes(data)
+        run.log_artifact(local, artifact_path=f"{layout.run_dir(run.id)}/logs")
+        run.end("failed" if status is JobStatus.FAILED else "killed", error=error)
+        return run.id
     except Exception as exc:  # the job's status is recorded anyway; say why the run is not
         with open(folder.log_file, "ab") as log:
-            log.write(f"[flowlake] could not record run {run_id}: {exc}\n".encode())
+            log.write(f"[flowlake] could not record run {run_id or ''}: {exc}\n".encode())
+        return run_id
 
 
 if __name__ == "__main__":
-    final = supervise(sys.argv[1])
+    final = supervise(sys.argv[1], fork=True)
     sys.exit(0 if final.status == JobStatus.SUCCEEDED.value else 1)

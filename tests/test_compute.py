@@ -207,13 +207,43 @@ def test_cancel_stops_a_running_job_and_a_queued_one(embedded_lake: store.Lake) 
     assert Ledger().held() == []
 
 
-def test_a_job_past_its_timeout_fails(embedded_lake: store.Lake) -> None:
-    _seed(embedded_lake)
-    job = compute.submit(write_then_sleep, {"seconds": 60}, lake=embedded_lake, timeout=6)
-    with pytest.raises(compute.JobFailedError, match="timed out after 6 s"):
+def sleep_quietly(seconds: float) -> None:
+    print("sleeping", flush=True)
+    time.sleep(seconds)
+
+
+def test_a_job_past_its_timeout_fails_and_is_recorded_though_it_never_used_its_run(
+    embedded_lake: store.Lake,
+) -> None:
+    lake = embedded_lake
+    _seed(lake)
+    job = compute.submit(sleep_quietly, {"seconds": 60}, lake=lake, timeout=2)
+    with pytest.raises(compute.JobFailedError, match="timed out after 2 s"):
         job.wait(timeout=JOB_WAIT_S)
     assert job.status is compute.JobStatus.FAILED
-    assert _run(embedded_lake, job.run_id)["status"] == "failed"
+    run = _run(lake, job.run_id)
+    assert run["status"] == "failed" and "timed out" in (run["error"] or "")
+    log = lake.read_bytes(f"{layout.run_dir(job.run_id)}/logs/attempt-1.log", ref=run["run_branch"])
+    assert b"sleeping" in log
+
+
+def returns_before_asking_for_its_run() -> str:
+    print("working", flush=True)
+    return "done"
+
+
+def test_a_job_that_never_asks_for_its_run_is_still_recorded_and_merged(
+    embedded_lake: store.Lake,
+) -> None:
+    lake = embedded_lake
+    _seed(lake)
+    job = compute.submit(returns_before_asking_for_its_run, lake=lake, output_branch="quiet")
+    assert job.wait(timeout=JOB_WAIT_S) == "done"
+    run = _run(lake, job.run_id)
+    assert run["status"] == "finished"
+    assert job.output_commit == lake.resolve("quiet")
+    log = lake.read_bytes(f"{layout.run_dir(job.run_id)}/logs/attempt-1.log", ref="quiet")
+    assert b"working" in log
 
 
 def test_a_failed_attempt_is_retried_as_a_new_run(embedded_lake: store.Lake) -> None:
