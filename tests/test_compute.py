@@ -30,6 +30,9 @@ from store.errors import (
 from tracking import layout
 
 JOB_WAIT_S = 90
+#: A job that builds its environment first: a cold uv build resolves, downloads and installs,
+#: and under a loaded CI machine that alone can take minutes. A hang guard, not a timing check.
+ENV_JOB_WAIT_S = 600
 
 
 @pytest.fixture(autouse=True)
@@ -444,9 +447,9 @@ def test_a_job_runs_in_a_cached_uv_environment_that_records_its_versions(
     _seed(lake)
     env = compute.Environment(pypi={"humanize": "4.9.0"})
     first = compute.submit(humanize_version, lake=lake, environment=env)
-    cold = first.wait(timeout=JOB_WAIT_S)
+    cold = first.wait(timeout=ENV_JOB_WAIT_S)
     second = compute.submit(humanize_version, lake=lake, environment=env)
-    warm = second.wait(timeout=JOB_WAIT_S)
+    warm = second.wait(timeout=ENV_JOB_WAIT_S)
     assert cold["version"] == warm["version"] == "4.9.0"
     assert cold["python"] == warm["python"] != sys.executable
     assert len([p for p in (tmp_path / "envs").iterdir() if p.is_dir()]) == 1
@@ -463,7 +466,7 @@ def test_a_job_runs_in_a_cached_uv_environment_that_records_its_versions(
         humanize_version, lake=lake, environment=compute.Environment(pypi={"humanize": "999.0"})
     )
     with pytest.raises(compute.JobFailedError, match="No solution found") as err:
-        bad.wait(timeout=JOB_WAIT_S)
+        bad.wait(timeout=ENV_JOB_WAIT_S)
     assert err.value.status == "failed" and bad.run_id is None
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from test_compute import (
+    ENV_JOB_WAIT_S,
     JOB_WAIT_S,
     _run,
     _seed,
@@ -93,4 +94,4 @@ def test_a_ray_job_runs_in_its_uv_environment(
         backend="ray",
         environment=compute.Environment(pypi={"humanize": "4.9.0"}),
     )
-    assert job.wait(timeout=JOB_WAIT_S)["version"] == "4.9.0"
+    assert job.wait(timeout=ENV_JOB_WAIT_S)["version"] == "4.9.0"
