@@ -70,6 +70,40 @@ def flowlake_round(
     return times, run_id
 
 
+def count_syncs(lake: store.Lake, branch: str, cache_dir: str, project: str) -> dict[str, int]:
+    """What one more empty run asks of the disk: fsync calls (objects' files and folders),
+    the parallel waves they are issued in (each waits on the disk about once), and SQLite write
+    transactions (each one more fsync of SQLite's write-ahead log, not counted in ``fsyncs``)."""
+    from store.backends.embedded.objects import ObjectStore
+    from store.backends.embedded.refdb import RefDB
+
+    counts = {"fsyncs": 0, "fsync_waves": 0, "sqlite_write_transactions": 0}
+    real_fsync, real_sync_all, real_write = os.fsync, ObjectStore._sync_all, RefDB.write
+
+    def fsync(fd: Any) -> None:
+        counts["fsyncs"] += 1
+        real_fsync(fd)
+
+    def sync_all(self: ObjectStore, paths: list[str]) -> None:
+        counts["fsync_waves"] += 1
+        real_sync_all(self, paths)
+
+    def write(self: RefDB) -> Any:
+        counts["sqlite_write_transactions"] += 1
+        return real_write(self)
+
+    os.fsync = fsync
+    ObjectStore._sync_all = sync_all  # type: ignore[method-assign]
+    RefDB.write = write  # type: ignore[method-assign]
+    try:
+        flowlake_round(lake, branch, 1, cache_dir, project)
+    finally:
+        os.fsync = real_fsync
+        ObjectStore._sync_all = real_sync_all  # type: ignore[method-assign]
+        RefDB.write = real_write  # type: ignore[method-assign]
+    return counts
+
+
 def mlflow_round(python: str, runs: int, workdir: str, project: str) -> dict[str, Any]:
     """One MLflow process doing ``runs`` empty runs; its first pays for imports and setup."""
     done = subprocess.run(
@@ -119,6 +153,7 @@ def main() -> None:
                 if ml_cold is None:
                     ml_cold = out["times"][0]
                 ml += out["times"][1:]
+        syncs = count_syncs(lake, branch, cache_dir, project)
         events = tracking.sql(
             lake, "SELECT event FROM commits WHERE run_id = ?", params=[last]
         ).column("event")
@@ -133,6 +168,7 @@ def main() -> None:
             "p90_ms": _ms(statistics.quantiles(flow, n=10)[-1]),
             "commits_per_run": sorted(events.to_pylist()),
             "code_files_snapshotted": files[0].as_py(),
+            "disk_per_run": syncs,
         }
         lake.close()
     print(json.dumps(results["flowlake"]), flush=True)
