@@ -279,6 +279,7 @@ def run_forked(job_dir: str, attempt: int, offset: int, log_fd: int, env: dict[s
         os.environ.clear()
         os.environ.update(env)
         code = main(job_dir, attempt, offset)
+        _exit_as_an_interpreter_does()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # the child must never return into the supervisor's code
@@ -288,6 +289,17 @@ def run_forked(job_dir: str, attempt: int, offset: int, log_fd: int, env: dict[s
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _exit_as_an_interpreter_does() -> None:
+    """What a fresh interpreter does on its way out, which ``os._exit`` would skip: wait for the
+    job's non-daemon threads, then run its ``atexit`` functions."""
+    import atexit
+
+    # The interpreter's own exit path: the threading module's exit hooks (which, say, let
+    # concurrent.futures workers stop), then a join of every non-daemon thread.
+    getattr(threading, "_shutdown")()  # noqa: B009 - private, not in the stubs
+    atexit._run_exitfuncs()
 
 
 if __name__ == "__main__":

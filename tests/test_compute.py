@@ -230,6 +230,33 @@ def test_a_job_past_its_timeout_fails_and_is_recorded_though_it_never_used_its_r
     assert b"sleeping" in log
 
 
+def leaves_a_thread_and_an_atexit_hook(out: str) -> None:
+    import atexit
+    import threading
+
+    def late() -> None:
+        time.sleep(0.5)
+        with open(out, "a") as f:
+            f.write("thread\n")
+
+    def at_exit() -> None:
+        with open(out, "a") as f:
+            f.write("atexit\n")
+
+    threading.Thread(target=late).start()
+    atexit.register(at_exit)
+
+
+def test_a_job_ends_as_an_interpreter_does_its_threads_finish_then_atexit_runs(
+    embedded_lake: store.Lake, tmp_path: Path
+) -> None:
+    _seed(embedded_lake)
+    out = tmp_path / "exit.txt"
+    job = compute.submit(leaves_a_thread_and_an_atexit_hook, {"out": str(out)}, lake=embedded_lake)
+    job.wait(timeout=JOB_WAIT_S)
+    assert out.read_text() == "thread\natexit\n"
+
+
 def returns_before_asking_for_its_run() -> str:
     print("working", flush=True)
     return "done"
