@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from store.errors import (
     AlreadyExistsError,
     BranchNotFoundError,
     ConflictError,
+    CorruptObjectError,
     InvalidArgumentError,
     InvalidNameError,
     ObjectNotFoundError,
@@ -275,3 +277,24 @@ def test_undeploy_retires_and_refuses_more_outcomes(lake: store.Lake) -> None:
     with pytest.raises(tracking.DeploymentNotFoundError):
         tracking.undeploy(lake, "ghost")
     assert dep.name == "cand"
+
+
+def test_a_damaged_deployment_metric_part_is_an_error_never_wrong_numbers(
+    embedded_lake: store.Lake,
+) -> None:
+    candidate_branch(embedded_lake)
+    log_stream(
+        tracking.deploy(embedded_lake, "cand", branch="lr", deployed_at=T0), np.full(40, 0.5)
+    )
+    ref = "production/deploy-cand"
+    parts = [
+        info.path
+        for info in embedded_lake.list(ref, prefix="_flowlake/deployments/")
+        if "/metrics/" in info.path and info.path.endswith(".parquet")
+    ]
+    local = Path(embedded_lake.locate(parts[0], ref=ref) or "")
+    data = bytearray(local.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    local.write_bytes(bytes(data))
+    with pytest.raises(CorruptObjectError):
+        tracking.sql(embedded_lake, "SELECT sum(value) FROM deployment_metrics")

@@ -3,13 +3,12 @@
 Both have the columns ``ref``, ``namespace``, ``branch`` and ``commit`` saying where their rows
 were read, like every tracking view. In the live view (no refs) each deployment is read from its
 own ``deploy-<name>`` branch; with refs, whatever deployment files those refs hold. Metric parts
-are read in place where the store can locate them as local files, otherwise from bytes read
-through the store API; ``production`` is always listed, following ``main``.
+are read once through the store's verified path into the local index (as run metrics are);
+``production`` is always listed, following ``main``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,10 +36,6 @@ DEPLOYMENTS_SCHEMA = pa.schema(
     [pa.field(_RENAMED.get(f.name, f.name), f.type) for f in layout.RECORD_SCHEMA]
     + [pa.field(n, t) for n, t in SOURCE_FIELDS]
 )
-METRICS_VIEW_SCHEMA = pa.schema(
-    [*layout.METRICS_SCHEMA, *[pa.field(n, t) for n, t in SOURCE_FIELDS]]
-)
-_FILES_SCHEMA = pa.schema([("filename", pa.string()), *SOURCE_FIELDS])
 VIEW_NAMES = ("deployments", "deployment_metrics")
 
 
@@ -106,35 +101,17 @@ def build(
 def metrics_view(
     con: duckdb.DuckDBPyConnection, lake: Lake, entries: Sequence[tuple[Source, str]]
 ) -> list[str]:
-    """Create ``deployment_metrics`` over the given parts; returns the local files read."""
-    located: list[dict[str, Any]] = []
-    in_memory: list[pa.Table] = []
-    for source, path in entries:
-        local = lake.locate(path, source.read_ref)
-        if local is not None and os.path.isabs(local) and os.path.isfile(local):
-            located.append({"filename": local, **_source_row(source)})
-        else:
-            table = lake.read_table(path, source.read_ref).cast(layout.METRICS_SCHEMA)
-            for field_name, value in _source_row(source).items():
-                column = pa.repeat(value, table.num_rows).cast(pa.string())
-                table = table.append_column(field_name, column)
-            in_memory.append(table)
-    memory = pa.concat_tables(in_memory) if in_memory else METRICS_VIEW_SCHEMA.empty_table()
-    con.register("_memory_deployment_metrics", memory)
-    parts = ["SELECT * FROM _memory_deployment_metrics"]
-    if located:
-        con.register(
-            "_files_deployment_metrics", pa.Table.from_pylist(located, schema=_FILES_SCHEMA)
-        )
-        paths = sorted({row["filename"] for row in located})
-        listed = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
-        parts.append(
-            "SELECT f.* EXCLUDE (filename), m.* EXCLUDE (filename) "
-            f"FROM read_parquet({listed}, filename = true) f "
-            "JOIN _files_deployment_metrics m USING (filename)"
-        )
-    con.execute("CREATE VIEW deployment_metrics AS " + " UNION ALL BY NAME ".join(parts))
-    return [row["filename"] for row in located]
+    """Create ``deployment_metrics`` over the given parts; returns the local files read.
+
+    The parts are read the way run metrics are (:func:`tracking.views.verified_file_view`):
+    each object once through the verified path into the local index, Hive detection off, so a
+    damaged object raises ``CorruptObjectError`` instead of serving wrong numbers.
+    """
+    from tracking.views import verified_file_view
+
+    return verified_file_view(
+        con, lake, "deployment_metrics", layout.METRICS_SCHEMA, entries, required=("deployment",)
+    )
 
 
 def _records(lake: Lake, found: list[DeploymentFiles], live: bool) -> pa.Table:
