@@ -129,6 +129,10 @@ class ObjectStore:
             self._batches.pending = None
             pending.discard()
 
+    def in_batch(self) -> bool:
+        """Whether this thread is inside :meth:`batch` (its puts are published at its end)."""
+        return self._pending() is not None
+
     def _pending(self) -> _Pending | None:
         pending: _Pending | None = getattr(self._batches, "pending", None)
         return pending

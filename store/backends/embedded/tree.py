@@ -208,11 +208,13 @@ class TreeStore:
     def _write_pieces(self, pieces: list[list[Entry]]) -> list[RangeRef]:
         """Store each piece as a range; the refs in the same order.
 
-        Ranges are encoded and written by a few threads at once: hashing, zstd and the fsync
-        of each file release the GIL, so a commit of many ranges waits on the disk once per
-        batch of writes rather than once per range.
+        Outside an object-store batch, ranges are encoded and written by a few threads at once:
+        hashing, zstd and the fsync of each file release the GIL, so many ranges wait on the
+        disk together rather than one after another. Inside a batch (commits, merges) they are
+        written in this thread and the batch publishes them in parallel fsync waves.
         """
-        if len(pieces) < PARALLEL_WRITES_FROM:
+        if len(pieces) < PARALLEL_WRITES_FROM or self.objects.in_batch():
+            # Inside a batch the object store fsyncs everything together at its end.
             return [self._write_range(piece) for piece in pieces]
         with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
             return list(pool.map(self._write_range, pieces))
