@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from store.errors import BranchNotFoundError, PermissionDeniedError
 from tracking import deployment_layout as layout
+from tracking.views import register_table, source_row, verified_file_view
 
 if TYPE_CHECKING:
     from store import Lake
@@ -91,7 +92,7 @@ def build(
     found = find(lake, sources, live)
     files: list[str] = []
     if "deployments" in wanted:
-        _register(con, "deployments", _records(lake, found, live))
+        register_table(con, "deployments", _records(lake, found, live))
     if "deployment_metrics" in wanted:
         entries = [(d.source, p) for d in found for p in d.parts]
         files += metrics_view(con, lake, entries)
@@ -107,8 +108,6 @@ def metrics_view(
     each object once through the verified path into the local index, Hive detection off, so a
     damaged object raises ``CorruptObjectError`` instead of serving wrong numbers.
     """
-    from tracking.views import verified_file_view
-
     return verified_file_view(
         con, lake, "deployment_metrics", layout.METRICS_SCHEMA, entries, required=("deployment",)
     )
@@ -126,7 +125,7 @@ def _records(lake: Lake, found: list[DeploymentFiles], live: bool) -> pa.Table:
             if live and row["deployment"] == layout.PRODUCTION:
                 has_production = True
                 row["commit"] = lake.resolve("main")
-            rows.append({**_renamed(row), **_source_row(item.source)})
+            rows.append({**_renamed(row), **source_row(item.source)})
     if live and not has_production:
         record = _renamed(deployment(lake, layout.PRODUCTION).record.to_row())
         rows.insert(0, {**record, "ref": None, "namespace": None, "branch": None, "commit": None})
@@ -135,17 +134,3 @@ def _records(lake: Lake, found: list[DeploymentFiles], live: bool) -> pa.Table:
 
 def _renamed(row: dict[str, Any]) -> dict[str, Any]:
     return {_RENAMED.get(k, k): v for k, v in row.items()}
-
-
-def _register(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
-    con.register(f"_memory_{name}", table)
-    con.execute(f"CREATE VIEW {name} AS SELECT * FROM _memory_{name}")
-
-
-def _source_row(source: Source) -> dict[str, Any]:
-    return {
-        "ref": source.ref,
-        "namespace": source.namespace,
-        "branch": source.branch,
-        "commit": source.commit,
-    }

@@ -191,12 +191,12 @@ def build(
         else:
             _create_joined(con, name, FILE_VIEWS[name][1], resolved)
     if "commits" in names:
-        _register(con, "commits", _commits_table(lake, where))
+        register_table(con, "commits", _commits_table(lake, where))
     if "branches" in names:
-        _register(con, "branches", _branches_table(where))
+        register_table(con, "branches", _branches_table(where))
     found = pa.concat_tables(problems) if problems else PROBLEMS_SCHEMA.empty_table()
     if "problems" in names:
-        _register(con, "problems", found)
+        register_table(con, "problems", found)
     if found.num_rows:
         listed = found.slice(0, 3).to_pylist()
         shown = "; ".join(f"{p['path']} at {p['ref']}: {p['problem']}" for p in listed)
@@ -277,14 +277,14 @@ def _resolve(index: Index, name: str, runs: Sequence[RunFiles]) -> Resolved:
                 ("run_id", run.run_id),
                 ("path", file.path),
                 ("problem", state.problem),
-                *_source_row(source).items(),
+                *source_row(source).items(),
             ):
                 problems[field].append(value)
             continue
         segments.add(state.segment)
         for field, value in (
             ("_oid", state.oid),
-            *_source_row(source).items(),
+            *source_row(source).items(),
             ("run_id", run.run_id),
             ("read_ref", source.read_ref),
             ("status", state.status),
@@ -340,7 +340,7 @@ def verified_file_view(
             continue
         for field, value in (
             ("_oid", state.oid),
-            *_source_row(source).items(),
+            *source_row(source).items(),
             ("run_id", None),
             ("read_ref", source.read_ref),
             ("status", None),
@@ -472,7 +472,7 @@ def _commits_table(lake: Lake, where: Scope) -> pa.Table:
                 "metadata": list(metadata.items()),
                 "run_id": metadata.get("tracking.run_id"),
                 "event": metadata.get("tracking.event"),
-                **_source_row(source),
+                **source_row(source),
                 "commit": commit.id,
             }
         )
@@ -488,7 +488,7 @@ def _branches_table(where: Scope) -> pa.Table:
         run_id = short[len(layout.RUN_BRANCH_PREFIX) :]
         rows.append(
             {
-                **_source_row(source),
+                **source_row(source),
                 "protected": source.protected,
                 "run_id": run_id
                 if short.startswith(layout.RUN_BRANCH_PREFIX) and layout.is_run_id(run_id)
@@ -498,12 +498,14 @@ def _branches_table(where: Scope) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=BRANCHES_SCHEMA)
 
 
-def _register(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+def register_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """``CREATE VIEW name`` over an in-memory Arrow table."""
     con.register(f"_memory_{name}", table)
     con.execute(f"CREATE VIEW {name} AS SELECT * FROM _memory_{name}")
 
 
-def _source_row(source: Source) -> dict[str, Any]:
+def source_row(source: Source) -> dict[str, Any]:
+    """The ``ref``, ``namespace``, ``branch`` and ``commit`` columns every view has."""
     return {
         "ref": source.ref,
         "namespace": source.namespace,
