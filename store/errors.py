@@ -180,11 +180,3 @@ class ReadOnlyRefError(PermissionDeniedError):
 
 class ObjectChangedError(StoreError, OSError):
     """An object was replaced on its branch while it was being read; read it again."""
-
-
-class ReadOnlyRefError(PermissionDeniedError):
-    """A write named a tag, a commit or ``ref~N``: those are read-only; write to a branch."""
-
-
-class ObjectChangedError(StoreError, OSError):
-    """An object was replaced on its branch while it was being read; read it again."""
