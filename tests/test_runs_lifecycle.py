@@ -482,3 +482,38 @@ def test_code_files_with_non_utf8_names_are_skipped_with_a_warning_not_a_crash(
     run.end()
     code = tracking.sql(lake, "SELECT path FROM code WHERE run_id = ?", params=[run.id])
     assert code.column("path").to_pylist() == ["good.py"]
+
+
+_LEFT_OPEN = textwrap.dedent(
+    """
+    import sys, store, tracking
+    lake = store.open(sys.argv[1])
+    run = tracking.start_run(lake, branch=sys.argv[2], name="left-open", snapshot_code=False)
+    for step in range(50):
+        run.log_metric("loss", 1.0 / (step + 1), step=step)
+    dep = tracking.deployment(lake, "production")
+    dep.log_metric("accuracy", 0.5, segment="web")
+    print(run.id, flush=True)
+    # No run.end() and no dep.close(): both are flushed by their atexit hooks.
+    """
+)
+
+
+def test_a_run_and_a_deployment_left_open_are_flushed_when_the_process_exits(
+    lake: store.Lake, lake_location: str
+) -> None:
+    exp = lake.branch("exp", source="main")
+    proc = subprocess.run(
+        [sys.executable, "-c", _LEFT_OPEN, lake_location, exp.name],
+        env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and "Exception ignored" not in proc.stderr, proc.stderr
+    run_id = proc.stdout.strip()
+    assert tracking.get_run(lake, run_id).status == "finished"
+    steps = tracking.get_metric_history(lake, run_id, "loss").column("step").to_pylist()
+    assert steps == list(range(50))
+    points = tracking.sql(lake, "SELECT key, value FROM deployment_metrics").to_pylist()
+    assert points == [{"key": "accuracy", "value": 0.5}]

@@ -85,14 +85,24 @@ class ObjectStore:
             held[1].shutdown(wait=True)
 
     def _sync_all(self, paths: list[str]) -> None:
-        """fsync each path (file or folder): the first here, the others by parallel threads."""
-        if len(paths) > 1:
+        """fsync each path (file or folder): the first here, the others by parallel threads.
+
+        While the interpreter exits (a run or deployment flushing from an ``atexit`` hook),
+        thread pools refuse new work; the paths are then fsynced here, one after another.
+        """
+        rest = []
+        try:
             pool = self._pool()
             rest = [pool.submit(_fsync_path, p) for p in paths[1:]]
-        _fsync_path(paths[0])
-        if len(paths) > 1:
+        except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
             for future in rest:
-                future.result()
+                future.cancel()
+            rest = []
+            for path in paths[1:]:
+                _fsync_path(path)
+        _fsync_path(paths[0])
+        for future in rest:
+            future.result()
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._sync_pool_lock:

@@ -216,8 +216,14 @@ class TreeStore:
         if len(pieces) < PARALLEL_WRITES_FROM or self.objects.in_batch():
             # Inside a batch the object store fsyncs everything together at its end.
             return [self._write_range(piece) for piece in pieces]
-        with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
-            return list(pool.map(self._write_range, pieces))
+        try:
+            with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
+                return list(pool.map(self._write_range, pieces))
+        except RuntimeError as exc:
+            # While the interpreter exits (writes from an atexit hook) pools refuse new work.
+            if "shutdown" not in str(exc):
+                raise
+            return [self._write_range(piece) for piece in pieces]
 
     # -- comparing -------------------------------------------------------------------------------
 
