@@ -82,10 +82,17 @@ def runs_command(
     ] = None,
     name: Annotated[str | None, typer.Option("--name", "-n", help="Substring of the name.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many runs.")] = 50,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON list of runs, every column in full.")
+    ] = False,
     lake: LakeOption = None,
     namespace: NamespaceOption = None,
 ) -> None:
-    """List runs of every namespace, newest first."""
+    """List runs of every namespace, newest first.
+
+    ``--json`` prints one JSON list with a dict per run (the columns of the ``runs`` table),
+    instants in ISO 8601 with their offset (UTC).
+    """
     try:
         with _open(lake, namespace) as opened:
             found = tracking.search_runs(
@@ -93,12 +100,15 @@ def runs_command(
             )
     except StoreError as exc:
         raise _fail(exc) from None
+    if as_json:
+        render.emit_json(found.to_pylist())
+        return
     Console().print(_runs_table(found))
 
 
 def _runs_table(found: pa.Table) -> Table:
     """Runs in an 80-column terminal: 8-digit ids, names and branches cut with an ellipsis,
-    start times on one line (``--json`` via ``flowlake sql`` has every column in full)."""
+    start times on one line (``--json`` has every column in full)."""
     from rich import box
 
     out = Table(
@@ -131,7 +141,9 @@ def sql_command(
     ref: Annotated[
         str | None, typer.Option("--ref", help="Query the history as of this ref.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per row (JSON lines).")
+    ] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     timeout: Annotated[
         float | None,
