@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 import store
 import tracking
+from ui import render
 from ui.cli import app
 
 T0 = datetime.now(UTC) - timedelta(days=6)
@@ -79,6 +81,30 @@ def test_promote_asks_then_moves_main(lake_dir: Path) -> None:
     assert store.open(lake_dir).resolve("main") != before
 
 
+def test_promote_json_without_yes_is_a_usage_error_and_changes_nothing(lake_dir: Path) -> None:
+    before = store.open(lake_dir).resolve("main")
+    result = CliRunner().invoke(app, ["promote", "cand", "--json", "--lake", str(lake_dir)])
+    assert result.exit_code == 2 and "--yes" in result.stderr
+    assert "Aborted" not in result.output and result.stdout == ""
+    assert store.open(lake_dir).resolve("main") == before
+    promoted = json.loads(run_cli(lake_dir, "promote", "cand", "--json", "--yes"))
+    assert promoted["merge_commit"] == store.open(lake_dir).resolve("main") != before
+
+
+def test_ui_without_streamlit_names_the_extra_before_announcing_a_url(
+    lake_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "streamlit" else real_find_spec(name, *a),
+    )
+    result = CliRunner().invoke(app, ["ui", "--lake", str(lake_dir)])
+    assert result.exit_code == 1
+    assert "pip install 'flowlake[ui]'" in result.stderr and "http://" not in result.output
+
+
 def test_deploy_and_undeploy_commands(lake_dir: Path) -> None:
     assert "deployed" in run_cli(
         lake_dir, "deploy", "second", "--branch", "a-rather-long-candidate-branch-name"
@@ -137,3 +163,21 @@ def test_runs_table_fits_80_columns_with_unsplit_times(lake_dir: Path) -> None:
     (line,) = [line for line in out.splitlines() if run.id[:8] in line]
     assert run.id not in out and "gradient-boo" in line and "…" in line
     assert run.start_time.strftime("%Y-%m-%d %H:%M") in line
+
+
+def test_runs_json_is_one_document_with_every_column_in_full(lake_dir: Path) -> None:
+    with (
+        store.open(lake_dir) as lake,
+        tracking.start_run(
+            lake,
+            branch="a-rather-long-candidate-branch-name",
+            name="a-long-run-name",
+            snapshot_code=False,
+        ) as run,
+    ):
+        run.log_metric("loss", 0.5)
+    listed = json.loads(run_cli(lake_dir, "runs", "--json"))
+    (row,) = [r for r in listed if r["run_id"] == run.id]
+    assert row["name"] == "a-long-run-name" and row["status"] == "finished"
+    assert row["target_branch"] == "user:tester/a-rather-long-candidate-branch-name"
+    assert row["start_time"] == render.iso(run.start_time)

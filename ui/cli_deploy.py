@@ -6,6 +6,7 @@ commit ids, names cut with an ellipsis, times on one line.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -233,12 +234,22 @@ def promote_command(
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show the promotion gate, then merge the deployment's commit into main."""
+    """Show the promotion gate, then merge the deployment's commit into main.
+
+    ``--json`` never asks (its output is for scripts), so it needs ``--yes``.
+    """
+    if as_json and not yes:
+        raise typer.BadParameter(
+            "--json cannot ask for confirmation: pass --yes to promote", param_hint="--json"
+        )
     opened = open_lake(lake, namespace)
     outcome = tracking.check_promotion(opened, name)
     if not as_json:
         print_gate(outcome)
     if not outcome.open and not force:
+        if as_json:
+            reasons = "; ".join(outcome.reasons)
+            render.error_line(f"gate closed for {name}: {reasons} (--force promotes anyway)")
         raise typer.Exit(1)
     if not yes and not typer.confirm(f"merge {name} into main?", default=False):
         render.stderr().print("not promoted")
@@ -287,6 +298,9 @@ def ui_command(
     port: Annotated[int, typer.Option("--port", help="Port to serve on (127.0.0.1).")] = 8501,
 ) -> None:
     """Open the dashboard (Streamlit) on a lake: compare deployments, browse branches and runs."""
+    if importlib.util.find_spec("streamlit") is None:
+        render.error_line("the dashboard needs Streamlit: pip install 'flowlake[ui]'")
+        raise typer.Exit(1)
     location = lake if "://" in lake else os.path.abspath(lake)
     open_lake(location, None).close()  # a clear error now rather than in the browser
     env = {**os.environ, "FLOWLAKE_LAKE": location}
