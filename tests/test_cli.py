@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pickle
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -373,6 +374,23 @@ def test_demo_tells_the_story_and_leaves_the_lake_in_its_final_state(tmp_path: P
     promoted = next(c for c in summary["candidates"] if c["branch"] == summary["promoted"])
     assert promoted["metrics"]["accuracy"] == metrics["accuracy"]  # the same, run after run
     assert summary["production_accuracy"] < metrics["accuracy"]
+
+
+def test_the_demo_extra_installs_what_the_printed_dashboard_command_needs() -> None:
+    """``make demo`` installs ``.[demo]`` and the demo ends with ``flowlake ui``."""
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+
+    def closure(extra: str) -> set[str]:
+        found = set()
+        for requirement in extras[extra]:
+            found.add(requirement)
+            if requirement.startswith("flowlake["):
+                for inner in requirement[len("flowlake[") : -1].split(","):
+                    found |= closure(inner.strip())
+        return found
+
+    assert set(extras["ui"]) <= closure("demo")
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo_lake(tmp_path: Path) -> None:
