@@ -80,3 +80,13 @@ def test_run_jobs_logs_and_cancel_round_trip(project: Path) -> None:
 
     missing = flowlake("run", "--", "no-such-program-xyz")
     assert missing.returncode == 1 and "command not found: no-such-program-xyz" in missing.stderr
+
+
+def test_run_json_prints_only_the_json_on_stdout_and_the_job_output_on_stderr(
+    project: Path,
+) -> None:
+    done = flowlake("run", "--json", "--", "python", "train.py", "m3")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["status"] == "succeeded" and job["run_id"]
+    assert "read v1" in done.stderr

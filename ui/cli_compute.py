@@ -75,7 +75,11 @@ def run_command(
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Run a command as a job that reads a pinned commit and writes its own branch."""
+    """Run a command as a job that reads a pinned commit and writes its own branch.
+
+    The job's output is echoed as it comes: on standard output, or with ``--json`` on standard
+    error, so that standard output is only the job's JSON.
+    """
     environment = parse_pypi(pypi)
     if detach and backend == "ray":
         raise typer.BadParameter(
@@ -105,12 +109,14 @@ def run_command(
                 Text(f"follow it with: flowlake logs {job.id[:12]} -f --lake {lake}", style="dim")
             )
         return
+    # With --json, standard output carries the one JSON document: the job's output goes to stderr.
+    echo = sys.stderr if as_json else sys.stdout
     try:
         with console.status(f"job {job.id[:12]} {job.status.value}") as status:
             for chunk in job.follow():
                 status.update(f"job {job.id[:12]} {job.status.value}")
-                sys.stdout.write(chunk)
-                sys.stdout.flush()
+                echo.write(chunk)
+                echo.flush()
     except KeyboardInterrupt:
         job.cancel()
         render.error_line(f"job {job.id[:12]} cancelled (Ctrl-C)")
