@@ -24,6 +24,9 @@ from store.errors import BranchNotFoundError, InvalidArgumentError
 from store.lake import Lake
 from store.names import parse_branch
 
+#: A command job without a name is named after its command line, cut to this many characters.
+DEFAULT_NAME_LENGTH = 80
+
 
 def submit(
     fn: Callable[..., Any] | None = None,
@@ -64,7 +67,8 @@ def submit(
         backend: ``local`` or ``ray``.
         retries: how many times a failed attempt is tried again (not cancelled or killed ones).
         timeout: seconds an attempt may run before it is stopped and fails.
-        name: a human-readable name, also the name of the job's tracking runs.
+        name: a human-readable name, also the name of the job's tracking runs (default: the
+            callable's ``__name__``, or the command line cut to 80 characters).
         code_dir: the project folder to snapshot (default: the git work tree around the
             current folder, else the current folder).
         address: the Ray cluster (default ``RAY_ADDRESS``, else a local Ray).
@@ -121,7 +125,7 @@ def submit(
         out_branch = lake.branch(target, source=input_commit)
     spec = JobSpec(
         job_id=job_id,
-        name=name,
+        name=name or _default_name(fn, argv),
         backend=backend,
         lake_location=_location(lake),
         namespace=lake.namespace,
@@ -199,6 +203,14 @@ def _snapshot_root(checkout: Path) -> str:
     import json
 
     return str(json.loads((checkout.parent / "manifest.json").read_text())["root"])
+
+
+def _default_name(fn: Callable[..., Any] | None, argv: tuple[str, ...] | None) -> str:
+    """A job's name when none is given: what people would call it in a listing."""
+    if argv is not None:
+        return " ".join(argv)[:DEFAULT_NAME_LENGTH]
+    inner = getattr(fn, "func", fn)  # functools.partial and the like wrap the function
+    return str(getattr(inner, "__name__", None) or type(fn).__name__)
 
 
 def _check_command(command: Sequence[str] | None) -> tuple[str, ...] | None:

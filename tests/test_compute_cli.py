@@ -13,6 +13,7 @@ import pytest
 
 import compute
 import store
+import tracking
 
 FLOWLAKE = str(Path(sys.executable).with_name("flowlake"))
 
@@ -90,3 +91,23 @@ def test_run_json_prints_only_the_json_on_stdout_and_the_job_output_on_stderr(
     job = json.loads(done.stdout)
     assert job["status"] == "succeeded" and job["run_id"]
     assert "read v1" in done.stderr
+
+
+def write_model() -> None:
+    compute.context().branch.write_bytes("out/model.txt", b"fn")
+
+
+def test_a_job_without_a_name_is_named_after_its_callable_or_command(project: Path) -> None:
+    lake = store.open(project.parent / "lake")
+    by_fn = compute.submit(write_model, lake=lake)
+    by_command = compute.submit(command=["python", "train.py", "m4"], lake=lake)
+    for job in (by_fn, by_command):
+        job.wait(timeout=120)
+    assert (by_fn.name, by_command.name) == ("write_model", "python train.py m4")
+    named = tracking.sql(lake, "SELECT run_id, name FROM runs").to_pylist()
+    assert {r["run_id"]: r["name"] for r in named} == {
+        by_fn.run_id: "write_model",
+        by_command.run_id: "python train.py m4",
+    }
+    listed = json.loads(flowlake("jobs", "--json").stdout)
+    assert sorted(j["name"] for j in listed) == ["python train.py m4", "write_model"]

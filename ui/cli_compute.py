@@ -97,7 +97,7 @@ def run_command(
         backend=backend,
         retries=retries,
         timeout=timeout,
-        name=name or " ".join(command)[:80],
+        name=name,
     )
     console = Console(stderr=True)
     if detach:
