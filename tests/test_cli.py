@@ -6,6 +6,7 @@ import importlib.util
 import json
 import pickle
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -333,10 +334,17 @@ def test_bad_usage_exits_2(lake_dir: Path, exp: str, args: list[str]) -> None:
 def test_demo_tells_the_story_and_leaves_the_lake_in_its_final_state(tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     path = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--path", str(path)])
+    result = CliRunner().invoke(app, ["demo", "--path", str(path)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     for beat in ("dana", "avery", "blake", "experiment runs", "promotion gate", "model-v1"):
         assert beat in result.stdout
+    # every command it shows can be pasted as it is: on the demo lake, values never cut
+    shown = [line for line in result.stdout.splitlines() if line.startswith("$ ")]
+    assert any(" token create " in c for c in shown) and any(" merge " in c for c in shown)
+    assert all(f"--lake {path}" in command for command in shown), shown
+    (created,) = [line for line in result.stdout.splitlines() if "token-create" in line]
+    expires = created.split("expires=")[1].split(",")[0]
+    assert datetime.fromisoformat(expires).tzinfo is not None, created
 
     with store.open(path, namespace="production") as lake:
         assert set(lake.tags()) == {"data-v1", "model-v1"}

@@ -10,22 +10,26 @@ the failing condition and the audit chain is verified.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 import store
 from store.errors import GateFailedError
 from store.policy import api
 from store.policy.model import POLICY_PATH
+from ui import render
 
 if TYPE_CHECKING:
     from ui.demo import Candidate
 
 ADMIN = "ops"
+COMMIT_ID = re.compile(r"[0-9a-f]{64}")
 POLICY = """\
 version = 1
 
@@ -65,8 +69,8 @@ def ci_policy(location: str, console: Console, cli: str) -> Iterator[None]:
         secret, record = api.create_token(lake, "ci", "production", "30d")
     console.print(
         Text(
-            f"$ FLOWLAKE_PERIMETER=production {cli} token create --name ci "
-            "--perimeter production --expires 30d",
+            f"$ FLOWLAKE_USER={ADMIN} FLOWLAKE_PERIMETER=production {cli} token create "
+            f"--name ci --perimeter production --expires 30d --lake {location}",
             style="cyan",
         )
     )
@@ -100,7 +104,11 @@ def refused_and_audited(
         for candidate in candidates:
             if promoted is not None and candidate.branch == promoted.branch:
                 continue
-            console.print(Text(f"$ {cli} merge {candidate.branch} --into main", style="cyan"))
+            console.print(
+                Text(
+                    f"$ {cli} merge {candidate.branch} --into main --lake {location}", style="cyan"
+                )
+            )
             try:
                 lake.merge(candidate.branch, into="main")
             except GateFailedError as exc:
@@ -109,14 +117,26 @@ def refused_and_audited(
             else:  # pragma: no cover - the demo's numbers make the loser fail
                 console.print(Text(f"{candidate.branch} passed every gate", style="yellow"))
         console.print(Text(f"\n$ {cli} audit --verify --lake {location}", style="cyan"))
+        log = Table(box=None, show_header=False, pad_edge=False)
+        log.add_column("seq", justify="right", no_wrap=True)
+        log.add_column("actor", no_wrap=True)
+        log.add_column("action", no_wrap=True)
+        log.add_column("details", overflow="fold")
         for entry in api.audit_log(lake):
             details = ", ".join(
-                f"{k}={str(v)[:12]}" for k, v in entry.details.items() if not k.startswith("gate.")
+                f"{k}={_shown(v)}" for k, v in entry.details.items() if not k.startswith("gate.")
             )
-            console.print(f"{entry.seq:>3} {entry.actor:<12} {entry.action:<13} {details}")
+            log.add_row(str(entry.seq), entry.actor, entry.action, Text(details))
+        console.print(log)
         problems = api.verify_audit(lake)
     if problems:
         for problem in problems:
             console.print(Text(problem, style="red"))
     else:
         console.print(Text("audit chain intact", style="green"))
+
+
+def _shown(value: object) -> str:
+    """An audit value in full, except commit ids: their short form, as everywhere in the CLI."""
+    text = str(value)
+    return render.short(text) if COMMIT_ID.fullmatch(text) else text
