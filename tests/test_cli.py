@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pickle
+import re
 import tomllib
 from datetime import datetime
 from pathlib import Path
@@ -326,6 +327,15 @@ def test_path_with_dotdot_and_writing_to_main_change_nothing(
 )
 def test_bad_usage_exits_2(lake_dir: Path, exp: str, args: list[str]) -> None:
     fails(lake_dir, *args, code=2)
+
+
+def test_help_lists_every_command_on_one_line() -> None:
+    groups = [group.name for group in app.registered_groups if group.name]
+    for args in ([], *([name] for name in groups)):
+        result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+        assert rows and not [row for row in rows if re.match(r"│ {4,}\S", row)], args
 
 
 # -- demo ----------------------------------------------------------------------------------------

@@ -132,8 +132,11 @@ def audit_command(
     perimeter: PerimeterOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show the audit log (promotions, policy changes, tokens, gates); --verify checks the
-    chain and the heads anchored in main's promotion commits, exiting 1 when broken."""
+    """Show the audit log: promotions, policy changes, tokens, gates.
+
+    --verify checks the hash chain and the heads anchored in main's promotion commits, and
+    exits 1 when either is broken.
+    """
     opened = _open(lake, None, perimeter)
     entries = api.audit_log(opened)
     problems = api.verify_audit(opened) if verify else []
@@ -224,8 +227,10 @@ def check_command(
     namespace: NamespaceOption = None,
     perimeter: PerimeterOption = None,
 ) -> None:
-    """Run COMMAND as a tracking run tagged check=NAME on REF's commit; it counts for a
-    check_run gate when the command exits 0. Exits with the command's status."""
+    """Run COMMAND as a tracking run tagged check=NAME on REF's commit.
+
+    The run counts for a check_run gate when the command exits 0; exits with its status.
+    """
     import tracking
 
     opened = _open(lake, namespace, perimeter)
