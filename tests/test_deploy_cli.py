@@ -181,3 +181,21 @@ def test_runs_json_is_one_document_with_every_column_in_full(lake_dir: Path) -> 
     assert row["name"] == "a-long-run-name" and row["status"] == "finished"
     assert row["target_branch"] == "user:tester/a-rather-long-candidate-branch-name"
     assert row["start_time"] == render.iso(run.start_time)
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/deployments.md"])
+def test_the_documented_deployment_example_promotes_in_one_process(
+    page: str, tmp_path: Path
+) -> None:
+    text = (APP.parents[1] / page).read_text()
+    (example,) = [
+        block.split("\n", 1)[1].split("```", 1)[0]
+        for block in text.split("```python")[1:]
+        if "tracking.deploy(" in block.split("```", 1)[0]
+    ]
+    with store.open(tmp_path / "lake") as lake:
+        branch = lake.branch("lr-sweep")
+        branch.write_bytes("models/classifier/model.pkl", b"v2")
+        branch.commit("train")
+        exec(compile(example, page, "exec"), {"lake": lake, "tracking": tracking})
+        assert {r.status for r in tracking.deployments(lake)} >= {"promoted"}
