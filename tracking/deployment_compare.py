@@ -8,6 +8,7 @@ needs.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -204,48 +205,17 @@ def compare(
         where, params = _where(start, end, metrics)
         aggregates = _aggregates(con, where, params)
         names = sorted(metrics) if metrics is not None else sorted({k for _, k, _ in aggregates})
-        overall, segments = [], []
+        overall: list[dict[str, Any]] = []
+        segments: list[dict[str, Any]] = []
         for metric in names:
-            direction = _direction(st, metric, directions)
             statistic = (statistics or {}).get(metric, "mean")
-            overall.append(
-                _estimate(
-                    st,
-                    con,
-                    where,
-                    params,
-                    aggregates,
-                    cand.name,
-                    base.name,
-                    metric,
-                    None,
-                    statistic,
-                    direction,
-                    mode,
-                    alpha,
-                    minimum,
-                )  # fmt: skip
+            estimate = functools.partial(
+                _estimate, st, con, where, params, aggregates, cand.name, base.name, metric
             )
+            rest = (statistic, _direction(st, metric, directions), mode, alpha, minimum)
+            overall.append(estimate(None, *rest))
             seg_names = sorted({s for (d, k, s) in aggregates if k == metric and s is not None})
-            for segment in seg_names:
-                segments.append(
-                    _estimate(
-                        st,
-                        con,
-                        where,
-                        params,
-                        aggregates,
-                        cand.name,
-                        base.name,
-                        metric,
-                        segment,
-                        statistic,
-                        direction,
-                        mode,
-                        alpha,
-                        minimum,
-                    )  # fmt: skip
-                )
+            segments.extend(estimate(segment, *rest) for segment in seg_names)
         timeline = _timeline(
             st, con, where, params, cand.name, base.name,
             [m for m in names if (statistics or {}).get(m, "mean") == "mean"],

@@ -127,6 +127,34 @@ class Estimate:
     n_candidate: int
 
 
+def _mean_estimate(
+    mode: Mode,
+    baseline: Summary,
+    candidate: Summary,
+    half: float,
+    rel: float,
+    rel_half: float,
+    p_value: float,
+) -> Estimate:
+    """An estimate of the difference of means, symmetric around it (half-widths given)."""
+    diff = candidate.mean - baseline.mean
+    return Estimate(
+        "mean",
+        mode,
+        baseline.mean,
+        candidate.mean,
+        diff,
+        diff - half,
+        diff + half,
+        rel,
+        rel - rel_half,
+        rel + rel_half,
+        p_value,
+        baseline.n,
+        candidate.n,
+    )
+
+
 def welch(baseline: Summary, candidate: Summary, *, alpha: float = DEFAULT_ALPHA) -> Estimate:
     """Welch's unequal-variance t interval and test for ``candidate.mean - baseline.mean``.
 
@@ -153,21 +181,7 @@ def welch(baseline: Summary, candidate: Summary, *, alpha: float = DEFAULT_ALPHA
         half = crit * se
         p_value = float(2 * stats.t.sf(abs(diff) / se, df))
     rel, rel_half = _relative(baseline, candidate, crit if se else 0.0)
-    return Estimate(
-        "mean",
-        "fixed",
-        baseline.mean,
-        candidate.mean,
-        diff,
-        diff - half,
-        diff + half,
-        rel,
-        rel - rel_half,
-        rel + rel_half,
-        p_value,
-        baseline.n,
-        candidate.n,
-    )
+    return _mean_estimate("fixed", baseline, candidate, half, rel, rel_half, p_value)
 
 
 def tuned_rho2(alpha: float = DEFAULT_ALPHA, tuning_n: int = DEFAULT_TUNING_N) -> float:
@@ -216,21 +230,7 @@ def sequential(
         exponent = diff * diff * n * n * rho2 / (2 * sigma * sigma * (n * rho2 + 1))
         p_value = min(1.0, math.sqrt(n * rho2 + 1) * math.exp(-exponent))
     rel, rel_half = _relative(baseline, candidate, margin * math.sqrt(n))
-    return Estimate(
-        "mean",
-        "sequential",
-        baseline.mean,
-        candidate.mean,
-        diff,
-        diff - half,
-        diff + half,
-        rel,
-        rel - rel_half,
-        rel + rel_half,
-        p_value,
-        baseline.n,
-        candidate.n,
-    )
+    return _mean_estimate("sequential", baseline, candidate, half, rel, rel_half, p_value)
 
 
 def statistic_function(name: str) -> Callable[[np.ndarray], float]:
