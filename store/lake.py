@@ -35,6 +35,7 @@ from store.names import (
     Namespace,
     check_new_branch_name,
     check_new_tag_name,
+    listed_names,
     parse_branch,
     parse_branch_ref,
     validate_path,
@@ -205,12 +206,11 @@ class Lake:
         """Branches of the current namespace and production (every namespace on request)."""
         protected = self.backend.protected_branches()
         out = []
+        shown = {str(self._namespace), "production"}
         for backend_name, head in self.backend.list_branches().items():
-            name = BranchName.from_backend(backend_name)
-            if all_namespaces or name.namespace in (self._namespace, Namespace("production")):
-                out.append(
-                    BranchInfo(str(name), str(name.namespace), head, backend_name in protected)
-                )
+            full, namespace = listed_names(backend_name)
+            if all_namespaces or namespace in shown:
+                out.append(BranchInfo(full, namespace, head, backend_name in protected))
         return sorted(out, key=lambda b: (b.namespace != "production", b.namespace, b.name))
 
     def delete_branch(self, name: str) -> None:

@@ -23,6 +23,7 @@ in :mod:`store.refs`.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -231,17 +232,34 @@ class BranchName:
 
         A name flowlake's encoding produces decodes to that branch (the decoding is checked by
         encoding it again); any other name is a production branch under its backend name.
+        Decodings are memoized (names are immutable values), so listing thousands of branches
+        checks each name once per process.
         """
-        head, sep, short = name.partition("__")
-        if sep and len(head) > 2 and head[1] == "-" and head[0] in _PREFIX_KINDS:
-            try:
-                namespace = Namespace(_PREFIX_KINDS[head[0]], _decode(head[2:]))
-                decoded: BranchName | None = cls(namespace, validate_short_branch(short))
-            except (ValueError, UnicodeDecodeError):  # InvalidNameError is a ValueError
-                decoded = None
-            if decoded is not None and decoded.backend_name() == name:
-                return decoded
-        return cls(PRODUCTION_NAMESPACE, name)
+        return _from_backend(name)
+
+
+def _decode_backend(name: str) -> BranchName:
+    head, sep, short = name.partition("__")
+    if sep and len(head) > 2 and head[1] == "-" and head[0] in _PREFIX_KINDS:
+        try:
+            namespace = Namespace(_PREFIX_KINDS[head[0]], _decode(head[2:]))
+            decoded: BranchName | None = BranchName(namespace, validate_short_branch(short))
+        except (ValueError, UnicodeDecodeError):  # InvalidNameError is a ValueError
+            decoded = None
+        if decoded is not None and decoded.backend_name() == name:
+            return decoded
+    return BranchName(PRODUCTION_NAMESPACE, name)
+
+
+#: Bounded so a process listing many lakes cannot grow it without limit; 64k names is ~20 MB.
+_from_backend = functools.lru_cache(maxsize=1 << 16)(_decode_backend)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def listed_names(backend_name: str) -> tuple[str, str]:
+    """``(full branch name, namespace)`` as listings show a backend branch name (memoized)."""
+    name = _from_backend(backend_name)
+    return str(name), str(name.namespace)
 
 
 def is_foreign_backend_name(name: str) -> bool:
