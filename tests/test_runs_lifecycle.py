@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 import store
 import tracking
-from tracking import environment, points, snapshot
+from tracking import environment, layout, points, snapshot
 from tracking.lifecycle import CLAIM_TAG_PREFIX
 
 
@@ -329,7 +330,7 @@ def test_a_claim_left_by_a_crashed_resumer_names_its_remedy(lake: store.Lake) ->
 # -- what an empty run costs -----------------------------------------------------------------
 
 
-def test_an_empty_run_commits_once_on_its_branch_then_records_and_merges(
+def test_an_empty_run_makes_one_commit_on_its_branch_and_one_merge(
     lake: store.Lake, tmp_path: Path
 ) -> None:
     exp = lake.branch("exp", source="main")
@@ -345,13 +346,68 @@ def test_an_empty_run_commits_once_on_its_branch_then_records_and_merges(
     events = tracking.sql(
         lake, "SELECT event, commit FROM commits WHERE run_id = ?", params=[run.id]
     ).to_pylist()
-    assert sorted(e["event"] for e in events) == ["finished", "merge", "recorded"]
+    assert sorted(e["event"] for e in events) == ["finished", "merge"]
     assert {"event": "finished", "commit": run.output_commit} in events
+    assert lake.resolve(run.run_branch) == run.output_commit
     # Nothing a run records was given up.
     at_output = {o.path.rsplit("/", 1)[-1] for o in lake.list(run.output_commit, "_flowlake/")}
     assert {"run.parquet", "environment.parquet", "code.parquet", "heartbeat.json"} <= at_output
     assert tracking.sql(lake, "SELECT count(*) AS n FROM environment").column("n")[0].as_py() > 5
     assert tracking.sql(lake, "SELECT path FROM code").to_pylist() == [{"path": "train.py"}]
+
+
+OUTPUT = "SELECT output_commit FROM runs"
+
+
+def _outputs(lake: store.Lake, refs: list[str] | None = None) -> list[str | None]:
+    return tracking.sql(lake, OUTPUT, refs=refs).column("output_commit").to_pylist()
+
+
+def test_output_commit_is_the_commit_that_ended_the_run_wherever_its_record_is_read(
+    lake: store.Lake,
+) -> None:
+    exp = lake.branch("exp", source="main")
+    with _start(lake, exp.name, "first") as run:
+        run.log_metric("m", 1.0)
+    first = run.output_commit
+    assert first is not None and first == lake.resolve(run.run_branch)
+    lake.tag("after-first", exp.name)
+    # Its own branch (the live view), the branch it merged into, a tag, the commit itself.
+    for refs in (None, [exp.name], ["after-first"], [first]):
+        assert _outputs(lake, refs) == [first], refs
+    assert tracking.get_run(lake, run.id).output_commit == first
+    with tracking.resume_run(lake, run.id) as again:
+        again.log_metric("m", 2.0)
+    second = again.output_commit
+    assert second not in (None, first)
+    assert _outputs(lake) == _outputs(lake, [exp.name]) == [second]
+    assert tracking.get_run(lake, run.id).output_commit == second
+    # History as of the tag still names the commit that ended the first session.
+    assert _outputs(lake, ["after-first"]) == [first]
+    # Without the run branch, the commits reachable from where the record is read tell.
+    lake.delete_branch(run.run_branch)
+    assert _outputs(lake, ["after-first"]) == [first]
+    assert _outputs(lake) == _outputs(lake, [exp.name]) == [second]
+
+
+def test_output_commit_named_by_a_record_of_an_older_lake_is_kept(lake: store.Lake) -> None:
+    exp = lake.branch("exp", source="main")
+    run = _start(lake, exp.name, "old", merge=False)
+    run.end()
+    # What a run's end wrote before: a second commit whose record names the output commit.
+    branch = lake.get_branch(run.run_branch)
+    path = f"_flowlake/runs/{run.id}/run.parquet"
+    record = branch.read_table(path).to_pylist()
+    assert record[0]["output_commit"] is None
+    record[0]["output_commit"] = run.output_commit
+    branch.write_table(path, pa.Table.from_pylist(record, schema=layout.RUN_SCHEMA))
+    recorded = branch.commit(
+        f"run {run.id} recorded", {"tracking.run_id": run.id, "tracking.event": "recorded"}
+    )
+    lake.merge(run.run_branch, into=exp.name)
+    for refs in (None, [exp.name], [recorded.id], [run.output_commit]):
+        assert _outputs(lake, refs) == [run.output_commit], refs
+    assert tracking.get_run(lake, run.id).output_commit == run.output_commit
 
 
 def _dist_info(folder: Path, name: str, version: str) -> None:

@@ -101,11 +101,12 @@ def test_every_view_has_source_columns(lake: store.Lake) -> None:
     events = tracking.sql(
         lake, "SELECT commit, event FROM commits WHERE run_id = ?", params=[run.id]
     ).to_pylist()
-    # An empty start is not committed: it is committed with the run's final state.
-    assert sorted(e["event"] for e in events) == ["finished", "recorded"]
+    # An empty start is not committed: it is committed with the run's final state, in the
+    # run's one commit on its branch.
+    assert sorted(e["event"] for e in events) == ["finished"]
     by_event = {e["event"]: e["commit"] for e in events}
     assert by_event["finished"] == run.output_commit
-    assert lake.log(run.run_branch)[0].id == by_event["recorded"]
+    assert lake.log(run.run_branch)[0].id == by_event["finished"]
     branch_rows = tracking.sql(lake, "SELECT branch, run_id, protected FROM branches").to_pylist()
     assert {"branch": run.run_branch, "run_id": run.id, "protected": False} in branch_rows
     assert {"branch": "main", "run_id": None, "protected": True} in branch_rows
@@ -212,7 +213,7 @@ def test_killed_process_shows_killed_and_history_stays_readable(
         resumed.log_metric("m", 100.0, step=100)
     assert tracking.get_run(lake, run_id).status == "finished"
     events = tracking.sql(lake, run_commits, params=[run_id]).column("event").to_pylist()
-    assert sorted(events) == ["finished", "merge", "recorded", "resume"]
+    assert sorted(events) == ["finished", "merge", "resume"]
     history = tracking.get_metric_history(lake, run_id, "m")
     assert history.column("step").to_pylist() == list(range(101))
     assert lake.exists(f"_flowlake/runs/{run_id}/run.parquet", ref=exp.name)

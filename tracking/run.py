@@ -467,10 +467,11 @@ class Run:
             self._check_owner()
             self._record.update(status=status, end_time=datetime.now(UTC), error=error)
             self._write_record()
-            output = self._commit(status)
-            self._record["output_commit"] = output
-            self._write_record()
-            self._commit("recorded")
+            # One commit: the record it holds cannot name the commit itself, so it keeps
+            # output_commit empty and readers take this commit, the run branch's last, in its
+            # place (see tracking.views.output_commit). Lakes written before this also hold a
+            # second "recorded" commit whose record names it.
+            self._record["output_commit"] = self._commit(status)
         if status == "finished" and self._merge and self.branch is not None:
             try:
                 merged = self._lake.merge(

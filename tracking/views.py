@@ -23,14 +23,16 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from duckdb.func import FunctionNullHandling
 
+from store.errors import StoreError
 from tracking import catalog, layout, liveness
 from tracking.catalog import RunFiles, Source
 from tracking.errors import SkippedRunFileWarning
 from tracking.index import PROBLEMS_SCHEMA, RESOLVED_SCHEMA, FileRef, Index, Resolved
 
 if TYPE_CHECKING:
-    from store import Lake
+    from store import Commit, Lake
 
 SOURCE_FIELDS = [
     ("ref", pa.string()),
@@ -187,7 +189,7 @@ def build(
         problems.append(resolved.problems)
         files += resolved.segments
         if name == "runs":
-            _runs_view(con, lake, resolved)
+            _runs_view(con, lake, resolved, where.live)
         else:
             _create_joined(con, name, FILE_VIEWS[name][1], resolved)
     if "commits" in names:
@@ -385,6 +387,8 @@ def run_record(lake: Lake, index: Index, run_id: str) -> dict[str, Any] | None:
     row = {k: v for k, v in rows[0].items() if k != "_oid"}
     row.update(recorded_status=row["status"], heartbeat_time=None)
     row.update({k: found[k] for k in ("ref", "namespace", "branch", "commit")})
+    if row["output_commit"] is None and row["status"] in FINAL_STATUSES and not found["volatile"]:
+        row["output_commit"] = found["commit"]  # read at its own branch's head: see output_commit
     if row["status"] == "running":
         beat = catalog.heartbeat_time(lake, found["read_ref"], run_id)
         row["heartbeat_time"] = beat
@@ -412,9 +416,12 @@ def _create_joined(
     )
 
 
-def _runs_view(con: duckdb.DuckDBPyConnection, lake: Lake, resolved: Resolved) -> None:
+def _runs_view(
+    con: duckdb.DuckDBPyConnection, lake: Lake, resolved: Resolved, own_heads: bool
+) -> None:
     """``runs``: every run record, with the status a reader should believe (``running`` runs
-    whose process or heartbeat is gone show ``killed`` or ``stale``)."""
+    whose process or heartbeat is gone show ``killed`` or ``stale``) and its output commit
+    (see :func:`_output_commits`; ``own_heads``: the live view)."""
     _create_joined(con, "_run_records", layout.RUN_SCHEMA, resolved)
     running = resolved.rows.filter(pa.compute.equal(resolved.rows["status"], "running"))
     live: list[dict[str, Any]] = []
@@ -431,32 +438,138 @@ def _runs_view(con: duckdb.DuckDBPyConnection, lake: Lake, resolved: Resolved) -
             beat = catalog.heartbeat_time(lake, where[(oid, ref)], run_id)
             status = liveness.effective_status("running", host, pid, beat, interval, now)
             live.append({"_oid": oid, "ref": ref, "status": status, "heartbeat_time": beat})
-    if not live:  # no run to second-guess: the recorded status stands
-        columns = [
-            "r.status AS recorded_status"
-            if f.name == "recorded_status"
-            else "NULL::TIMESTAMPTZ AS heartbeat_time"
-            if f.name == "heartbeat_time"
-            else f'r."{f.name}"'
-            for f in RUNS_SCHEMA
-        ]
-        con.execute(f"CREATE VIEW runs AS SELECT {', '.join(columns)} FROM _run_records r")
-        return
-    con.register("_live_runs", pa.Table.from_pylist(live, schema=_LIVE_SCHEMA))
+    joins = _output_commits(con, lake, resolved.rows, own_heads)
+    if live:
+        con.register("_live_runs", pa.Table.from_pylist(live, schema=_LIVE_SCHEMA))
+        joins += " LEFT JOIN _live_runs l ON l._oid = r._oid AND l.ref = r.ref"
     columns = []
     for field in RUNS_SCHEMA:
         if field.name == "status":
-            columns.append("coalesce(l.status, r.status) AS status")
+            columns.append("coalesce(l.status, r.status) AS status" if live else "r.status")
         elif field.name == "recorded_status":
             columns.append("r.status AS recorded_status")
         elif field.name == "heartbeat_time":
-            columns.append("l.heartbeat_time")
+            columns.append("l.heartbeat_time" if live else "NULL::TIMESTAMPTZ AS heartbeat_time")
+        elif field.name == "output_commit" and joins.startswith(" LEFT JOIN _output_commits"):
+            columns.append(
+                "coalesce(r.output_commit, o.own_commit, CASE WHEN o.derive AND r.output_commit "
+                f"IS NULL THEN {_OUTPUT_COMMIT_UDF}(r.run_id, r.run_branch, o.read_at) END) "
+                "AS output_commit"
+            )
         else:
             columns.append(f'r."{field.name}"')
-    con.execute(
-        f"CREATE VIEW runs AS SELECT {', '.join(columns)} FROM _run_records r "
-        "LEFT JOIN _live_runs l ON l._oid = r._oid AND l.ref = r.ref"
+    con.execute(f"CREATE VIEW runs AS SELECT {', '.join(columns)} FROM _run_records r{joins}")
+
+
+#: Statuses a run ends with; a record with one of them is the run's final state.
+FINAL_STATUSES = frozenset(layout.RUN_STATUSES) - {"running"}
+_OUTPUT_COMMIT_UDF = "_flowlake_output_commit"
+_OUTPUTS_SCHEMA = pa.schema(
+    [
+        ("_oid", pa.int64()),
+        ("ref", pa.string()),
+        ("own_commit", pa.string()),
+        ("derive", pa.bool_()),
+        ("read_at", pa.string()),
+    ]
+)
+
+
+def _output_commits(
+    con: duckdb.DuckDBPyConnection, lake: Lake, rows: pa.Table, own_heads: bool
+) -> str:
+    """Register how the ``runs`` view fills ``output_commit`` where a record leaves it empty;
+    returns the join to add (empty when no record has ended).
+
+    A run's end makes one commit on its run branch, and the record in it cannot name that
+    commit (see :func:`output_commit`). In the live view (``own_heads``), a final record read
+    at its own run branch was read at that branch's committed head (a run branch whose record
+    may be uncommitted is read afresh and marked volatile), and nothing commits on a run branch
+    after its run ends, so the head is its output commit, known without I/O. A final record
+    read elsewhere (merged into ``main``, or at a ref) is looked up by :func:`output_commit`,
+    lazily: only for the rows whose ``output_commit`` a query reads. Records that name it
+    (lakes written before, which made a second ``recorded`` commit) keep their value.
+    """
+    final = rows.filter(pa.compute.is_in(rows["status"], pa.array(sorted(FINAL_STATUSES))))
+    if not final.num_rows:
+        return ""
+    out: dict[str, list[Any]] = {f.name: [] for f in _OUTPUTS_SCHEMA}
+    wanted = ["_oid", "ref", "branch", "commit", "run_id", "read_ref", "volatile"]
+    for row in final.select(wanted).to_pylist():
+        own = own_heads and (row["branch"] or "").rpartition("/")[2] == layout.run_branch_short(
+            row["run_id"]
+        )
+        out["_oid"].append(row["_oid"])
+        out["ref"].append(row["ref"])
+        # An uncommitted final record (its run's end failed before committing) has no commit.
+        out["own_commit"].append(row["commit"] if own and not row["volatile"] else None)
+        out["derive"].append(not own and not row["volatile"])
+        out["read_at"].append(row["read_ref"])
+    con.register("_output_commits", pa.Table.from_pydict(out, schema=_OUTPUTS_SCHEMA))
+    found: dict[tuple[str, str | None, str], str | None] = {}
+
+    def derive(run_id: str, run_branch: str | None, read_at: str) -> str | None:
+        key = (run_id, run_branch, read_at)
+        if key not in found:
+            found[key] = output_commit(lake, run_id, run_branch, read_at)
+        return found[key]
+
+    con.create_function(
+        _OUTPUT_COMMIT_UDF,
+        derive,  # type: ignore[arg-type]
+        ["VARCHAR"] * 3,
+        "VARCHAR",
+        null_handling=FunctionNullHandling.SPECIAL,
+        side_effects=False,
     )
+    return " LEFT JOIN _output_commits o ON o._oid = r._oid AND o.ref = r.ref"
+
+
+def output_commit(lake: Lake, run_id: str, run_branch: str | None, read_at: str) -> str | None:
+    """The commit that ended the run whose final record is read at commit ``read_at``.
+
+    A run's end commits its final record on its run branch (event ``finished``, ``failed`` or
+    ``killed``, with the run id in the commit's metadata) and, when finished, merges that
+    commit elsewhere: the output commit is the commit of that event whose record is the very
+    object read at ``read_at``. It is looked for among the run's own commits on its run branch
+    first, newest first (the head, in all but resumed runs), then (the run branch was deleted)
+    among the commits reachable from ``read_at``.
+
+    Returns:
+        The commit id, or None when no commit of the run holds this record.
+    """
+    path = layout.run_file(run_id, layout.RUN_FILE)
+    try:
+        checksum = lake.stat(path, read_at).checksum
+    except StoreError:
+        return None
+
+    def holds(commit: Commit) -> bool:
+        meta = commit.metadata
+        if (
+            meta.get("tracking.run_id") != run_id
+            or meta.get("tracking.event") not in FINAL_STATUSES
+        ):
+            return False
+        try:
+            return lake.stat(path, commit.id).checksum == checksum
+        except StoreError:
+            return False
+
+    if run_branch is not None:
+        try:
+            commit: Commit | None = lake.commit(run_branch)
+            # Only the run's own commits (resumes and ends) sit above where its branch started.
+            while commit is not None and commit.metadata.get("tracking.run_id") == run_id:
+                if holds(commit):
+                    return commit.id
+                commit = lake.commit(commit.parents[0]) if commit.parents else None
+        except (StoreError, ValueError):
+            pass
+    try:
+        return next((c.id for c in lake.log(read_at) if holds(c)), None)
+    except StoreError:
+        return None
 
 
 def _commits_table(lake: Lake, where: Scope) -> pa.Table:
