@@ -272,3 +272,97 @@ def test_plugged_views_can_read_lake_files_verified_through_the_index(lake: stor
         con.close()
     assert rows == [(1, branch.name), (2, branch.name), (3, branch.name)]
     assert files and all(os.path.isfile(f) for f in files)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "CREATE TABLE leaked AS SELECT 1 AS x",
+        "CREATE TEMP TABLE leaked AS SELECT 1 AS x",
+        "CREATE MACRO leaked() AS 1",
+        "SET enable_external_access = true",
+        "SET threads = 1",
+        "ATTACH ':memory:' AS leaked",
+        "USE leaked",
+    ],
+)
+def test_a_refused_statement_leaves_nothing_for_the_next_query(
+    embedded_lake: store.Lake, statement: str
+) -> None:
+    _run(embedded_lake, embedded_lake.branch("exp").name)
+    query = (
+        "SELECT (SELECT count(*) FROM runs) AS runs,"
+        " (SELECT count(*) FROM duckdb_tables() WHERE table_name = 'leaked') AS tables,"
+        " (SELECT count(*) FROM duckdb_functions() WHERE function_name = 'leaked') AS macros,"
+        " (SELECT count(*) FROM duckdb_databases() WHERE database_name = 'leaked') AS databases,"
+        " current_setting('enable_external_access') AS external,"
+        " current_setting('threads') AS threads"
+    )
+    before = tracking.sql(embedded_lake, query).to_pylist()
+    with pytest.raises(tracking.QueryError):
+        tracking.sql(embedded_lake, statement)
+    after = tracking.sql(embedded_lake, query).to_pylist()
+    assert after == before
+    assert after[0]["runs"] == 1 and after[0]["tables"] == after[0]["databases"] == 0
+    assert after[0]["external"] is False
+
+
+def test_repeated_queries_reuse_their_views_until_a_branch_moves(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracking import views
+
+    builds: list[set[str]] = []
+    real_build = views.build
+
+    def counting_build(*args: object, **kwargs: object) -> list[str]:
+        builds.append(set(args[4]))  # type: ignore[arg-type]
+        return real_build(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(views, "build", counting_build)
+    exp = embedded_lake.branch("exp")
+    first = _run(embedded_lake, exp.name, "a")
+    count = "SELECT count(*) AS n FROM runs"
+    lookup = "SELECT name FROM runs WHERE run_id = ?"
+    assert tracking.sql(embedded_lake, count).to_pylist() == [{"n": 1}]
+    assert tracking.sql(embedded_lake, count).to_pylist() == [{"n": 1}]
+    assert tracking.sql(embedded_lake, lookup, params=[first.id]).to_pylist() == [{"name": "a"}]
+    assert tracking.sql(embedded_lake, lookup, params=[first.id]).to_pylist() == [{"name": "a"}]
+    assert len(builds) == 2  # one per key: the full scan and the one-run lookup
+    _run(embedded_lake, exp.name, "b")
+    assert tracking.sql(embedded_lake, count).to_pylist() == [{"n": 2}]
+    assert len(builds) == 3
+
+
+def test_kept_views_are_rebuilt_when_the_index_is_deleted(embedded_lake: store.Lake) -> None:
+    import shutil
+
+    from tracking.index import Index
+
+    _run(embedded_lake, embedded_lake.branch("exp").name)
+    query = "SELECT r.name, m.step, m.value FROM runs r JOIN metrics m USING (run_id) ORDER BY 2"
+    expected = tracking.sql(embedded_lake, query).to_pylist()
+    assert tracking.sql(embedded_lake, query).to_pylist() == expected
+    with Index(embedded_lake) as index:
+        folder = index.folder
+    shutil.rmtree(folder)
+    assert tracking.sql(embedded_lake, query).to_pylist() == expected
+    assert tracking.sql(embedded_lake, query).to_pylist() == expected
+
+
+def test_concurrent_queries_on_one_lake_each_get_whole_answers(
+    embedded_lake: store.Lake,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = _run(embedded_lake, embedded_lake.branch("exp").name)
+    query = "SELECT count(*) AS n, sum(value) AS total FROM metrics WHERE run_id = ?"
+    expected = tracking.sql(embedded_lake, query, params=[run.id]).to_pylist()
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(
+                lambda _: tracking.sql(embedded_lake, query, params=[run.id]).to_pylist(),
+                range(12),
+            )
+        )
+    assert answers == [expected] * 12

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from store import Lake
 
 #: Bumped when the index's tables or segment contents change meaning; a new version starts empty.
-INDEX_VERSION = 3
+INDEX_VERSION = 4
 #: Compact a view's segments into one when it has more than this many.
 MAX_SEGMENTS = 8
 #: Seconds a compacted segment is kept for queries that were already reading it.
@@ -168,6 +168,11 @@ class Index:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+
+    @property
+    def segments_folder(self) -> str:
+        """The folder holding every segment file (the only files the views read)."""
+        return os.path.join(self.folder, "segments")
 
     def close(self) -> None:
         self._db.close()

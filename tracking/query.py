@@ -11,6 +11,7 @@ error.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import threading
@@ -21,7 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from store.errors import InvalidArgumentError, StoreError
-from tracking import history, layout, views
+from tracking import connections, history, layout, views
 from tracking.errors import QueryError, RunNotFoundError
 from tracking.index import Index
 from tracking.model import RunRecord
@@ -76,20 +77,16 @@ def sql(
         raise QueryError("the query is empty")
     _check_timeout(timeout)
     _check_single_select(query)
-    con = duckdb.connect(":memory:")
-    try:
-        with Index(lake) as index:
-            where: views.Scope | None = None
-            if ref is None and refs is None:
-                run_id = pinned_run(con, query, params) if _RUN_ID_TERM.search(query) else None
-                if run_id is not None:
-                    with contextlib.suppress(RunNotFoundError):
-                        where = views.run_scope(lake, index, run_id)
-            if where is None:
-                where = views.scope(lake, index, [ref] if ref is not None else refs)
-            return run_query(lake, query, where, params, index=index, timeout=timeout, con=con)
-    finally:
-        con.close()
+    with Index(lake) as index:
+        where: views.Scope | None = None
+        if ref is None and refs is None:
+            run_id = _pinned(query, params) if _RUN_ID_TERM.search(query) else None
+            if run_id is not None:
+                with contextlib.suppress(RunNotFoundError):
+                    where = views.run_scope(lake, index, run_id)
+        if where is None:
+            where = views.scope(lake, index, [ref] if ref is not None else refs)
+        return run_query(lake, query, where, params, index=index, timeout=timeout)
 
 
 def run_query(
@@ -104,33 +101,105 @@ def run_query(
 ) -> pa.Table:
     """Run one SELECT over the views of ``where`` (see :func:`sql`).
 
+    Without ``con`` the query runs on this process's locked-down database for the lake's index
+    (:mod:`tracking.connections`), reusing views already built for the same lake object, scope
+    and view names when their sources cannot have changed, inside a transaction rolled back
+    afterwards.
+
     Args:
         con: a fresh in-memory connection to build the views on (it is locked down and
-            closed); None opens one.
+            closed); None uses the shared database.
 
     Raises:
         QueryError: not a single SELECT, DuckDB rejects it, or it ran past ``timeout``.
     """
     _check_single_select(query)
-    names = {name for name in views.VIEW_NAMES if re.search(rf"\b{name}\b", query, re.I)}
-    con = con if con is not None else duckdb.connect(":memory:")
-    try:
-        allowed = views.build(con, lake, index, where, names)
-        _lock_down(con, allowed)
-        timer = threading.Timer(timeout, con.interrupt) if timeout is not None else None
-        if timer is not None:
-            timer.start()
+    names = frozenset(n for n in views.VIEW_NAMES if re.search(rf"\b{n}\b", query, re.I))
+    if con is not None:
+        return _run_fresh(con, lake, query, where, params, index, names, timeout)
+    pool = connections.pool(index.segments_folder)
+    key = (
+        (connections.lake_token(lake), where.key, names)
+        if where.key is not None and not names & set(views.PLUGGED_VIEWS)
+        else None
+    )
+    with pool.borrow(key) as borrowed:
+        con = borrowed.con
+        if not borrowed.ready:
+            try:
+                allowed = views.build(con, lake, index, where, set(names))
+            except duckdb.PermissionException:
+                allowed = None  # a plugged view reads files outside the index: a fresh database
+            if allowed is None or not pool.readable(allowed):
+                borrowed.discard()
+                fresh = duckdb.connect(":memory:")
+                return _run_fresh(fresh, lake, query, where, params, index, names, timeout)
+            if key is not None and _stable(index, where, names):
+                borrowed.keep(allowed)
+        con.execute("BEGIN TRANSACTION")
         try:
-            return con.sql(query, params=list(params) if params else None).to_arrow_table()
-        except duckdb.InterruptException:
-            raise QueryError(f"the query ran longer than its timeout ({timeout} s)") from None
-        except duckdb.Error as exc:
-            raise QueryError(_message(exc)) from None
+            return _execute(con, query, params, timeout)
         finally:
-            if timer is not None:
-                timer.cancel()
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                borrowed.discard()
+
+
+def _run_fresh(
+    con: duckdb.DuckDBPyConnection,
+    lake: Lake,
+    query: str,
+    where: views.Scope,
+    params: Sequence[Any] | None,
+    index: Index,
+    names: frozenset[str],
+    timeout: float | None,
+) -> pa.Table:
+    try:
+        allowed = views.build(con, lake, index, where, set(names))
+        _lock_down(con, allowed)
+        return _execute(con, query, params, timeout)
     finally:
         con.close()
+
+
+def _execute(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    params: Sequence[Any] | None,
+    timeout: float | None,
+) -> pa.Table:
+    timer = threading.Timer(timeout, con.interrupt) if timeout is not None else None
+    if timer is not None:
+        timer.start()
+    try:
+        return con.sql(query, params=list(params) if params else None).to_arrow_table()
+    except duckdb.InterruptException:
+        raise QueryError(f"the query ran longer than its timeout ({timeout} s)") from None
+    except duckdb.Error as exc:
+        raise QueryError(_message(exc)) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _stable(index: Index, where: views.Scope, names: frozenset[str]) -> bool:
+    """Whether views built for ``where`` stay right while its key does: no source whose run
+    may still write, no recorded ``running`` status judged against the clock, no skipped file
+    (each query warns about those)."""
+    if where.key is None:
+        return False
+    wanted = (
+        {"runs", *views.FILE_VIEWS} if "problems" in names else names & {"runs", *views.FILE_VIEWS}
+    )
+    for name in wanted:
+        resolved = index.resolved(where.key, name)
+        if resolved is None or resolved.volatile or resolved.problems.num_rows:
+            return False
+        if name == "runs" and "running" in resolved.rows.column("status").to_pylist():
+            return False
+    return True
 
 
 def get_run(lake: Lake, run_id: str) -> RunRecord:
@@ -202,15 +271,23 @@ def search_runs(
 
 
 def _check_single_select(query: str) -> None:
+    problem = _statement_problem(query)
+    if problem is not None:
+        raise QueryError(problem)
+
+
+@functools.lru_cache(maxsize=256)
+def _statement_problem(query: str) -> str | None:
     try:
         statements = duckdb.extract_statements(query)
     except duckdb.Error as exc:
-        raise QueryError(_message(exc)) from None
+        return _message(exc)
     if len(statements) != 1:
-        raise QueryError(f"give exactly one SELECT statement, not {len(statements)}")
+        return f"give exactly one SELECT statement, not {len(statements)}"
     kind = statements[0].type
     if kind != duckdb.StatementType.SELECT:
-        raise QueryError(f"only SELECT queries are allowed; this is a {kind.name} statement")
+        return f"only SELECT queries are allowed; this is a {kind.name} statement"
+    return None
 
 
 def pinned_run(
@@ -226,7 +303,34 @@ def pinned_run(
         tree = json.loads(rows[0][0]) if rows else {}
     except (duckdb.Error, ValueError):
         return None
-    if tree.get("error") or len(tree.get("statements", [])) != 1:
+    return _pinned_in(tree, params)
+
+
+def _pinned(query: str, params: Sequence[Any] | None) -> str | None:
+    """:func:`pinned_run` with each query text parsed once per process."""
+    return _pinned_in(_parsed(query), params)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(query: str) -> Any:
+    with _parser_lock:
+        global _parser
+        if _parser is None:
+            _parser = duckdb.connect(":memory:")
+            _parser.execute("SET enable_external_access = false; SET lock_configuration = true")
+        try:
+            rows = _parser.execute("SELECT json_serialize_sql(?)", [query]).fetchall()
+            return json.loads(rows[0][0]) if rows else {}
+        except (duckdb.Error, ValueError):
+            return {}
+
+
+_parser: duckdb.DuckDBPyConnection | None = None
+_parser_lock = threading.Lock()
+
+
+def _pinned_in(tree: Any, params: Sequence[Any] | None) -> str | None:
+    if not isinstance(tree, dict) or tree.get("error") or len(tree.get("statements", [])) != 1:
         return None
     node = tree["statements"][0]["node"]
     tables = _base_tables(tree)

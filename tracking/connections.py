@@ -1,0 +1,195 @@
+"""Locked-down DuckDB databases kept across ``tracking.sql`` calls, with the views they hold.
+
+Building the views of a query and opening, locking down and closing an in-memory DuckDB
+database cost 10-40 ms, more than a one-run lookup should take. So each process keeps, per
+local index folder, a few databases that hold the views built for one *key* (the lake object,
+the scope's key and the view names): a later call with the same key runs on that database
+without building anything. A key is kept only when its views cannot go stale while the key
+stands: the scope's key names every source's commit, no run there may still be writing, no
+recorded ``running`` status is judged against the clock, no file was skipped (each query warns
+about those). The key changes whenever a branch head does, so moved branches get new views.
+
+Every database is locked down when it is opened, before any view is built
+(``enable_external_access = false``, ``lock_configuration = true``, no temporary folder, no
+extension loading), with only the index's ``segments/`` folder readable: the views read nothing
+else (every lake object enters them through the index's verified path), so a query can read any
+segment of its lake's index, which holds only rows already read from that lake through the same
+cache folder. A database serves one call at a time, and the caller's statement runs inside a
+transaction that is rolled back afterwards, whatever it did (only a single SELECT is accepted
+before that, see :mod:`tracking.query`): a call leaves nothing behind for the next.
+
+A kept database is used again only while every segment file its views read is the very file it
+was (same inode, size and modification time): segments never change once written, so a file
+that differs was deleted and rebuilt, and the views are built afresh.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import duckdb
+
+if TYPE_CHECKING:
+    from store import Lake
+
+#: Databases kept per index folder (least recently used closed first); each holds the views
+#: of one key (a few MB at 10,000 runs).
+MAX_KEPT = 8
+#: Index folders whose databases are kept (least recently used dropped first).
+MAX_POOLS = 4
+
+_FileId = tuple[str, int, int, int]
+
+
+@dataclass(frozen=True)
+class _Kept:
+    con: duckdb.DuckDBPyConnection
+    files: tuple[_FileId, ...]
+
+    def current(self) -> bool:
+        return all(_identity(f[0]) == f for f in self.files)
+
+
+class Borrowed:
+    """A database lent for one call.
+
+    Attributes:
+        con: the DuckDB connection (locked down).
+        ready: it already holds the views built for the call's key (build nothing).
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, kept: _Kept | None) -> None:
+        self.con = con
+        self.kept = kept
+        self.ready = kept is not None
+        self.discarded = False
+
+    def keep(self, files: list[str]) -> None:
+        """Keep the database and the views just built on it for later calls with the same
+        key; ``files``: the local files those views read."""
+        ids = tuple(_identity(f) for f in files)
+        if all(i is not None for i in ids):
+            self.kept = _Kept(self.con, tuple(i for i in ids if i is not None))
+
+    def discard(self) -> None:
+        """Close the database after this call (its state is in doubt)."""
+        self.discarded = True
+
+
+class Pool:
+    """The databases of one index folder; queries on them may read only ``folder``'s files.
+
+    Args:
+        folder: an index's ``segments/`` folder, absolute.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._kept: collections.OrderedDict[tuple[object, ...], list[_Kept]] = (
+            collections.OrderedDict()
+        )
+
+    def readable(self, files: list[str]) -> bool:
+        """Whether queries on this pool's databases may read every one of ``files``."""
+        prefix = self.folder.rstrip(os.sep) + os.sep
+        return all(os.path.abspath(f).startswith(prefix) for f in files)
+
+    def open(self) -> duckdb.DuckDBPyConnection:
+        """A new in-memory database, locked down."""
+        con = duckdb.connect(":memory:")
+        folder = (self.folder.rstrip(os.sep) + os.sep).replace("'", "''")
+        # DuckDB always allows its temporary folder, by default ``.tmp`` under the working
+        # directory: a query could read whatever someone keeps there.
+        con.execute(
+            f"SET allowed_directories = ['{folder}']; "
+            "SET temp_directory = ''; "
+            "SET autoinstall_known_extensions = false; "
+            "SET autoload_known_extensions = false; "
+            "SET enable_external_access = false; "
+            "SET lock_configuration = true"
+        )
+        return con
+
+    @contextmanager
+    def borrow(self, key: tuple[object, ...] | None) -> Iterator[Borrowed]:
+        """Borrow the database kept for ``key``, else a new one (see :class:`Borrowed`); one
+        not kept is closed on return, and so is one whose call raised."""
+        kept = self._take(key) if key is not None else None
+        borrowed = Borrowed(kept.con if kept is not None else self.open(), kept)
+        try:
+            yield borrowed
+        except BaseException:
+            borrowed.con.close()
+            raise
+        if key is not None and borrowed.kept is not None and not borrowed.discarded:
+            self._give(key, borrowed.kept)
+        else:
+            borrowed.con.close()
+
+    def _take(self, key: tuple[object, ...]) -> _Kept | None:
+        with self._lock:
+            stack = self._kept.get(key)
+            kept = stack.pop() if stack else None
+            if stack is not None and not stack:
+                del self._kept[key]
+        if kept is not None and not kept.current():
+            kept.con.close()
+            return None
+        return kept
+
+    def _give(self, key: tuple[object, ...], kept: _Kept) -> None:
+        dropped: list[_Kept] = []
+        with self._lock:
+            self._kept.setdefault(key, []).append(kept)
+            self._kept.move_to_end(key)
+            while sum(len(v) for v in self._kept.values()) > MAX_KEPT:
+                _, stack = self._kept.popitem(last=False)
+                dropped += stack
+        for old in dropped:
+            old.con.close()
+
+
+_pools: collections.OrderedDict[str, Pool] = collections.OrderedDict()
+_pools_lock = threading.Lock()
+_lake_tokens: weakref.WeakKeyDictionary[Lake, int] = weakref.WeakKeyDictionary()
+_tokens = itertools.count()
+
+
+def pool(folder: str) -> Pool:
+    """This process's pool for the index segments under ``folder``."""
+    folder = os.path.abspath(folder)
+    with _pools_lock:
+        found = _pools.get(folder)
+        if found is None:
+            found = _pools[folder] = Pool(folder)
+            while len(_pools) > MAX_POOLS:
+                _pools.popitem(last=False)  # its databases close once no call uses them
+        _pools.move_to_end(folder)
+        return found
+
+
+def lake_token(lake: Lake) -> int:
+    """A number naming this lake object while it lives (never reused): kept views serve only
+    calls on the same object, so lakes opened by different users never share them."""
+    with _pools_lock:
+        token = _lake_tokens.get(lake)
+        if token is None:
+            token = _lake_tokens[lake] = next(_tokens)
+        return token
+
+
+def _identity(path: str) -> _FileId | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_ino, st.st_size, st.st_mtime_ns)
