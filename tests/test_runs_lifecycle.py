@@ -4,6 +4,7 @@ session per run at a time, and what an empty run costs in commits and repeated w
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import io
 import math
@@ -408,6 +409,53 @@ def test_output_commit_named_by_a_record_of_an_older_lake_is_kept(lake: store.La
     for refs in (None, [exp.name], [recorded.id], [run.output_commit]):
         assert _outputs(lake, refs) == [run.output_commit], refs
     assert tracking.get_run(lake, run.id).output_commit == run.output_commit
+
+
+def test_a_run_writes_only_the_code_files_its_starting_commit_lacks(
+    lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = lake.branch("exp", source="main")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("print('train')\n")
+    (project / "util.py").write_text("X = 1\n")
+    written: list[list[str]] = []
+    real = store.Branch.write_many
+
+    def spy(self: store.Branch, items):  # type: ignore[no-untyped-def]
+        items = list(items)
+        written.append(sorted(p for p, _ in items if p.startswith(layout.CODE_PREFIX)))
+        return real(self, items)
+
+    monkeypatch.setattr(store.Branch, "write_many", spy)
+
+    def run_once() -> tracking.Run:
+        with tracking.start_run(
+            lake, branch=exp.name, code_dir=project, cache_dir=tmp_path / "cache"
+        ) as run:
+            pass
+        return run
+
+    run_once()
+    assert len(written[-1]) == 2  # nothing known yet: every file
+    second = run_once()
+    assert written[-1] == []  # the branch it started from holds them all
+    (project / "util.py").write_text("X = 2\n")
+    run_once()
+    assert written[-1] == [layout.code_blob(hashlib.sha256(b"X = 2\n").hexdigest())]
+    # Nothing a run records was given up: every run lists every file, each readable.
+    code = "SELECT path, sha256 FROM code WHERE run_id = ? ORDER BY path"
+    rows = tracking.sql(lake, code, params=[second.id]).to_pylist()
+    assert [r["path"] for r in rows] == ["train.py", "util.py"]
+    as_second_saw = {"train.py": b"print('train')\n", "util.py": b"X = 1\n"}
+    for row in rows:
+        blob = layout.code_blob(row["sha256"])
+        assert lake.read_bytes(blob, second.output_commit or "") == as_second_saw[row["path"]]
+    # The target moved under the cache's feet: the next run writes every file again.
+    exp.write_bytes("elsewhere.txt", b"x")
+    exp.commit("someone else")
+    run_once()
+    assert len(written[-1]) == 2
 
 
 def _dist_info(folder: Path, name: str, version: str) -> None:

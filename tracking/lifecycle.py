@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import uuid
@@ -18,7 +19,9 @@ from tracking.errors import RunNotFoundError, RunStateError
 from tracking.run import Run
 
 if TYPE_CHECKING:
-    from store import Branch, Lake
+    from collections.abc import Callable
+
+    from store import Branch, Commit, Lake
 
 DEFAULT_FLUSH_INTERVAL = 1.0
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
@@ -157,7 +160,9 @@ def start_run(
         *run._heartbeat_item(),
     ]
     if code is not None:
-        items += _code_items(new_id, code)
+        blobs = _CodeBlobs(cache, lake.location, target.name if target is not None else None)
+        items += _code_items(new_id, code, blobs.present_at(input_commit))
+        run._after_merge = blobs.remember(input_commit, {f.sha256 for f in code.files})
     items.append((layout.run_file(new_id, layout.RUN_FILE), run._record_bytes()))
     run_branch.write_many(items)
     run._begin(heartbeat_interval)
@@ -306,15 +311,58 @@ def _refuse_if_live(lake: Lake, run_branch: Branch, run_id: str, record: dict[st
         raise RunStateError(f"run {run_id} is still running (pid {pid} on {record['host']})")
 
 
-def _code_items(run_id: str, code: snapshot.CodeSnapshot) -> list[tuple[str, bytes]]:
-    """The snapshot's files content-addressed, and its manifest by name."""
+def _code_items(
+    run_id: str, code: snapshot.CodeSnapshot, present: frozenset[str] = frozenset()
+) -> list[tuple[str, bytes]]:
+    """The snapshot's files content-addressed (but those in ``present``, hashes of files the
+    run branch already holds), and its manifest by name."""
     rows = [
         {"run_id": run_id, "path": f.path, "size": len(f.data), "sha256": f.sha256}
         for f in code.files
     ]
     manifest = run_module.parquet_bytes(pa.Table.from_pylist(rows, schema=layout.CODE_SCHEMA))
-    blobs = {layout.code_blob(f.sha256): f.data for f in code.files}
+    blobs = {layout.code_blob(f.sha256): f.data for f in code.files if f.sha256 not in present}
     return [*blobs.items(), (layout.run_file(run_id, layout.CODE_FILE), manifest)]
+
+
+class _CodeBlobs:
+    """Which code files a branch's head is known to hold, so a run started from it writes only
+    the others (rewriting a held file stages a change the commit then drops, at a cost that
+    grows with the project).
+
+    Known from the local cache (see :mod:`tracking.localcache`), one entry per lake and target
+    branch: the commit a run's merge made and the hashes of the code files it then held. It is
+    remembered only when the merge found the target where the run started, so that the merge
+    commit's tree is the run's final tree, which holds every file of its snapshot; it is used
+    only while the target's head is still that commit (commits never change).
+    """
+
+    def __init__(self, cache_dir: str, location: str, target: str | None) -> None:
+        key = hashlib.sha256(f"{location}\0{target}".encode("utf-8", "surrogatepass"))
+        self._path = localcache.entry_path(cache_dir, "code-blobs", key.hexdigest())
+        self._target = target
+
+    def present_at(self, commit: str) -> frozenset[str]:
+        """Hashes of code files known to be at ``commit`` (empty when nothing is known)."""
+        entry = localcache.load(self._path) if self._target is not None else None
+        if not isinstance(entry, dict) or entry.get("commit") != commit:
+            return frozenset()
+        blobs = entry.get("blobs")
+        if not isinstance(blobs, list) or not all(isinstance(b, str) for b in blobs):
+            return frozenset()
+        return frozenset(blobs)
+
+    def remember(self, start: str, blobs: set[str]) -> Callable[[Commit], None] | None:
+        """What to do with the run's merge commit: remember ``blobs`` as held by it when its
+        target's side is ``start``."""
+        if self._target is None:
+            return None
+
+        def merged(commit: Commit) -> None:
+            if commit.parents and commit.parents[0] == start:
+                localcache.store(self._path, {"commit": commit.id, "blobs": sorted(blobs)})
+
+        return merged
 
 
 def _rows(run_branch: Branch, run_id: str, name: str) -> list[dict[str, Any]]:

@@ -29,9 +29,10 @@ from tracking.errors import ParamChangedError, RunStateError
 from tracking.model import Artifact
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
-    from store import Branch, Lake
+    from store import Branch, Commit, Lake
 
 #: A flush starts early once this many points wait, bounding memory and part size.
 MAX_BUFFERED_POINTS = 2_000_000
@@ -85,6 +86,8 @@ class Run:
         self._flusher: buffer.Flusher | None = None
         self._ended = False
         self.merge_commit: str | None = None
+        # Called with the merge commit once the run is merged (see lifecycle._CodeBlobs).
+        self._after_merge: Callable[[Commit], None] | None = None
 
     # -- identity --------------------------------------------------------------------------------
 
@@ -481,6 +484,8 @@ class Run:
                     metadata={"tracking.run_id": self.id, "tracking.event": "merge"},
                 )
                 self.merge_commit = merged.id
+                if self._after_merge is not None:
+                    self._after_merge(merged)
             except NothingToCommitError:
                 self.merge_commit = None
 
