@@ -1,6 +1,7 @@
 """Compute benchmarks: launch overhead, throughput of tiny jobs, environment cache.
 
-Run: ``.venv/bin/python -m benchmarks.bench_compute [--jobs 100]``.
+Run: ``.venv/bin/python -m benchmarks.bench_compute [--jobs 100] [--only local|ray]``
+(``--only local``: the local backend's launch and tiny jobs alone, no Ray, no environments).
 
 Every target is a ratio of things measured side by side in this one run:
 
@@ -123,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--only", choices=("local", "ray"), default=None)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="flowlake-bench-compute-"))
     os.environ["FLOWLAKE_LEASE_DIR"] = str(tmp / "leases")
@@ -132,14 +134,18 @@ def main() -> None:
         lake = _lake(tmp)
         bare = median([bare_subprocess(tmp) for _ in range(args.repeat)])
         commit = median([one_commit(lake, i) for i in range(args.repeat)])
-        local = median([job_launch(lake, tmp, "local") for _ in range(args.repeat)])
-        results["launch_local"] = {
-            "job_s": local,
-            "bare_subprocess_s": bare,
-            "one_commit_s": commit,
-            "ratio_vs_bare": local / bare,
-            "ratio_vs_bare_plus_commit": local / (bare + commit),
-        }
+        if args.only != "ray":
+            local = median([job_launch(lake, tmp, "local") for _ in range(args.repeat)])
+            results["launch_local"] = {
+                "job_s": local,
+                "bare_subprocess_s": bare,
+                "one_commit_s": commit,
+                "ratio_vs_bare": local / bare,
+                "ratio_vs_bare_plus_commit": local / (bare + commit),
+            }
+            results["many_local"] = many(lake, tmp, "local", args.jobs)
+        if args.only == "local":
+            return
         import ray
 
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
@@ -150,13 +156,12 @@ def main() -> None:
             "bare_task_s": bare_ray,
             "ratio": ray_job / bare_ray,
         }
-        results["many_local"] = many(lake, tmp, "local", args.jobs)
         results["many_ray"] = many(lake, tmp, "ray", args.jobs)
         ray.shutdown()
         results["env_cache"] = env_cache(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -10,22 +10,19 @@ value; everything else by reference, imported from the checkout.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
-import shutil
 import sys
-import sysconfig
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
 from store.errors import InvalidArgumentError
+
+# The submitter's imports (cloudpickle, hashlib, ...) are made in the functions that use them:
+# a job's runner imports this module, before the job's first line, for checkout_dir alone.
 
 if TYPE_CHECKING:
     from tracking.snapshot import CodeSnapshot
@@ -36,6 +33,8 @@ FILES = "files"
 
 def snapshot_id(code: CodeSnapshot) -> str:
     """A content hash of the snapshot (its files, paths and git commit)."""
+    import hashlib
+
     h = hashlib.sha256()
     h.update(f"{code.root}\0{code.git_commit}\0{code.git_dirty}\0".encode())
     for f in code.files:
@@ -48,6 +47,9 @@ def take_snapshot(code_root: Path, code_dir: str | os.PathLike[str] | None) -> t
 
     A checkout that exists already (same content) is reused as it is.
     """
+    import shutil
+    import uuid
+
     from tracking.snapshot import capture
 
     code = capture(code_dir)
@@ -104,6 +106,8 @@ def load_snapshot(code_root: Path, sid: str) -> tuple[CodeSnapshot, Path]:
 
 
 def _installed_roots() -> list[str]:
+    import sysconfig
+
     paths = sysconfig.get_paths()
     roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
     roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
@@ -133,6 +137,8 @@ def pickle_payload(fn: Callable[..., Any], args: dict[str, Any], snapshot_root: 
     Raises:
         InvalidArgumentError: ``fn`` or an argument cannot be pickled (the message names it).
     """
+    import cloudpickle  # the submitter's: a job's runner imports this module without it
+
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
     by_value = module is not None and _ship_by_value(module, snapshot_root)
     if by_value:

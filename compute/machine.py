@@ -9,9 +9,10 @@ for machines without a GPU (tests) or to keep part of a machine free.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 
 from compute.errors import ResourceError
@@ -33,6 +34,15 @@ class Capacity:
     gpus: tuple[int, ...]
     cpus: float
     memory: int
+
+    def to_json(self) -> str:
+        """A JSON form (how the local backend hands it to a job's supervisor)."""
+        return json.dumps({"gpus": list(self.gpus), "cpus": self.cpus, "memory": self.memory})
+
+    @classmethod
+    def from_json(cls, text: str) -> Capacity:
+        data = json.loads(text)
+        return cls(tuple(int(g) for g in data["gpus"]), float(data["cpus"]), int(data["memory"]))
 
 
 def detect() -> Capacity:
@@ -57,6 +67,13 @@ def detect_gpus() -> tuple[int, ...]:
         if len(set(ids)) != len(ids) or any(i < 0 for i in ids):
             raise ResourceError(f"FLOWLAKE_GPUS={override!r} lists a negative or repeated id")
         return ids
+    return _hardware_gpus()
+
+
+@functools.cache
+def _hardware_gpus() -> tuple[int, ...]:
+    """The GPUs NVML or ``nvidia-smi`` report, asked once per process (about 10 ms each time,
+    paid by every submit otherwise)."""
     count = _nvml_count()
     if count is None:
         count = _nvidia_smi_count()
@@ -82,6 +99,8 @@ def _nvml_count() -> int | None:
 
 
 def _nvidia_smi_count() -> int | None:
+    import subprocess
+
     try:
         done = subprocess.run(
             ["nvidia-smi", "-L"], capture_output=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=False

@@ -1,4 +1,4 @@
-"""Whether a process is alive, and a token that tells a reused process id apart.
+"""Whether a process is alive, a token that tells a reused process id apart, the host's name.
 
 The same check as :func:`tracking.liveness.pid_alive`, kept here because the supervisor of a
 queued job must stay light: importing ``tracking`` would load DuckDB into every waiting job.
@@ -7,6 +7,12 @@ queued job must stay light: importing ``tracking`` would load DuckDB into every 
 from __future__ import annotations
 
 import os
+
+
+def hostname() -> str:
+    """This host's name, as ``socket.gethostname()`` gives it (without importing ``socket``,
+    which a job's supervisor would load for this alone)."""
+    return os.uname().nodename
 
 
 def pid_alive(pid: int) -> bool:

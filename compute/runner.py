@@ -3,11 +3,13 @@
 Started by a supervisor (:mod:`compute.supervise`) as
 ``python -P -m compute.runner <job folder> <attempt> <log offset>`` with stdout and stderr
 going to the job's log, or forked by it (:func:`run_forked`), which saves an interpreter start.
-It opens the lake, runs the user's callable or command in the checkout of the code snapshot,
-and then either commits and merges the attempt's tracking run (success) or records it failed.
-The run (its branch from the pinned input commit, its record and tags) is started when the
-job's code first asks for it through :func:`compute.context`, else when the code returns: the
-tracking package and the run's first writes never delay the code's first line. What it
+It runs the user's callable or command in the checkout of the code snapshot, and then either
+commits and merges the attempt's tracking run (success) or records it failed. The lake is
+opened, and the run (its branch from the pinned input commit, its record and tags) started,
+when the job's code first asks for them through :func:`compute.context`, else when the code
+returns: neither the store's imports (pyarrow) nor the tracking package nor the run's first
+writes delay the code's first line. A lake the job cannot open fails the attempt then, with
+nothing merged. What it
 tells the supervisor goes through files in the attempt folder (``run.json``, ``outcome.json``,
 ``result.pkl``), never through stdout, so nothing the job prints can corrupt it.
 """
@@ -20,22 +22,21 @@ import io
 import json
 import os
 import pickle
-import runpy
 import signal
-import subprocess
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import store
 from compute.code import checkout_dir
-from compute.inside import JobContext, PinnedLake, activate
+from compute.inside import JobContext, activate
 from compute.model import PYTHON_NAMES, JobSpec
 from compute.state import JobFolder, write_atomic
 from store.errors import ConflictError
+
+# What only some jobs need (subprocess, runpy, traceback, the store itself) is imported where it
+# is used: the local supervisor imports this module on the way to the job's first line.
 
 if TYPE_CHECKING:
     from store.branch import Branch
@@ -64,6 +65,8 @@ def run_command(argv: tuple[str, ...]) -> None:
         CommandFailed: a non-zero exit status.
     """
     if argv[0] in PYTHON_NAMES and len(argv) >= 2 and argv[1] != "-c":
+        import runpy
+
         if argv[1] == "-m" and len(argv) >= 3:
             sys.argv = [argv[2], *argv[3:]]
             target, as_module = argv[2], True
@@ -84,6 +87,8 @@ def run_command(argv: tuple[str, ...]) -> None:
         command[0] = sys.executable
     sys.stdout.flush()
     sys.stderr.flush()
+    import subprocess
+
     code = subprocess.call(command)
     if code != 0:
         raise CommandFailed(f"{' '.join(argv)} exited with status {code}")
@@ -105,10 +110,11 @@ def _store_log(run: Any, folder: JobFolder, attempt: int, offset: int) -> None:
 
 
 class AttemptVersioning:
-    """The attempt's lake and tracking run, opened once, on first use, from any thread.
+    """The attempt's lake and tracking run, each opened once, on first use, from any thread.
 
     Attributes:
-        seconds: time spent starting the run (versioning work, for the benchmarks' timings).
+        seconds: time spent opening the lake and starting the run (versioning work, for the
+            benchmarks' timings).
     """
 
     def __init__(
@@ -118,11 +124,9 @@ class AttemptVersioning:
         self._folder = folder
         self._attempt = attempt
         self._gpus = gpus
-        self._lock = threading.Lock()
-        self._raw = store.open(
-            spec.lake_location, namespace=spec.namespace, user=spec.user, create=False
-        )
-        self._lake = PinnedLake(self._raw, spec.input_commit)
+        self._lock = threading.RLock()
+        self._raw_lake: Lake | None = None
+        self._lake: Lake | None = None
         self._run: Run | None = None
         self.seconds = 0.0
 
@@ -131,12 +135,33 @@ class AttemptVersioning:
         """Whether the run has been started."""
         return self._run is not None
 
+    @property
+    def _raw(self) -> Lake:
+        """The lake as the submitter opened it (reads default to ``main``)."""
+        with self._lock:
+            if self._raw_lake is None:
+                began = time.perf_counter()
+                import store
+
+                spec = self._spec
+                self._raw_lake = store.open(
+                    spec.lake_location, namespace=spec.namespace, user=spec.user, create=False
+                )
+                self.seconds += time.perf_counter() - began
+            return self._raw_lake
+
     def lake(self) -> Lake:
-        return self._lake
+        with self._lock:
+            if self._lake is None:
+                from compute.pinned import PinnedLake
+
+                self._lake = PinnedLake(self._raw, self._spec.input_commit)
+            return self._lake
 
     def run(self) -> Run:
         with self._lock:
             if self._run is None:
+                self._raw  # noqa: B018 - opened first: its time is counted there
                 began = time.perf_counter()
                 self._run = self._start()
                 self.seconds += time.perf_counter() - began
@@ -180,8 +205,6 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
     out = folder.attempt_dir(attempt)
     out.mkdir(parents=True, exist_ok=True)
     gpus = tuple(int(g) for g in os.environ.get("FLOWLAKE_JOB_GPUS", "").split(",") if g)
-    # The lake is opened before the job's code (cheap: store is imported already), so a lake
-    # this process cannot open fails the job before its code runs, not after.
     versioning = AttemptVersioning(spec, folder, attempt, gpus)
     checkout = checkout_dir(folder.path.parent.parent / "code", spec.code_snapshot)
     ctx = JobContext(
@@ -205,10 +228,12 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
         else:
             fn, args = pickle.loads(folder.payload_file.read_bytes())
             result = fn(**args)
-        import cloudpickle
+        import cloudpickle  # loaded after the code: a job of commands never needs it
 
         payload = cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException as exc:  # the job's own failure, whatever it is
+        import traceback
+
         text = traceback.format_exc()
         if isinstance(exc, CommandFailed):
             text = ""
@@ -283,6 +308,8 @@ def run_forked(job_dir: str, attempt: int, offset: int, log_fd: int, env: dict[s
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # the child must never return into the supervisor's code
+        import traceback
+
         traceback.print_exc()
     finally:
         with contextlib.suppress(BaseException):

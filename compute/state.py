@@ -18,10 +18,8 @@ half of one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 
 from compute.errors import JobNotFoundError
 from compute.model import JobSpec, JobStatus
-from compute.procs import pid_alive
+from compute.procs import hostname, pid_alive
 from store.errors import InvalidArgumentError
 
 LAKEFS_SCHEME = "lakefs://"
@@ -50,6 +48,8 @@ def state_root(location: str) -> Path:
 
 
 def _key(location: str) -> str:
+    import hashlib  # here: a job's supervisor and runner never need it
+
     text = location if location.startswith(LAKEFS_SCHEME) else os.path.abspath(location)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -97,7 +97,7 @@ class StatusRecord:
         status = JobStatus(self.status)
         if status.is_final:
             return status
-        if self.host == socket.gethostname() and self.pid is not None and not pid_alive(self.pid):
+        if self.host == hostname() and self.pid is not None and not pid_alive(self.pid):
             return JobStatus.KILLED
         return status
 

@@ -1,8 +1,8 @@
 """The supervisor of one job: environment, lease, attempts, timeout, cancel, final status.
 
 On the local backend it is its own detached process (``python -P -m compute.supervise <job
-folder>``), so a job outlives the process that submitted it; on Ray it runs inside the Ray
-task, which has been granted the job's resources already. Each attempt runs in a child
+folder> <capacity>``), so a job outlives the process that submitted it; on Ray it runs inside
+the Ray task, which has been granted the job's resources already. Each attempt runs in a child
 process (:mod:`compute.runner`) whose stdout and stderr go straight to the job's log file, so
 the log is live while the job runs. The supervisor is the only writer of ``status.json``.
 The local supervisor forks that child from itself (it has the runner's modules imported
@@ -16,18 +16,20 @@ import contextlib
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compute import machine
 from compute.leases import Ledger
 from compute.model import JobSpec, JobStatus
+from compute.procs import hostname
 from compute.state import JobFolder, StatusRecord
+
+if TYPE_CHECKING:
+    import subprocess
 
 POLL_S = 0.05
 #: Seconds a job may take to exit after SIGTERM before it gets SIGKILL.
@@ -37,7 +39,10 @@ LOG_TAIL_BYTES = 4000
 
 
 def supervise(
-    job_dir: str, gpus: tuple[int, ...] | None = None, fork: bool = False
+    job_dir: str,
+    gpus: tuple[int, ...] | None = None,
+    fork: bool = False,
+    capacity: machine.Capacity | None = None,
 ) -> StatusRecord:
     """Run the job in ``job_dir`` to its end; returns its final status.
 
@@ -46,10 +51,12 @@ def supervise(
         gpus: devices already granted (Ray); None takes a machine-wide lease here first.
         fork: start attempts that use this interpreter by forking this process (only where it
             runs no threads: the local backend's own supervisor process).
+        capacity: the machine's capacity as the submitter detected it (default: detect it
+            here), which the lease is taken against.
     """
     folder = JobFolder(Path(job_dir))
     spec = folder.spec()
-    record = StatusRecord(JobStatus.QUEUED.value, host=socket.gethostname(), pid=os.getpid())
+    record = StatusRecord(JobStatus.QUEUED.value, host=hostname(), pid=os.getpid())
     folder.write_status(record)
     ledger = Ledger() if gpus is None else None
     try:
@@ -71,7 +78,7 @@ def supervise(
             lease = ledger.acquire(
                 spec.job_id,
                 spec.resources,
-                machine.detect(),
+                capacity or machine.detect(),
                 should_stop=folder.cancel_requested,
             )
             if lease is None:
@@ -137,6 +144,8 @@ class _Forked:
         return self.returncode
 
     def wait(self, timeout: float) -> int:
+        import subprocess
+
         deadline = time.monotonic() + timeout
         while self.poll() is None:
             if time.monotonic() > deadline:
@@ -165,6 +174,8 @@ def _start(
             with contextlib.suppress(OSError):
                 os.setpgid(pid, pid)
             return _Forked(pid), offset
+        import subprocess
+
         child = subprocess.Popen(
             [python, "-P", "-m", "compute.runner", str(folder.path), str(attempt), str(offset)],
             stdin=subprocess.DEVNULL,
@@ -240,6 +251,8 @@ def _attempt(
 
 def _stop(child: subprocess.Popen[bytes] | _Forked) -> None:
     """SIGTERM the attempt's process group, then SIGKILL what is left after a grace period."""
+    import subprocess
+
     try:
         os.killpg(child.pid, signal.SIGTERM)
         child.wait(KILL_GRACE_S)
@@ -290,5 +303,8 @@ def _end_run(
 
 
 if __name__ == "__main__":
-    final = supervise(sys.argv[1], fork=True)
+    # ``python -m compute.supervise <job folder> [<capacity>]``: the local backend passes the
+    # capacity it detected, which saves this process asking NVML and nvidia-smi again.
+    given = machine.Capacity.from_json(sys.argv[2]) if len(sys.argv) > 2 else None
+    final = supervise(sys.argv[1], fork=True, capacity=given)
     sys.exit(0 if final.status == JobStatus.SUCCEEDED.value else 1)

@@ -13,21 +13,68 @@ attribute ``store.branch`` is the function.
 from __future__ import annotations
 
 import getpass
+import importlib
 import os
-from typing import Any
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
-from store.backends import load_backend
-from store.branch import Branch
-
-# store.default_lake imports the module store.branch first, so the package attribute
-# ``store.branch`` ends up being the function.
-from store.default_lake import branch, default_location, diff, log, merge, tag
 from store.errors import *  # noqa: F403
 from store.errors import InvalidArgumentError
-from store.lake import Lake
-from store.model import BranchInfo, Change, ChangeKind, Commit, ObjectInfo
-from store.names import Namespace, validate_login
-from store.policy.enforce import policy_view
+
+if TYPE_CHECKING:
+    from store.branch import Branch
+    from store.default_lake import branch, default_location, diff, log, merge, tag
+    from store.lake import Lake
+    from store.model import BranchInfo, Change, ChangeKind, Commit, ObjectInfo
+
+# The rest of the package (pyarrow, numpy, the backends, the policy) is imported on first use,
+# so that ``import store.errors`` or a process that only names the errors (a compute job's
+# supervisor, say) does not pay for it: ``store.Lake``, ``from store import Branch`` and
+# ``store.branch(...)`` import their module then.
+_LAZY = {
+    "Branch": "store.branch",
+    "BranchInfo": "store.model",
+    "Change": "store.model",
+    "ChangeKind": "store.model",
+    "Commit": "store.model",
+    "Lake": "store.lake",
+    "ObjectInfo": "store.model",
+    "branch": "store.default_lake",
+    "default_location": "store.default_lake",
+    "diff": "store.default_lake",
+    "log": "store.default_lake",
+    "merge": "store.default_lake",
+    "tag": "store.default_lake",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """A lazy public name, or a submodule not imported yet (``store.lake`` after ``import
+    store``, as when the package imported every module up front)."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """The package's module type: the import system sets ``store.branch`` to the submodule
+    when ``store/branch.py`` is first loaded, which would hide the function ``store.branch``."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "branch" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 LAKEFS_SCHEME = "lakefs://"
 
@@ -57,6 +104,8 @@ def current_user() -> str:
         InvalidNameError: the login breaks the namespace name rules (see
             :func:`store.names.validate_login`).
     """
+    from store.names import validate_login
+
     return validate_login(os.environ.get("FLOWLAKE_USER") or getpass.getuser())
 
 
@@ -92,11 +141,17 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
         NotInstalledError: the backend's extra is not installed.
         PermissionDeniedError, TokenError: the policy refuses this principal or token.
     """
+    from store.names import Namespace, validate_login
+
     user = validate_login(user) if user is not None else current_user()
     ns = Namespace.parse(namespace) if namespace is not None else Namespace("user", user)
     text = os.fspath(location)
     if not isinstance(text, str) or not text:
         raise InvalidArgumentError("lake location must be a non-empty path or URL")
+    from store.backends import load_backend
+    from store.lake import Lake
+    from store.policy.enforce import policy_view
+
     if text.startswith(LAKEFS_SCHEME):
         repository = text[len(LAKEFS_SCHEME) :].strip("/")
         backend = load_backend("lakefs", repository=repository, **options)

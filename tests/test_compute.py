@@ -371,6 +371,43 @@ def test_context_outside_a_job_says_so() -> None:
         compute.context()
 
 
+#: Modules a job must not wait for before its first line: the store's (pyarrow, numpy, the lake)
+#: and tracking's (DuckDB) are loaded when the code asks for ``ctx.lake`` or ``ctx.run``.
+HEAVY_MODULES = ("pyarrow", "numpy", "duckdb", "tracking", "store.lake", "cloudpickle")
+
+
+def test_a_jobs_supervisor_and_runner_import_neither_the_store_nor_tracking() -> None:
+    probe = (
+        "import sys, compute, compute.supervise, compute.runner, compute.inside;"
+        f"print(sorted(set({HEAVY_MODULES!r}) & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def modules_loaded_at_first_line(names: tuple[str, ...]) -> list[str]:
+    return sorted(set(names) & set(sys.modules))
+
+
+def test_a_jobs_code_starts_before_the_store_is_loaded_and_still_reaches_the_lake(
+    embedded_lake: store.Lake,
+) -> None:
+    _seed(embedded_lake)
+    job = compute.submit(
+        modules_loaded_at_first_line,
+        {"names": tuple(m for m in HEAVY_MODULES if m != "cloudpickle")},
+        lake=embedded_lake,
+        output_branch="light",
+    )
+    # This callable is shipped by value, which needs cloudpickle to load: that one is the
+    # job's own cost. The rest arrives only with the lake, which the runner opens afterwards.
+    assert job.wait(timeout=JOB_WAIT_S) == []
+    assert job.status is compute.JobStatus.SUCCEEDED
+    assert embedded_lake.get_branch("light").head().id == job.output_commit
+
+
 # -- GPU scheduling across submitting processes -------------------------------------------------
 
 SUBMITTER = """

@@ -43,9 +43,10 @@ class LocalExecutor:
             )
 
     def launch(self, folder: JobFolder, spec: JobSpec) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-P", "-m", "compute.supervise", str(folder.path)]
         with open(folder.path / "supervisor.log", "ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-P", "-m", "compute.supervise", str(folder.path)],
+                [*argv, self.capacity.to_json()],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
