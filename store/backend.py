@@ -11,7 +11,7 @@ branch's uncommitted changes) or a full commit id (reads see exactly that commit
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import BinaryIO
 
@@ -142,6 +142,27 @@ class Backend(abc.ABC):
             ObjectNotFoundError: no object at ``path`` in ``ref``.
             CorruptObjectError: stored bytes do not match their hash (possibly on the last read).
         """
+
+    def read_many(self, ref: str, paths: Sequence[str]) -> dict[str, bytes]:
+        """The whole bytes of several objects at one ref, each verified like :meth:`open_read`.
+
+        The default reads the paths one after another; a backend where each read is a network
+        round trip overrides it to overlap them. All or nothing: the first failure raises and
+        no bytes are returned.
+
+        Returns:
+            path -> bytes, one entry per distinct path (an empty dict for no paths).
+
+        Raises:
+            ObjectNotFoundError: no object at one of ``paths`` in ``ref`` (its path named).
+            CorruptObjectError: an object's stored bytes do not match their hash.
+        """
+        out: dict[str, bytes] = {}
+        for path in paths:
+            if path not in out:
+                with self.open_read(ref, path) as stream:
+                    out[path] = stream.read()
+        return out
 
     @abc.abstractmethod
     def list_objects(self, ref: str, prefix: str = "") -> Iterator[ObjectInfo]:

@@ -9,7 +9,7 @@ things, both immutable once written:
   parent's listing plus ``diff(parent, commit)`` when one is cached, else listed in full.
 * **objects**: the decoded rows of each run file, keyed by the object's checksum (objects are
   content-addressed, so the rows of a checksum never change). Every object enters the index
-  through ``lake.read_bytes``, which verifies its hash, so a query never reads an unverified
+  through ``lake.read_many``, which verifies its hash, so a query never reads an unverified
   byte; rows are appended to a few large local Parquet *segments* (the small metric parts of
   thousands of runs become one file DuckDB scans at full speed) and each object's rows carry an
   integer ``_oid`` (dense over the index) the views join on. Objects that do not decode against
@@ -93,6 +93,9 @@ RESOLVED_SCHEMA = pa.schema(
 PROBLEMS_SCHEMA = pa.schema(
     [("run_id", pa.string()), ("path", pa.string()), ("problem", pa.string()), *_SOURCE_FIELDS]
 )
+
+#: Objects read per ``lake.read_many`` call when loading (bounds the raw bytes held at once).
+READ_BATCH = 256
 
 #: Resolved views kept per lake (the newest by use); older ones are deleted.
 MAX_RESOLVED = 64
@@ -336,6 +339,19 @@ class Index:
             for c, oid, path, status, problem in rows
         }
 
+    def _read(self, unique: dict[str, tuple[FileRef, str]]) -> Iterator[tuple[str, bytes]]:
+        """Each object's bytes (checksum, bytes), read in batches per ref through
+        ``lake.read_many`` (verified, one batch of requests in flight on lakeFS)."""
+        by_ref: dict[str, list[tuple[str, FileRef]]] = {}
+        for checksum, (file, ref) in unique.items():
+            by_ref.setdefault(ref, []).append((checksum, file))
+        for ref, files in by_ref.items():
+            for start in range(0, len(files), READ_BATCH):
+                batch = files[start : start + READ_BATCH]
+                found = self.lake.read_many([f.path for _, f in batch], ref)
+                for checksum, file in batch:
+                    yield checksum, found[file.path]
+
     def load(
         self,
         view: str,
@@ -360,8 +376,7 @@ class Index:
             return
         tables: list[tuple[str, pa.Table]] = []
         problems: list[tuple[str, str]] = []
-        for checksum, (file, ref) in unique.items():
-            data = self.lake.read_bytes(file.path, ref)  # verifies the hash
+        for checksum, data in self._read(unique):
             table, problem = _decode(data, schema, required)
             if problem is not None:
                 problems.append((checksum, problem))
