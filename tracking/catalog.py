@@ -11,6 +11,7 @@ What each source holds is listed once per commit and kept in the local index
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from tracking.index import FileRef, Index
 
 if TYPE_CHECKING:
     from store import Branch, Commit, Lake, ObjectInfo
+    from store.model import BranchInfo
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,13 @@ class RunFiles:
 
 def live_sources(lake: Lake) -> list[Source]:
     """Every branch of every namespace, production first."""
-    return [
-        Source(b.name, b.namespace, b.name, b.head, b.name, b.protected)
-        for b in lake.branches(all_namespaces=True)
-    ]
+    return [_live_source(b) for b in lake.branches(all_namespaces=True)]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _live_source(b: BranchInfo) -> Source:
+    # Memoized: building 10,000 frozen dataclasses costs more than the branch listing itself.
+    return Source(b.name, b.namespace, b.name, b.head, b.name, b.protected)
 
 
 def ref_sources(lake: Lake, refs: Sequence[str]) -> list[Source]:
@@ -106,8 +111,13 @@ def ref_sources(lake: Lake, refs: Sequence[str]) -> list[Source]:
 
 def own_run(source: Source) -> str | None:
     """The run id whose own branch ``source`` is, or None."""
-    short = (source.branch or "").rpartition("/")[2]
-    # Cheap tests first: this runs once per branch of the lake on every query.
+    return _own_run(source.branch or "")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _own_run(branch: str) -> str | None:
+    short = branch.rpartition("/")[2]
+    # Cheap tests first, and memoized: this runs for every branch of the lake on every query.
     if len(short) != len(layout.RUN_BRANCH_PREFIX) + 32 or not short.startswith(
         layout.RUN_BRANCH_PREFIX
     ):
