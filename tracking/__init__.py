@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from tracking.compaction import BranchCompaction, RunCompaction, compact
 from tracking.deployment_compare import (
     Comparison,
     Gate,
@@ -50,6 +51,7 @@ from tracking.run import Run
 
 __all__ = [
     "Artifact",
+    "BranchCompaction",
     "Comparison",
     "Deployment",
     "DeploymentNotFoundError",
@@ -65,12 +67,14 @@ __all__ = [
     "Promotion",
     "QueryError",
     "Run",
+    "RunCompaction",
     "RunNotFoundError",
     "RunRecord",
     "RunStateError",
     "TimelinePoint",
     "TrackingError",
     "check_promotion",
+    "compact",
     "compare",
     "deploy",
     "deployment",

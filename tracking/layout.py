@@ -11,6 +11,7 @@ and writes its code snapshot *content-addressed* (identical files across runs ar
     _flowlake/runs/<run_id>/code.parquet          path, size, sha256 of the snapshot's files
     _flowlake/runs/<run_id>/heartbeat.json        {"time": <unix seconds>, "pid": <pid>}
     _flowlake/runs/<run_id>/metrics/part-<seq>.parquet   key, value, step, timestamp
+    _flowlake/runs/<run_id>/metrics/part-<first>-<last>.parquet   parts first..last, compacted
     _flowlake/code/<sha256[:2]>/<sha256>          the bytes of one source file
     runs/<run_id>/...                             artifacts logged without an explicit path
 
@@ -18,6 +19,11 @@ Every object is written atomically (a reader sees all of it or none), so a metri
 complete once it is listed. ``run.parquet`` is the run's completion marker: its ``status`` is
 ``running`` until the run ends, then ``finished``, ``failed`` or ``killed`` with ``end_time`` set;
 it is written after every other file of that session.
+
+A finished run's metric parts may be *compacted* (:mod:`tracking.compaction`) into one part named
+after the range of sequence numbers it replaces; readers read every file under ``metrics/`` the
+same way, so a compacted part reads as the parts it replaced, and a resumed run numbers its next
+part after the range.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ METRICS_DIR = "metrics"
 RUN_STATUSES = ("running", "finished", "failed", "killed")
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-_PART = re.compile(r"^part-(\d{8})\.parquet$")
+_PART = re.compile(r"^part-(\d{8})(?:-(\d{8}))?\.parquet$")
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -139,10 +145,27 @@ def metrics_part(run_id: str, seq: int) -> str:
     return f"{RUNS_PREFIX}{run_id}/{METRICS_DIR}/part-{seq:08d}.parquet"
 
 
-def part_number(path: str) -> int | None:
-    """The sequence number of a metric part path, or None when it is not one."""
+def compacted_part(run_id: str, first: int, last: int) -> str:
+    """The path of a compacted metric part holding parts ``first`` to ``last`` (inclusive)."""
+    return f"{RUNS_PREFIX}{run_id}/{METRICS_DIR}/part-{first:08d}-{last:08d}.parquet"
+
+
+def part_range(path: str) -> tuple[int, int] | None:
+    """``(first, last)`` sequence numbers a metric part path holds (equal for a plain part),
+    or None when the path is not a metric part."""
     match = _PART.match(path.rsplit("/", 1)[-1])
-    return int(match.group(1)) if match else None
+    if match is None:
+        return None
+    first = int(match.group(1))
+    last = int(match.group(2)) if match.group(2) is not None else first
+    return (first, last) if last >= first else None
+
+
+def part_number(path: str) -> int | None:
+    """The highest sequence number a metric part path holds (its own for a plain part, the
+    range's last for a compacted one), or None when it is not a metric part."""
+    found = part_range(path)
+    return found[1] if found else None
 
 
 def code_blob(sha256: str) -> str:

@@ -24,7 +24,7 @@ from ui.cli_compute import register as register_compute
 from ui.cli_data import cat_command, get_command, ls_command, put_command
 from ui.cli_deploy import register as register_deploy_commands
 from ui.cli_policy import register as register_policy_commands
-from ui.cli_tracking import runs_command, sql_command
+from ui.cli_tracking import runs_group, sql_command
 from ui.demo import run_demo
 from ui.options import (
     DEFAULT_LAKE,
@@ -425,7 +425,7 @@ def demo_command(
         render.emit_json(result.as_json())
 
 
-app.command("runs")(runs_command)
+app.add_typer(runs_group, name="runs")
 app.command("sql")(sql_command)
 register_compute(app)
 register_deploy_commands(app)

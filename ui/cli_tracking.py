@@ -1,12 +1,14 @@
-"""``flowlake runs`` and ``flowlake sql``: the tracking commands of the CLI.
+"""``flowlake runs``, ``flowlake runs compact`` and ``flowlake sql``: the tracking commands.
 
-The main CLI registers them with ``app.command("runs")(runs_command)`` and
+The main CLI registers them with ``app.add_typer(runs_group, name="runs")`` (``runs`` lists
+runs; ``runs compact`` compacts finished runs' metric parts) and
 ``app.command("sql")(sql_command)``; :data:`runs_app` runs them on their own.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -21,6 +23,7 @@ from rich.table import Table
 import store
 import tracking
 from store.errors import StoreError
+from tracking import compaction
 from ui import render
 
 LakeOption = Annotated[
@@ -73,6 +76,7 @@ def _rich_table(table: pa.Table, title: str | None = None) -> Table:
 
 
 def runs_command(
+    ctx: typer.Context,
     branch: Annotated[
         str | None, typer.Option("--branch", "-b", help="Runs started on (or written to) it.")
     ] = None,
@@ -93,6 +97,8 @@ def runs_command(
     ``--json`` prints one JSON list with a dict per run (the columns of the ``runs`` table),
     instants in ISO 8601 with their offset (UTC).
     """
+    if ctx.invoked_subcommand is not None:
+        return
     try:
         with _open(lake, namespace) as opened:
             found = tracking.search_runs(
@@ -178,6 +184,63 @@ def sql_command(
         Console().print(_rich_table(result))
 
 
+def compact_command(
+    branch: Annotated[
+        str | None,
+        typer.Option(
+            "--branch", "-b", help="Compact this branch (default: every branch of yours)."
+        ),
+    ] = None,
+    min_parts: Annotated[
+        int, typer.Option("--min-parts", help="Compact runs with at least this many parts.", min=2)
+    ] = 2,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only say what would be compacted.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    lake: LakeOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Compact finished runs' metric parts into one part per run, one commit per branch.
+
+    Views read the same rows afterwards; refs older than the compaction keep the old parts; live
+    runs are left alone. Running it again does nothing.
+    """
+    try:
+        with _open(lake, namespace) as opened:
+            done = compaction.compact(opened, branch, min_parts=min_parts, dry_run=dry_run)
+    except StoreError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        render.emit_json([dataclasses.asdict(c) for c in done])
+        return
+    out = Table(
+        title=f"{'would compact' if dry_run else 'compacted'}: "
+        f"{sum(c.parts for c in done)} part(s) of {sum(len(c.runs) for c in done)} run(s)",
+        title_justify="left",
+    )
+    for column in ("branch", "runs", "parts", "points", "commit", "left alone"):
+        out.add_column(column, overflow="fold")
+    for c in done:
+        skipped = [f"{run_id[:8]}: {why}" for run_id, why in c.skipped]
+        out.add_row(
+            c.branch,
+            str(len(c.runs)),
+            str(c.parts),
+            str(sum(r.points for r in c.runs)),
+            (c.commit or "")[:12],
+            "; ".join([*([c.left_alone] if c.left_alone else []), *skipped]),
+        )
+    Console().print(out)
+
+
+#: ``flowlake runs``: lists runs, and holds ``compact``.
+runs_group = typer.Typer(
+    help="List runs, newest first; `runs compact` compacts their metric parts."
+)
+runs_group.callback(invoke_without_command=True)(runs_command)
+runs_group.command("compact")(compact_command)
+
 runs_app = typer.Typer(help="Experiment tracking commands.", no_args_is_help=True)
-runs_app.command("runs")(runs_command)
+runs_app.add_typer(runs_group, name="runs")
 runs_app.command("sql")(sql_command)
