@@ -46,6 +46,8 @@ class LakeFSServer:
         secret_access_key: admin secret key.
         process: the server process.
         data_dir: where metadata, blocks and the log live.
+        gate_key: the key in the server's ``LAKEFSACTION_FLOWLAKE_GATE_KEY``, for flowlake's
+            gate hook (``store.backends.lakefs.gatehook``); random per server.
     """
 
     endpoint: str
@@ -53,6 +55,7 @@ class LakeFSServer:
     secret_access_key: str
     process: subprocess.Popen[bytes] = field(repr=False)
     data_dir: Path
+    gate_key: str = field(default="", repr=False)
 
     def open_lake(self, repository: str, namespace: str | None = None) -> Any:
         """``store.open`` a new lake in a new repository of this server (main protected)."""
@@ -115,8 +118,8 @@ def _access_key_id() -> str:
     return "AKIAFL" + "".join(secrets.choice(alphabet) for _ in range(14))
 
 
-def _server_env(data_dir: Path, port: int, key: str, secret: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEFS_")}
+def _server_env(data_dir: Path, port: int, key: str, secret: str, gate_key: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKEFS_", "LAKEFSACTION_"))}
     env.update(
         {
             "LAKEFS_LISTEN_ADDRESS": f"127.0.0.1:{port}",
@@ -135,6 +138,8 @@ def _server_env(data_dir: Path, port: int, key: str, secret: str) -> dict[str, s
             "LAKEFS_EMAIL_SUBSCRIPTION_ENABLED": "false",
             "LAKEFS_SECURITY_CHECK_LATEST_VERSION": "false",
             "LAKEFS_LOGGING_LEVEL": "WARN",
+            # Read by the gate hook's action arguments ({{ ENV.LAKEFSACTION_... }}).
+            "LAKEFSACTION_FLOWLAKE_GATE_KEY": gate_key,
         }
     )
     return env
@@ -176,18 +181,19 @@ def start_lakefs(data_dir: Path | str) -> LakeFSServer:
     binary = lakefs_binary()
     port = _free_port()
     key, secret = _access_key_id(), secrets.token_urlsafe(30)
+    gate_key = secrets.token_hex(32)
     endpoint = f"http://127.0.0.1:{port}"
     log = data_dir / "lakefs.log"
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
             [str(binary), "run"],
-            env=_server_env(data_dir, port, key, secret),
+            env=_server_env(data_dir, port, key, secret, gate_key),
             cwd=data_dir,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    server = LakeFSServer(endpoint, key, secret, process, data_dir)
+    server = LakeFSServer(endpoint, key, secret, process, data_dir, gate_key)
     try:
         _wait_healthy(endpoint, process, log)
     except BaseException:

@@ -23,6 +23,7 @@ from ui import render
 from ui.cli_compute import register as register_compute
 from ui.cli_data import cat_command, get_command, ls_command, put_command
 from ui.cli_deploy import register as register_deploy_commands
+from ui.cli_gatehook import register as register_gate_hook_commands
 from ui.cli_policy import register as register_policy_commands
 from ui.cli_tracking import runs_group, sql_command
 from ui.demo import run_demo
@@ -430,6 +431,7 @@ app.command("sql")(sql_command)
 register_compute(app)
 register_deploy_commands(app)
 register_policy_commands(app)
+register_gate_hook_commands(app)
 
 
 if __name__ == "__main__":

@@ -362,8 +362,13 @@ class PolicyBackend:
         changes_policy = _policy_changed(self._inner, base, source_commit)
         if changes_policy:
             self._check_policy_change(policy, source_commit, "merge")
+        # Only here, past every check, does a merge into main carry the gate attestation that
+        # lakeFS's gate hook asks for (store/backends/lakefs/gatehook.py).
+        merge_attested = cast(
+            Callable[..., Commit], getattr(self._inner, "merge_attested", self._inner.merge)
+        )
         if policy is None:
-            return self._inner.merge(
+            return merge_attested(
                 source_commit, dest_branch, strategy, message, metadata, committer, guard
             )
         from store.policy.gates import evaluate
@@ -395,7 +400,7 @@ class PolicyBackend:
         )
         metadata = {**metadata, META_AUDIT_SEQ: str(entry.seq), META_AUDIT_HASH: entry.hash}
         try:
-            merged = self._inner.merge(
+            merged = merge_attested(
                 source_commit, dest_branch, strategy, message, metadata, committer, guard
             )
         except StoreError as exc:
@@ -418,7 +423,10 @@ class PolicyBackend:
         changes_policy = _policy_changed(self._inner, parents[0] if parents else None, commit_id)
         if changes_policy and policy is not None:
             self._check_policy_change(policy, None, "revert")
-        reverted = self._inner.revert(branch, commit_id, committer)
+        revert_attested = cast(
+            Callable[..., Commit], getattr(self._inner, "revert_attested", self._inner.revert)
+        )
+        reverted = revert_attested(branch, commit_id, committer)
         if policy is not None:
             self.ledger.append(
                 self.identity.principal,

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO, TypeVar
 
 from store.backend import CAP_LOCAL_PATHS, Backend
-from store.backends.lakefs import protection, transfer
+from store.backends.lakefs import gatehook, protection, transfer
 from store.backends.lakefs.config import LakeFSSettings, resolve_settings
 from store.backends.lakefs.errors import LakeFSError, boundary, from_status
 from store.errors import (
@@ -427,16 +427,59 @@ class LakeFSBackend(Backend):
         committer: str,
         guard: Collection[str] = (),
     ) -> Commit:
+        return self._merge(source, dest_branch, strategy, message, metadata, committer, guard)
+
+    def merge_attested(
+        self,
+        source: str,
+        dest_branch: str,
+        strategy: MergeStrategy | None,
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+        guard: Collection[str] = (),
+    ) -> Commit:
+        """:meth:`merge`, carrying the gate attestation the server's gate hook checks.
+
+        Only :mod:`store.policy.enforce` calls this, once every gate held on the source commit;
+        the attestation covers the commit lakeFS actually merges (see
+        :mod:`store.backends.lakefs.gatehook`). Without ``FLOWLAKE_GATE_KEY`` it is :meth:`merge`.
+        """
+        return self._merge(
+            source, dest_branch, strategy, message, metadata, committer, guard, attest=True
+        )
+
+    def install_gate_hook(self, wait: bool = True) -> str | None:
+        """Install the server-side gate hook on the default branch (:func:`gatehook.install`)."""
+        return gatehook.install(self._sdk, self.repository, self.default_branch, wait)
+
+    def _merge(
+        self,
+        source: str,
+        dest_branch: str,
+        strategy: MergeStrategy | None,
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+        guard: Collection[str],
+        attest: bool = False,
+    ) -> Commit:
         if strategy is not None and strategy not in MERGE_STRATEGIES:
             raise InvalidArgumentError(
                 f"unknown merge strategy {strategy!r}; use one of {', '.join(MERGE_STRATEGIES)}"
             )
         text, meta = _encode_commit(message, metadata, committer)
-        body = lakefs_sdk.Merge(message=text, metadata=meta, strategy=strategy)  # type: ignore[call-arg]
         guarded = (
             self._guarded_source(source, dest_branch, set(guard), text, meta) if guard else None
         )
         try:
+            if attest and gatehook.client_key() is not None:
+                merged = self.resolve(guarded or source)
+                meta = {
+                    **meta,
+                    **gatehook.attestation_metadata(self.repository, dest_branch, "merge", merged),
+                }
+            body = lakefs_sdk.Merge(message=text, metadata=meta, strategy=strategy)  # type: ignore[call-arg]
             with boundary(RefNotFoundError):
                 result = self._sdk.refs_api.merge_into_branch(
                     self.repository, guarded or source, dest_branch, merge=body
@@ -496,10 +539,23 @@ class LakeFSBackend(Backend):
         return temp
 
     def revert(self, branch: str, commit_id: str, committer: str) -> Commit:
+        return self._revert(branch, commit_id, committer)
+
+    def revert_attested(self, branch: str, commit_id: str, committer: str) -> Commit:
+        """:meth:`revert`, carrying the attestation the server's gate hook checks (only
+        :mod:`store.policy.enforce` calls it, once the caller may revert on ``branch``)."""
+        return self._revert(branch, commit_id, committer, attest=True)
+
+    def _revert(self, branch: str, commit_id: str, committer: str, attest: bool = False) -> Commit:
         target = self.get_commit(commit_id)
+        metadata = {"reverted": commit_id, COMMITTER_KEY: committer}
+        if attest and gatehook.client_key() is not None:
+            head = self.branch_head(branch)
+            metadata.update(
+                gatehook.attestation_metadata(self.repository, branch, "revert", commit_id, head)
+            )
         overrides = lakefs_sdk.CommitOverrides(
-            message=f"Revert {commit_id[:12]}",
-            metadata={"reverted": commit_id, COMMITTER_KEY: committer},
+            message=f"Revert {commit_id[:12]}", metadata=metadata
         )
         creation = lakefs_sdk.RevertCreation(  # type: ignore[call-arg]
             ref=commit_id, parent_number=1 if target.parents else 0, commit_overrides=overrides

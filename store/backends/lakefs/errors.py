@@ -40,6 +40,8 @@ _BY_MESSAGE: tuple[tuple[int, str, type[StoreError]], ...] = (
     (409, "conflict found", ConflictError),
     (409, "already exists", AlreadyExistsError),
     (409, "not unique", AlreadyExistsError),
+    # A pre-* hook (lakeFS Actions) refused, e.g. flowlake's gate hook: a policy refusal.
+    (412, "hook aborted", PermissionDeniedError),
 )
 
 #: status -> error class, when no message rule matched.
