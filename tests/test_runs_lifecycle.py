@@ -411,7 +411,7 @@ def test_output_commit_named_by_a_record_of_an_older_lake_is_kept(lake: store.La
     assert tracking.get_run(lake, run.id).output_commit == run.output_commit
 
 
-def test_a_run_writes_only_the_code_files_its_starting_commit_lacks(
+def test_a_run_reads_and_writes_only_the_code_files_its_starting_commit_lacks(
     lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     exp = lake.branch("exp", source="main")
@@ -419,7 +419,10 @@ def test_a_run_writes_only_the_code_files_its_starting_commit_lacks(
     project.mkdir()
     (project / "train.py").write_text("print('train')\n")
     (project / "util.py").write_text("X = 1\n")
+    for path in project.iterdir():
+        _age(path)  # settled files: their hashes are cached
     written: list[list[str]] = []
+    opened: list[str] = []
     real = store.Branch.write_many
 
     def spy(self: store.Branch, items):  # type: ignore[no-untyped-def]
@@ -427,7 +430,12 @@ def test_a_run_writes_only_the_code_files_its_starting_commit_lacks(
         written.append(sorted(p for p, _ in items if p.startswith(layout.CODE_PREFIX)))
         return real(self, items)
 
+    def spy_open(path: str, *args: object):  # type: ignore[no-untyped-def]
+        opened.append(os.path.basename(path))
+        return open(path, *args)  # noqa: SIM115
+
     monkeypatch.setattr(store.Branch, "write_many", spy)
+    monkeypatch.setattr(snapshot, "open", spy_open, raising=False)
 
     def run_once() -> tracking.Run:
         with tracking.start_run(
@@ -438,11 +446,16 @@ def test_a_run_writes_only_the_code_files_its_starting_commit_lacks(
 
     run_once()
     assert len(written[-1]) == 2  # nothing known yet: every file
+    opened.clear()
     second = run_once()
-    assert written[-1] == []  # the branch it started from holds them all
+    # The branch it started from holds them all: none is read, none written.
+    assert written[-1] == [] and opened == []
     (project / "util.py").write_text("X = 2\n")
+    _age(project / "util.py", 1800)
+    opened.clear()
     run_once()
     assert written[-1] == [layout.code_blob(hashlib.sha256(b"X = 2\n").hexdigest())]
+    assert opened == ["util.py"]
     # Nothing a run records was given up: every run lists every file, each readable.
     code = "SELECT path, sha256 FROM code WHERE run_id = ? ORDER BY path"
     rows = tracking.sql(lake, code, params=[second.id]).to_pylist()

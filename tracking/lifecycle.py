@@ -102,8 +102,15 @@ def start_run(
     run_branch = lake.branch(layout.run_branch_short(new_id), source=input_commit)
     cache = os.fspath(cache_dir) if cache_dir is not None else localcache.cache_root()
     env = environment.capture(cache)
-    if code is None and snapshot_code:
-        code = snapshot.capture(code_dir, cache_dir=cache)
+    blobs = _CodeBlobs(cache, lake.location, target.name if target is not None else None)
+    held = blobs.present_at(input_commit)
+    listed = (
+        snapshot.CodeListing.of(code)
+        if code is not None
+        else snapshot.listing(code_dir, cache_dir=cache, held=held)
+        if snapshot_code
+        else None
+    )
     record: dict[str, Any] = {
         "format_version": layout.FORMAT_VERSION,
         "run_id": new_id,
@@ -121,9 +128,9 @@ def start_run(
         "end_time": None,
         "input_commit": input_commit,
         "output_commit": None,
-        "git_commit": code.git_commit if code else None,
-        "git_dirty": code.git_dirty if code else None,
-        "code_root": code.root if code else None,
+        "git_commit": listed.git_commit if listed else None,
+        "git_dirty": listed.git_dirty if listed else None,
+        "code_root": listed.root if listed else None,
         "python_version": env.python_version,
         "python_executable": env.python_executable,
         "platform": env.platform,
@@ -159,10 +166,9 @@ def start_run(
         *run._dirty_files(),
         *run._heartbeat_item(),
     ]
-    if code is not None:
-        blobs = _CodeBlobs(cache, lake.location, target.name if target is not None else None)
-        items += _code_items(new_id, code, blobs.present_at(input_commit))
-        run._after_merge = blobs.remember(input_commit, {f.sha256 for f in code.files})
+    if listed is not None:
+        items += _code_items(new_id, listed, held)
+        run._after_merge = blobs.remember(input_commit, {f.sha256 for f in listed.files})
     items.append((layout.run_file(new_id, layout.RUN_FILE), run._record_bytes()))
     run_branch.write_many(items)
     run._begin(heartbeat_interval)
@@ -312,16 +318,20 @@ def _refuse_if_live(lake: Lake, run_branch: Branch, run_id: str, record: dict[st
 
 
 def _code_items(
-    run_id: str, code: snapshot.CodeSnapshot, present: frozenset[str] = frozenset()
+    run_id: str, code: snapshot.CodeListing, held: frozenset[str]
 ) -> list[tuple[str, bytes]]:
-    """The snapshot's files content-addressed (but those in ``present``, hashes of files the
-    run branch already holds), and its manifest by name."""
+    """The snapshot's files content-addressed (but those in ``held``, hashes of files the run
+    branch holds already; :func:`snapshot.listing` read only the others), and its manifest by
+    name."""
     rows = [
-        {"run_id": run_id, "path": f.path, "size": len(f.data), "sha256": f.sha256}
-        for f in code.files
+        {"run_id": run_id, "path": f.path, "size": f.size, "sha256": f.sha256} for f in code.files
     ]
     manifest = run_module.parquet_bytes(pa.Table.from_pylist(rows, schema=layout.CODE_SCHEMA))
-    blobs = {layout.code_blob(f.sha256): f.data for f in code.files if f.sha256 not in present}
+    blobs = {
+        layout.code_blob(f.sha256): f.data
+        for f in code.files
+        if f.sha256 not in held and f.data is not None
+    }
     return [*blobs.items(), (layout.run_file(run_id, layout.CODE_FILE), manifest)]
 
 

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import time
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from tracking import localcache
@@ -100,6 +101,38 @@ class CodeSnapshot:
     skipped: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class ListedFile:
+    """One file of a :class:`CodeListing`: its path relative to the root, size in bytes,
+    SHA-256, and its bytes, or None when they were not read (see :func:`listing`)."""
+
+    path: str
+    size: int
+    sha256: str
+    data: bytes | None
+
+
+@dataclass(frozen=True)
+class CodeListing:
+    """A code snapshot whose unchanged files need not have been read: as
+    :class:`CodeSnapshot`, with :class:`ListedFile` entries."""
+
+    root: str
+    git_commit: str | None
+    git_dirty: bool | None
+    files: tuple[ListedFile, ...]
+    truncated: bool
+    skipped: tuple[str, ...] = ()
+
+    @staticmethod
+    def of(code: CodeSnapshot) -> CodeListing:
+        """A snapshot as a listing (every file's bytes at hand)."""
+        files = tuple(ListedFile(f.path, len(f.data), f.sha256, f.data) for f in code.files)
+        return CodeListing(
+            code.root, code.git_commit, code.git_dirty, files, code.truncated, code.skipped
+        )
+
+
 def capture(
     root: str | os.PathLike[str] | None = None, *, cache_dir: str | None = None
 ) -> CodeSnapshot:
@@ -109,16 +142,41 @@ def capture(
     Args:
         root: the project folder.
         cache_dir: the local cache folder (see :mod:`tracking.localcache`), or None for no
-            cache. With it, a file whose size and modification time (in nanoseconds) are what
-            they were when it was last hashed is not hashed again, and ``git status`` is not run
-            again while ``HEAD``, the git index and every listed file's size and modification
-            time are unchanged. Entries about files modified in the last
+            cache. With it, a file whose size, modification time (in nanoseconds) and inode
+            are what they were when it was last hashed is not hashed again, and ``git status``
+            is not run again while ``HEAD``, the git index and every listed file's size and
+            modification time are unchanged. Entries about files modified in the last
             :data:`RACY_WINDOW_NS` are never kept, since a write in the same clock tick could
             leave size and time unchanged.
 
     Warns:
         SkippedCodeFileWarning: some files were left out because their names are not valid
             UTF-8; :attr:`CodeSnapshot.skipped` lists them.
+    """
+    found = listing(root, cache_dir=cache_dir)
+    return CodeSnapshot(
+        root=found.root,
+        git_commit=found.git_commit,
+        git_dirty=found.git_dirty,
+        files=tuple(SourceFile(f.path, f.data or b"", f.sha256) for f in found.files),
+        truncated=found.truncated,
+        skipped=found.skipped,
+    )
+
+
+def listing(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    cache_dir: str | None = None,
+    held: Collection[str] = (),
+) -> CodeListing:
+    """:func:`capture`, without reading files the caller holds already: a file whose cache
+    entry (size, modification time and inode unchanged, see :func:`capture`) gives a hash in
+    ``held`` is listed with that hash and no bytes. Every other file is read, and hashed from
+    the bytes read. Without ``cache_dir`` or ``held`` every file is read.
+
+    Warns:
+        SkippedCodeFileWarning: as :func:`capture`.
     """
     cwd = os.path.abspath(os.fspath(root) if root is not None else os.getcwd())
     spec = "." if root is not None else ":/"
@@ -151,16 +209,16 @@ def capture(
             SkippedCodeFileWarning,
             stacklevel=2,
         )
-    files, mtimes, truncated = _read_files(base, sorted(names), known)
+    files, stamps, truncated = _read_files(base, sorted(names), known, frozenset(held))
     if hashes_path:
         fresh = {
-            f.path: [len(f.data), mtimes[f.path], f.sha256]
+            f.path: [f.size, stamps[f.path][0], stamps[f.path][1], f.sha256]
             for f in files
-            if _settled((len(f.data), mtimes[f.path]))
+            if _settled((f.size, stamps[f.path][0]))
         }
         if fresh != known:
             localcache.store(hashes_path, fresh)
-    return CodeSnapshot(
+    return CodeListing(
         root=base,
         git_commit=commit.strip() or None,
         git_dirty=dirty,
@@ -257,14 +315,16 @@ def _digest(text: str) -> str:
 
 
 def _read_files(
-    root: str, names: list[str], known: dict[str, object]
-) -> tuple[list[SourceFile], dict[str, int], bool]:
-    """The source-like files among ``names``, their mtimes, and whether limits dropped any.
+    root: str, names: list[str], known: dict[str, object], held: frozenset[str]
+) -> tuple[list[ListedFile], dict[str, tuple[int, int]], bool]:
+    """The source-like files among ``names``, their (mtime, inode), and whether limits dropped
+    any.
 
-    A file whose size and mtime match its entry in ``known`` keeps the hash recorded there.
+    A file whose size, mtime and inode match its entry in ``known`` keeps the hash recorded
+    there, and is not read at all when that hash is in ``held``.
     """
-    files: list[SourceFile] = []
-    mtimes: dict[str, int] = {}
+    files: list[ListedFile] = []
+    stamps: dict[str, tuple[int, int]] = {}
     total = 0
     truncated = False
     for name in names:
@@ -279,26 +339,30 @@ def _read_files(
                 truncated = True
                 continue
             if len(files) >= MAX_FILES or total + st.st_size > MAX_TOTAL_BYTES:
-                return files, mtimes, True
-            with open(full, "rb") as f:
-                data = f.read()
+                return files, stamps, True
+            entry = known.get(name)
+            cached = (
+                entry[3]
+                if isinstance(entry, list)
+                and len(entry) == 4
+                and entry[:3] == [st.st_size, st.st_mtime_ns, st.st_ino]
+                and isinstance(entry[3], str)
+                else None
+            )
+            if cached is not None and cached in held:
+                listed = ListedFile(name, st.st_size, cached, None)
+            else:
+                with open(full, "rb") as f:
+                    data = f.read()
+                # Not known, or changed since lstat: hash what was read.
+                digest = cached if cached is not None and len(data) == st.st_size else None
+                listed = ListedFile(name, len(data), digest or _sha256(data), data)
         except OSError:
             continue
-        total += len(data)
-        entry = known.get(name)
-        if (
-            isinstance(entry, list)
-            and len(entry) == 3
-            and entry[0] == len(data) == st.st_size
-            and entry[1] == st.st_mtime_ns
-            and isinstance(entry[2], str)
-        ):
-            digest = entry[2]
-        else:
-            digest = _sha256(data)
-        files.append(SourceFile(name, data, digest))
-        mtimes[name] = st.st_mtime_ns
-    return files, mtimes, truncated
+        total += listed.size
+        files.append(listed)
+        stamps[name] = (st.st_mtime_ns, st.st_ino)
+    return files, stamps, truncated
 
 
 def _is_source(name: str) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -507,11 +508,16 @@ def _output_commits(
         out["read_at"].append(row["read_ref"])
     con.register("_output_commits", pa.Table.from_pydict(out, schema=_OUTPUTS_SCHEMA))
     found: dict[tuple[str, str | None, str], str | None] = {}
+    # Weak: a database kept for reuse (tracking.connections) must not keep the lake alive.
+    lake_ref = weakref.ref(lake)
 
     def derive(run_id: str, run_branch: str | None, read_at: str) -> str | None:
         key = (run_id, run_branch, read_at)
         if key not in found:
-            found[key] = output_commit(lake, run_id, run_branch, read_at)
+            reader = lake_ref()
+            if reader is None:
+                return None
+            found[key] = output_commit(reader, run_id, run_branch, read_at)
         return found[key]
 
     con.create_function(
