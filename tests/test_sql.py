@@ -325,6 +325,8 @@ def test_repeated_queries_reuse_their_views_until_a_branch_moves(
     count = "SELECT count(*) AS n FROM runs"
     lookup = "SELECT name FROM runs WHERE run_id = ?"
     assert tracking.sql(embedded_lake, count).to_pylist() == [{"n": 1}]
+    with pytest.raises(tracking.QueryError, match="nope"):  # rejected by DuckDB: views kept
+        tracking.sql(embedded_lake, "SELECT nope FROM runs")
     assert tracking.sql(embedded_lake, count).to_pylist() == [{"n": 1}]
     assert tracking.sql(embedded_lake, lookup, params=[first.id]).to_pylist() == [{"name": "a"}]
     assert tracking.sql(embedded_lake, lookup, params=[first.id]).to_pylist() == [{"name": "a"}]

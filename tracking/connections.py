@@ -71,6 +71,7 @@ class Borrowed:
         self.kept = kept
         self.ready = kept is not None
         self.discarded = False
+        self.settled = False
 
     def keep(self, files: list[str]) -> None:
         """Keep the database and the views just built on it for later calls with the same
@@ -82,6 +83,11 @@ class Borrowed:
     def discard(self) -> None:
         """Close the database after this call (its state is in doubt)."""
         self.discarded = True
+
+    def settle(self) -> None:
+        """Say the caller's statement is over and rolled back: the database may serve again
+        even when the call goes on to raise (a query DuckDB rejected)."""
+        self.settled = True
 
 
 class Pool:
@@ -122,15 +128,18 @@ class Pool:
     @contextmanager
     def borrow(self, key: tuple[object, ...] | None) -> Iterator[Borrowed]:
         """Borrow the database kept for ``key``, else a new one (see :class:`Borrowed`); one
-        not kept is closed on return, and so is one whose call raised."""
+        not kept is closed on return, and so is one whose call raised before it settled."""
         kept = self._take(key) if key is not None else None
         borrowed = Borrowed(kept.con if kept is not None else self.open(), kept)
         try:
             yield borrowed
         except BaseException:
-            borrowed.con.close()
+            self._done(key, borrowed, borrowed.settled)
             raise
-        if key is not None and borrowed.kept is not None and not borrowed.discarded:
+        self._done(key, borrowed, True)
+
+    def _done(self, key: tuple[object, ...] | None, borrowed: Borrowed, sound: bool) -> None:
+        if sound and key is not None and borrowed.kept is not None and not borrowed.discarded:
             self._give(key, borrowed.kept)
         else:
             borrowed.con.close()
@@ -159,6 +168,10 @@ class Pool:
 
 
 _pools: collections.OrderedDict[str, Pool] = collections.OrderedDict()
+_pid = os.getpid()
+#: Pools inherited through ``fork``: never used (DuckDB is not fork-safe) and never closed here
+#: (closing could wait on the parent's threads), only kept referenced.
+_inherited: list[Pool] = []
 _pools_lock = threading.Lock()
 _lake_tokens: weakref.WeakKeyDictionary[Lake, int] = weakref.WeakKeyDictionary()
 _tokens = itertools.count()
@@ -166,8 +179,13 @@ _tokens = itertools.count()
 
 def pool(folder: str) -> Pool:
     """This process's pool for the index segments under ``folder``."""
+    global _pid
     folder = os.path.abspath(folder)
     with _pools_lock:
+        if os.getpid() != _pid:
+            _inherited.extend(_pools.values())
+            _pools.clear()
+            _pid = os.getpid()
         found = _pools.get(folder)
         if found is None:
             found = _pools[folder] = Pool(folder)

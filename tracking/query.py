@@ -142,6 +142,7 @@ def run_query(
         finally:
             try:
                 con.execute("ROLLBACK")
+                borrowed.settle()
             except duckdb.Error:
                 borrowed.discard()
 
