@@ -1,9 +1,14 @@
-"""The ray backend on a real local Ray instance: the same pinning and atomic outputs as the
-local backend, GPU ids from Ray, and resources the cluster does not have refused at submit."""
+"""The ray backend on a real local Ray instance: the same pinning, atomic outputs, SIGKILL,
+cancel, timeout, retries and environments as the local backend, GPU ids from Ray, resources the
+cluster does not have refused at submit, and jobs that share a warm Ray worker without seeing
+each other's code or state."""
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -13,13 +18,20 @@ from test_compute import (
     JOB_WAIT_S,
     _run,
     _seed,
+    _wait_for,
+    fail_first_attempt,
     humanize_version,
+    leaves_a_thread_and_an_atexit_hook,
     read_pinned_after_main_moves,
+    sleep_quietly,
     write_half_then_raise,
+    write_then_sleep,
 )
 
 import compute
 import store
+from compute.procs import pid_alive
+from tracking import layout
 
 
 @pytest.fixture(autouse=True)
@@ -88,10 +100,144 @@ def test_a_ray_job_runs_in_its_uv_environment(
     pytest.importorskip("uv", reason="job environments need the compute extra")
     monkeypatch.setenv("FLOWLAKE_ENV_CACHE", str(tmp_path / "envs"))
     _seed(embedded_lake)
-    job = compute.submit(
+    env = compute.Environment(pypi={"humanize": "4.9.0"})
+    job = compute.submit(humanize_version, lake=embedded_lake, backend="ray", environment=env)
+    assert job.wait(timeout=ENV_JOB_WAIT_S)["version"] == "4.9.0"
+    again = compute.submit(humanize_version, lake=embedded_lake, backend="ray", environment=env)
+    assert again.wait(timeout=ENV_JOB_WAIT_S)["python"] == job.wait()["python"] != sys.executable
+    assert len([p for p in (tmp_path / "envs").iterdir() if p.is_dir()]) == 1
+    ref = f"{embedded_lake.namespace}/{layout.run_branch_short(again.run_id)}"  # type: ignore[arg-type]
+    packages = embedded_lake.read_table(
+        layout.run_file(again.run_id, layout.ENVIRONMENT_FILE),  # type: ignore[arg-type]
+        ref=ref,
+    ).to_pylist()
+    assert ("humanize", "4.9.0") in [(p["name"], p["version"]) for p in packages]
+
+    bad = compute.submit(
         humanize_version,
         lake=embedded_lake,
         backend="ray",
-        environment=compute.Environment(pypi={"humanize": "4.9.0"}),
+        environment=compute.Environment(pypi={"humanize": "999.0"}),
     )
-    assert job.wait(timeout=ENV_JOB_WAIT_S)["version"] == "4.9.0"
+    with pytest.raises(compute.JobFailedError, match="No solution found") as err:
+        bad.wait(timeout=ENV_JOB_WAIT_S)
+    assert err.value.status == "failed" and bad.run_id is None
+
+
+def test_a_sigkilled_ray_worker_shows_killed_and_merges_nothing(embedded_lake: store.Lake) -> None:
+    lake = embedded_lake
+    _seed(lake)
+    before = lake.branch("results", source="main").head().id
+    job = compute.submit(
+        write_then_sleep, {"seconds": 60}, lake=lake, output_branch="results", backend="ray"
+    )
+    _wait_for(lambda: "started" in job.logs())
+    assert job.status is compute.JobStatus.RUNNING and job.pid is not None
+    os.kill(job.pid, signal.SIGKILL)
+    with pytest.raises(compute.JobFailedError, match="killed"):
+        job.wait(timeout=JOB_WAIT_S)
+    assert job.status is compute.JobStatus.KILLED
+    assert lake.resolve("results") == before
+    run = _run(lake, job.run_id)
+    assert run["status"] == "killed"
+    assert lake.read_bytes("out/partial.txt", ref=run["run_branch"]) == b"partial"
+    log = lake.read_bytes(
+        f"{layout.run_dir(run['run_id'])}/logs/attempt-1.log", ref=run["run_branch"]
+    )
+    assert b"started" in log
+
+
+def test_cancel_and_timeout_stop_ray_jobs_and_the_processes_they_started(
+    embedded_lake: store.Lake, tmp_path: Path
+) -> None:
+    lake = embedded_lake
+    _seed(lake)
+    all_gpus = compute.Resources(gpus=4)
+    pid_file = tmp_path / "child.pid"
+    running = compute.submit(
+        command=["sh", "-c", f"echo $$ > {pid_file}; echo started; sleep 60"],
+        lake=lake,
+        backend="ray",
+        resources=all_gpus,
+        code_dir=tmp_path,
+    )
+    _wait_for(lambda: "started" in running.logs())
+    queued = compute.submit(
+        write_then_sleep, {"seconds": 60}, lake=lake, backend="ray", resources=all_gpus
+    )
+    time.sleep(0.3)
+    assert queued.status is compute.JobStatus.QUEUED
+    queued.cancel()
+    running.cancel()
+    for job in (running, queued):
+        with pytest.raises(compute.JobFailedError, match="cancelled"):
+            job.wait(timeout=JOB_WAIT_S)
+        assert job.status is compute.JobStatus.CANCELLED
+    assert _run(lake, running.run_id)["status"] == "killed"
+    assert queued.run_id is None
+    _wait_for(lambda: not pid_alive(int(pid_file.read_text())))
+
+    timed = compute.submit(sleep_quietly, {"seconds": 60}, lake=lake, backend="ray", timeout=2)
+    with pytest.raises(compute.JobFailedError, match="timed out after 2 s"):
+        timed.wait(timeout=JOB_WAIT_S)
+    run = _run(lake, timed.run_id)
+    assert run["status"] == "failed" and "timed out" in (run["error"] or "")
+    log = lake.read_bytes(
+        f"{layout.run_dir(run['run_id'])}/logs/attempt-1.log", ref=run["run_branch"]
+    )
+    assert b"sleeping" in log
+
+
+def test_a_failed_ray_attempt_is_retried_as_a_new_run(embedded_lake: store.Lake) -> None:
+    _seed(embedded_lake)
+    job = compute.submit(
+        fail_first_attempt, lake=embedded_lake, retries=1, output_branch="r", backend="ray"
+    )
+    assert job.wait(timeout=JOB_WAIT_S) == 2
+    assert "attempt 1 failed; retrying" in job.logs()
+    run_ids = [b.name.rsplit("/run-", 1)[1] for b in embedded_lake.branches() if "/run-" in b.name]
+    statuses = sorted(_run(embedded_lake, run_id)["status"] for run_id in run_ids)
+    assert statuses == ["failed", "finished"]
+
+
+def test_ray_jobs_sharing_warm_workers_run_their_own_snapshot_and_leave_nothing_behind(
+    embedded_lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = embedded_lake
+    _seed(lake)
+    project = tmp_path / "project"
+    project.mkdir()
+    module = project / "snapshot_probe.py"
+    body = """
+        import os, sys
+        VERSION = {version}
+        def probe():
+            seen = os.environ.get("PROBE_LEAK"), os.getcwd(), sys.argv[:]
+            os.environ["PROBE_LEAK"] = "left by a job"
+            sys.argv.append("left by a job")
+            return VERSION, seen
+        """
+    module.write_text(textwrap.dedent(body.format(version=1)))
+    monkeypatch.syspath_prepend(str(project))
+    import snapshot_probe  # type: ignore[import-not-found]
+
+    # Both CPUs each: the jobs run one after the other, most often in the same worker.
+    both = compute.Resources(cpus=2)
+    results = []
+    for version in (1, 2, 3):
+        module.write_text(textwrap.dedent(body.format(version=version)))
+        job = compute.submit(
+            snapshot_probe.probe, lake=lake, backend="ray", code_dir=project, resources=both
+        )
+        results.append(job.wait(timeout=JOB_WAIT_S))
+    assert [version for version, _ in results] == [1, 2, 3]
+    for _, (leak, cwd, argv) in results:
+        assert leak is None and "left by a job" not in argv
+        assert cwd.startswith(str(lake.location))
+
+    out = tmp_path / "exit.txt"
+    job = compute.submit(
+        leaves_a_thread_and_an_atexit_hook, {"out": str(out)}, lake=lake, backend="ray"
+    )
+    job.wait(timeout=JOB_WAIT_S)
+    assert out.read_text() == "thread\natexit\n"

@@ -1,38 +1,89 @@
 """The ``ray`` backend: jobs on a Ray cluster (a local one, or ``address=`` / ``RAY_ADDRESS``).
 
-A job becomes one Ray task that asks Ray for the job's resources (``num_gpus``, ``num_cpus``,
-``memory``) and, once Ray grants them, runs the job's supervisor (:mod:`compute.supervise`)
-inside the task with the GPU ids Ray assigned: the same attempts, timeout, cancel, logs and
-atomic commit as on the local backend. The task's ``runtime_env`` carries the submitter's
-``FLOWLAKE_*``, ``LAKECTL_*``, ``FSSPEC_*`` and ``AWS_*`` variables, so it opens the same lake. A
-job's ``Environment`` is built by the task on its node with uv, exactly as on the local backend
-(same cache, same pins), rather than with Ray's ``pip`` runtime_env, which needs ``virtualenv``
-on every node. Job state stays in the lake's state
-folder, so that folder must be on a filesystem every node sees (always true on one machine;
-on a cluster, point ``FLOWLAKE_COMPUTE_DIR`` at shared storage).
+Each attempt of a job is one Ray task that asks Ray for the job's resources (``num_gpus``,
+``num_cpus``, ``memory``) and, once Ray grants them, runs the job's code inside that warm Ray
+worker (:mod:`compute.backends.ray_attempt`) with the GPU ids Ray assigned: no interpreter
+starts between Ray granting the resources and the job's first line, and a worker that has run
+a job before has flowlake loaded already. The job's supervisor is a thread of the submitting
+process (:mod:`compute.backends.ray_watch`): the same attempts, retries, timeout, cancel, logs
+and atomic commit as on the local backend, with Ray ending the worker to stop a job.
+
+The task's ``runtime_env`` carries the submitter's ``FLOWLAKE_*``, ``LAKECTL_*``, ``FSSPEC_*``
+and ``AWS_*`` variables, so it opens the same lake. A job's ``Environment`` is built with uv by
+a small Ray task on a node (the same cache and pins as on the local backend), and the attempt
+runs on that node with the environment's interpreter as its ``runtime_env``'s
+``py_executable``; Ray's own ``pip`` and ``uv`` runtime_env fields both need ``virtualenv`` on
+every node (and clone the driver's whole virtual environment). Job state stays in the lake's
+state folder, so that folder must be on a filesystem every node sees (always true on one
+machine; on a cluster, point ``FLOWLAKE_COMPUTE_DIR`` at shared storage).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from compute.backends.ray_watch import Prepared, Watcher
 from compute.errors import ResourceError
-from compute.model import JobSpec, JobStatus, Resources
-from compute.state import JobFolder, StatusRecord
+from compute.model import Environment, JobSpec, Resources
+from compute.state import JobFolder
 
 #: Environment variables a job needs to open the lake as the submitter does.
 FORWARDED_PREFIXES = ("FLOWLAKE_", "LAKECTL_", "FSSPEC_", "AWS_")
 
 
 @ray.remote(max_retries=0)
-def _run_job(job_dir: str) -> str:
-    from compute.supervise import supervise
+def _attempt(job_dir: str, attempt: int) -> int:
+    from compute.backends.ray_attempt import run_attempt
 
-    gpus = tuple(int(g) for g in ray.get_gpu_ids())
-    return supervise(job_dir, gpus=gpus).status
+    return run_attempt(job_dir, attempt, tuple(int(g) for g in ray.get_gpu_ids()))
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _prepare(environment: Environment) -> tuple[str, str, str]:
+    from compute.backends.ray_attempt import prepare_environment
+
+    kind, value = prepare_environment(environment)
+    return kind, value, ray.get_runtime_context().get_node_id()
+
+
+def _forwarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
+
+
+def _launch(folder: JobFolder, spec: JobSpec, attempt: int, prepared: Prepared | None) -> Any:
+    """Start attempt ``attempt`` of the job as a Ray task; returns its object ref."""
+    runtime_env: dict[str, Any] = {"env_vars": _forwarded_env()}
+    options: dict[str, Any] = {
+        "num_gpus": spec.resources.gpus,
+        "num_cpus": spec.resources.cpus,
+        "name": f"flowlake:{spec.name or spec.job_id[:12]}",
+    }
+    if spec.resources.memory_bytes:
+        options["memory"] = spec.resources.memory_bytes
+    if prepared is not None:
+        runtime_env["py_executable"] = prepared.python
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+            prepared.node_id, soft=False
+        )
+    options["runtime_env"] = runtime_env
+    return _attempt.options(**options).remote(str(folder.path), attempt)
+
+
+_watcher_lock = threading.Lock()
+_watchers: list[Watcher] = []
+
+
+def _watcher() -> Watcher:
+    """This process's one watcher (a new one after Ray was shut down and started again)."""
+    with _watcher_lock:
+        if not _watchers or not _watchers[-1].alive:
+            _watchers.append(Watcher(_launch))
+        return _watchers[-1]
 
 
 class RayExecutor:
@@ -61,30 +112,20 @@ class RayExecutor:
                     f"the job asks for {asked:g} {what} but the Ray cluster has {have:g}"
                 )
 
-    def launch(self, folder: JobFolder, spec: JobSpec) -> Any:
-        env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
-        runtime_env: dict[str, Any] = {"env_vars": env_vars}
-        options: dict[str, Any] = {
-            "num_gpus": spec.resources.gpus,
-            "num_cpus": spec.resources.cpus,
-            "runtime_env": runtime_env,
-            "name": f"flowlake:{spec.name or spec.job_id[:12]}",
-        }
-        if spec.resources.memory_bytes:
-            options["memory"] = spec.resources.memory_bytes
-        return _run_job.options(**options).remote(str(folder.path))
-
-
-def check_task(ref: Any, folder: JobFolder) -> None:
-    """Record a job failed when its Ray task ended without its supervisor recording an end
-    (the worker died, or the runtime environment could not be set up)."""
-    ready, _ = ray.wait([ref], timeout=0)
-    if not ready or folder.status().effective().is_final:
-        return
-    try:
-        ray.get(ref)
-    except Exception as exc:  # whatever Ray raised is the job's error
-        if not folder.status().effective().is_final:
-            folder.write_status(
-                StatusRecord(JobStatus.FAILED.value, error=f"the Ray task failed: {exc}")
+    def launch(self, folder: JobFolder, spec: JobSpec) -> Watcher:
+        watcher = _watcher()
+        prep = None
+        if not spec.environment.is_default:
+            with open(folder.log_file, "ab") as log:
+                log.write(b"[flowlake] preparing the environment\n")
+            prep = _prepare.options(runtime_env={"env_vars": _forwarded_env()}).remote(
+                spec.environment
             )
+        watcher.add(folder, spec, prep)
+        return watcher
+
+
+def check_task(handle: Any, folder: JobFolder) -> None:
+    """Record a job failed when the watcher supervising it stopped on an error."""
+    if isinstance(handle, Watcher):
+        handle.check(folder)

@@ -1,0 +1,186 @@
+"""The Ray worker's side of a job: one attempt run inside a warm Ray worker, and job environments.
+
+An attempt is the same :func:`compute.runner.main` as on the local backend, called in the Ray
+worker process itself rather than in a fresh interpreter, so a job whose worker has run a job
+before starts with flowlake, the lake's backend and the job's heavy imports already loaded. Ray
+isolates the job from its submitter; what one job leaves in the worker is undone before the
+next: its ``sys.path``, working folder, environment variables, ``sys.argv`` and every module
+imported from its code snapshot (so the next job runs its own snapshot, never a cached one), and
+its ``compute.context()`` lives in a copied :mod:`contextvars` context. For the length of the
+attempt the worker's file descriptors 1 and 2 are the job's log, appended live; the attempt then
+ends as an interpreter does (the job's non-daemon threads are joined, then the ``atexit``
+functions it registered run).
+
+The attempt reports to the driver (:mod:`compute.backends.ray_watch`) through files in its
+attempt folder only: ``started.json`` (pid, host, GPUs, log offset) first, then the runner's own
+``run.json``, ``outcome.json`` and ``result.pkl``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import contextvars
+import io
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from compute.code import checkout_dir
+from compute.model import Environment
+from compute.state import JobFolder, write_atomic
+
+#: The attempt's start marker in its attempt folder.
+STARTED_FILE = "started.json"
+
+
+def run_attempt(job_dir: str, attempt: int, gpus: tuple[int, ...]) -> int:
+    """Run attempt ``attempt`` of the job in ``job_dir`` in this process; returns the runner's
+    exit status (0: succeeded and merged).
+
+    The runner writes the outcome itself; an exception raised here (the lake could not be
+    opened, the payload could not be unpickled) is the attempt's failure.
+    """
+    folder = JobFolder(Path(job_dir))
+    out = folder.attempt_dir(attempt)
+    out.mkdir(parents=True, exist_ok=True)
+    visible = ",".join(str(g) for g in gpus)
+    with _log_as_output(folder.log_file) as offset:
+        write_atomic(
+            out / STARTED_FILE,
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "gpus": list(gpus),
+                    "offset": offset,
+                    "time": time.time(),
+                }
+            ).encode(),
+        )
+        from compute import runner
+
+        spec = folder.spec()
+        checkout = str(checkout_dir(folder.path.parent.parent / "code", spec.code_snapshot))
+        with _restored_process_state(checkout), _collected_atexit() as exit_functions:
+            os.environ.update(
+                CUDA_VISIBLE_DEVICES=visible,
+                FLOWLAKE_JOB_GPUS=visible,
+                FLOWLAKE_JOB_ID=spec.job_id,
+                PYTHONUNBUFFERED="1",
+            )
+            threads = set(threading.enumerate())
+            code = contextvars.copy_context().run(runner.main, job_dir, attempt, offset)
+            for thread in threading.enumerate():
+                if thread not in threads and not thread.daemon and not _pool_worker(thread):
+                    thread.join()
+            for function in reversed(exit_functions):
+                with contextlib.suppress(Exception):
+                    function()
+    return code
+
+
+def _pool_worker(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is an idle-able ``concurrent.futures`` pool worker: an interpreter
+    stops those at exit through threading's exit hooks, which a worker that goes on running
+    jobs must not run (they stop every pool of the process for good)."""
+    target = getattr(thread, "_target", None)
+    return getattr(target, "__module__", None) == "concurrent.futures.thread"
+
+
+@contextlib.contextmanager
+def _log_as_output(log_file: Path) -> Iterator[int]:
+    """Make file descriptors 1 and 2 (and ``sys.stdout``/``sys.stderr``, unbuffered) append to
+    ``log_file`` for the block, so the job's output, its subprocesses' included, is live in the
+    log; yields the log's size before the block."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    streams = sys.stdout, sys.stderr
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        offset = os.lseek(fd, 0, os.SEEK_END)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False), write_through=True, errors="backslashreplace"
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), write_through=True, errors="backslashreplace"
+    )
+    try:
+        yield offset
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+@contextlib.contextmanager
+def _restored_process_state(checkout: str) -> Iterator[None]:
+    """Undo, after the block, what a job changes in the process that the next job would see."""
+    path = list(sys.path)
+    argv = list(sys.argv)
+    cwd = os.getcwd()
+    environ = dict(os.environ)
+    modules = set(sys.modules)
+    try:
+        yield
+    finally:
+        sys.path[:] = path
+        sys.argv[:] = argv
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+        prefix = checkout.rstrip(os.sep) + os.sep
+        for name in [n for n in sys.modules if n not in modules]:
+            origin = getattr(sys.modules.get(name), "__file__", None) or ""
+            if origin.startswith(prefix):
+                del sys.modules[name]
+
+
+@contextlib.contextmanager
+def _collected_atexit() -> Iterator[list[Callable[[], Any]]]:
+    """Collect the ``atexit`` functions the job registers, to run when its attempt ends (the
+    worker's own exit may be long after, or never come)."""
+    collected: list[Callable[[], Any]] = []
+    register = atexit.register
+
+    def collect(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        collected.append(lambda: function(*args, **kwargs))
+        return function
+
+    atexit.register = collect  # type: ignore[assignment]
+    try:
+        yield collected
+    finally:
+        atexit.register = register
+
+
+def prepare_environment(environment: Environment) -> tuple[str, str]:
+    """Build (or find in the cache) the job's environment on this node.
+
+    Returns:
+        ``("ok", <interpreter path>)`` or ``("error", <uv's message>)``; the node is the
+        caller's to read from the task's context.
+    """
+    from compute.envs import ensure
+    from compute.errors import EnvironmentBuildError
+
+    try:
+        return "ok", str(ensure(environment))
+    except EnvironmentBuildError as exc:
+        return "error", str(exc)

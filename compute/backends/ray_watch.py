@@ -1,0 +1,315 @@
+"""The supervisor of Ray jobs: one thread in the driver that watches every job it launched.
+
+On Ray a job's attempt runs inside a warm Ray worker (:mod:`compute.backends.ray_attempt`), so
+its supervisor cannot be a parent process. It is a thread in the process that submitted the job
+(Ray tasks end with their driver anyway), the only writer of the job's ``status.json``: it
+launches each attempt as a Ray task, notices when it starts (``started.json``), enforces cancel
+and timeout with ``ray.cancel(force=True)`` (which ends the worker; processes the job started
+are terminated first), retries failed attempts, and records the attempts that could not record
+themselves (killed, cancelled, timed out) on their run branch, as the local supervisor does. A
+worker that dies under the job (SIGKILL, out of memory) surfaces as ``WorkerCrashedError``:
+the job shows ``killed``. The job's status names this process, so a job whose driver is gone
+shows ``killed`` too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import ray
+from ray.exceptions import RayError, RayTaskError, RuntimeEnvSetupError, WorkerCrashedError
+
+from compute.backends.ray_attempt import STARTED_FILE
+from compute.model import JobSpec, JobStatus
+from compute.state import JobFolder, StatusRecord
+
+POLL_S = 0.05
+#: Seconds the processes a stopped job started get after SIGTERM before its worker is ended.
+KILL_GRACE_S = 2.0
+#: How much of the log a job that ended without an outcome reports as its traceback.
+LOG_TAIL_BYTES = 4000
+
+#: Launches attempt ``n`` of a job: (folder, spec, attempt, python or None) -> Ray object ref.
+Launch = Callable[[JobFolder, JobSpec, int, "Prepared | None"], Any]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job environment built on one node: its interpreter and that node's Ray id."""
+
+    python: str
+    node_id: str
+
+
+@dataclass
+class _Watched:
+    """One job the watcher supervises."""
+
+    folder: JobFolder
+    spec: JobSpec
+    record: StatusRecord
+    prep: Any = None
+    prepared: Prepared | None = None
+    ref: Any = None
+    attempt: int = 0
+    started: dict[str, Any] | None = None
+    deadline: float | None = None
+    why: tuple[JobStatus, str] | None = None
+    stop_sent: float | None = field(default=None)
+
+
+class Watcher:
+    """Supervises the Ray jobs this process launched, from one daemon thread.
+
+    Attributes:
+        failure: why the thread stopped, if it stopped on an error (jobs it held are then
+            recorded failed by :meth:`check`).
+    """
+
+    def __init__(self, launch: Launch) -> None:
+        self._launch = launch
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._jobs: list[_Watched] = []
+        self.failure: str | None = None
+        self._thread = threading.Thread(target=self._loop, name="flowlake-ray-watch", daemon=True)
+        self._thread.start()
+
+    def add(self, folder: JobFolder, spec: JobSpec, prep: Any = None) -> None:
+        """Supervise the job in ``folder``: launch its first attempt now, or once ``prep`` (the
+        Ray task building its environment) has returned."""
+        record = StatusRecord(JobStatus.QUEUED.value, host=socket.gethostname(), pid=os.getpid())
+        folder.write_status(record)
+        job = _Watched(folder, spec, record, prep=prep)
+        if prep is None:
+            self._next_attempt(job)
+        with self._lock:
+            self._jobs.append(job)
+        self._wake.set()
+
+    def check(self, folder: JobFolder) -> None:
+        """Record a job failed when this watcher stopped on an error before it ended."""
+        if self._thread.is_alive() or self.failure is None:
+            return
+        if not folder.status().effective().is_final:
+            folder.write_status(
+                replace(
+                    folder.status(),
+                    status=JobStatus.FAILED.value,
+                    error=f"the Ray job watcher stopped: {self.failure}",
+                    ended_at=time.time(),
+                )
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _loop(self) -> None:
+        try:
+            while ray.is_initialized():
+                with self._lock:
+                    jobs = list(self._jobs)
+                if not jobs:
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    continue
+                refs = [j.ref if j.prep is None else j.prep for j in jobs]
+                ray.wait(refs, num_returns=1, timeout=POLL_S)
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                done = set(ready)
+                for job, ref in zip(jobs, refs, strict=True):
+                    if self._step(job, ref in done):
+                        with self._lock:
+                            self._jobs.remove(job)
+        except Exception as exc:  # recorded on each job that asks, by check()
+            self.failure = f"{type(exc).__name__}: {exc}"
+
+    def _step(self, job: _Watched, done: bool) -> bool:
+        """Advance one job; True once it has its final status."""
+        if job.prep is not None:
+            return self._step_environment(job, done)
+        folder = job.folder
+        if job.started is None and not done:
+            self._notice_start(job)
+        if not done:
+            if job.why is None and folder.cancel_requested():
+                queued = job.started is None and job.attempt == 1
+                job.why = (JobStatus.CANCELLED, "cancelled while queued" if queued else "cancelled")
+                self._stop(job)
+            elif job.why is None and job.deadline is not None and time.monotonic() > job.deadline:
+                job.why = (JobStatus.FAILED, f"timed out after {job.spec.timeout:g} s")
+                self._stop(job)
+            return False
+        if job.started is None:
+            self._notice_start(job)
+        status, outcome = self._outcome(job)
+        job.record = replace(
+            job.record,
+            run_id=outcome.get("run_id") or job.record.run_id,
+            runner_pid=None,
+            output_commit=outcome.get("output_commit"),
+        )
+        if status is JobStatus.FAILED and job.attempt <= job.spec.retries:
+            with open(folder.log_file, "ab") as log:
+                log.write(f"[flowlake] attempt {job.attempt} failed; retrying\n".encode())
+            if not folder.cancel_requested():
+                self._next_attempt(job)
+                return False
+            status, outcome = JobStatus.CANCELLED, {"error": "cancelled"}
+        self._final(job, status, outcome.get("error"), outcome.get("traceback"))
+        return True
+
+    def _step_environment(self, job: _Watched, done: bool) -> bool:
+        if not done:
+            if job.folder.cancel_requested():
+                self._final(job, JobStatus.CANCELLED, "cancelled while queued")
+                return True
+            return False
+        try:
+            kind, value, node_id = ray.get(job.prep)
+        except RayError as exc:
+            self._final(job, JobStatus.FAILED, f"the environment could not be built: {exc}")
+            return True
+        if kind != "ok":
+            self._final(job, JobStatus.FAILED, value)
+            return True
+        job.prep, job.prepared = None, Prepared(value, node_id)
+        self._next_attempt(job)
+        return False
+
+    def _next_attempt(self, job: _Watched) -> None:
+        job.attempt += 1
+        job.started = job.deadline = job.why = job.stop_sent = None
+        job.record = replace(job.record, attempt=job.attempt)
+        job.ref = self._launch(job.folder, job.spec, job.attempt, job.prepared)
+
+    def _notice_start(self, job: _Watched) -> None:
+        try:
+            text = (job.folder.attempt_dir(job.attempt) / STARTED_FILE).read_text()
+        except FileNotFoundError:
+            return
+        job.started = json.loads(text)
+        if job.spec.timeout:
+            job.deadline = time.monotonic() + job.spec.timeout
+        job.record = replace(
+            job.record,
+            status=JobStatus.RUNNING.value,
+            runner_pid=job.started["pid"],
+            gpus=tuple(job.started["gpus"]),
+            started_at=job.record.started_at or job.started["time"],
+        )
+        job.folder.write_status(job.record)
+
+    def _stop(self, job: _Watched) -> None:
+        """Terminate the processes the job started (they would outlive its worker), then end
+        the attempt's Ray task, which ends its worker."""
+        started = job.started
+        if started is not None and started["host"] == socket.gethostname():
+            children = _descendants(started["pid"])
+            for pid in children:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + KILL_GRACE_S
+            while children and time.monotonic() < deadline:
+                children = [p for p in children if _alive(p)]
+                time.sleep(POLL_S)
+            for pid in children:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        ray.cancel(job.ref, force=True)
+
+    def _outcome(self, job: _Watched) -> tuple[JobStatus, dict[str, Any]]:
+        """The attempt's status and outcome (run id, error, traceback, output commit)."""
+        out = job.folder.attempt_dir(job.attempt)
+        try:
+            ray.get(job.ref)
+            failure: str | None = None
+        except RayTaskError as exc:  # flowlake's own code failed in the worker
+            failure = f"the Ray task failed: {exc.cause if exc.cause is not None else exc}"
+        except WorkerCrashedError:
+            failure = "killed: the Ray worker running it died (SIGKILL or out of memory)"
+        except RuntimeEnvSetupError as exc:
+            failure = f"Ray could not set up the job's runtime environment: {exc}"
+        except RayError as exc:
+            failure = f"the Ray task failed: {exc}"
+        outcome_file = out / "outcome.json"
+        if failure is None and outcome_file.is_file():
+            # The attempt ended on its own (merged, or recorded its failure) even if a stop
+            # came too late to prevent it: the outcome is what happened.
+            outcome: dict[str, Any] = json.loads(outcome_file.read_text())
+            return JobStatus(outcome["status"]), outcome
+        if job.why is not None:
+            status, error = job.why
+        elif failure is not None and failure.startswith("killed"):
+            status, error = JobStatus.KILLED, failure
+        else:
+            status, error = JobStatus.FAILED, failure or "the attempt ended without an outcome"
+        if job.started is None:  # it never ran: nothing to record on a run branch
+            return status, {"error": error}
+        offset = int(job.started["offset"])
+        with open(job.folder.log_file, "rb") as f:
+            f.seek(offset)
+            tail = f.read()[-LOG_TAIL_BYTES:].decode("utf-8", "replace")
+        with open(job.folder.log_file, "ab") as log:
+            log.write(f"[flowlake] {status.value}: {error}\n".encode())
+        from compute.supervise import _end_run
+
+        run_file = out / "run.json"
+        run_id = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
+        gpus = tuple(job.started["gpus"])
+        run_id = _end_run(job.spec, job.folder, run_id, job.attempt, offset, status, error, gpus)
+        return status, {"run_id": run_id, "error": error, "traceback": tail or None}
+
+    def _final(
+        self,
+        job: _Watched,
+        status: JobStatus,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        job.record = replace(
+            job.record,
+            status=status.value,
+            error=error,
+            traceback=traceback,
+            runner_pid=None,
+            ended_at=time.time(),
+        )
+        job.folder.write_status(job.record)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` on this host (from ``/proc``), children first."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    from compute.procs import pid_alive
+
+    return pid_alive(pid)
