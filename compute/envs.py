@@ -10,6 +10,10 @@ The job's packages come first on its ``sys.path``; flowlake itself and the submi
 packages come after them (a ``.pth`` file adds the submitter's site folders), so the job can
 still run flowlake's runner while every package it pinned shadows the submitter's copy.
 
+An ``Environment`` that names its package indexes (``index_url``, ``extra_index_urls``) is
+resolved and installed from exactly those: uv's configuration files and ambient index
+variables are ignored for it, and the lock (hence the cache key) records the indexes.
+
 The cache lives in ``FLOWLAKE_ENV_CACHE``, else ``~/.cache/flowlake/envs``.
 """
 
@@ -59,8 +63,34 @@ def uv_binary() -> str:
     raise NotInstalledError("job environments need uv: pip install 'flowlake[compute]'")
 
 
+#: uv's ambient index settings, dropped when a job names its indexes (so only those are used).
+AMBIENT_INDEX_VARIABLES = (
+    "UV_INDEX",
+    "UV_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_EXTRA_INDEX_URL",
+    "UV_FIND_LINKS",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+)
+
+
+def _index_args(environment: Environment) -> list[str]:
+    """uv options naming exactly the job's indexes (none when it names none)."""
+    if environment.index_url is None:
+        return []
+    args = ["--no-config", "--index-url", environment.index_url]
+    for url in environment.extra_index_urls:
+        args += ["--extra-index-url", url]
+    return args
+
+
 def _uv(*args: str, stdin: str | None = None) -> str:
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1"}
+    if "--no-config" in args:
+        for name in AMBIENT_INDEX_VARIABLES:
+            env.pop(name, None)
     try:
         done = subprocess.run(
             [uv_binary(), *args],
@@ -93,6 +123,7 @@ def resolve(environment: Environment, python: str = sys.executable) -> str:
         "--quiet",
         "--no-header",
         "--no-annotate",
+        *(["--emit-index-url", *_index_args(environment)] if environment.index_url else []),
         stdin="\n".join(environment.requirements()) + "\n",
     )
     lines = [line.strip() for line in out.splitlines()]
@@ -130,6 +161,7 @@ def ensure(environment: Environment) -> Path:
                 "pip",
                 "install",
                 "--quiet",
+                *_index_args(environment),
                 "--python",
                 str(tmp / "bin" / "python"),
                 "-r",

@@ -41,6 +41,11 @@ _UNITS = {
     "tib": 1024**4,
 }
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_INDEX_URL = re.compile(r"^(https?://[^\s/@]+|file://)[^\s@]*$")
+_IMAGE = re.compile(
+    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
 _PACKAGE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?(\[[A-Za-z0-9,._-]+\])?$")
 
 
@@ -132,12 +137,24 @@ class Environment:
     Attributes:
         pypi: distributions to install, name -> version spec: ``"1.7.*"``, ``"==2.0"``,
             ``">=1,<2"`` or ``""`` for any. Empty: the submitter's interpreter, as it is.
+        index_url: the package index (PEP 503 simple API, ``http(s)://`` or ``file://``) the
+            packages come from; None: uv's default (PyPI, unless uv's own configuration on the
+            building machine says otherwise). When given, uv's ambient index configuration is
+            ignored, so exactly these indexes are used.
+        extra_index_urls: more indexes, after ``index_url`` (requires ``index_url``).
+        image: a container image reference (``registry/repository:tag``) the job should run
+            in. No compute backend runs container images yet: a job naming one is refused at
+            submit, after the perimeter's ``image_registries`` are checked.
 
     Raises:
-        InvalidArgumentError: a malformed name or spec.
+        InvalidArgumentError: a malformed name, spec, index URL (credentials in it included:
+            give them to uv through its environment or netrc) or image reference.
     """
 
     pypi: dict[str, str] = field(default_factory=dict)
+    index_url: str | None = None
+    extra_index_urls: tuple[str, ...] = ()
+    image: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.pypi, dict):
@@ -148,14 +165,51 @@ class Environment:
             if not isinstance(spec, str) or any(c in spec for c in "\n\r;#@ "):
                 raise InvalidArgumentError(f"{spec!r} is not a version spec for {name}")
         object.__setattr__(self, "pypi", dict(sorted(self.pypi.items())))
+        if isinstance(self.extra_index_urls, str) or not isinstance(
+            self.extra_index_urls, list | tuple
+        ):
+            raise InvalidArgumentError("extra_index_urls takes a list of index URLs")
+        object.__setattr__(self, "extra_index_urls", tuple(self.extra_index_urls))
+        if self.extra_index_urls and self.index_url is None:
+            raise InvalidArgumentError("extra_index_urls needs index_url (the main index)")
+        for url in self.index_urls():
+            if not isinstance(url, str) or not _INDEX_URL.match(url):
+                raise InvalidArgumentError(
+                    f"{url!r} is not a package index URL (http://, https:// or file://, "
+                    "no spaces, no user:password@: give credentials to uv, not the job spec)"
+                )
+        if self.image is not None and (
+            not isinstance(self.image, str) or not _IMAGE.match(self.image)
+        ):
+            raise InvalidArgumentError(
+                f"{self.image!r} is not a container image reference such as "
+                "'ghcr.io/acme/train:1.2' or 'python:3.12-slim'"
+            )
 
     def __hash__(self) -> int:
-        return hash(tuple(self.pypi.items()))
+        return hash((tuple(self.pypi.items()), self.index_urls(), self.image))
 
     @property
     def is_default(self) -> bool:
         """Whether the job simply uses the submitter's interpreter."""
         return not self.pypi
+
+    def index_urls(self) -> tuple[str, ...]:
+        """``index_url`` then ``extra_index_urls``; empty when the job names no index."""
+        return ((self.index_url,) if self.index_url is not None else ()) + self.extra_index_urls
+
+    def image_name(self) -> str | None:
+        """The image's ``registry/repository`` without tag or digest, with Docker's default
+        registry made explicit (``python:3.12`` -> ``docker.io/library/python``)."""
+        if self.image is None:
+            return None
+        name = self.image.split("@", 1)[0]
+        head, _, last = name.rpartition("/")
+        name = f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+        first = name.split("/", 1)[0]
+        if "/" not in name or not ("." in first or ":" in first or first == "localhost"):
+            name = f"docker.io/{name if '/' in name else 'library/' + name}"
+        return name
 
     def requirements(self) -> list[str]:
         """The spec as requirement lines: ``{"a": "1.7.*"}`` -> ``["a==1.7.*"]``."""

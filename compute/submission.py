@@ -20,7 +20,7 @@ from compute.code import pickle_payload, take_snapshot
 from compute.job import Job
 from compute.model import PYTHON_NAMES, Environment, JobSpec, JobStatus, Resources
 from compute.state import LAKEFS_SCHEME, JobStore, StatusRecord
-from store.errors import BranchNotFoundError, InvalidArgumentError
+from store.errors import BranchNotFoundError, InvalidArgumentError, UnsupportedOperationError
 from store.lake import Lake
 from store.names import parse_branch
 
@@ -81,6 +81,9 @@ def submit(
         RefNotFoundError: ``input_ref`` does not exist.
         InvalidNameError: a malformed ``output_branch``.
         NotInstalledError: the backend's extra is missing.
+        PolicyLimitError: the job asks for more than the lake's perimeter allows (GPUs, CPUs,
+            memory, a package index or image registry), see docs/policy.md.
+        UnsupportedOperationError: the environment names a container image.
     """
     if (fn is None) == (command is None):
         raise InvalidArgumentError("give a callable or command=[...], not both and not neither")
@@ -103,6 +106,13 @@ def submit(
     environment = environment if environment is not None else Environment()
     if not isinstance(resources, Resources) or not isinstance(environment, Environment):
         raise InvalidArgumentError("resources and environment take compute.Resources / Environment")
+    from store.policy.limits import check_job  # the perimeter's limits, docs/policy.md
+
+    check_job(lake, resources, environment)
+    if environment.image is not None:
+        raise UnsupportedOperationError(
+            f"no compute backend runs container images yet (image {environment.image!r})"
+        )
     options = {"address": address} if backend == "ray" else {}
     if address is not None and backend != "ray":
         raise InvalidArgumentError("address= is for the ray backend")

@@ -85,6 +85,12 @@ class GateFailedError(PermissionDeniedError):
         self.failures: list[str] = list(failures)
 
 
+class PolicyLimitError(PermissionDeniedError):
+    """A job asks for more than its perimeter's policy allows (GPUs, CPUs, memory, a package
+    index or image registry not listed); the message names the perimeter, the limit and the
+    value. Nothing was created."""
+
+
 class ProtectedBranchError(PermissionDeniedError):
     """The branch is protected: change it only by merging into it."""
 

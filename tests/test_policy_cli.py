@@ -91,7 +91,12 @@ def test_token_commands_never_print_the_secret_again(
     assert all(secret not in out for _, out in outputs)
     audit = json.loads(outputs[3][1])
     assert audit["problems"] == []
-    assert [e["action"] for e in audit["entries"]][:2] == ["token-create", "token-use"]
+    assert [e["action"] for e in audit["entries"]][:4] == [
+        "policy-change",
+        "merge",
+        "token-create",
+        "token-use",
+    ]
 
 
 def test_staging_cannot_create_tokens_from_the_cli(policed_lake: Path) -> None:

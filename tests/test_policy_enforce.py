@@ -6,6 +6,7 @@ Every behaviour runs on every backend through the ``lake`` fixture; lakes are re
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import replace
@@ -27,6 +28,7 @@ from store.policy import api
 from store.policy.enforce import META_AUDIT_SEQ, META_PERIMETER, META_PRINCIPAL, backend_principal
 from store.policy.gates import evaluate
 from store.policy.ledger import ADMIN_BRANCH, audit_path
+from store.policy.model import POLICY_PATH
 from store.policy.parse import parse_policy
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -322,4 +324,170 @@ def test_check_run_and_approval_gates_hold_for_exactly_the_source_commit(
     merged = ci.merge(pr.name, into="main")
     assert ci.read_bytes("m", "main") == b"1" and merged.metadata[META_AUDIT_SEQ]
     ci.close()
+    prod.close()
+
+
+# -- token scopes, own namespaces, the first policy's audit, the run's perimeter --------------
+
+
+def test_token_scopes_limit_what_a_token_does_and_name_the_missing_scope(
+    lake: store.Lake, lake_access: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = POLICY.format(admin=admin(lake), gates="").replace(
+        '"token:ci"]', '"token:promoter", "token:reader"]'
+    )
+    setup = lake.branch("setup")
+    setup.write_bytes("data/open.csv", b"x\n1\n")
+    setup.write_bytes(POLICY_PATH, text.encode())
+    setup.commit("policy")
+    lake.merge(setup.name, into="main")
+    policed = lake_access
+    prod = reopen(policed, perimeter="production")
+    with pytest.raises(InvalidArgumentError, match="unknown token scope 'deploy'; the scopes are"):
+        api.create_token(prod, "ci", "production", scopes=("promote", "deploy"))
+    assert api.list_tokens(prod) == []
+    ready = prod.branch("ready")
+    ready.write_bytes("m", b"1")
+    ready.commit("ready")
+    promoter, _ = api.create_token(prod, "promoter", "production", scopes=("promote",))
+    reader, _ = api.create_token(prod, "reader", "production", scopes=("read",))
+    assert {t.name: t.scopes for t in api.list_tokens(prod)} == {
+        "promoter": ("promote",),
+        "reader": ("read",),
+    }
+    main = prod.resolve("main")
+    monkeypatch.setenv("FLOWLAKE_TOKEN", reader)
+    ro = reopen(policed)
+    assert ro.read_bytes("data/open.csv", "main") == b"x\n1\n"
+    with pytest.raises(PermissionDeniedError, match=r"token:reader lacks the token scope 'write'"):
+        ro.branch("scratch")
+    with pytest.raises(PermissionDeniedError, match="lacks the token scope 'promote'"):
+        ro.merge("user:tester/ready", into="main")
+    with pytest.raises(PermissionDeniedError, match="lacks the token scope 'approve'"):
+        api.approve(ro, "user:tester/ready")
+    monkeypatch.setenv("FLOWLAKE_TOKEN", promoter)
+    ci = reopen(policed)
+    with pytest.raises(PermissionDeniedError, match="lacks the token scope 'write'"):
+        ci.with_namespace("production").branch("hotfix")
+    with pytest.raises(PermissionDeniedError, match="lacks the token scope 'admin'"):
+        api.revoke_token(ci, "reader")
+    assert ci.resolve("main") == main and len(ci.branches(all_namespaces=True)) == len(
+        prod.branches(all_namespaces=True)
+    )
+    ci.merge("user:tester/ready", into="main")
+    assert ci.read_bytes("m", "main") == b"1"
+    policy = ci.read_bytes(POLICY_PATH, "main") + b"\n# reviewed\n"
+    change = prod.branch("policy-edit")
+    change.write_bytes(POLICY_PATH, policy)
+    change.commit("edit the policy")
+    with pytest.raises(PermissionDeniedError, match="lacks the token scope 'admin'"):
+        ci.merge(change.name, into="main")
+    ci.close()
+    prod.close()
+
+
+def test_token_create_validates_scopes_on_the_cli(
+    policed: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from ui.cli import app
+
+    monkeypatch.setenv("FLOWLAKE_PERIMETER", "production")
+    location = policed.location  # type: ignore[attr-defined]
+    args = ["token", "create", "--name", "ci", "--perimeter", "production", "--lake", location]
+    bad = CliRunner().invoke(app, [*args, "--scope", "promote,root"])
+    assert bad.exit_code != 0 and "unknown token scope 'root'" in bad.output + str(bad.exception)
+    good = CliRunner().invoke(app, [*args, "--scope", "promote", "--scope", "approve"])
+    assert good.exit_code == 0, good.output
+    assert "scopes approve,promote" in good.output
+    listed = CliRunner().invoke(app, ["token", "list", "--json", "--lake", location])
+    assert json.loads(listed.output)[0]["scopes"] == ["approve", "promote"]
+
+
+def test_user_placeholder_lets_each_person_write_only_their_own_namespace(
+    lake: store.Lake, lake_access: object
+) -> None:
+    text = POLICY.format(admin=admin(lake), gates="").replace(
+        'write = ["user:*/**", "team:*/**"]', 'write = ["user:{user}/**"]'
+    )
+    setup = lake.branch("setup")
+    setup.write_bytes(POLICY_PATH, text.encode())
+    setup.commit("own namespaces only")
+    lake.merge(setup.name, into="main")
+    staging = reopen(lake_access, perimeter="staging")
+    me = api.identity(staging).principal  # user:<login>: FLOWLAKE_USER, or the lakeFS user
+    own = staging.with_namespace(me).branch("exp")
+    own.write_bytes("a", b"1")
+    own.commit("mine")
+    other = "user:bob" if me != "user:bob" else "user:carol"
+    with pytest.raises(PermissionDeniedError, match=rf"may not create branch {other}/exp"):
+        staging.with_namespace(other).branch("exp")
+    with pytest.raises(PolicyError, match=r"only \{user\} may appear here"):
+        parse_policy(text.replace("user:{user}/**", "user:{login}/**"))
+    with pytest.raises(PolicyError, match="none may appear here"):
+        parse_policy(text.replace('read_deny = ["data/pii/**"]', 'read_deny = ["{user}/**"]'))
+    staging.close()
+
+
+def test_the_first_policy_merge_is_audited_and_anchored(lake: store.Lake) -> None:
+    install_policy(lake)
+    first = lake.log("main")[0]
+    entries = api.audit_log(lake)
+    assert [e.action for e in entries] == ["policy-change", "merge"]
+    assert entries[0].actor == admin(lake) and entries[0].details["source"] == first.parents[-1]
+    assert first.metadata[META_AUDIT_SEQ] == "1"
+    assert api.verify_audit(lake) == []
+    inner = api._view(lake)._inner
+    inner.delete(ADMIN_BRANCH, [audit_path(e.seq) for e in entries])
+    inner.commit(ADMIN_BRANCH, "erase the policy's installation", {}, "mallory")
+    assert any("entry 1" in p and "missing" in p for p in api.verify_audit(lake))
+
+
+def test_the_first_policy_merge_verifies_with_flowlake_audit(lake_access: object) -> None:
+    from typer.testing import CliRunner
+
+    from ui.cli import app
+
+    install_policy(store.open(lake_access.location))  # type: ignore[attr-defined]
+    done = CliRunner().invoke(
+        app,
+        ["audit", "--verify", "--lake", lake_access.location],  # type: ignore[attr-defined]
+    )
+    assert done.exit_code == 0, done.output
+    assert "policy-change" in done.output and "audit chain intact: 2 entries" in done.output
+
+
+def test_every_run_records_the_perimeter_and_old_runs_read_null(
+    lake: store.Lake, lake_access: object
+) -> None:
+    import pyarrow.parquet as pq
+
+    from tracking import layout
+
+    lake.branch("exp")
+    with tracking.start_run(lake, "exp", name="before", snapshot_code=False) as old:
+        pass
+    record = layout.run_file(old.id, layout.RUN_FILE)
+    table = pq.read_table(io.BytesIO(lake.read_bytes(record, "exp")))
+    assert table.column("perimeter").to_pylist() == [None]  # no policy, no perimeter asked
+    legacy = lake.branch("legacy", source="exp")
+    buffer = io.BytesIO()
+    pq.write_table(table.drop_columns(["perimeter"]), buffer)
+    legacy.write_bytes(record, buffer.getvalue())
+    legacy.commit("a run record written before the perimeter column")
+    install_policy(lake)
+    prod = reopen(lake_access, perimeter="production")
+    with tracking.start_run(prod, "exp", name="after", snapshot_code=False) as new:
+        pass
+    rows = tracking.sql(
+        prod, "SELECT run_id, name, perimeter FROM runs ORDER BY name", ref="exp"
+    ).to_pylist()
+    assert rows == [
+        {"run_id": new.id, "name": "after", "perimeter": "production"},
+        {"run_id": old.id, "name": "before", "perimeter": None},
+    ]
+    legacy_rows = tracking.sql(prod, "SELECT perimeter FROM runs", ref="legacy").to_pylist()
+    assert legacy_rows == [{"perimeter": None}]
+    assert tracking.sql(prod, "SELECT * FROM problems", ref="legacy").num_rows == 0
     prod.close()

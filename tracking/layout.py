@@ -83,6 +83,7 @@ RUN_SCHEMA = pa.schema(
         ("platform", pa.string()),
         ("heartbeat_interval", pa.float64()),
         ("sessions", pa.int32()),
+        ("perimeter", pa.string()),  # the policy perimeter; null in runs written before it
     ]
 )
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from store.errors import AlreadyExistsError, ObjectNotFoundError, StoreError
+from store.policy.enforce import perimeter_of
 from tracking import catalog, environment, layout, liveness, localcache, snapshot
 from tracking import run as run_module
 from tracking.errors import RunNotFoundError, RunStateError
@@ -136,6 +137,7 @@ def start_run(
         "platform": env.platform,
         "heartbeat_interval": float(heartbeat_interval),
         "sessions": 1,
+        "perimeter": perimeter_of(lake.backend),
     }
     run = Run(
         lake,

@@ -24,8 +24,8 @@ from ui.options import DEFAULT_LAKE, JsonOption, LakeOption, NamespaceOption, op
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._\[\],-]*)\s*(.*)$")
 
 
-def parse_pypi(items: list[str] | None) -> compute.Environment:
-    """``["humanize==4.9.0", "numpy>=2"]`` -> ``Environment(pypi={...})``.
+def parse_pypi(items: list[str] | None, index_url: str | None = None) -> compute.Environment:
+    """``["humanize==4.9.0", "numpy>=2"]`` -> ``Environment(pypi={...}, index_url=...)``.
 
     Raises:
         typer.BadParameter: not a requirement.
@@ -37,9 +37,9 @@ def parse_pypi(items: list[str] | None) -> compute.Environment:
             raise typer.BadParameter(f"{item!r} is not PKG or PKG==VERSION", param_hint="--pypi")
         pypi[match[1]] = match[2]
     try:
-        return compute.Environment(pypi=pypi)
+        return compute.Environment(pypi=pypi, index_url=index_url)
     except InvalidArgumentError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--pypi") from None
+        raise typer.BadParameter(str(exc), param_hint="--pypi / --index-url") from None
 
 
 def run_command(
@@ -63,6 +63,10 @@ def run_command(
         list[str] | None,
         typer.Option("--pypi", help="A package for the job's environment, PKG==V (repeatable)."),
     ] = None,
+    index_url: Annotated[
+        str | None,
+        typer.Option("--index-url", help="The package index --pypi installs from (default PyPI)."),
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", help="A name for the job.")] = None,
     retries: Annotated[int, typer.Option("--retries", help="Retries of a failed attempt.")] = 0,
     timeout: Annotated[
@@ -80,7 +84,7 @@ def run_command(
     The job's output is echoed as it comes: on standard output, or with ``--json`` on standard
     error, so that standard output is only the job's JSON.
     """
-    environment = parse_pypi(pypi)
+    environment = parse_pypi(pypi, index_url)
     if detach and backend == "ray":
         raise typer.BadParameter(
             "Ray tasks end with the process that submitted them; drop --detach for ray",

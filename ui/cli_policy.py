@@ -18,7 +18,7 @@ from rich.text import Text
 import store
 from store.errors import LakeNotFoundError
 from store.policy import api
-from store.policy.tokens import TokenRecord
+from store.policy.tokens import SCOPES, TokenRecord
 from ui import render
 from ui.options import DEFAULT_LAKE, JsonOption, LakeOption, NamespaceOption
 
@@ -73,20 +73,31 @@ def token_create_command(
         str, typer.Option("--perimeter", help="The one perimeter the token acts in.")
     ],
     expires: Annotated[str, typer.Option("--expires", help="Lifetime: 90m, 12h, 30d, 2w.")] = "30d",
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help=f"What it may do (repeat or comma-separate): {', '.join(SCOPES)}. "
+            "Default: everything its perimeter allows.",
+            show_default=False,
+        ),
+    ] = None,
     lake: LakeOption = DEFAULT_LAKE,
 ) -> None:
     """Create a token and print its secret ONCE (store it in your CI's secrets).
 
-    Needs the production perimeter (FLOWLAKE_PERIMETER=production or a production token).
+    Needs the production perimeter (FLOWLAKE_PERIMETER=production).
     """
+    scopes = tuple(s.strip() for text in scope or () for s in text.split(",") if s.strip())
     opened = _open(lake, None, None)
-    secret, record = api.create_token(opened, name, perimeter_for, expires)
+    secret, record = api.create_token(opened, name, perimeter_for, expires, scopes)
     out = render.stdout()
     out.print(
         Text.assemble(
             ("created token ", "green"),
             (record.name, "bold"),
-            f" for perimeter {record.perimeter}, expires {record.expires:%Y-%m-%d %H:%M} UTC",
+            f" for perimeter {record.perimeter}, scopes {','.join(record.scopes) or 'all'}, "
+            f"expires {record.expires:%Y-%m-%d %H:%M} UTC",
         )
     )
     out.print("Its secret is shown only now; set it as FLOWLAKE_TOKEN in CI:")

@@ -20,7 +20,7 @@ from store.policy.enforce import (
 )
 from store.policy.gates import GateOutcome, author, evaluate
 from store.policy.model import Policy
-from store.policy.tokens import TokenRecord, parse_lifetime
+from store.policy.tokens import TokenRecord, check_scopes, parse_lifetime
 
 if TYPE_CHECKING:
     from store.lake import Lake
@@ -67,9 +67,10 @@ def create_token(
     Raises:
         PermissionDeniedError: the caller does not act in the production perimeter, or is a
             machine token.
-        InvalidArgumentError: no policy, an unknown perimeter, a bad name or lifetime, or the
-            name is taken.
+        InvalidArgumentError: no policy, an unknown perimeter, a bad name, lifetime or scope
+            (one not in :data:`store.policy.tokens.SCOPES`), or the name is taken.
     """
+    scopes = check_scopes(scopes)
     view = _production_only(lake, "creating a token")
     if view.identity.principal.startswith("token:"):
         # A leaked token must not be able to mint successors that outlive its revocation.
@@ -85,7 +86,12 @@ def create_token(
     view.ledger.append(
         view.identity.principal,
         "token-create",
-        {"token": name, "perimeter": perimeter, "expires": record.expires.isoformat()},
+        {
+            "token": name,
+            "perimeter": perimeter,
+            "scopes": ",".join(record.scopes),
+            "expires": record.expires.isoformat(),
+        },
     )
     return secret, record
 
@@ -99,10 +105,12 @@ def revoke_token(lake: Lake, name: str) -> TokenRecord:
     """Revoke a token; it fails on its next use.
 
     Raises:
-        PermissionDeniedError: the caller does not act in the production perimeter.
+        PermissionDeniedError: the caller does not act in the production perimeter, or is a
+            token without the ``admin`` scope.
         TokenError: no token of that name.
     """
     view = _production_only(lake, "revoking a token")
+    view.require_scope("admin", "revoke a token")
     record = view.ledger.revoke_token(name)
     view.ledger.append(view.identity.principal, "token-revoke", {"token": name})
     return record
@@ -138,9 +146,11 @@ def approve(lake: Lake, source: str) -> AuditEntry:
     gates).
 
     Raises:
-        PermissionDeniedError: the caller made that commit.
+        PermissionDeniedError: the caller made that commit, or is a token without the
+            ``approve`` scope.
     """
     view = _view(lake)
+    view.require_scope("approve", "approve a commit")
     commit = lake.resolve(source)
     if author(view._inner, commit) == view.identity.principal:
         raise PermissionDeniedError(

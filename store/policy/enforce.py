@@ -48,7 +48,7 @@ from store.model import Commit, MergeStrategy, ObjectInfo
 from store.names import BranchName
 from store.policy import tokens
 from store.policy.ledger import Ledger, is_admin_branch
-from store.policy.model import POLICY_PATH, Perimeter, Policy, glob_matches
+from store.policy.model import POLICY_PATH, Perimeter, Policy, expand_principal, glob_matches
 from store.policy.parse import parse_policy
 
 ENV_PERIMETER = "FLOWLAKE_PERIMETER"
@@ -72,10 +72,13 @@ class Identity:
     Attributes:
         principal: ``user:<login>`` or ``token:<name>``.
         perimeter: the perimeter acted in; None on a lake without a policy when none was asked.
+        scopes: a token's scopes (:data:`store.policy.tokens.SCOPES`); empty: no limit beyond
+            the perimeter's (people, and tokens made without ``--scope``).
     """
 
     principal: str
     perimeter: str | None
+    scopes: tuple[str, ...] = ()
 
 
 def read_policy(backend: Backend, ref: str) -> Policy | None:
@@ -132,6 +135,7 @@ def policy_view(
     token = token or os.environ.get(ENV_TOKEN) or None
     ledger = Ledger(backend, clock)
     policy = read_policy(backend, backend.default_branch)
+    scopes: tuple[str, ...] = ()
     if token is not None:
         from store.errors import TokenError
 
@@ -142,6 +146,7 @@ def policy_view(
             )
         perimeter = record.perimeter
         principal = record.principal
+        scopes = record.scopes
         ledger.update_token(replace(record, last_used=ledger.now()))
         ledger.append(principal, "token-use", {"token": record.name, "perimeter": perimeter})
     elif policy is not None:
@@ -151,8 +156,15 @@ def policy_view(
     if policy is not None:
         perimeter = perimeter or DEFAULT_PERIMETER
         _admitted(policy, perimeter, principal)
-    view = PolicyBackend(backend, Identity(principal, perimeter), ledger, location)
+    view = PolicyBackend(backend, Identity(principal, perimeter, scopes), ledger, location)
     return cast(Backend, view)
+
+
+def perimeter_of(backend: object) -> str | None:
+    """The perimeter a lake's backend (``Lake.backend``) was opened in, or None when none was
+    asked on a lake without a policy (or the lake was not opened with ``store.open``)."""
+    view = getattr(backend, "_inner", backend)
+    return view.identity.perimeter if isinstance(view, PolicyBackend) else None
 
 
 def _admitted(policy: Policy, perimeter: str, principal: str) -> Perimeter:
@@ -218,17 +230,32 @@ class PolicyBackend:
                 f"branch {branch!r} is flowlake's internal admin branch; it changes only "
                 "through 'flowlake token' and the audit log"
             )
+        main = branch == self._inner.default_branch
+        self.require_scope("promote" if main else "write", f"{what} {branch_label(branch)}")
         policy = self.policy() if fresh else self._read_policy
         if policy is None:
             return None
         perimeter = self._perimeter(policy)
         label = branch_label(branch)
-        if not any(glob_matches(pattern, label) for pattern in perimeter.write):
+        patterns = (expand_principal(p, self.identity.principal) for p in perimeter.write)
+        if not any(p is not None and glob_matches(p, label) for p in patterns):
             raise PermissionDeniedError(
                 f"{self.identity.principal} in perimeter {perimeter.name!r} may not {what} "
                 f"{label} (policy line {perimeter.line}: write = {list(perimeter.write)})"
             )
         return policy
+
+    def require_scope(self, scope: str, what: str) -> None:
+        """Refuse what a token's scopes do not cover (people have no scopes).
+
+        Raises:
+            PermissionDeniedError: names the missing scope and the token's scopes.
+        """
+        if not tokens.allows(self.identity.scopes, scope):
+            raise PermissionDeniedError(
+                f"{self.identity.principal} lacks the token scope {scope!r} needed to {what} "
+                f"(its scopes: {', '.join(self.identity.scopes)})"
+            )
 
     @functools.cached_property
     def _read_policy(self) -> Policy | None:
@@ -367,10 +394,27 @@ class PolicyBackend:
         merge_attested = cast(
             Callable[..., Commit], getattr(self._inner, "merge_attested", self._inner.merge)
         )
-        if policy is None:
+        if policy is None and not changes_policy:
             return merge_attested(
                 source_commit, dest_branch, strategy, message, metadata, committer, guard
             )
+
+        def merge(anchor: dict[str, str]) -> Commit:
+            return merge_attested(
+                source_commit,
+                dest_branch,
+                strategy,
+                message,
+                {**metadata, **anchor},
+                committer,
+                guard,
+            )
+
+        if policy is None:  # the first policy: nothing to gate, but audited like later changes
+            actor = self.identity.principal
+            if actor.startswith("user:"):  # no policy yet, so the lakeFS user was not asked
+                actor = backend_principal(self._inner, actor.removeprefix("user:"))
+            return self._audited_merge(actor, "policy-change", source_commit, dest_head, merge)
         from store.policy.gates import evaluate
 
         outcomes = evaluate(
@@ -393,26 +437,30 @@ class PolicyBackend:
                 [o.summary() for o in failed],
             )
         action = "policy-change" if changes_policy else "promote"
+        return self._audited_merge(self.identity.principal, action, source_commit, dest_head, merge)
+
+    def _audited_merge(
+        self,
+        actor: str,
+        action: str,
+        source_commit: str,
+        dest_head: str,
+        merge: Callable[[dict[str, str]], Commit],
+    ) -> Commit:
+        """Append ``action`` to the audit chain, anchor the chain's head in the merge commit's
+        metadata, merge, and record the merge (or its failure)."""
+        into = self._inner.default_branch
         entry = self.ledger.append(
-            self.identity.principal,
-            action,
-            {"source": source_commit, "into": dest_branch, "base": dest_head},
+            actor, action, {"source": source_commit, "into": into, "base": dest_head}
         )
-        metadata = {**metadata, META_AUDIT_SEQ: str(entry.seq), META_AUDIT_HASH: entry.hash}
         try:
-            merged = merge_attested(
-                source_commit, dest_branch, strategy, message, metadata, committer, guard
-            )
+            merged = merge({META_AUDIT_SEQ: str(entry.seq), META_AUDIT_HASH: entry.hash})
         except StoreError as exc:
             self.ledger.append(
-                self.identity.principal,
-                f"{action}-failed",
-                {"source": source_commit, "error": type(exc).__name__},
+                actor, f"{action}-failed", {"source": source_commit, "error": type(exc).__name__}
             )
             raise
-        self.ledger.append(
-            self.identity.principal, "merge", {"source": source_commit, "commit": merged.id}
-        )
+        self.ledger.append(actor, "merge", {"source": source_commit, "commit": merged.id})
         return merged
 
     def revert(self, branch: str, commit_id: str, committer: str) -> Commit:
@@ -436,7 +484,9 @@ class PolicyBackend:
         return reverted
 
     def _check_policy_change(self, policy: Policy | None, source: str | None, how: str) -> None:
-        """A change of the policy file: only production principals, and only to a valid file."""
+        """A change of the policy file: only production principals (tokens: with the ``admin``
+        scope), and only to a valid file."""
+        self.require_scope("admin", f"{how} a change of {POLICY_PATH} into main")
         if policy is not None and self.identity.perimeter != PRODUCTION_PERIMETER:
             raise PermissionDeniedError(
                 f"a {how} that changes {POLICY_PATH} needs the production perimeter; "

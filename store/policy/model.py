@@ -70,11 +70,16 @@ class Perimeter:
     Attributes:
         name: ``staging``, ``production``, ...
         principals: who may open the lake in this perimeter.
-        write: branch patterns (``<namespace>/<branch>``) its principals may write or merge into.
+        write: branch patterns (``<namespace>/<branch>``) its principals may write or merge into;
+            ``{user}`` stands for the acting person's login (:func:`expand_principal`).
         read_deny: path patterns that may not be read from this perimeter.
         max_gpus: the most GPUs one job of this perimeter may ask for (None: no limit).
-        package_indexes: package index URLs jobs may install from (empty: any).
-        image_registries: container registries jobs may pull from (empty: any).
+        max_cpus: the most CPU cores one job may ask for (None: no limit).
+        max_memory_gib: the most memory one job may reserve, in GiB (None: no limit).
+        package_indexes: package index URLs jobs may install from; an index matches an entry
+            equal to it or a prefix of it at a ``/`` (empty: any index).
+        image_registries: container registries (``host[:port]``, optionally with a path
+            prefix such as ``ghcr.io/acme``) jobs' images may come from (empty: any).
         line: the policy line of its table.
     """
 
@@ -83,6 +88,8 @@ class Perimeter:
     write: tuple[str, ...] = ()
     read_deny: tuple[str, ...] = ()
     max_gpus: int | None = None
+    max_cpus: float | None = None
+    max_memory_gib: float | None = None
     package_indexes: tuple[str, ...] = ()
     image_registries: tuple[str, ...] = ()
     line: int = 0
@@ -105,6 +112,26 @@ class Policy:
     def allows(self, entries: tuple[str, ...], principal: str) -> bool:
         """Whether ``principal`` is one of ``entries`` (directly, through a group, or ``*``)."""
         return any(e == "*" or principal in self.members(e) for e in entries)
+
+
+#: In a ``write`` pattern, stands for the acting person's login: ``user:{user}/**`` lets
+#: ``user:alice`` write ``user:alice/...`` only. A machine token has no login, so a pattern
+#: holding it matches nothing for ``token:`` principals.
+USER_PLACEHOLDER = "{user}"
+
+
+def expand_principal(pattern: str, principal: str) -> str | None:
+    """``pattern`` with :data:`USER_PLACEHOLDER` replaced by ``principal``'s login, or None when
+    the pattern holds it and ``principal`` is not a ``user:`` (it then matches nothing).
+
+    Logins hold no glob characters (see :data:`store.policy.parse.PRINCIPAL`), so the result
+    matches exactly that login.
+    """
+    if USER_PLACEHOLDER not in pattern:
+        return pattern
+    if not principal.startswith("user:"):
+        return None
+    return pattern.replace(USER_PLACEHOLDER, principal.removeprefix("user:"))
 
 
 def glob_matches(pattern: str, name: str) -> bool:

@@ -11,12 +11,13 @@ The file format, version 1::
     [perimeters.production]            # every policy defines staging and production
     principals = ["group:release"]     # who may open the lake in this perimeter
     write = ["production/**"]          # branches (<namespace>/<branch>) they may write
-    max_gpus = 8
+    max_gpus = 8                       # per job; also max_cpus, max_memory_gib
     package_indexes = ["https://pypi.org/simple"]
+    image_registries = ["ghcr.io/acme"]
 
     [perimeters.staging]
     principals = ["*"]
-    write = ["user:*/**"]
+    write = ["user:{user}/**"]         # {user}: the acting person's login (own namespace)
     read_deny = ["data/pii/**"]        # paths not readable from this perimeter
 
     [[gates]]                          # a promotion into main passes only if every gate holds
@@ -41,7 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from store.errors import PolicyError
-from store.policy.model import Gate, GateKind, Perimeter, Policy
+from store.policy.model import USER_PLACEHOLDER, Gate, GateKind, Perimeter, Policy
 
 VERSION = 1
 REQUIRED_PERIMETERS = ("staging", "production")
@@ -56,11 +57,15 @@ CONDITION = re.compile(
     rf"|(?P<constant>{_NUMBER}))\s*"
 )
 REQUIRE = ("better", "not worse")
+INDEX_URL = re.compile(r"(https?://[^\s/@]+|file://)[^\s@]*")
+REGISTRY = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9._-]+)*/?")
 PERIMETER_KEYS = {
     "principals",
     "write",
     "read_deny",
     "max_gpus",
+    "max_cpus",
+    "max_memory_gib",
     "package_indexes",
     "image_registries",
 }
@@ -179,6 +184,18 @@ class _Reader:
         def strings(key: str) -> tuple[str, ...]:
             return self._strings(body.get(key, []), f"{where}.{key}", self.lines.of(where, 0, key))
 
+        def patterns(key: str, placeholders: bool) -> tuple[str, ...]:
+            found = strings(key)
+            for pattern in found:
+                rest = pattern.replace(USER_PLACEHOLDER, "") if placeholders else pattern
+                if "{" in rest or "}" in rest:
+                    allowed = f"only {USER_PLACEHOLDER} may" if placeholders else "none may"
+                    raise self.fail(
+                        f"{where}.{key}: {pattern!r} holds a placeholder; {allowed} appear here",
+                        self.lines.of(where, 0, key),
+                    )
+            return found
+
         max_gpus = body.get("max_gpus")
         if max_gpus is not None and (
             not isinstance(max_gpus, int) or isinstance(max_gpus, bool) or max_gpus < 0
@@ -187,16 +204,46 @@ class _Reader:
                 f"{where}.max_gpus must be a whole number >= 0, not {max_gpus!r}",
                 self.lines.of(where, 0, "max_gpus"),
             )
+
+        def amount(key: str) -> float | None:
+            value = body.get(key)
+            if value is not None and (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise self.fail(
+                    f"{where}.{key} must be a number >= 0, not {value!r}",
+                    self.lines.of(where, 0, key),
+                )
+            return None if value is None else float(value)
+
+        def matching(key: str, shape: re.Pattern[str], example: str) -> tuple[str, ...]:
+            found = strings(key)
+            for entry in found:
+                if not shape.fullmatch(entry):
+                    raise self.fail(
+                        f"{where}.{key}: {entry!r} is not {example}", self.lines.of(where, 0, key)
+                    )
+            return tuple(e.rstrip("/") for e in found)
+
         return Perimeter(
             name=name,
             principals=self._principals(
                 body["principals"], f"{where}.principals", self.lines.of(where, 0, "principals")
             ),
-            write=strings("write"),
-            read_deny=strings("read_deny"),
+            write=patterns("write", placeholders=True),
+            read_deny=patterns("read_deny", placeholders=False),
             max_gpus=max_gpus,
-            package_indexes=strings("package_indexes"),
-            image_registries=strings("image_registries"),
+            max_cpus=amount("max_cpus"),
+            max_memory_gib=amount("max_memory_gib"),
+            package_indexes=matching(
+                "package_indexes", INDEX_URL, "an index URL (http://, https:// or file://)"
+            ),
+            image_registries=matching(
+                "image_registries", REGISTRY, "a registry such as 'ghcr.io' or 'ghcr.io/acme'"
+            ),
             line=line,
         )
 

@@ -31,6 +31,15 @@ BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 TOKEN_PATTERN = re.compile(rf"\b{PREFIX}[0-9A-Za-z]{{{RANDOM_CHARS + CHECKSUM_CHARS}}}\b")
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
 MAX_LIFETIME = timedelta(days=366)
+#: What a token's scopes allow, each within what its perimeter allows its principals. Every
+#: scope includes ``read``; a token without scopes may do everything the perimeter allows.
+SCOPES: dict[str, str] = {
+    "read": "read objects and list them (a read-only token)",
+    "write": "create, delete and write branches other than main; commit; merge into them",
+    "promote": "merge into main (promotions), revert on main, tag",
+    "approve": "record approvals ('flowlake approve')",
+    "admin": "change the policy (with promote) and revoke tokens",
+}
 _DURATION = re.compile(r"(\d{1,6})([mhdw])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -42,8 +51,8 @@ class TokenRecord:
     Attributes:
         name: unique among the lake's tokens; the principal is ``token:<name>``.
         perimeter: the one perimeter the token may act in.
-        scopes: what it may do there (e.g. ``("promote",)``); empty means everything the
-            perimeter's policy allows its principals.
+        scopes: what it may do there, some of :data:`SCOPES` (e.g. ``("promote",)``); empty
+            means everything the perimeter's policy allows its principals.
         digest: SHA-256 hex of the secret.
         created: when it was made (UTC).
         expires: when it stops working (UTC).
@@ -93,7 +102,7 @@ def create(
     """A new token: its secret (to print once, then forget) and the record to store.
 
     Raises:
-        InvalidArgumentError: a bad name or lifetime, or a name already in use.
+        InvalidArgumentError: a bad name, lifetime or scope, or a name already in use.
     """
     if not NAME.fullmatch(name):
         raise InvalidArgumentError(
@@ -104,10 +113,32 @@ def create(
         raise InvalidArgumentError(f"a token named {name!r} exists already: revoke it first")
     if not timedelta(0) < lifetime <= MAX_LIFETIME:
         raise InvalidArgumentError("a token's lifetime must be above 0 and at most 366 days")
+    scopes = check_scopes(scopes)
     body = "".join(secrets.choice(BASE62) for _ in range(RANDOM_CHARS))
     secret = PREFIX + body + _checksum(body)
     record = TokenRecord(name, perimeter, scopes, digest(secret), now, now + lifetime)
     return secret, record
+
+
+def check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """``scopes`` sorted without repeats.
+
+    Raises:
+        InvalidArgumentError: a scope that is not one of :data:`SCOPES` (named, with the known
+            ones).
+    """
+    found = tuple(sorted(set(scopes)))
+    for scope in found:
+        if scope not in SCOPES:
+            raise InvalidArgumentError(
+                f"unknown token scope {scope!r}; the scopes are {', '.join(SCOPES)}"
+            )
+    return found
+
+
+def allows(scopes: tuple[str, ...], scope: str) -> bool:
+    """Whether a token with ``scopes`` may do what ``scope`` covers (empty: everything)."""
+    return not scopes or scope in scopes or scope == "read"
 
 
 def digest(secret: str) -> str:
