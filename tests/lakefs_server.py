@@ -45,7 +45,8 @@ class LakeFSServer:
         access_key_id: admin access key (also the S3 gateway key).
         secret_access_key: admin secret key.
         process: the server process.
-        data_dir: where metadata, blocks and the log live.
+        data_dir: where metadata, blocks and the log live; lakeFS may import objects from
+            ``data_dir / "external"`` (``local://`` imports).
         gate_key: the key in the server's ``LAKEFSACTION_FLOWLAKE_GATE_KEY``, for flowlake's
             gate hook (``store.backends.lakefs.gatehook``); random per server.
     """
@@ -138,6 +139,9 @@ def _server_env(data_dir: Path, port: int, key: str, secret: str, gate_key: str)
             "LAKEFS_EMAIL_SUBSCRIPTION_ENABLED": "false",
             "LAKEFS_SECURITY_CHECK_LATEST_VERSION": "false",
             "LAKEFS_LOGGING_LEVEL": "WARN",
+            # Imports from local paths under external/ (tests of what may change main).
+            "LAKEFS_BLOCKSTORE_LOCAL_IMPORT_ENABLED": "true",
+            "LAKEFS_BLOCKSTORE_LOCAL_ALLOWED_EXTERNAL_PREFIXES": str(data_dir / "external"),
             # Read by the gate hook's action arguments ({{ ENV.LAKEFSACTION_... }}).
             "LAKEFSACTION_FLOWLAKE_GATE_KEY": gate_key,
         }

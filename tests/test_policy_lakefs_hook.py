@@ -213,7 +213,7 @@ def test_without_the_key_a_flowlake_merge_is_refused_by_the_server_naming_the_ho
     assert repo.main_head() == before
 
 
-def test_raw_reverts_and_cherry_picks_on_main_are_refused_and_flowlake_reverts_pass(
+def test_raw_reverts_cherry_picks_and_imports_on_main_are_refused_and_flowlake_reverts_pass(
     enforced_repo: Repo,
 ) -> None:
     repo = enforced_repo
@@ -236,6 +236,13 @@ def test_raw_reverts_and_cherry_picks_on_main_are_refused_and_flowlake_reverts_p
             lakefs_sdk.RevertCreation(ref=merged.id, parent_number=1),  # type: ignore[call-arg]
         )
     assert "pre-revert" in refusal(revert.value) and gatehook.HOOK_ID in refusal(revert.value)
+    external = Path(repo.server.data_dir, "external", repo.name)
+    external.mkdir(parents=True)
+    (external / "unchecked.csv").write_text("x\n1\n")
+    importer = repo.repo.branch("main").import_data(commit_message="import into main")
+    with pytest.raises(lakefs.exceptions.LakeFSException) as imported:
+        importer.prefix(f"local://{external}/", destination="imported/").run()
+    assert gatehook.HOOK_ID in str(imported.value)  # lakeFS imports commit via pre-commit
     assert repo.main_head() == merged.id
     repo.lake.revert("main", merged.id)
     assert repo.main_head() != merged.id
@@ -357,16 +364,23 @@ def test_known_limitation_a_pre_commit_guard_cannot_protect_its_own_file(repo: R
 
 
 def test_known_limitation_any_repository_writer_can_read_the_servers_key(repo: Repo) -> None:
-    # Every action's {{ ENV.LAKEFSACTION_... }} argument is filled in, whoever wrote it: the key
-    # guards against mistakes and forged metadata, not against a writer who sets out to read it.
-    probe = (
-        "name: probe\non:\n  pre-commit:\nhooks:\n  - id: probe\n    type: lua\n"
-        "    properties:\n      args:\n"
-        '        k: "{{ ENV.LAKEFSACTION_FLOWLAKE_GATE_KEY }}"\n'
-        '      script: |\n        error("k=" .. args.k)\n'
-    )
-    branch = repo.repo.branch("probe").create(source_reference="main")
-    branch.object("_lakefs_actions/probe.yaml").upload(probe.encode())
-    with pytest.raises(lakefs.exceptions.ServerException) as info:
-        branch.commit("probe")
-    assert f"k={repo.server.gate_key}" in refusal(info.value)
+    # Every action's {{ ENV.... }} argument is filled in, whoever wrote it: the key guards
+    # against mistakes and forged metadata, not against a writer who sets out to read it. For
+    # Lua hooks lakeFS filters by the prefix "LAKEFS", so its own LAKEFS_* settings leak too.
+    expected = {
+        "LAKEFSACTION_FLOWLAKE_GATE_KEY": repo.server.gate_key,
+        "LAKEFS_LISTEN_ADDRESS": repo.server.endpoint.removeprefix("http://"),
+    }
+    for number, (variable, value) in enumerate(expected.items()):
+        probe = (
+            "name: probe\non:\n  pre-commit:\nhooks:\n  - id: probe\n    type: lua\n"
+            "    properties:\n      args:\n"
+            f'        k: "{{{{ ENV.{variable} }}}}"\n'
+            '      script: |\n        error("k=" .. args.k)\n'
+        )
+        # One branch per probe: lakeFS caches a branch's action list by its name.
+        branch = repo.repo.branch(f"probe-{number}").create(source_reference="main")
+        branch.object("_lakefs_actions/probe.yaml").upload(probe.encode())
+        with pytest.raises(lakefs.exceptions.ServerException) as info:
+            branch.commit("probe")
+        assert f"k={value}" in refusal(info.value), variable

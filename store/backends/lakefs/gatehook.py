@@ -5,14 +5,15 @@ lakeFS with the raw SDK skips them. This module makes the lakeFS server itself r
 merge where lakeFS allows it:
 
 * :func:`install` puts :data:`ACTION_PATH`, a lakeFS Action with one Lua hook on the default
-  branch's ``pre-merge``, ``pre-revert`` and ``pre-cherry-pick``, on that branch (through a
-  scratch branch and a merge, since the branch is protected against direct commits).
+  branch's ``pre-merge``, ``pre-revert``, ``pre-cherry-pick`` and ``pre-commit``, on that branch
+  (through a scratch branch and a merge, since the branch is protected against direct commits).
 * On a merge the hook recomputes :func:`attest` over ``("merge", <source commit id>)``, on a
   revert over ``("revert", <reverted commit id>, <the branch's head>)``, with the key from the
   lakeFS server's environment (:data:`SERVER_KEY_ENV`, handed to the hook as a ``{{ ENV.… }}``
   argument), and refuses unless the new commit's metadata holds it under
-  :data:`ATTESTATION_KEY`. It refuses every cherry-pick (flowlake never cherry-picks onto
-  ``main``, and lakeFS branch protection does not stop one). With no key on the server the
+  :data:`ATTESTATION_KEY`. It refuses every cherry-pick and every commit (flowlake does neither
+  on ``main``; lakeFS branch protection stops neither a cherry-pick nor an import, which commits
+  through ``pre-commit``). With no key on the server the
   action fails to load, which lakeFS also treats as a refusal (fail closed).
 * :func:`attestation_metadata` computes that value with the promoter's copy of the key
   (:data:`CLIENT_KEY_ENV`); only flowlake's enforcement point asks for it, after every gate held
@@ -126,6 +127,8 @@ def action_document(default_branch: str) -> bytes:
         "  pre-revert:\n"
         f"    branches: [{default_branch}]\n"
         "  pre-cherry-pick:\n"
+        f"    branches: [{default_branch}]\n"
+        "  pre-commit:\n"
         f"    branches: [{default_branch}]\n"
         "hooks:\n"
         f"  - id: {HOOK_ID}\n"
