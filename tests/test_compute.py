@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ import pytest
 
 import compute
 import store
+from compute.backends import local_forkserver
 from compute.leases import Ledger
 from compute.procs import pid_alive
 from store.errors import (
@@ -406,6 +408,59 @@ def test_a_jobs_code_starts_before_the_store_is_loaded_and_still_reaches_the_lak
     assert job.wait(timeout=JOB_WAIT_S) == []
     assert job.status is compute.JobStatus.SUCCEEDED
     assert embedded_lake.get_branch("light").head().id == job.output_commit
+
+
+def returns_one() -> int:
+    return 1
+
+
+def supervisor_parent_and_mark() -> tuple[int, str | None, int]:
+    with open(f"/proc/{os.getppid()}/stat") as f:  # the runner's parent is its supervisor
+        supervisor_parent = int(f.read().rsplit(")", 1)[1].split()[1])
+    mask = os.umask(0)
+    os.umask(mask)
+    return supervisor_parent, os.environ.get("FLOWLAKE_TEST_MARK"), mask
+
+
+def _server_answers() -> bool:
+    folder = local_forkserver.socket_dir()
+    assert folder is not None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(folder / f"{local_forkserver.server_key()}.sock"))
+        except OSError:
+            return False
+    return True
+
+
+def test_a_supervisor_from_the_fork_server_takes_the_submitters_environment_and_umask(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed(embedded_lake)
+    compute.submit(returns_one, lake=embedded_lake).wait(timeout=JOB_WAIT_S)  # starts a server
+    _wait_for(_server_answers)
+    # Set after the server started: the job must see the submitter's values as of the submit.
+    monkeypatch.setenv("FLOWLAKE_TEST_MARK", "as-at-submit")
+    old = os.umask(0o027)
+    try:
+        job = compute.submit(supervisor_parent_and_mark, lake=embedded_lake)
+    finally:
+        os.umask(old)
+    parent, mark, mask = job.wait(timeout=JOB_WAIT_S)
+    assert job._handle is None  # started through the server, not as this process's child
+    assert parent != os.getpid()
+    assert (mark, mask) == ("as-at-submit", 0o027)
+
+
+def test_with_the_fork_server_turned_off_the_supervisor_is_a_fresh_interpreter(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed(embedded_lake)
+    monkeypatch.setenv("FLOWLAKE_FORKSERVER", "0")
+    job = compute.submit(supervisor_parent_and_mark, lake=embedded_lake)
+    parent, _, _ = job.wait(timeout=JOB_WAIT_S)
+    assert parent == os.getpid()
+    assert job._handle is not None
 
 
 # -- GPU scheduling across submitting processes -------------------------------------------------

@@ -3,6 +3,7 @@
 Each job gets a detached supervisor process (:mod:`compute.supervise`) that waits for a
 machine-wide lease (:mod:`compute.leases`), so jobs submitted by several processes share the
 machine without oversubscribing it, and that outlives the process that submitted it.
+Supervisors come from a preloaded fork server when one runs (:mod:`.local_forkserver`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import subprocess
 import sys
 
 from compute import machine
+from compute.backends import local_forkserver
 from compute.errors import ResourceError
 from compute.model import JobSpec, Resources
 from compute.state import JobFolder
@@ -42,7 +44,12 @@ class LocalExecutor:
                 f"has {cap.memory}"
             )
 
-    def launch(self, folder: JobFolder, spec: JobSpec) -> subprocess.Popen[bytes]:
+    def launch(self, folder: JobFolder, spec: JobSpec) -> subprocess.Popen[bytes] | None:
+        """Start the job's supervisor: forked by this user's fork server when one runs
+        (:mod:`compute.backends.local_forkserver`; returns None), else a fresh interpreter
+        (returns its process)."""
+        if local_forkserver.launch(folder.path, self.capacity) is not None:
+            return None
         argv = [sys.executable, "-P", "-m", "compute.supervise", str(folder.path)]
         with open(folder.path / "supervisor.log", "ab") as log:
             return subprocess.Popen(
