@@ -22,7 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from store.errors import InvalidArgumentError, StoreError
-from tracking import connections, history, layout, views
+from tracking import catalog, connections, history, layout, views
 from tracking.errors import QueryError, RunNotFoundError
 from tracking.index import Index
 from tracking.model import RunRecord
@@ -135,6 +135,8 @@ def run_query(
                 fresh = duckdb.connect(":memory:")
                 return _run_fresh(fresh, lake, query, where, params, index, names, timeout)
             if key is not None and _stable(index, where, names):
+                if _one_run(where):
+                    _materialize(con, names)
                 borrowed.keep(allowed)
         con.execute("BEGIN TRANSACTION")
         try:
@@ -183,6 +185,31 @@ def _execute(
     finally:
         if timer is not None:
             timer.cancel()
+
+
+#: A kept one-run view with at most this many rows is copied into DuckDB's memory (a lookup
+#: then reads a small table instead of scanning index segments: ~0.5 ms instead of ~3 ms).
+MATERIALIZE_ROWS = 200_000
+
+
+def _one_run(where: views.Scope) -> bool:
+    return len(where.sources) == 1 and catalog.own_run(where.sources[0]) is not None
+
+
+def _materialize(con: duckdb.DuckDBPyConnection, names: frozenset[str]) -> None:
+    """Replace each named run view of ``con`` by a table of its rows, when it is small.
+
+    Only for one run read on its own branch with a kept key: the rows cannot change while the
+    key stands, and no column is computed lazily from the lake for such a run.
+    """
+    for name in sorted(names & {"runs", *views.FILE_VIEWS}):
+        row = con.execute(f"SELECT count(*) FROM {name}").fetchone()
+        if row is None or row[0] > MATERIALIZE_ROWS:
+            continue
+        con.execute(
+            f"CREATE TABLE _rows_{name} AS SELECT * FROM {name}; DROP VIEW {name}; "
+            f"ALTER TABLE _rows_{name} RENAME TO {name}"
+        )
 
 
 def _stable(index: Index, where: views.Scope, names: frozenset[str]) -> bool:
