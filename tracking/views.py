@@ -412,7 +412,7 @@ def _create_joined(
         data = f"_empty_{name}"
     con.execute(
         f"CREATE VIEW {name} AS SELECT {columns}, s.ref, s.namespace, s.branch, s.commit"
-        f"{', s._oid' if name.startswith('_') else ''} "
+        f"{', s._oid, s.read_ref, s.volatile' if name.startswith('_') else ''} "
         f"FROM {data} d JOIN _sources_{name} s ON d._oid = s._oid"
     )
 
@@ -422,7 +422,7 @@ def _runs_view(
 ) -> None:
     """``runs``: every run record, with the status a reader should believe (``running`` runs
     whose process or heartbeat is gone show ``killed`` or ``stale``) and its output commit
-    (see :func:`_output_commits`; ``own_heads``: the live view)."""
+    (see :func:`_output_commit_sql`; ``own_heads``: the live view)."""
     _create_joined(con, "_run_records", layout.RUN_SCHEMA, resolved)
     running = resolved.rows.filter(pa.compute.equal(resolved.rows["status"], "running"))
     live: list[dict[str, Any]] = []
@@ -439,10 +439,11 @@ def _runs_view(
             beat = catalog.heartbeat_time(lake, where[(oid, ref)], run_id)
             status = liveness.effective_status("running", host, pid, beat, interval, now)
             live.append({"_oid": oid, "ref": ref, "status": status, "heartbeat_time": beat})
-    joins = _output_commits(con, lake, resolved.rows, own_heads)
+    _register_output_commit(con, lake)
+    joins = ""
     if live:
         con.register("_live_runs", pa.Table.from_pylist(live, schema=_LIVE_SCHEMA))
-        joins += " LEFT JOIN _live_runs l ON l._oid = r._oid AND l.ref = r.ref"
+        joins = " LEFT JOIN _live_runs l ON l._oid = r._oid AND l.ref = r.ref"
     columns = []
     for field in RUNS_SCHEMA:
         if field.name == "status":
@@ -451,12 +452,8 @@ def _runs_view(
             columns.append("r.status AS recorded_status")
         elif field.name == "heartbeat_time":
             columns.append("l.heartbeat_time" if live else "NULL::TIMESTAMPTZ AS heartbeat_time")
-        elif field.name == "output_commit" and joins.startswith(" LEFT JOIN _output_commits"):
-            columns.append(
-                "coalesce(r.output_commit, o.own_commit, CASE WHEN o.derive AND r.output_commit "
-                f"IS NULL THEN {_OUTPUT_COMMIT_UDF}(r.run_id, r.run_branch, o.read_at) END) "
-                "AS output_commit"
-            )
+        elif field.name == "output_commit":
+            columns.append(_output_commit_sql(own_heads))
         else:
             columns.append(f'r."{field.name}"')
     con.execute(f"CREATE VIEW runs AS SELECT {', '.join(columns)} FROM _run_records r{joins}")
@@ -465,48 +462,36 @@ def _runs_view(
 #: Statuses a run ends with; a record with one of them is the run's final state.
 FINAL_STATUSES = frozenset(layout.RUN_STATUSES) - {"running"}
 _OUTPUT_COMMIT_UDF = "_flowlake_output_commit"
-_OUTPUTS_SCHEMA = pa.schema(
-    [
-        ("_oid", pa.int64()),
-        ("ref", pa.string()),
-        ("own_commit", pa.string()),
-        ("derive", pa.bool_()),
-        ("read_at", pa.string()),
-    ]
-)
 
 
-def _output_commits(
-    con: duckdb.DuckDBPyConnection, lake: Lake, rows: pa.Table, own_heads: bool
-) -> str:
-    """Register how the ``runs`` view fills ``output_commit`` where a record leaves it empty;
-    returns the join to add (empty when no record has ended).
+def _output_commit_sql(own_heads: bool) -> str:
+    """The ``runs`` view's ``output_commit``, where a record leaves it empty.
 
     A run's end makes one commit on its run branch, and the record in it cannot name that
     commit (see :func:`output_commit`). In the live view (``own_heads``), a final record read
     at its own run branch was read at that branch's committed head (a run branch whose record
     may be uncommitted is read afresh and marked volatile), and nothing commits on a run branch
     after its run ends, so the head is its output commit, known without I/O. A final record
-    read elsewhere (merged into ``main``, or at a ref) is looked up by :func:`output_commit`,
-    lazily: only for the rows whose ``output_commit`` a query reads. Records that name it
-    (lakes written before, which made a second ``recorded`` commit) keep their value.
+    read elsewhere (merged into ``main``, or at a ref) is looked up by :func:`output_commit`.
+    Records that name it (lakes written before, which made a second ``recorded`` commit) keep
+    their value. SQL evaluates this only for the rows whose ``output_commit`` a query reads.
     """
-    final = rows.filter(pa.compute.is_in(rows["status"], pa.array(sorted(FINAL_STATUSES))))
-    if not final.num_rows:
-        return ""
-    out: dict[str, list[Any]] = {f.name: [] for f in _OUTPUTS_SCHEMA}
-    wanted = ["_oid", "ref", "branch", "commit", "run_id", "read_ref", "volatile"]
-    for row in final.select(wanted).to_pylist():
-        own = own_heads and (row["branch"] or "").rpartition("/")[2] == layout.run_branch_short(
-            row["run_id"]
-        )
-        out["_oid"].append(row["_oid"])
-        out["ref"].append(row["ref"])
-        # An uncommitted final record (its run's end failed before committing) has no commit.
-        out["own_commit"].append(row["commit"] if own and not row["volatile"] else None)
-        out["derive"].append(not own and not row["volatile"])
-        out["read_at"].append(row["read_ref"])
-    con.register("_output_commits", pa.Table.from_pydict(out, schema=_OUTPUTS_SCHEMA))
+    final = ", ".join(f"'{s}'" for s in sorted(FINAL_STATUSES))
+    prefix = layout.RUN_BRANCH_PREFIX
+    own = (
+        f"(r.branch = '{prefix}' || r.run_id OR suffix(r.branch, '/{prefix}' || r.run_id))"
+        if own_heads
+        else "false"
+    )
+    return (
+        f"CASE WHEN r.output_commit IS NOT NULL OR r.status NOT IN ({final}) OR r.volatile "
+        f"THEN r.output_commit WHEN {own} THEN r.commit "
+        f"ELSE {_OUTPUT_COMMIT_UDF}(r.run_id, r.run_branch, r.read_ref) END AS output_commit"
+    )
+
+
+def _register_output_commit(con: duckdb.DuckDBPyConnection, lake: Lake) -> None:
+    """Make :func:`output_commit` callable from SQL on ``con``, each answer computed once."""
     found: dict[tuple[str, str | None, str], str | None] = {}
     # Weak: a database kept for reuse (tracking.connections) must not keep the lake alive.
     lake_ref = weakref.ref(lake)
@@ -528,7 +513,6 @@ def _output_commits(
         null_handling=FunctionNullHandling.SPECIAL,
         side_effects=False,
     )
-    return " LEFT JOIN _output_commits o ON o._oid = r._oid AND o.ref = r.ref"
 
 
 def output_commit(lake: Lake, run_id: str, run_branch: str | None, read_at: str) -> str | None:
