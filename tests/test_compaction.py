@@ -27,14 +27,13 @@ from tracking.compaction import EVENT
 
 REPO = str(Path(__file__).resolve().parents[1])
 
-#: Every file-backed view, each with an ORDER BY over all its columns (the order SQL defines).
+#: The views a compaction could change (metrics; runs, whose output commit readers may take
+#: from a run branch's head) and one it must not (params), each with an ORDER BY that makes the
+#: order SQL defines total.
 VIEWS = {
     "metrics": "run_id, key, step, timestamp, value",
     "runs": "run_id",
     "params": "run_id, key",
-    "tags": "run_id, key",
-    "artifacts": "run_id, path",
-    "environment": "run_id, name",
 }
 
 
