@@ -35,13 +35,18 @@ from tracking import layout
 
 
 @pytest.fixture(autouse=True)
-def _ray(ray_cluster: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLOWLAKE_LEASE_DIR", str(tmp_path / "leases"))
+def _ray(ray_cluster: object) -> None:
+    """Every test here runs on the session's Ray. Ray jobs take no machine lease, and the
+    forwarded environment stays the same from test to test, so tests share warm workers."""
 
 
 def visible_devices() -> dict:
     ctx = compute.context()
-    return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpus": list(ctx.gpus)}
+    return {
+        "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "gpus": list(ctx.gpus),
+        "pid": os.getpid(),
+    }
 
 
 def test_a_ray_job_reads_its_pinned_commit_and_merges_atomically(
@@ -71,13 +76,24 @@ def test_a_ray_job_reads_its_pinned_commit_and_merges_atomically(
     assert _run(lake, failing.run_id)["status"] == "failed"
 
 
-def test_a_ray_job_sees_the_gpus_ray_gave_it(embedded_lake: store.Lake) -> None:
+def test_a_ray_job_sees_the_gpus_ray_gave_it_in_a_worker_of_its_own(
+    embedded_lake: store.Lake,
+) -> None:
     _seed(embedded_lake)
-    job = compute.submit(
-        visible_devices, lake=embedded_lake, backend="ray", resources=compute.Resources(gpus=1)
+    seen = []
+    for _ in range(2):
+        job = compute.submit(
+            visible_devices, lake=embedded_lake, backend="ray", resources=compute.Resources(gpus=1)
+        )
+        seen.append(job.wait(timeout=JOB_WAIT_S))
+        assert seen[-1]["visible"] == str(seen[-1]["gpus"][0])
+        assert seen[-1]["gpus"] == list(job.gpus)
+    # CUDA reads CUDA_VISIBLE_DEVICES once per process: a GPU job never inherits a used worker.
+    assert seen[0]["pid"] != seen[1]["pid"]
+    cpu = compute.submit(visible_devices, lake=embedded_lake, backend="ray").wait(
+        timeout=JOB_WAIT_S
     )
-    seen = job.wait(timeout=JOB_WAIT_S)
-    assert seen["visible"] == str(seen["gpus"][0]) and seen["gpus"] == list(job.gpus)
+    assert cpu["visible"] == "" and cpu["gpus"] == []
 
 
 def test_ray_refuses_more_gpus_than_the_cluster_has(embedded_lake: store.Lake) -> None:

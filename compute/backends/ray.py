@@ -36,11 +36,17 @@ from compute.state import JobFolder
 FORWARDED_PREFIXES = ("FLOWLAKE_", "LAKECTL_", "FSSPEC_", "AWS_")
 
 
-@ray.remote(max_retries=0)
-def _attempt(job_dir: str, attempt: int) -> int:
+def _run_attempt(job_dir: str, attempt: int) -> int:
     from compute.backends.ray_attempt import run_attempt
 
     return run_attempt(job_dir, attempt, tuple(int(g) for g in ray.get_gpu_ids()))
+
+
+#: A CPU job's attempt: its worker goes on to run later jobs, warm.
+_attempt = ray.remote(max_retries=0)(_run_attempt)
+#: A GPU job's attempt: its worker exits after the job (Ray's own default for GPU tasks), since
+#: CUDA reads ``CUDA_VISIBLE_DEVICES`` once and a job's CUDA memory lives as long as its process.
+_gpu_attempt = ray.remote(num_gpus=1, max_retries=0)(_run_attempt)
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -57,7 +63,11 @@ def _forwarded_env() -> dict[str, str]:
 
 def _launch(folder: JobFolder, spec: JobSpec, attempt: int, prepared: Prepared | None) -> Any:
     """Start attempt ``attempt`` of the job as a Ray task; returns its object ref."""
-    runtime_env: dict[str, Any] = {"env_vars": _forwarded_env()}
+    env_vars = _forwarded_env()
+    if spec.resources.gpus:
+        # A worker of their own: never one where a CPU job may have initialised CUDA already.
+        env_vars["FLOWLAKE_RAY_WORKER"] = "gpu"
+    runtime_env: dict[str, Any] = {"env_vars": env_vars}
     options: dict[str, Any] = {
         "num_gpus": spec.resources.gpus,
         "num_cpus": spec.resources.cpus,
@@ -71,7 +81,8 @@ def _launch(folder: JobFolder, spec: JobSpec, attempt: int, prepared: Prepared |
             prepared.node_id, soft=False
         )
     options["runtime_env"] = runtime_env
-    return _attempt.options(**options).remote(str(folder.path), attempt)
+    task = _gpu_attempt if spec.resources.gpus else _attempt
+    return task.options(**options).remote(str(folder.path), attempt)
 
 
 _watcher_lock = threading.Lock()

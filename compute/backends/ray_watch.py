@@ -128,11 +128,24 @@ class Watcher:
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
                 done = set(ready)
                 for job, ref in zip(jobs, refs, strict=True):
-                    if self._step(job, ref in done):
+                    if self._guarded_step(job, ref in done):
                         with self._lock:
                             self._jobs.remove(job)
         except Exception as exc:  # recorded on each job that asks, by check()
             self.failure = f"{type(exc).__name__}: {exc}"
+
+    def _guarded_step(self, job: _Watched, done: bool) -> bool:
+        """:meth:`_step`, with an error of flowlake's own (say, its state folder could not be
+        written) failing that one job, stopped, rather than the watcher of every job."""
+        try:
+            return self._step(job, done)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                if job.ref is not None:
+                    ray.cancel(job.ref, force=True)
+            with contextlib.suppress(Exception):
+                self._final(job, JobStatus.FAILED, f"its Ray supervisor failed: {exc!r}")
+            return True
 
     def _step(self, job: _Watched, done: bool) -> bool:
         """Advance one job; True once it has its final status."""
