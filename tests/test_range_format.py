@@ -36,6 +36,21 @@ def test_entries_round_trip_through_the_current_format(rows: list[Entry]) -> Non
     assert decoded == rows
 
 
+@given(st.lists(entries, min_size=1, max_size=30), st.data())
+@settings(max_examples=60, deadline=None)
+def test_a_slice_of_a_table_encodes_to_the_same_bytes_as_its_rows(
+    rows: list[Entry], data: st.DataObject
+) -> None:
+    start = data.draw(st.integers(min_value=0, max_value=len(rows) - 1))
+    stop = data.draw(st.integers(min_value=start + 1, max_value=len(rows)))
+    table = rangecodec.decode_table(
+        rangecodec.encode([e.row() for e in rows], rangecodec.ENTRY_SCHEMA),
+        rangecodec.ENTRY_SCHEMA,
+    )
+    piece = rangecodec.encode_table(table.slice(start, stop - start))
+    assert piece == rangecodec.encode([e.row() for e in rows[start:stop]], rangecodec.ENTRY_SCHEMA)
+
+
 def test_metarange_round_trips() -> None:
     refs = [RangeRef("a" * 64, "a/1", "a/9", 3), RangeRef("b" * 64, "b/1", "b/2", 2)]
     data = rangecodec.encode(

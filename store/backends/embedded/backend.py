@@ -9,10 +9,13 @@ staged rows it committed. A crash at any point leaves only unreferenced objects,
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import io
+import itertools
 import json
+import operator
 import os
 import re
 import time
@@ -20,13 +23,25 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeVar
 
+import blake3
 import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from store.backend import CAP_FSCK, CAP_GC, CAP_LOCAL_PATHS, Backend
-from store.backends.embedded import config, gclock, layout
+from store.backends.embedded import config, gclock, layout, rangecodec
 from store.backends.embedded.objects import ObjectStore
-from store.backends.embedded.refdb import CommitRow, RefDB, StagedChange
-from store.backends.embedded.tree import EMPTY_TREE, Changes, Entry, TreeStore
+from store.backends.embedded.rangecodec import POOL
+from store.backends.embedded.refdb import CommitRow, RefDB, StagedBatch, StagedChange
+from store.backends.embedded.tree import (
+    EMPTY_TREE,
+    Changes,
+    Entry,
+    PathsView,
+    TreeStore,
+    sort_by_path,
+)
 from store.errors import (
     AlreadyExistsError,
     AmbiguousRefError,
@@ -47,6 +62,13 @@ from store.model import Change, ChangeKind, Commit, MergeStrategy, ObjectInfo
 
 REFS_FILE = "refs.db"
 INLINE_MAX = 8 << 10
+#: A ``put_many`` of at least this many objects is staged as one batch object (one row in the
+#: refs database) instead of one row per object.
+BATCH_FROM = 256
+_ID_PATTERN = "^[0-9a-f]{64}$"
+#: Staged batches are stored uncompressed: they live until the next commit, and their checksum
+#: column does not compress, so zstd would cost more time than the disk it saves.
+BATCH_CODEC = layout.RAW
 CAS_ATTEMPTS = 50
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -291,7 +313,7 @@ class EmbeddedBackend(Backend):
     def _entry(self, ref: str, path: str) -> Entry:
         tree, branch = self._tree_of(ref)
         if branch is not None:
-            staged, entry = self.refs.staged_one(branch, path)
+            staged, entry = self._staged_one(branch, path)
             if staged:
                 if entry is None:
                     raise ObjectNotFoundError(f"no object {path!r} in {ref!r}")
@@ -319,7 +341,8 @@ class EmbeddedBackend(Backend):
         if branch is None:
             yield from (_info(e) for e in committed)
             return
-        staged, _ = self.refs.staged(branch, prefix)
+        table, _ = self._staged_table(branch, prefix)
+        staged = [StagedChange(e.path, e if e.checksum else None) for e in _entries(table)]
         for _, entry in _overlay(committed, staged):
             if entry is not None:
                 yield _info(entry)
@@ -368,12 +391,75 @@ class EmbeddedBackend(Backend):
     @_writes
     def put_many(self, branch: str, items: Iterable[tuple[str, bytes]]) -> int:
         self._check_writable(branch)
+        items = list(items)
+        if len(items) >= BATCH_FROM:
+            return self._put_batch(branch, items)
         # One batch: the blobs are durable (about two disk waits in all) before staged rows
         # reference them.
         with self.objects.batch():
             changes = [StagedChange(path, self._store_content(path, data)) for path, data in items]
         self._stage(branch, changes)
         return len(changes)
+
+    def _put_batch(self, branch: str, items: list[tuple[str, bytes]]) -> int:
+        """Stage many objects as one batch object and one refs row (see :class:`StagedBatch`).
+
+        The batch object and the blobs it names are durable before the row references them,
+        all in one publish pass, so a crash leaves either the whole batch staged or none of it.
+        """
+        mtime = time.time_ns()
+        paths = pa.array([path for path, _ in items], pa.string(), memory_pool=POOL)
+        contents = [data for _, data in items]
+        data = pa.array(contents, pa.binary(), memory_pool=POOL)
+        sizes = pc.binary_length(data, memory_pool=POOL).cast(pa.int64())
+        small = pc.and_not(
+            pc.less_equal(sizes, INLINE_MAX),
+            pc.starts_with(data, layout.PARQUET_MAGIC.decode(), memory_pool=POOL),
+        )
+        digest = blake3.blake3
+        large = pc.indices_nonzero(pc.invert(small)).to_pylist()
+        # Large contents are hashed by the object store as it stores them; map() over C
+        # functions keeps a Python frame per object out of the loop.
+        checksums = (
+            [
+                digest(content).hexdigest() if len(content) <= INLINE_MAX else ""
+                for content in contents
+            ]
+            if large
+            else list(map(_hexdigest, map(digest, contents)))
+        )
+        addresses: list[str | None] = [None] * len(contents)
+        with self.objects.batch():
+            for i in large:
+                stored = self.objects.put_bytes(contents[i])
+                checksums[i], addresses[i] = stored.id, stored.address
+            inline = data if not large else pc.if_else(small, data, pa.scalar(None, pa.binary()))
+            table = pa.table(
+                [
+                    paths,
+                    pa.array(checksums, pa.string(), memory_pool=POOL),
+                    sizes,
+                    pa.array(np.full(len(items), mtime, dtype=np.int64)),
+                    pa.array(addresses, pa.string(), memory_pool=POOL),
+                    inline,
+                ],
+                schema=rangecodec.ENTRY_SCHEMA,
+            )
+            table = _last_write_wins(table)
+            object_id = self.trees.store_table(table, BATCH_CODEC)
+        path_column = table.column("path")
+        with self.refs.write() as conn:
+            if conn.execute("SELECT 1 FROM branches WHERE name = ?", (branch,)).fetchone() is None:
+                raise BranchNotFoundError(f"branch {branch!r} was deleted while writing")
+            self.refs.stage_batch(
+                conn,
+                branch,
+                object_id,
+                table.num_rows,
+                path_column[0].as_py(),
+                path_column[-1].as_py(),
+            )
+        return len(items)
 
     @_writes
     def delete(self, branch: str, paths: Iterable[str]) -> None:
@@ -383,32 +469,153 @@ class EmbeddedBackend(Backend):
             self._entry(branch, path)
         self._stage(branch, [StagedChange(p, None) for p in paths])
 
-    def _effective_staged(self, branch: str) -> tuple[str, dict[str, Entry | None], int]:
-        """(head commit, staged changes that really change the head tree, highest staged seq)."""
+    # -- staged changes, rows and batches together -------------------------------------------
+
+    def _batch_table(self, batch: StagedBatch) -> pa.Table:
+        """A staged batch's entries, checked: the object is content-addressed (its hash is
+        verified on read) and must hold exactly what its row says, in the form flowlake writes.
+
+        Raises:
+            ObjectNotFoundError: the batch object is missing.
+            CorruptObjectError: it is damaged or disagrees with its row.
+        """
+        table = self.trees.entry_table(batch.object_id, BATCH_CODEC)
+        paths = table.column("path")
+        problem = ""
+        if table.num_rows != batch.count:
+            problem = f"{table.num_rows} entries where its row says {batch.count}"
+        elif paths[0].as_py() != batch.first or paths[-1].as_py() != batch.last:
+            problem = "its paths disagree with its row"
+        elif paths.null_count or table.column("checksum").null_count:
+            problem = "an entry has no path or checksum"
+        elif (
+            table.num_rows > 1
+            and not pc.all(pc.less(paths.slice(0, len(paths) - 1), paths.slice(1))).as_py()
+        ):
+            problem = "its paths are not sorted and unique"
+        elif not pc.all(pc.match_substring_regex(table.column("checksum"), _ID_PATTERN)).as_py():
+            problem = "a checksum is not a content id"
+        elif pc.any(
+            pc.and_(pc.is_null(table.column("address")), pc.is_null(table.column("inline")))
+        ).as_py():
+            problem = "an entry has neither an address nor inline content"
+        else:
+            try:
+                for address in table.column("address").drop_null().to_pylist():
+                    layout.parse_address(address)
+            except ValueError:
+                problem = "an entry's address is malformed"
+        if problem:
+            raise CorruptObjectError(f"staged batch {batch.object_id}: {problem}")
+        return table
+
+    def _staged_one(self, branch: str, path: str) -> tuple[bool, Entry | None]:
+        """(is staged, the staged entry or None for a staged deletion): the newest of its
+        staged row and the staged batches holding it."""
+        seq, entry, batches = self.refs.staged_one(branch, path)
+        for batch in batches:  # newest first, all newer than the row
+            table = self._batch_table(batch)
+            paths = table.column("path")
+            i = bisect.bisect_left(PathsView(paths), path)
+            if i < len(paths) and paths[i].as_py() == path:
+                return True, next(_entries(table.slice(i, 1)))
+        return seq > 0, entry
+
+    def _staged_table(self, branch: str, prefix: str = "") -> tuple[pa.Table, int]:
+        """The branch's staged changes under ``prefix`` as one table of
+        :data:`rangecodec.ENTRY_SCHEMA`, sorted by unique path, the newest staging of each path
+        winning (a null checksum is a deletion); and the highest staged seq read."""
+        rows, batches, top = self.refs.staged(branch, prefix)
+        parts: list[tuple[int, pa.Table]] = []
+        for batch in batches:
+            table = self._batch_table(batch)
+            if prefix:
+                table = _under(table, prefix)
+            parts.append((batch.seq, table))
+        if rows:
+            parts.append((-1, _rows_table([change for _, change in rows])))
+        if not parts:
+            return rangecodec.ENTRY_SCHEMA.empty_table(), top
+        if not rows:
+            # Batches of disjoint path spans (the common case: one large upload in parts)
+            # concatenate in path order with no sort.
+            parts.sort(
+                key=lambda part: part[1].column("path")[0].as_py() if part[1].num_rows else ""
+            )
+            spans = [
+                (t.column("path")[0].as_py(), t.column("path")[-1].as_py())
+                for _, t in parts
+                if t.num_rows
+            ]
+            if all(a[1] < b[0] for a, b in itertools.pairwise(spans)):
+                return pa.concat_tables([t for _, t in parts]).combine_chunks(POOL), top
+        seqs = [
+            pa.array([seq for seq, _ in rows], pa.int64())
+            if seq < 0
+            else pa.array(np.full(table.num_rows, seq, dtype=np.int64), memory_pool=POOL)
+            for seq, table in parts
+        ]
+        combined = sort_by_path(
+            pa.concat_tables(
+                [t.append_column("seq", s) for (_, t), s in zip(parts, seqs, strict=True)]
+            ),
+            ("seq", "descending"),
+        )
+        return _first_per_path(combined).drop_columns(["seq"]), top
+
+    def _effective_staged(self, branch: str) -> tuple[str, pa.Table, int]:
+        """(head commit, staged changes that really change the head tree, highest staged seq).
+
+        The changes are a table of :data:`rangecodec.ENTRY_SCHEMA` sorted by unique path (a
+        null checksum removes the path) with one more column, ``existed``: whether the head
+        tree holds the path.
+        """
         head = self.branch_head(branch)
         tree = self._commit_row(head).tree
-        staged, top = self.refs.staged(branch)
-        committed = self.trees.get_many(tree, (change.path for change in staged))
-        changes: dict[str, Entry | None] = {}
-        for change in staged:
-            old = committed.get(change.path)
-            if change.entry is None and old is None:
-                continue
-            if change.entry and old and change.entry.checksum == old.checksum:
-                continue
-            changes[change.path] = change.entry
+        staged, top = self._staged_table(branch)
+        old = self.trees.entries_at(tree, staged.column("path"))
+        where = pc.index_in(staged.column("path"), value_set=old.column("path"), memory_pool=POOL)
+        existed = pc.is_valid(where)
+        changed = pc.fill_null(
+            pc.not_equal(
+                staged.column("checksum"), pc.take(old.column("checksum"), where, memory_pool=POOL)
+            ),
+            True,
+        )
+        keep = pc.if_else(pc.is_null(staged.column("checksum")), existed, changed)
+        changes = pc.filter(staged.append_column("existed", existed), keep, memory_pool=POOL)
         return head, changes, top
 
     def uncommitted(self, branch: str) -> Iterator[Change]:
-        head, changes, _ = self._effective_staged(branch)
-        committed = self.trees.get_many(self._commit_row(head).tree, changes)
-        for path in sorted(changes):
-            if changes[path] is None:
+        _, changes, _ = self._effective_staged(branch)
+        paths = changes.column("path").to_pylist()
+        removed = pc.is_null(changes.column("checksum")).to_pylist()
+        existed = changes.column("existed").to_pylist()
+        for path, gone, was in zip(paths, removed, existed, strict=True):
+            if gone:
                 yield Change(path, ChangeKind.REMOVED)
-            elif path not in committed:
+            elif not was:
                 yield Change(path, ChangeKind.ADDED)
             else:
                 yield Change(path, ChangeKind.CHANGED)
+
+    def staged_addresses(self, after_seq: int = 0) -> tuple[set[str], int]:
+        """Addresses of the objects changes staged with a seq above ``after_seq`` reference
+        (blobs, and staged batches with the blobs they name), and the highest seq seen.
+
+        Raises:
+            RefsDatabaseError: a staged row is damaged, or a staged batch cannot be read
+                (what it references is unknown, so gc must stop).
+        """
+        addresses, batches, top = self.refs.staged_addresses(after_seq)
+        for batch in batches:
+            addresses.add(layout.address(batch.object_id, BATCH_CODEC))
+            try:
+                table = self._batch_table(batch)
+            except (ObjectNotFoundError, CorruptObjectError) as exc:
+                raise RefsDatabaseError(f"uncommitted change: {exc}") from exc
+            addresses.update(table.column("address").drop_null().to_pylist())
+        return addresses, top
 
     def reset(self, branch: str) -> None:
         self.branch_head(branch)
@@ -420,12 +627,12 @@ class EmbeddedBackend(Backend):
         self._check_writable(branch)
         for _ in range(CAS_ATTEMPTS):
             head, changes, top = self._effective_staged(branch)
-            if not changes:
+            if not changes.num_rows:
                 raise NothingToCommitError(f"branch {branch!r} has no uncommitted changes")
             # Ranges, metarange and commit record share one publish pass, which makes them
             # durable before the transaction below references them.
             with self.objects.batch():
-                tree = self.trees.apply(self._commit_row(head).tree, changes)
+                tree = self.trees.apply_table(self._commit_row(head).tree, changes)
                 row = self._write_commit(tree, (head,), message, metadata, committer)
             if self._advance(branch, head, row, clear_up_to=top):
                 return _to_commit(row)
@@ -578,7 +785,7 @@ class EmbeddedBackend(Backend):
             DirtyBranchError: the branch has uncommitted changes.
         """
         head, changes, top = self._effective_staged(branch)
-        if changes:
+        if changes.num_rows:
             raise DirtyBranchError(f"branch {branch!r} has uncommitted changes")
         return head, top
 
@@ -645,3 +852,58 @@ def _overlay(
     while nxt is not None:
         yield nxt.path, nxt.entry
         nxt = next(pending, None)
+
+
+_hexdigest = operator.methodcaller("hexdigest")
+
+
+def _entries(table: pa.Table) -> Iterator[Entry]:
+    """A table of :data:`rangecodec.ENTRY_SCHEMA`'s rows as entries (checksum None for a
+    staged deletion's row)."""
+    columns = [table.column(name).to_pylist() for name in rangecodec.ENTRY_SCHEMA.names]
+    for row in zip(*columns, strict=True):
+        yield Entry(*row)
+
+
+def _rows_table(changes: list[StagedChange]) -> pa.Table:
+    """Staged rows as a table of :data:`rangecodec.ENTRY_SCHEMA` (deletions: nulls)."""
+    rows = [
+        (c.path, None, None, None, None, None) if c.entry is None else c.entry.row()
+        for c in changes
+    ]
+    return pa.table(
+        [
+            pa.array(column, type=field.type)
+            for column, field in zip(zip(*rows, strict=True), rangecodec.ENTRY_SCHEMA, strict=True)
+        ],
+        schema=rangecodec.ENTRY_SCHEMA,
+    )
+
+
+def _under(table: pa.Table, prefix: str) -> pa.Table:
+    """The rows of a path-sorted table whose path starts with ``prefix``."""
+    view = PathsView(table.column("path"))
+    start = bisect.bisect_left(view, prefix)
+    stop = bisect.bisect_left(view, prefix + "\U0010ffff")
+    return table.slice(start, stop - start)
+
+
+def _first_per_path(table: pa.Table) -> pa.Table:
+    """The first row of each run of equal paths in a path-sorted table."""
+    if table.num_rows < 2:
+        return table
+    paths = table.column("path")
+    n = len(paths)
+    new = pc.not_equal(paths.slice(1), paths.slice(0, n - 1))
+    return pc.filter(table, pa.concat_arrays([pa.array([True]), *new.chunks]), memory_pool=POOL)
+
+
+def _last_write_wins(table: pa.Table) -> pa.Table:
+    """A ``put_many``'s entries sorted by path, keeping the last write of a path repeated."""
+    paths = table.column("path")
+    n = len(paths)
+    if n < 2 or pc.all(pc.less(paths.slice(0, n - 1), paths.slice(1))).as_py():
+        return table
+    order = pa.array(np.arange(n, dtype=np.int64))
+    ranked = sort_by_path(table.append_column("order", order), ("order", "descending"))
+    return _first_per_path(ranked).drop_columns(["order"])

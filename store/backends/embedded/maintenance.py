@@ -65,7 +65,7 @@ def check(backend: EmbeddedBackend) -> list[str]:
     for commit_id, commit_trees in trees.items():
         for tree in sorted(commit_trees):
             problems += _check_tree(backend, commit_id, tree, checked)
-    staged, _ = _guarded(problems, refs.staged_addresses, (set[str](), 0))
+    staged, _ = _guarded(problems, backend.staged_addresses, (set[str](), 0))
     for addr in sorted(staged):
         problems += _check_blob(backend, addr, checked, "uncommitted change")
     return problems
@@ -212,7 +212,7 @@ class Reachable:
         roots |= set(refs.commit_ids_since(self._fresh_after))
         for root in roots - self.commits:
             self._mark_ancestry(root)
-        staged, self._staged_seq = refs.staged_addresses(self._staged_seq)
+        staged, self._staged_seq = self._backend.staged_addresses(self._staged_seq)
         self.addresses |= staged
 
     def _mark_ancestry(self, start: str) -> None:

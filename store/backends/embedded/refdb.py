@@ -51,7 +51,20 @@ CREATE TABLE IF NOT EXISTS staging (
     inline BLOB,
     UNIQUE (branch, path)
 );
+CREATE TABLE IF NOT EXISTS staged_batches (
+    seq INTEGER PRIMARY KEY,
+    branch TEXT NOT NULL,
+    object TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    first TEXT NOT NULL,
+    last TEXT NOT NULL
+);
 """
+#: The highest staged seq of either table (rows and batches share one sequence).
+_TOP_SEQ = (
+    "SELECT max(coalesce((SELECT max(seq) FROM staging), 0), "
+    "coalesce((SELECT max(seq) FROM staged_batches), 0))"
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,29 @@ class StagedChange:
 
     path: str
     entry: Entry | None
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    """A large ``put_many`` staged as one object: a table of entries sorted by unique path.
+
+    Attributes:
+        seq: its place in the branch's staging order; shared with staged rows, so whichever of
+            a row and a batch holding the same path was staged later wins.
+        object_id: the content id of the batch object (range format, zstd).
+        count: how many entries it holds.
+        first: its smallest path.
+        last: its largest path.
+    """
+
+    seq: int
+    object_id: str
+    count: int
+    first: str
+    last: str
+
+    def covers(self, path: str) -> bool:
+        return self.first <= path <= self.last
 
 
 class RefDB:
@@ -243,25 +279,90 @@ class RefDB:
 
     # -- staging ---------------------------------------------------------------------------------
 
-    def staged(self, branch: str, prefix: str = "") -> tuple[list[StagedChange], int]:
-        """A branch's staged changes under ``prefix`` (sorted by path) and the highest seq seen."""
+    def staged(
+        self, branch: str, prefix: str = ""
+    ) -> tuple[list[tuple[int, StagedChange]], list[StagedBatch], int]:
+        """A branch's staged rows under ``prefix`` as (seq, change) sorted by path, its staged
+        batches that may hold paths under ``prefix`` (by seq), and the highest seq seen; all
+        read in one snapshot.
+
+        Raises:
+            RefsDatabaseError: a staged row is damaged.
+        """
+        end = prefix + "\U0010ffff"
         with self.read() as conn:
             rows = conn.execute(
                 "SELECT path, entry, inline, seq FROM staging WHERE branch = ? "
                 "AND path >= ? AND path < ? ORDER BY path",
-                (branch, prefix, prefix + "\U0010ffff"),
+                (branch, prefix, end),
             ).fetchall()
-            top = conn.execute("SELECT coalesce(max(seq), 0) FROM staging").fetchone()[0]
-        return [StagedChange(r[0], _staged_entry(r[0], r[1], r[2])) for r in rows], top
+            batches = _batches(
+                conn.execute(
+                    "SELECT seq, object, count, first, last FROM staged_batches WHERE branch = ? "
+                    "AND last >= ? AND first < ? ORDER BY seq",
+                    (branch, prefix, end),
+                ).fetchall()
+            )
+            top = conn.execute(_TOP_SEQ).fetchone()[0]
+        changes = [(r[3], StagedChange(r[0], _staged_entry(r[0], r[1], r[2]))) for r in rows]
+        return changes, batches, top
 
-    def staged_one(self, branch: str, path: str) -> tuple[bool, Entry | None]:
-        """(is staged, entry or None for a staged deletion)."""
-        row = self._one(
-            "SELECT entry, inline FROM staging WHERE branch = ? AND path = ?", (branch, path)
+    def staged_one(self, branch: str, path: str) -> tuple[int, Entry | None, list[StagedBatch]]:
+        """A path's staged row as (seq or 0 when none, entry or None), and the branch's staged
+        batches newer than that row that may hold the path, newest first.
+
+        Raises:
+            RefsDatabaseError: the row is damaged.
+        """
+        with self.read() as conn:
+            row = conn.execute(
+                "SELECT entry, inline, seq FROM staging WHERE branch = ? AND path = ?",
+                (branch, path),
+            ).fetchone()
+            seq = 0 if row is None else row[2]
+            batches = _batches(
+                conn.execute(
+                    "SELECT seq, object, count, first, last FROM staged_batches WHERE branch = ? "
+                    "AND seq > ? AND first <= ? AND last >= ? ORDER BY seq DESC",
+                    (branch, seq, path, path),
+                ).fetchall()
+            )
+        return seq, None if row is None else _staged_entry(path, row[0], row[1]), batches
+
+    def stage_batch(
+        self,
+        conn: sqlite3.Connection,
+        branch: str,
+        object_id: str,
+        count: int,
+        first: str,
+        last: str,
+    ) -> int:
+        """Record a staged batch after every change staged so far; returns its seq.
+
+        Rows staged later must sort after it, so the rows' AUTOINCREMENT counter is moved up to
+        the batch's seq in the same transaction.
+        """
+        seq = (
+            1
+            + conn.execute(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'staging'), 0), "
+                "coalesce((SELECT max(seq) FROM staged_batches), 0))"
+            ).fetchone()[0]
         )
-        if row is None:
-            return False, None
-        return True, _staged_entry(path, row[0], row[1])
+        conn.execute(
+            "INSERT INTO staged_batches (seq, branch, object, count, first, last) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (seq, branch, object_id, count, first, last),
+        )
+        if (
+            conn.execute(
+                "UPDATE sqlite_sequence SET seq = ? WHERE name = 'staging'", (seq,)
+            ).rowcount
+            == 0
+        ):
+            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('staging', ?)", (seq,))
+        return seq
 
     def stage(self, conn: sqlite3.Connection, branch: str, changes: Iterable[StagedChange]) -> None:
         """Record changes; a later write of a path replaces the earlier (and gets a new seq)."""
@@ -279,14 +380,18 @@ class RefDB:
         )
 
     def clear_staged(self, conn: sqlite3.Connection, branch: str, up_to_seq: int | None) -> None:
-        if up_to_seq is None:
-            conn.execute("DELETE FROM staging WHERE branch = ?", (branch,))
-        else:
-            conn.execute("DELETE FROM staging WHERE branch = ? AND seq <= ?", (branch, up_to_seq))
+        for table in ("staging", "staged_batches"):
+            if up_to_seq is None:
+                conn.execute(f"DELETE FROM {table} WHERE branch = ?", (branch,))
+            else:
+                conn.execute(
+                    f"DELETE FROM {table} WHERE branch = ? AND seq <= ?", (branch, up_to_seq)
+                )
 
-    def staged_addresses(self, after_seq: int = 0) -> tuple[set[str], int]:
-        """Object addresses of the changes staged with a seq above ``after_seq``, and the
-        highest seq seen (seqs only grow, so a caller can ask again for what is new).
+    def staged_addresses(self, after_seq: int = 0) -> tuple[set[str], list[StagedBatch], int]:
+        """Object addresses of the rows staged with a seq above ``after_seq``, the batches
+        staged after it (whose objects and entries the caller reads), and the highest seq seen
+        (seqs only grow, so a caller can ask again for what is new).
 
         Raises:
             RefsDatabaseError: a staged row is damaged.
@@ -296,9 +401,16 @@ class RefDB:
                 "SELECT path, entry, inline FROM staging WHERE seq > ? AND entry IS NOT NULL",
                 (after_seq,),
             ).fetchall()
-            top = conn.execute("SELECT coalesce(max(seq), 0) FROM staging").fetchone()[0]
+            batches = _batches(
+                conn.execute(
+                    "SELECT seq, object, count, first, last FROM staged_batches WHERE seq > ?",
+                    (after_seq,),
+                ).fetchall()
+            )
+            top = conn.execute(_TOP_SEQ).fetchone()[0]
         found = (_staged_entry(path, text, inline) for path, text, inline in rows)
-        return {e.address for e in found if e is not None and e.address is not None}, top
+        addresses = {e.address for e in found if e is not None and e.address is not None}
+        return addresses, batches, top
 
     def integrity_problems(self) -> list[str]:
         """SQLite's own integrity check, one line per problem (empty when sound)."""
@@ -341,6 +453,13 @@ class RefDB:
                 _staged_entry(path, text, inline)
             except RefsDatabaseError as exc:
                 problems.append(f"branch {branch!r}: {exc}")
+        for row in self._all("SELECT branch, seq, object, count, first, last FROM staged_batches"):
+            if not isinstance(row[0], str):
+                problems.append(f"refs database: staged batch row with branch {row[0]!r}")
+            try:
+                _batches([row[1:]])
+            except RefsDatabaseError as exc:
+                problems.append(f"branch {row[0]!r}: {exc}")
         return problems
 
 
@@ -373,6 +492,31 @@ def _commit_row(row: tuple) -> CommitRow:
             f"parents {parents!r}, generation {generation!r})"
         )
     return CommitRow(commit_id, tree, parent_ids, generation, record)
+
+
+def _batches(rows: list[tuple]) -> list[StagedBatch]:
+    """staged_batches rows (seq, object, count, first, last) as StagedBatch values.
+
+    Raises:
+        RefsDatabaseError: a column holds a value flowlake never writes.
+    """
+    batches = []
+    for seq, object_id, count, first, last in rows:
+        if not (
+            isinstance(seq, int)
+            and _is_id(object_id)
+            and isinstance(count, int)
+            and count > 0
+            and isinstance(first, str)
+            and isinstance(last, str)
+            and first <= last
+        ):
+            raise RefsDatabaseError(
+                f"staged batch {seq!r}: its row is damaged (object {object_id!r}, count "
+                f"{count!r}, paths {first!r}..{last!r})"
+            )
+        batches.append(StagedBatch(seq, object_id, count, first, last))
+    return batches
 
 
 def _entry_json(entry: Entry) -> str:

@@ -23,10 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from store.backends.embedded import layout, rangecodec
 from store.backends.embedded.objects import ObjectStore
+from store.backends.embedded.rangecodec import POOL
 
 #: A path ends a range when crc32(path) % TARGET == 0: about TARGET entries a range.
 TARGET_ENTRIES = 512
@@ -82,21 +85,22 @@ class TreeStore:
 
     def __init__(self, objects: ObjectStore, cache_ranges: int = 256) -> None:
         self.objects = objects
-        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._cache_size = cache_ranges
         self._lock = threading.Lock()
 
     # -- objects ---------------------------------------------------------------------------------
 
-    def _load(self, object_id: str, decode: Callable[[bytes], Any]) -> Any:
+    def _load(self, object_id: str, decode: Callable[[bytes], Any], kind: str = "rows") -> Any:
+        key = (object_id, kind)
         with self._lock:
-            cached = self._cache.get(object_id)
+            cached = self._cache.get(key)
             if cached is not None:
-                self._cache.move_to_end(object_id)
+                self._cache.move_to_end(key)
                 return cached
         value = decode(self.objects.get_bytes(layout.address(object_id, layout.ZSTD)))
         with self._lock:
-            self._cache[object_id] = value
+            self._cache[key] = value
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return value
@@ -115,6 +119,23 @@ class TreeStore:
     def range_entries(self, range_id: str) -> list[Entry]:
         entries: list[Entry] = self._load(range_id, _decode_range)
         return entries
+
+    def range_table(self, range_id: str) -> pa.Table:
+        """A range's entries as a table of :data:`rangecodec.ENTRY_SCHEMA`, in path order."""
+        table: pa.Table = self._load(range_id, _decode_range_table, kind="table")
+        return table
+
+    def entry_table(self, object_id: str, codec: str = layout.ZSTD) -> pa.Table:
+        """Any stored entry table (a range or a staged batch), uncached.
+
+        Raises:
+            ObjectNotFoundError, CorruptObjectError: the object is missing or damaged.
+        """
+        return _decode_range_table(self.objects.get_bytes(layout.address(object_id, codec)))
+
+    def store_table(self, table: pa.Table, codec: str = layout.ZSTD) -> str:
+        """Store a table of :data:`rangecodec.ENTRY_SCHEMA` as an object; its id."""
+        return self.objects.put_bytes(rangecodec.encode_table(table), codec=codec).id
 
     def write_ranges(self, ranges: list[RangeRef]) -> str:
         """Store a metarange; return the tree id."""
@@ -206,6 +227,11 @@ class TreeStore:
         return self.write_ranges(result)
 
     def _write_pieces(self, pieces: list[list[Entry]]) -> list[RangeRef]:
+        return self._write_pieces_with(self._write_range, pieces)
+
+    def _write_pieces_with(
+        self, write: Callable[[Any], RangeRef], pieces: list[Any]
+    ) -> list[RangeRef]:
         """Store each piece as a range; the refs in the same order.
 
         Outside an object-store batch, ranges are encoded and written by a few threads at once:
@@ -215,15 +241,78 @@ class TreeStore:
         """
         if len(pieces) < PARALLEL_WRITES_FROM or self.objects.in_batch():
             # Inside a batch the object store fsyncs everything together at its end.
-            return [self._write_range(piece) for piece in pieces]
+            return [write(piece) for piece in pieces]
         try:
             with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
-                return list(pool.map(self._write_range, pieces))
+                return list(pool.map(write, pieces))
         except RuntimeError as exc:
             # While the interpreter exits (writes from an atexit hook) pools refuse new work.
             if "shutdown" not in str(exc):
                 raise
-            return [self._write_range(piece) for piece in pieces]
+            return [write(piece) for piece in pieces]
+
+    # -- column by column ------------------------------------------------------------------------
+
+    def entries_at(self, tree_id: str, paths: pa.Array) -> pa.Table:
+        """The tree's entries at those of ``paths`` (sorted, unique) that it holds, in path order.
+
+        Only the ranges the paths fall into are read.
+        """
+        ranges = self.ranges(tree_id)
+        bounds = _slot_bounds(ranges, paths)
+        found = []
+        for i, r in enumerate(ranges):
+            if bounds[i] < bounds[i + 1]:
+                old = self.range_table(r.id)
+                wanted = paths.slice(bounds[i], bounds[i + 1] - bounds[i])
+                mask = pc.is_in(old.column("path"), value_set=wanted, memory_pool=POOL)
+                found.append(pc.filter(old, mask, memory_pool=POOL))
+        return pa.concat_tables(found) if found else rangecodec.ENTRY_SCHEMA.empty_table()
+
+    def apply_table(self, tree_id: str, changes: pa.Table) -> str:
+        """A new tree: ``tree_id`` with ``changes`` applied, column by column; the same tree
+        :meth:`apply` builds from the same changes, without a Python object per entry.
+
+        Args:
+            changes: rows with the columns of :data:`rangecodec.ENTRY_SCHEMA` (others are
+                ignored), sorted by unique path; a null checksum removes the path.
+        """
+        if changes.num_rows == 0:
+            return tree_id
+        changes = changes.select(rangecodec.ENTRY_SCHEMA.names).combine_chunks(memory_pool=POOL)
+        ranges = self.ranges(tree_id)
+        bounds = _slot_bounds(ranges, changes.column("path").chunk(0))
+        slots: list[RangeRef | list[pa.Table]] = []
+        for i, r in enumerate(list(ranges) or [None]):
+            start, stop = bounds[i], bounds[i + 1]
+            if start == stop:
+                assert r is not None
+                slots.append(r)
+                continue
+            part = changes.slice(start, stop - start)
+            merged = pc.filter(part, pc.is_valid(part.column("checksum")), memory_pool=POOL)
+            if r is not None:
+                old = self.range_table(r.id)
+                gone = pc.is_in(old.column("path"), value_set=part["path"], memory_pool=POOL)
+                kept = pc.filter(old, pc.invert(gone), memory_pool=POOL)
+                if kept.num_rows:
+                    merged = sort_by_path(pa.concat_tables([kept, merged]))
+            slots.append([merged.slice(a, b - a) for a, b in _cut_bounds(merged)])
+        pieces = [p for s in slots if isinstance(s, list) for p in s]
+        written = iter(self._write_pieces_with(self._write_table, pieces))
+        result: list[RangeRef] = []
+        for slot in slots:
+            if isinstance(slot, RangeRef):
+                result.append(slot)
+            else:
+                result.extend(next(written) for _ in slot)
+        return self.write_ranges(result)
+
+    def _write_table(self, piece: pa.Table) -> RangeRef:
+        paths = piece.column("path")
+        return RangeRef(
+            self.store_table(piece), paths[0].as_py(), paths[-1].as_py(), piece.num_rows
+        )
 
     # -- comparing -------------------------------------------------------------------------------
 
@@ -271,6 +360,64 @@ def _cut(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
             current, size = [], 0
     if current:
         yield current
+
+
+def sort_by_path(table: pa.Table, *more: tuple[str, str]) -> pa.Table:
+    """The table's rows sorted by path (then by ``more`` (column, order) keys)."""
+    keys = [("path", "ascending"), *more]
+    return pc.take(table, pc.sort_indices(table, keys, memory_pool=POOL), memory_pool=POOL)
+
+
+def _cut_bounds(table: pa.Table) -> list[tuple[int, int]]:
+    """(start, stop) of the pieces :func:`_cut` cuts the same sorted entries into."""
+    n = table.num_rows
+    if n == 0:
+        return []
+    paths = table.column("path")
+    # map() over C functions: no Python frame per path (the loop is most of cutting's time).
+    hashes = np.fromiter(map(zlib.crc32, paths.cast(pa.binary()).to_pylist()), np.uint32, n)
+    natural = np.flatnonzero(hashes % TARGET_ENTRIES == 0)
+    inline = pc.fill_null(pc.binary_length(table.column("inline")), 0)
+    sizes = pc.add(pc.add(pc.utf8_length(paths), 100), inline)
+    total = np.cumsum(sizes.to_numpy(), dtype=np.int64)
+    bounds = []
+    start = 0
+    while start < n:
+        stop = min(n, start + MAX_ENTRIES)
+        k = int(np.searchsorted(natural, start))
+        if k < len(natural):
+            stop = min(stop, int(natural[k]) + 1)
+        before = int(total[start - 1]) if start else 0
+        stop = min(stop, int(np.searchsorted(total, before + MAX_RANGE_BYTES)) + 1)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+class PathsView:
+    """A string array seen as a sequence of str, for :mod:`bisect` (O(log n) conversions)."""
+
+    def __init__(self, paths: pa.Array) -> None:
+        self._paths = paths
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, i: int) -> str:
+        value: str = self._paths[i].as_py()
+        return value
+
+
+def _slot_bounds(ranges: list[RangeRef], paths: pa.Array) -> list[int]:
+    """Where sorted ``paths`` split among the slots :meth:`TreeStore.apply` uses: slot i (one
+    per range, or a single one for an empty tree) gets paths[bounds[i]:bounds[i + 1]]."""
+    view = PathsView(paths)
+    inner = [bisect.bisect_left(view, r.first) for r in ranges[1:]]
+    return [0, *inner, len(paths)]
+
+
+def _decode_range_table(data: bytes) -> pa.Table:
+    return rangecodec.decode_table(data, rangecodec.ENTRY_SCHEMA)
 
 
 def _decode_metarange(data: bytes) -> list[RangeRef]:
