@@ -98,6 +98,7 @@ def test_views_read_the_same_rows_after_compaction_with_or_without_the_index(
     refs: list[str | None] = [None, exp.name, "before"]
     expected = {ref: _view_rows(lake, ref) for ref in refs}
     history = {i: tracking.get_metric_history(lake, i, "acc").to_pylist() for i in ids}
+    outputs = {i: tracking.get_run(lake, i).output_commit for i in ids}
     assert len(expected[exp.name]["metrics"]) == 2 * 3 * 4
 
     done = tracking.compact(lake, branch=exp.name)  # the target branch
@@ -130,6 +131,7 @@ def test_views_read_the_same_rows_after_compaction_with_or_without_the_index(
             assert [{k: _cell(v) for k, v in p.items()} for p in got] == [
                 {k: _cell(v) for k, v in p.items()} for p in history[run_id]
             ]
+        assert {i: tracking.get_run(lake, i).output_commit for i in ids} == outputs
     # History at a ref older than the compaction: the very same objects.
     assert lake.list("before", prefix=layout.RUNS_PREFIX) == listing_before
 
@@ -152,6 +154,7 @@ def test_compacted_branches_merge_without_conflicts_and_resumed_runs_continue(
     lake.merge(other.name, into=exp.name)  # identical compactions agree: no conflict
     assert _view_rows(lake, exp.name) == rows
 
+    tracking.compact(lake)  # the run branches too (their records gain the output commit)
     # A run resumed after the compaction numbers its next part after the compacted range,
     # and its end merges into the compacted branch without a conflict.
     with tracking.resume_run(lake, ids[0]) as run:
