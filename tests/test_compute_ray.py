@@ -139,6 +139,17 @@ def test_a_ray_job_runs_in_its_uv_environment(
         bad.wait(timeout=ENV_JOB_WAIT_S)
     assert err.value.status == "failed" and bad.run_id is None
 
+    # An environment whose packages break `import ray` fails the job (Ray would otherwise
+    # retry starting its worker forever, the job queued).
+    venv = Path(job.wait()["python"]).parent.parent
+    (venv / ".flowlake-ray-ready").unlink()
+    for site_packages in venv.glob("lib/python*/site-packages"):
+        (site_packages / "ray.py").write_text("raise ImportError('shadowed by the job')\n")
+    broken = compute.submit(humanize_version, lake=embedded_lake, backend="ray", environment=env)
+    with pytest.raises(compute.JobFailedError, match="cannot run a Ray worker.*shadowed"):
+        broken.wait(timeout=ENV_JOB_WAIT_S)
+    assert broken.run_id is None
+
 
 def test_a_sigkilled_ray_worker_shows_killed_and_merges_nothing(embedded_lake: store.Lake) -> None:
     lake = embedded_lake

@@ -170,17 +170,46 @@ def _collected_atexit() -> Iterator[list[Callable[[], Any]]]:
         atexit.register = register
 
 
+#: Marks a cached environment whose interpreter has been seen to host a Ray worker.
+RAY_READY = ".flowlake-ray-ready"
+#: Seconds the check that an environment can host a Ray worker may take.
+RAY_CHECK_TIMEOUT_S = 120
+
+
 def prepare_environment(environment: Environment) -> tuple[str, str]:
-    """Build (or find in the cache) the job's environment on this node.
+    """Build (or find in the cache) the job's environment on this node, and check once that its
+    interpreter can host a Ray worker (Ray would otherwise retry starting that worker forever,
+    leaving the job queued: say, a job pinned a ``protobuf`` Ray cannot import with).
 
     Returns:
-        ``("ok", <interpreter path>)`` or ``("error", <uv's message>)``; the node is the
-        caller's to read from the task's context.
+        ``("ok", <interpreter path>)`` or ``("error", <message>)``: uv's message, or why the
+        environment cannot run Ray; the node is the caller's to read from the task's context.
     """
     from compute.envs import ensure
     from compute.errors import EnvironmentBuildError
 
     try:
-        return "ok", str(ensure(environment))
+        python = ensure(environment)
     except EnvironmentBuildError as exc:
         return "error", str(exc)
+    ready = python.parent.parent / RAY_READY
+    if not ready.is_file():
+        import subprocess
+
+        try:
+            done = subprocess.run(
+                [str(python), "-c", "import ray, compute.backends.ray_attempt"],
+                capture_output=True,
+                timeout=RAY_CHECK_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return "error", f"the job's environment took over {RAY_CHECK_TIMEOUT_S} s to import ray"
+        if done.returncode != 0:
+            tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+            return "error", (
+                "the job's environment cannot run a Ray worker (its packages come before Ray's "
+                f"own, and importing ray fails there): {' / '.join(tail)}"
+            )
+        write_atomic(ready, b"")
+    return "ok", str(python)
