@@ -277,52 +277,74 @@ def _plan(
         split = layout.split_run_path(info.path)
         if split is not None:
             by_run.setdefault(split[0], []).append(info)
-    plans: list[_Plan] = []
     skipped: list[tuple[str, str]] = []
+    candidates: dict[str, list[ObjectInfo]] = {}
     for run_id in sorted(by_run):
         folder = layout.run_file(run_id, layout.METRICS_DIR) + "/"
         parts = [f for f in by_run[run_id] if f.path.startswith(folder)]
         if len(parts) < min_parts:
             continue
-        why = _refusal(lake, ref, run_id, parts)
+        why = _misnamed(parts)
         if why is not None:
             skipped.append((run_id, why))
             continue
-        ordered = sorted(parts, key=lambda p: layout.part_range(p.path) or (0, 0))
-        tables = [_read(lake, p.path, ref) for p in ordered]
-        if any(t is None for t in tables):
-            skipped.append((run_id, "a metric part does not have the metrics schema"))
-            continue
-        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]  # type: ignore[arg-type]
-        table = table.take(pc.sort_indices(table, options=_SORT)).combine_chunks()  # type: ignore[union-attr]
-        first = layout.part_range(ordered[0].path)
-        last = layout.part_range(ordered[-1].path)
-        assert first is not None and last is not None  # checked by _refusal
-        target = layout.compacted_part(run_id, first[0], last[1])
-        plans.append(_Plan(run_id, tuple(ordered), target, table))
-    return plans, tuple(skipped)
+        candidates[run_id] = sorted(parts, key=lambda p: layout.part_range(p.path) or (0, 0))
+    records = {layout.run_file(r, layout.RUN_FILE) for r in candidates}
+    found = lake.read_many(sorted(records & {f.path for fs in by_run.values() for f in fs}), ref)
+    ended: dict[str, list[ObjectInfo]] = {}
+    for run_id, parts in candidates.items():
+        record = found.get(layout.run_file(run_id, layout.RUN_FILE))
+        status = _record_status(record) if record is not None else None
+        if status in ENDED:
+            ended[run_id] = parts
+        else:
+            skipped.append((run_id, f"live (recorded status {status or 'unreadable'})"))
+    plans: list[_Plan] = []
+    for batch in _batches(list(ended.items())):
+        read = lake.read_many([p.path for _, parts in batch for p in parts], ref)  # verified
+        for run_id, parts in batch:
+            tables = [t for p in parts if (t := _decode(read[p.path])) is not None]
+            if len(tables) != len(parts):
+                skipped.append((run_id, "a metric part does not have the metrics schema"))
+                continue
+            table = pa.concat_tables(tables)
+            table = table.take(pc.sort_indices(table, options=_SORT)).combine_chunks()
+            first, last = layout.part_range(parts[0].path), layout.part_range(parts[-1].path)
+            if first is None or last is None:  # pragma: no cover - _misnamed checked every name
+                continue
+            target = layout.compacted_part(run_id, first[0], last[1])
+            plans.append(_Plan(run_id, tuple(parts), target, table))
+    return plans, tuple(sorted(skipped))
 
 
-def _refusal(lake: Lake, ref: str, run_id: str, parts: list[ObjectInfo]) -> str | None:
-    """Why the run's parts are left alone, or None when they may be compacted."""
+#: Parts read in one batch (one ``read_many``: overlapped requests on lakeFS).
+_BATCH_PARTS = 512
+
+
+def _batches(
+    runs: list[tuple[str, list[ObjectInfo]]],
+) -> list[list[tuple[str, list[ObjectInfo]]]]:
+    """Runs grouped about :data:`_BATCH_PARTS` parts to a group (a run is never split)."""
+    out: list[list[tuple[str, list[ObjectInfo]]]] = []
+    size = 0
+    for run in runs:
+        if not out or size + len(run[1]) > _BATCH_PARTS:
+            out.append([])
+            size = 0
+        out[-1].append(run)
+        size += len(run[1])
+    return out
+
+
+def _misnamed(parts: list[ObjectInfo]) -> str | None:
+    """Why a run's metric parts cannot be compacted by their names, or None."""
     ranges = [layout.part_range(p.path) for p in parts]
     spans = sorted(r for r in ranges if r is not None)
     if len(spans) != len(ranges):
         return "metrics/ holds files that are not metric parts"
     if any(a[1] >= b[0] for a, b in itertools.pairwise(spans)):
         return "metric parts with overlapping sequence numbers"
-    status = _status_at(lake, ref, run_id)
-    if status not in ENDED:
-        return f"live (recorded status {status or 'unreadable'})"
     return None
-
-
-def _status_at(lake: Lake, ref: str, run_id: str) -> str | None:
-    """The run's recorded status at ``ref``; None when it has no readable record."""
-    try:
-        return _record_status(lake.read_bytes(layout.run_file(run_id, layout.RUN_FILE), ref))
-    except ObjectNotFoundError:
-        return None
 
 
 def _record_output_commit(lake: Lake, tx: Branch, run_id: str, branch: str, head: str) -> None:
@@ -366,10 +388,9 @@ def _record_status(data: bytes) -> str | None:
     return first if isinstance(first, str) else None
 
 
-def _read(lake: Lake, path: str, ref: str) -> pa.Table | None:
+def _decode(data: bytes) -> pa.Table | None:
     """A part's rows, or None when it is not exactly a metrics part (readers cast or skip such
     parts; compacting them could change what they read)."""
-    data = lake.read_bytes(path, ref)  # verified against its hash
     try:
         table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     except (pa.ArrowException, OSError):
