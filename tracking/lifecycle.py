@@ -100,16 +100,23 @@ def start_run(
     else:
         input_commit = target.head().id if target is not None else lake.resolve("main")
     new_id = uuid.uuid4().hex
-    run_branch = lake.branch(layout.run_branch_short(new_id), source=input_commit)
-    cache = os.fspath(cache_dir) if cache_dir is not None else localcache.cache_root()
-    env = environment.capture(cache)
+    # The snapshot's git commands run while the run branch is created and the environment read.
+    pending = snapshot.PendingListing(code_dir) if code is None and snapshot_code else None
+    try:
+        run_branch = lake.branch(layout.run_branch_short(new_id), source=input_commit)
+        cache = os.fspath(cache_dir) if cache_dir is not None else localcache.cache_root()
+        env = environment.capture(cache)
+    except BaseException:
+        if pending is not None:
+            pending.close()
+        raise
     blobs = _CodeBlobs(cache, lake.location, target.name if target is not None else None)
     held = blobs.present_at(input_commit)
     listed = (
         snapshot.CodeListing.of(code)
         if code is not None
-        else snapshot.listing(code_dir, cache_dir=cache, held=held)
-        if snapshot_code
+        else pending.finish(cache_dir=cache, held=held)
+        if pending is not None
         else None
     )
     record: dict[str, Any] = {

@@ -178,23 +178,78 @@ def listing(
     Warns:
         SkippedCodeFileWarning: as :func:`capture`.
     """
-    cwd = os.path.abspath(os.fspath(root) if root is not None else os.getcwd())
-    spec = "." if root is not None else ":/"
-    # rev-parse and ls-files do not depend on each other: run them side by side.
-    rev = _spawn(cwd, "rev-parse", "--show-toplevel", "--git-path", "index", "HEAD")
-    listing = _spawn(cwd, "ls-files", "-co", "--exclude-standard", "-z", "--full-name", "--", spec)
-    rev_out, listed = _finish(rev), _finish(listing)
+    return PendingListing(root).finish(cache_dir=cache_dir, held=held)
+
+
+class PendingListing:
+    """A :func:`listing` whose git commands were started when this was built, so that the
+    caller can work while they run; :meth:`finish` waits for them and lists, :meth:`close`
+    stops them instead."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self._root = root
+        self._cwd = os.path.abspath(os.fspath(root) if root is not None else os.getcwd())
+        self._spec = "." if root is not None else ":/"
+        # rev-parse and ls-files do not depend on each other: run them side by side.
+        self._rev = _spawn(self._cwd, "rev-parse", "--show-toplevel", "--git-path", "index", "HEAD")
+        self._listing = _spawn(
+            self._cwd,
+            "ls-files",
+            "-co",
+            "--exclude-standard",
+            "-z",
+            "--full-name",
+            "--",
+            self._spec,
+        )
+
+    def close(self) -> None:
+        """Stop the git commands (when the listing is not wanted after all)."""
+        for proc in (self._rev, self._listing):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            if proc is not None:
+                proc.communicate()
+
+    def finish(self, *, cache_dir: str | None = None, held: Collection[str] = ()) -> CodeListing:
+        """The listing: as :func:`listing` with these arguments.
+
+        Warns:
+            SkippedCodeFileWarning: as :func:`capture`.
+        """
+        return _list(
+            self._root,
+            self._cwd,
+            self._spec,
+            _finish(self._rev),
+            _finish(self._listing),
+            cache_dir,
+            held,
+        )
+
+
+def _list(
+    root: str | os.PathLike[str] | None,
+    cwd: str,
+    spec: str,
+    rev_out: str | None,
+    listed: str | None,
+    cache_dir: str | None,
+    held: Collection[str],
+) -> CodeListing:
     if rev_out is None:  # not a work tree, or a repository without commits yet
         rev_out = _git(cwd, "rev-parse", "--show-toplevel", "--git-path", "index")
     top, index, commit = ((rev_out or "").splitlines() + ["", "", ""])[:3]
     dirty: bool | None = None
+    lstats: dict[str, os.stat_result | None] = {}
     if top:
         base = top if root is None else cwd
         names = [n for n in (listed or "").split("\0") if n]
         if root is not None:
             prefix = os.path.relpath(os.path.realpath(cwd), top).replace(os.sep, "/")
             names = [n[len(prefix) + 1 :] for n in names] if prefix != "." else names
-        stats = _stats(base, names)
+        lstats = _lstat_all(base, names)
+        stats = {n: (st.st_size, st.st_mtime_ns) if st else (-1, -1) for n, st in lstats.items()}
         dirty = _dirty(cwd, top, spec, commit, os.path.join(cwd, index), stats, cache_dir)
     else:
         base, names = cwd, _walk(cwd)
@@ -209,7 +264,7 @@ def listing(
             SkippedCodeFileWarning,
             stacklevel=2,
         )
-    files, stamps, truncated = _read_files(base, sorted(names), known, frozenset(held))
+    files, stamps, truncated = _read_files(base, sorted(names), known, frozenset(held), lstats)
     if hashes_path:
         fresh = {
             f.path: [f.size, stamps[f.path][0], stamps[f.path][1], f.sha256]
@@ -252,14 +307,13 @@ def _utf8_names(names: list[str]) -> tuple[list[str], list[str]]:
 RACY_WINDOW_NS = 2_000_000_000
 
 
-def _stats(base: str, names: list[str]) -> dict[str, tuple[int, int]]:
-    out = {}
+def _lstat_all(base: str, names: list[str]) -> dict[str, os.stat_result | None]:
+    out: dict[str, os.stat_result | None] = {}
     for name in names:
         try:
-            st = os.lstat(os.path.join(base, name))
-            out[name] = (st.st_size, st.st_mtime_ns)
+            out[name] = os.lstat(os.path.join(base, name))
         except OSError:
-            out[name] = (-1, -1)
+            out[name] = None
     return out
 
 
@@ -315,13 +369,18 @@ def _digest(text: str) -> str:
 
 
 def _read_files(
-    root: str, names: list[str], known: dict[str, object], held: frozenset[str]
+    root: str,
+    names: list[str],
+    known: dict[str, object],
+    held: frozenset[str],
+    lstats: dict[str, os.stat_result | None],
 ) -> tuple[list[ListedFile], dict[str, tuple[int, int]], bool]:
     """The source-like files among ``names``, their (mtime, inode), and whether limits dropped
     any.
 
     A file whose size, mtime and inode match its entry in ``known`` keeps the hash recorded
-    there, and is not read at all when that hash is in ``held``.
+    there, and is not read at all when that hash is in ``held``. ``lstats`` holds what
+    ``os.lstat`` said of some names already.
     """
     files: list[ListedFile] = []
     stamps: dict[str, tuple[int, int]] = {}
@@ -332,7 +391,7 @@ def _read_files(
             continue
         full = os.path.join(root, name)
         try:
-            st = os.lstat(full)
+            st = lstats.get(name) or os.lstat(full)
             if not stat.S_ISREG(st.st_mode):
                 continue
             if st.st_size > MAX_FILE_BYTES:
