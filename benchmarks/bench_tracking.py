@@ -418,12 +418,17 @@ class _MlflowChild:
         self.process.wait(timeout=60)
 
 
+def _lookup_next(lake: store.Lake, others: Any) -> None:
+    tracking.sql(lake, LOOKUP, params=[next(others)])
+
+
 def bench_scale(
     root: str, sizes: list[int], repeat: int, mlflow: _MlflowChild | None, mlflow_max: int
 ) -> list[dict[str, Any]]:
     """Leaderboard and lookup as the lake grows to each size (runs added between sizes),
     alternating flowlake's and MLflow's calls; each figure is the best of ``repeat``. The
-    lookup is measured twice: as SQL and as ``tracking.get_run``, both against MLflow's
+    lookup is measured three times: as SQL (the same run each call), as SQL on a run not
+    looked up before on every call, and as ``tracking.get_run``, all against MLflow's
     ``get_run``."""
     lake = store.open(os.path.join(root, "lake-scale"))
     sweep = lake.branch("sweep", source="main")
@@ -434,6 +439,7 @@ def bench_scale(
         row: dict[str, Any] = {"runs": size, "generate_s": time.perf_counter() - start}
         have = size
         probe = ids[len(ids) // 2]
+        others = iter(ids[::-1])
         ml = mlflow if mlflow is not None and size <= mlflow_max else None
         if ml is not None:
             row["mlflow_generate_s"] = ml.ask("grow", size)["generate_s"]
@@ -441,6 +447,9 @@ def bench_scale(
             ("leaderboard", lambda: tracking.sql(lake, LEADERBOARD), "leaderboard"),
             ("lookup", lambda probe=probe: tracking.sql(lake, LOOKUP, params=[probe]), "lookup"),
             ("get_run", lambda probe=probe: tracking.get_run(lake, probe), "lookup"),
+            # A run not looked up before on every call: its views are built afresh (no kept
+            # database serves it), the cost of a first lookup of each run.
+            ("lookup_other", lambda others=others: _lookup_next(lake, others), "lookup"),
         ):
             start = time.perf_counter()
             call()

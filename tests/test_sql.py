@@ -368,3 +368,26 @@ def test_concurrent_queries_on_one_lake_each_get_whole_answers(
             )
         )
     assert answers == [expected] * 12
+
+
+def test_a_query_after_an_unkept_one_sees_nothing_it_created(embedded_lake: store.Lake) -> None:
+    exp = embedded_lake.branch("exp")
+    done = _run(embedded_lake, exp.name, "done")
+    live = tracking.start_run(embedded_lake, branch=exp.name, name="live", snapshot_code=False)
+    try:
+        live.log_metric("acc", 0.5, step=1)
+        live.flush()
+        # A running run's views are never kept.
+        query = "SELECT count(*) AS n FROM metrics m JOIN runs r USING (run_id)"
+        assert tracking.sql(embedded_lake, query).to_pylist() == [{"n": 51}]
+        leftovers = (
+            "SELECT (SELECT count(*) FROM duckdb_tables())"
+            " + (SELECT count(*) FROM duckdb_views() WHERE NOT internal) AS n,"
+            " (SELECT count(*) FROM duckdb_functions() WHERE function_name LIKE '%flowlake%') AS f"
+        )
+        assert tracking.sql(embedded_lake, leftovers).to_pylist() == [{"n": 0, "f": 0}]
+        one = "SELECT count(*) AS n FROM metrics WHERE run_id = ?"
+        for _ in range(3):  # built, kept, then copied into a table on second use
+            assert tracking.sql(embedded_lake, one, params=[done.id]).to_pylist() == [{"n": 50}]
+    finally:
+        live.end()

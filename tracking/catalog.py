@@ -11,6 +11,7 @@ What each source holds is listed once per commit and kept in the local index
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Sequence
@@ -304,7 +305,8 @@ def heartbeat_time(lake: Lake, ref: str, run_id: str) -> datetime | None:
 
 
 def find_run_branch(lake: Lake, run_id: str) -> Branch:
-    """The branch a run writes on, in whichever namespace started it.
+    """The branch a run writes on, in whichever namespace started it: the current namespace's
+    is looked up first (one lookup instead of listing every branch of the lake).
 
     Raises:
         RunNotFoundError: no such run branch (or ``run_id`` is not a run id).
@@ -312,6 +314,8 @@ def find_run_branch(lake: Lake, run_id: str) -> Branch:
     if not layout.is_run_id(run_id):
         raise RunNotFoundError(f"{run_id!r} is not a run id (32 lowercase hex digits)")
     short = layout.run_branch_short(run_id)
+    with contextlib.suppress(BranchNotFoundError, RefNotFoundError, ValueError):
+        return lake.get_branch(f"{lake.namespace}/{short}")
     for info in lake.branches(all_namespaces=True):
         if info.name.rsplit("/", 1)[-1] == short:
             try:

@@ -26,6 +26,7 @@ that differs was deleted and rebuilt, and the views are built afresh.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import os
 import threading
@@ -53,6 +54,7 @@ _FileId = tuple[str, int, int, int]
 class _Kept:
     con: duckdb.DuckDBPyConnection
     files: tuple[_FileId, ...]
+    shaped: bool = False
 
     def current(self) -> bool:
         return all(_identity(f[0]) == f for f in self.files)
@@ -79,6 +81,17 @@ class Borrowed:
         ids = tuple(_identity(f) for f in files)
         if all(i is not None for i in ids):
             self.kept = _Kept(self.con, tuple(i for i in ids if i is not None))
+
+    @property
+    def shaped(self) -> bool:
+        """Whether the caller already reshaped the kept views (see :meth:`mark_shaped`)."""
+        return self.kept is not None and self.kept.shaped
+
+    def mark_shaped(self) -> None:
+        """Remember, with the kept database, that the caller reshaped its views (for instance
+        copied them into tables on their second use)."""
+        if self.kept is not None:
+            self.kept = dataclasses.replace(self.kept, shaped=True)
 
     def discard(self) -> None:
         """Close the database after this call (its state is in doubt)."""
@@ -127,8 +140,12 @@ class Pool:
 
     @contextmanager
     def borrow(self, key: tuple[object, ...] | None) -> Iterator[Borrowed]:
-        """Borrow the database kept for ``key``, else a new one (see :class:`Borrowed`); one
-        not kept is closed on return, and so is one whose call raised before it settled."""
+        """Borrow the database kept for ``key``, else a new one (see :class:`Borrowed`). One
+        not kept is closed on return, and so is one whose call raised before it settled.
+
+        A database is never emptied for another key: what views register (Python functions
+        among them) cannot be listed cheaply, so it could not be proven empty.
+        """
         kept = self._take(key) if key is not None else None
         borrowed = Borrowed(kept.con if kept is not None else self.open(), kept)
         try:
@@ -161,8 +178,7 @@ class Pool:
             self._kept.setdefault(key, []).append(kept)
             self._kept.move_to_end(key)
             while sum(len(v) for v in self._kept.values()) > MAX_KEPT:
-                _, stack = self._kept.popitem(last=False)
-                dropped += stack
+                dropped += self._kept.popitem(last=False)[1]
         for old in dropped:
             old.con.close()
 
