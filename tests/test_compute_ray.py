@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -268,3 +269,48 @@ def test_ray_jobs_sharing_warm_workers_run_their_own_snapshot_and_leave_nothing_
     )
     job.wait(timeout=JOB_WAIT_S)
     assert out.read_text() == "thread\natexit\n"
+
+
+SUBMIT_AND_EXIT = """
+import sys, time, compute, store
+lake = store.open(sys.argv[1], create=False)
+sleeper = ["sh", "-c", "echo started; sleep 60"]
+left = compute.submit(command=sleeper, lake=lake, backend="ray", code_dir=sys.argv[2])
+cancelled = compute.submit(command=sleeper, lake=lake, backend="ray", code_dir=sys.argv[2])
+deadline = time.monotonic() + 60
+while not all("started" in job.logs() for job in (left, cancelled)):
+    assert time.monotonic() < deadline, "the jobs never started"
+    time.sleep(0.05)
+cancelled.cancel()  # as Ctrl-C on `flowlake run` does, then exits at once
+print(left.id, cancelled.id)
+"""
+
+
+def test_ray_jobs_of_a_submitter_that_exits_are_stopped_and_recorded(
+    embedded_lake: store.Lake, ray_cluster: object, tmp_path: Path
+) -> None:
+    import ray
+
+    lake = embedded_lake
+    _seed(lake)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    done = subprocess.run(
+        [sys.executable, "-c", SUBMIT_AND_EXIT, str(lake.location), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=JOB_WAIT_S,
+        check=True,
+    )
+    left_id, cancelled_id = done.stdout.split()
+    left, cancelled = compute.get_job(lake, left_id), compute.get_job(lake, cancelled_id)
+    # Recorded by the submitter on its way out, not inferred from its dead pid.
+    assert cancelled.record().status == "cancelled"
+    assert left.record().status == "killed"
+    assert "its submitting process exited" in (left.error or "")
+    run = _run(lake, left.run_id)
+    assert run["status"] == "killed"
+    log = lake.read_bytes(
+        f"{layout.run_dir(run['run_id'])}/logs/attempt-1.log", ref=run["run_branch"]
+    )
+    assert b"started" in log

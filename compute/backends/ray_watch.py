@@ -8,12 +8,15 @@ and timeout with ``ray.cancel(force=True)`` (which ends the worker; processes th
 are terminated first), retries failed attempts, and records the attempts that could not record
 themselves (killed, cancelled, timed out) on their run branch, as the local supervisor does. A
 worker that dies under the job (SIGKILL, out of memory) surfaces as ``WorkerCrashedError``:
-the job shows ``killed``. The job's status names this process, so a job whose driver is gone
-shows ``killed`` too.
+the job shows ``killed``. When the submitting process exits, its jobs end with it (Ray ends a
+driver's tasks): on the way out the watcher stops them and records each one, ``cancelled`` if it
+was asked to (Ctrl-C on ``flowlake run``), else ``killed``. The job's status names this process,
+so a job whose driver died without that (SIGKILL) shows ``killed`` too.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -37,6 +40,8 @@ POLL_S = 0.05
 KILL_GRACE_S = 2.0
 #: How much of the log a job that ended without an outcome reports as its traceback.
 LOG_TAIL_BYTES = 4000
+#: Seconds the submitting process waits on its way out for Ray to end its jobs' tasks.
+CLOSE_GRACE_S = 10.0
 
 #: Launches attempt ``n`` of a job: (folder, spec, attempt, python or None) -> Ray object ref.
 Launch = Callable[[JobFolder, JobSpec, int, "Prepared | None"], Any]
@@ -81,8 +86,11 @@ class Watcher:
         self._wake = threading.Event()
         self._jobs: list[_Watched] = []
         self.failure: str | None = None
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="flowlake-ray-watch", daemon=True)
         self._thread.start()
+        # Registered after ray.init's own exit hook, so it runs first, while Ray is up.
+        atexit.register(self.close)
 
     def add(self, folder: JobFolder, spec: JobSpec, prep: Any = None) -> None:
         """Supervise the job in ``folder``: launch its first attempt now, or once ``prep`` (the
@@ -116,7 +124,7 @@ class Watcher:
 
     def _loop(self) -> None:
         try:
-            while ray.is_initialized():
+            while ray.is_initialized() and not self._closing.is_set():
                 with self._lock:
                     jobs = list(self._jobs)
                 if not jobs:
@@ -133,6 +141,50 @@ class Watcher:
                             self._jobs.remove(job)
         except Exception as exc:  # recorded on each job that asks, by check()
             self.failure = f"{type(exc).__name__}: {exc}"
+
+    def close(self) -> None:
+        """Stop supervising (the submitting process is exiting): end the Ray tasks of the jobs
+        still held and record each one, ``cancelled`` when it was asked to be, else ``killed``
+        (a started attempt's run on its branch too, with its log)."""
+        self._closing.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+        if self._thread.is_alive() or not ray.is_initialized():
+            return
+        with self._lock:
+            jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                if job.why is None:
+                    queued = job.started is None and job.attempt <= 1
+                    job.why = (
+                        (JobStatus.CANCELLED, "cancelled while queued" if queued else "cancelled")
+                        if job.folder.cancel_requested()
+                        else (JobStatus.KILLED, "its submitting process exited")
+                    )
+                if job.prep is not None:
+                    self._final(job, *job.why)
+                else:
+                    self._stop(job)
+        held = [job for job in jobs if job.prep is None]
+        with contextlib.suppress(Exception):
+            ray.wait([j.ref for j in held], num_returns=len(held), timeout=CLOSE_GRACE_S)
+        for job in held:
+            with contextlib.suppress(Exception):
+                assert job.why is not None
+                ready, _ = ray.wait([job.ref], timeout=0)
+                if not ready:
+                    self._final(job, *job.why)
+                    continue
+                if job.started is None:
+                    self._notice_start(job)
+                status, outcome = self._outcome(job)
+                job.record = replace(
+                    job.record,
+                    run_id=outcome.get("run_id") or job.record.run_id,
+                    output_commit=outcome.get("output_commit"),
+                )
+                self._final(job, status, outcome.get("error"), outcome.get("traceback"))
 
     def _guarded_step(self, job: _Watched, done: bool) -> bool:
         """:meth:`_step`, with an error of flowlake's own (say, its state folder could not be
