@@ -583,7 +583,9 @@ class EmbeddedBackend(Backend):
             True,
         )
         keep = pc.if_else(pc.is_null(staged.column("checksum")), existed, changed)
-        changes = pc.filter(staged.append_column("existed", existed), keep, memory_pool=POOL)
+        changes = staged.append_column("existed", existed)
+        if not pc.all(keep).as_py():
+            changes = pc.filter(changes, keep, memory_pool=POOL)
         return head, changes, top
 
     def uncommitted(self, branch: str) -> Iterator[Change]:

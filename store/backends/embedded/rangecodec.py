@@ -64,19 +64,23 @@ def encode(rows: Sequence[Row], schema: pa.Schema) -> bytes:
     return encode_table(table)
 
 
-def encode_table(table: pa.Table) -> bytes:
+def encode_table(table: pa.Table, canonical: bool = True) -> bytes:
     """Encode a table (a slice of one is fine) in the newest format, as one record batch.
 
-    The same rows give the same bytes whether they come from :func:`encode` or from a slice of
-    a larger table, so ranges built row by row and column by column share their ids.
+    When ``canonical``, the same rows give the same bytes whether they come from :func:`encode`
+    or from a slice of a larger table, so ranges built row by row and column by column share
+    their ids; otherwise a table of single-chunk columns is written without copying it.
     """
-    # Fresh buffers: a slice would carry its parent's offsets and validity bitmaps otherwise.
-    columns = [
-        pa.concat_arrays(column.chunks, memory_pool=POOL)
-        if column.num_chunks
-        else pa.array([], column.type)
-        for column in table.columns
-    ]
+    if not canonical and all(column.num_chunks == 1 for column in table.columns):
+        columns = [column.chunk(0) for column in table.columns]
+    else:
+        # Fresh buffers: a slice would carry its parent's offsets and validity bitmaps.
+        columns = [
+            pa.concat_arrays(column.chunks, memory_pool=POOL)
+            if column.num_chunks
+            else pa.array([], column.type)
+            for column in table.columns
+        ]
     batch = pa.record_batch(columns, schema=table.schema)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:

@@ -134,8 +134,13 @@ class TreeStore:
         return _decode_range_table(self.objects.get_bytes(layout.address(object_id, codec)))
 
     def store_table(self, table: pa.Table, codec: str = layout.ZSTD) -> str:
-        """Store a table of :data:`rangecodec.ENTRY_SCHEMA` as an object; its id."""
-        return self.objects.put_bytes(rangecodec.encode_table(table), codec=codec).id
+        """Store a table of :data:`rangecodec.ENTRY_SCHEMA` as an object; its id.
+
+        Ranges (zstd) are stored canonically, so equal rows give equal ids; staged batches
+        (raw) are written as they are.
+        """
+        data = rangecodec.encode_table(table, canonical=codec == layout.ZSTD)
+        return self.objects.put_bytes(data, codec=codec).id
 
     def write_ranges(self, ranges: list[RangeRef]) -> str:
         """Store a metarange; return the tree id."""
@@ -290,7 +295,9 @@ class TreeStore:
                 slots.append(r)
                 continue
             part = changes.slice(start, stop - start)
-            merged = pc.filter(part, pc.is_valid(part.column("checksum")), memory_pool=POOL)
+            merged = part
+            if part.column("checksum").null_count:
+                merged = pc.filter(part, pc.is_valid(part.column("checksum")), memory_pool=POOL)
             if r is not None:
                 old = self.range_table(r.id)
                 gone = pc.is_in(old.column("path"), value_set=part["path"], memory_pool=POOL)
