@@ -132,15 +132,27 @@ class Watcher:
                     self._wake.clear()
                     continue
                 refs = [j.ref if j.prep is None else j.prep for j in jobs]
+                # Checked before each call: after ray.shutdown() a call would start a new Ray.
                 ray.wait(refs, num_returns=1, timeout=POLL_S)
+                if not ray.is_initialized():
+                    break
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
                 done = set(ready)
                 for job, ref in zip(jobs, refs, strict=True):
                     if self._guarded_step(job, ref in done):
                         with self._lock:
                             self._jobs.remove(job)
-        except Exception as exc:  # recorded on each job that asks, by check()
-            self.failure = f"{type(exc).__name__}: {exc}"
+        # Ray's calls raise SystemExit when ray.shutdown() disconnects this driver under them.
+        except (Exception, SystemExit) as exc:  # recorded on each job that asks, by check()
+            if ray.is_initialized():
+                self.failure = f"{type(exc).__name__}: {exc}"
+                return
+        if not self._closing.is_set():  # ray.shutdown() in this process ended its tasks
+            with self._lock:
+                jobs, self._jobs = self._jobs, []
+            for job in jobs:
+                with contextlib.suppress(Exception):
+                    self._final(job, JobStatus.KILLED, "Ray was shut down before the job ended")
 
     def close(self) -> None:
         """Stop supervising (the submitting process is exiting): end the Ray tasks of the jobs
