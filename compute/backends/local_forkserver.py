@@ -11,9 +11,9 @@ One server serves every submitter of this user that runs the same interpreter an
 code: the socket's name is a hash of the interpreter, the ``PYTHON*``, ``HOME`` and locale
 variables (they shape an interpreter at start-up, which a forked child cannot redo) and the
 modification times of the compute package's and the store's preloaded files, so a changed
-flowlake or another virtual environment gets a server of its own. The first submit finds none, starts one
-in the background and launches its own supervisor as a fresh process. A server exits after
-:data:`IDLE_S` seconds without a request. ``FLOWLAKE_FORKSERVER=0`` turns the server off.
+flowlake or another virtual environment gets a server of its own. The first submit finds none,
+starts one in the background and launches its own supervisor as a fresh process. A server
+exits after :data:`IDLE_S` seconds without a request. ``FLOWLAKE_FORKSERVER=0`` turns it off.
 
 Only this user can reach it: the socket's folder is the user's own (mode 0700), the socket is
 mode 0600, and the server checks each caller's uid (``SO_PEERCRED``).
