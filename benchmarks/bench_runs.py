@@ -13,6 +13,11 @@ runs). MLflow (its own venv, run as a child process so MLflow never
 enters flowlake's venv): ``mlflow.start_run(run_name=...)`` then ``mlflow.end_run()`` on a
 sqlite tracking store, from the same folder (so MLflow records its git source tags too). The
 first run of each side (cold caches, imports) is reported apart and left out of the medians.
+
+``--baseline PATH`` adds a third side: the same flowlake rounds run by the checkout at ``PATH``
+(an older commit, e.g. ``git worktree add /tmp/base <commit>``) in a child process, alternating
+with the other two, on its own lake and cache in the same project, so that a change is measured
+against its parent under the same load.
 """
 
 from __future__ import annotations
@@ -104,6 +109,54 @@ def count_syncs(lake: store.Lake, branch: str, cache_dir: str, project: str) -> 
     return counts
 
 
+BASELINE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    sys.path.insert(0, sys.argv[1])
+    import store, tracking
+    lake_dir, cache, project, runs = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+    lake = store.open(lake_dir)
+    try:
+        branch = lake.get_branch("sweep").name
+    except Exception:
+        branch = lake.branch("sweep", source="main").name
+    times = []
+    for i in range(runs):
+        start = time.perf_counter()
+        tracking.start_run(
+            lake, branch=branch, name=f"empty-{i}", code_dir=project, cache_dir=cache
+        ).end()
+        times.append(time.perf_counter() - start)
+    print(json.dumps(times))
+    """
+)
+
+
+def baseline_round(tree: str, runs: int, workdir: str, project: str) -> list[float]:
+    """``runs`` empty runs by the flowlake checkout at ``tree``, in a child process (its first
+    pays for imports and a cold cache on its first round)."""
+    done = subprocess.run(
+        [sys.executable, "-c", BASELINE_SCRIPT, tree, f"{workdir}/lake", f"{workdir}/cache"]
+        + [project, str(runs)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+        cwd=workdir,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _summary(times: list[float], cold: float) -> dict[str, Any]:
+    return {
+        "runs": len(times),
+        "cold_first_run_ms": _ms(cold),
+        "median_ms": _ms(statistics.median(times)),
+        "mean_ms": _ms(statistics.fmean(times)),
+        "p90_ms": _ms(statistics.quantiles(times, n=10)[-1]),
+    }
+
+
 def mlflow_round(python: str, runs: int, workdir: str, project: str) -> dict[str, Any]:
     """One MLflow process doing ``runs`` empty runs; its first pays for imports and setup."""
     done = subprocess.run(
@@ -127,6 +180,7 @@ def main() -> None:
     parser.add_argument("--runs-per-round", type=int, default=10)
     parser.add_argument("--mlflow-python", default=None, help="python of a venv with mlflow")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--baseline", default=None, help="a flowlake checkout to compare with")
     args = parser.parse_args()
     results: dict[str, Any] = {
         "python": sys.version.split()[0],
@@ -134,6 +188,8 @@ def main() -> None:
     }
     flow: list[float] = []
     ml: list[float] = []
+    base: list[float] = []
+    base_cold = None
     with tempfile.TemporaryDirectory(prefix="bench-runs-") as tmp:
         project = os.path.join(tmp, "project")
         subprocess.run(["git", "clone", "--quiet", REPO, project], check=True, timeout=300)
@@ -144,9 +200,16 @@ def main() -> None:
         mlflow_dir = os.path.join(tmp, "mlflow")
         os.makedirs(mlflow_dir)
         ml_cold = None
+        base_dir = os.path.join(tmp, "baseline")
+        os.makedirs(base_dir)
         for _ in range(args.rounds):
             times, last = flowlake_round(lake, branch, args.runs_per_round, cache_dir, project)
             flow += times
+            if args.baseline:
+                got = baseline_round(args.baseline, args.runs_per_round + 1, base_dir, project)
+                if base_cold is None:
+                    base_cold = got[0]
+                base += got[1:]
             if args.mlflow_python:
                 out = mlflow_round(args.mlflow_python, args.runs_per_round + 1, mlflow_dir, project)
                 results["mlflow_version"] = out["version"]
@@ -172,14 +235,18 @@ def main() -> None:
         }
         lake.close()
     print(json.dumps(results["flowlake"]), flush=True)
+    if base:
+        results["baseline"] = {"tree": args.baseline, **_summary(base, base_cold or 0.0)}
+        results["flowlake_over_baseline_median"] = round(
+            statistics.median(flow) / statistics.median(base), 3
+        )
+        print(json.dumps(results["baseline"]), flush=True)
     if ml:
-        results["mlflow"] = {
-            "runs": len(ml),
-            "cold_first_run_ms": _ms(ml_cold or 0.0),
-            "median_ms": _ms(statistics.median(ml)),
-            "mean_ms": _ms(statistics.fmean(ml)),
-            "p90_ms": _ms(statistics.quantiles(ml, n=10)[-1]),
-        }
+        results["mlflow"] = _summary(ml, ml_cold or 0.0)
+        if base:
+            results["baseline_over_mlflow_median"] = round(
+                statistics.median(base) / statistics.median(ml), 3
+            )
         results["flowlake_over_mlflow_median"] = round(
             statistics.median(flow) / statistics.median(ml), 3
         )
