@@ -224,3 +224,19 @@ def test_a_batch_row_that_disagrees_with_its_object_is_reported(
     with sqlite3.connect(os.path.join(embedded_lake.backend.root, "refs.db")) as conn:
         conn.execute("UPDATE staged_batches SET object = 'nope'")
     assert any("staged batch" in p and "damaged" in p for p in embedded_lake.fsck())
+
+
+def test_paths_read_one_by_one_from_a_staged_batch_read_its_object_once(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    branch = embedded_lake.branch("lookups")
+    branch.write_many(items("v1"))
+    trees = embedded_lake.backend.trees
+    reads: list[str] = []
+    original = trees.entry_table
+    monkeypatch.setattr(trees, "entry_table", lambda *a: reads.append(a[0]) or original(*a))
+    for i in range(0, 40, 2):
+        assert branch.read_bytes(f"b/{i:04d}.bin") == f"v1-{i}".encode()
+    branch.delete(*(f"b/{i:04d}.bin" for i in range(1, 40, 2)))
+    assert len(reads) == 1
+    assert len(branch.uncommitted()) == N - 20

@@ -18,7 +18,9 @@ import json
 import operator
 import os
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeVar
@@ -69,6 +71,9 @@ _ID_PATTERN = "^[0-9a-f]{64}$"
 #: Staged batches are stored uncompressed: they live until the next commit, and their checksum
 #: column does not compress, so zstd would cost more time than the disk it saves.
 BATCH_CODEC = layout.RAW
+#: Checked staged batches kept in memory, at most this many entries in all: reading or deleting
+#: paths one by one after a large ``put_many`` must not read the whole batch for each path.
+BATCH_CACHE_ENTRIES = 1 << 18
 CAS_ATTEMPTS = 50
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -105,6 +110,9 @@ class EmbeddedBackend(Backend):
         self.objects_location = settings.objects
         self.objects_external = settings.external
         self.lock = gclock.GcLock(root)
+        # Batch objects are immutable and content-addressed: a checked one stays valid.
+        self._batch_cache: OrderedDict[str, pa.Table] = OrderedDict()
+        self._batch_cache_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -479,14 +487,36 @@ class EmbeddedBackend(Backend):
             ObjectNotFoundError: the batch object is missing.
             CorruptObjectError: it is damaged or disagrees with its row.
         """
-        table = self.trees.entry_table(batch.object_id, BATCH_CODEC)
+        with self._batch_cache_lock:
+            table = self._batch_cache.get(batch.object_id)
+            if table is not None:
+                self._batch_cache.move_to_end(batch.object_id)
+        if table is None:
+            table = self._checked_batch(batch.object_id)
+            if table.num_rows <= BATCH_CACHE_ENTRIES:
+                with self._batch_cache_lock:
+                    self._batch_cache[batch.object_id] = table
+                    while sum(t.num_rows for t in self._batch_cache.values()) > BATCH_CACHE_ENTRIES:
+                        self._batch_cache.popitem(last=False)
         paths = table.column("path")
-        problem = ""
         if table.num_rows != batch.count:
             problem = f"{table.num_rows} entries where its row says {batch.count}"
-        elif paths[0].as_py() != batch.first or paths[-1].as_py() != batch.last:
+        elif table.num_rows and (paths[0].as_py(), paths[-1].as_py()) != (batch.first, batch.last):
             problem = "its paths disagree with its row"
-        elif paths.null_count or table.column("checksum").null_count:
+        else:
+            return table
+        raise CorruptObjectError(f"staged batch {batch.object_id}: {problem}")
+
+    def _checked_batch(self, object_id: str) -> pa.Table:
+        """A batch object's entries, read and checked (see :meth:`_batch_table`).
+
+        Raises:
+            ObjectNotFoundError, CorruptObjectError: as :meth:`_batch_table`.
+        """
+        table = self.trees.entry_table(object_id, BATCH_CODEC)
+        paths = table.column("path")
+        problem = ""
+        if paths.null_count or table.column("checksum").null_count:
             problem = "an entry has no path or checksum"
         elif (
             table.num_rows > 1
@@ -506,7 +536,7 @@ class EmbeddedBackend(Backend):
             except ValueError:
                 problem = "an entry's address is malformed"
         if problem:
-            raise CorruptObjectError(f"staged batch {batch.object_id}: {problem}")
+            raise CorruptObjectError(f"staged batch {object_id}: {problem}")
         return table
 
     def _staged_one(self, branch: str, path: str) -> tuple[bool, Entry | None]:
