@@ -248,6 +248,11 @@ class JobSpec:
         timeout: seconds an attempt may run, or None.
         submitted_at: unix seconds.
         submitter_python: the submitter's ``sys.executable``.
+        perimeter: the policy perimeter the submitter's lake was opened in (the job reopens
+            it there), or None on a lake opened in none.
+        principal: who the submitter's lake acts as (``user:<login>`` or ``token:<name>``);
+            the job must reopen the lake as the same one. A token's secret is never here:
+            it reaches the job only through ``FLOWLAKE_TOKEN`` in its environment.
     """
 
     job_id: str
@@ -268,6 +273,8 @@ class JobSpec:
     timeout: float | None
     submitted_at: float
     submitter_python: str
+    perimeter: str | None = None
+    principal: str | None = None
     version: int = SPEC_VERSION
 
     def to_json(self) -> str:

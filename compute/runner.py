@@ -142,11 +142,23 @@ class AttemptVersioning:
             if self._raw_lake is None:
                 began = time.perf_counter()
                 import store
+                from store.policy.enforce import check_job_identity
 
                 spec = self._spec
-                self._raw_lake = store.open(
-                    spec.lake_location, namespace=spec.namespace, user=spec.user, create=False
+                # In the submitter's perimeter; a token comes from FLOWLAKE_TOKEN only.
+                lake = store.open(
+                    spec.lake_location,
+                    namespace=spec.namespace,
+                    user=spec.user,
+                    perimeter=spec.perimeter,
+                    create=False,
                 )
+                try:
+                    check_job_identity(lake.backend, spec.principal, spec.perimeter)
+                except BaseException:
+                    lake.close()
+                    raise
+                self._raw_lake = lake
                 self.seconds += time.perf_counter() - began
             return self._raw_lake
 

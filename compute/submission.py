@@ -84,6 +84,8 @@ def submit(
         PolicyLimitError: the job asks for more than the lake's perimeter allows (GPUs, CPUs,
             memory, a package index or image registry), see docs/policy.md.
         UnsupportedOperationError: the environment names a container image.
+        TokenError: the lake acts as a machine token that ``FLOWLAKE_TOKEN`` does not hold
+            (a job gets its token only from the environment, never from a file).
     """
     if (fn is None) == (command is None):
         raise InvalidArgumentError("give a callable or command=[...], not both and not neither")
@@ -106,9 +108,11 @@ def submit(
     environment = environment if environment is not None else Environment()
     if not isinstance(resources, Resources) or not isinstance(environment, Environment):
         raise InvalidArgumentError("resources and environment take compute.Resources / Environment")
+    from store.policy.enforce import job_identity
     from store.policy.limits import check_job  # the perimeter's limits, docs/policy.md
 
     check_job(lake, resources, environment)
+    identity = job_identity(lake.backend)
     if environment.image is not None:
         raise UnsupportedOperationError(
             f"no compute backend runs container images yet (image {environment.image!r})"
@@ -152,6 +156,8 @@ def submit(
         timeout=float(timeout) if timeout is not None else None,
         submitted_at=time.time(),
         submitter_python=sys.executable,
+        perimeter=identity.perimeter if identity is not None else None,
+        principal=identity.principal if identity is not None else None,
     )
     folder = jobs.new_folder(job_id)
     if payload is not None:

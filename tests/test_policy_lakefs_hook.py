@@ -305,6 +305,67 @@ def test_the_cli_installs_the_hook_reports_it_and_never_prints_the_key(
     fresh.lake.close()
 
 
+def test_installing_the_hook_is_audited_and_anchored_like_a_policy_change(
+    lakefs_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from store.policy import api
+    from store.policy.enforce import META_AUDIT_HASH, META_AUDIT_SEQ, META_PERIMETER
+    from ui.cli import app
+
+    monkeypatch.setattr(gatehook, "ACTIONS_CACHE_S", 0.0)
+    fresh = Repo(lakefs_server)
+    install_policy = fresh.lake.branch("policy")
+    install_policy.write_bytes("_flowlake/policy.toml", POLICY.encode())
+    install_policy.commit("policy")
+    fresh.lake.merge(install_policy.name, into="main")
+    lake = fresh.reopen(perimeter="production")
+    before = fresh.main_head()
+    already = len(api.audit_log(lake))
+    monkeypatch.setenv(gatehook.CLIENT_KEY_ENV, "w" * 64)
+    with pytest.raises(PermissionDeniedError, match=gatehook.HOOK_ID):
+        gatehook.install_on(lake)
+    assert fresh.main_head() == before
+    monkeypatch.setenv(gatehook.CLIENT_KEY_ENV, lakefs_server.gate_key)
+    commit = gatehook.install_on(lake)
+    assert commit is not None and fresh.main_head() == commit
+    entries = api.audit_log(lake)[already:]
+    assert [e.action for e in entries] == [
+        "gate-hook-install",
+        "gate-hook-install-failed",
+        "gate-hook-install",
+        "merge",
+    ]
+    actor = f"user:{fresh.sdk.auth_api.get_current_user().user.id}"
+    assert {e.actor for e in entries} == {actor}
+    assert entries[2].details == {"into": "main", "base": before}
+    assert entries[3].details["commit"] == commit
+    merged = lake.log("main", 1)[0]
+    assert merged.metadata[META_AUDIT_SEQ] == str(entries[2].seq)
+    assert merged.metadata[META_AUDIT_HASH] == entries[2].hash
+    assert merged.metadata[META_PERIMETER] == "production"
+    assert api.verify_audit(lake) == []
+    assert gatehook.install_on(lake) is None  # nothing changed, nothing audited
+    assert len(api.audit_log(lake)) == already + 4
+    env = {
+        "LAKECTL_SERVER_ENDPOINT_URL": lakefs_server.endpoint,
+        "LAKECTL_CREDENTIALS_ACCESS_KEY_ID": lakefs_server.access_key_id,
+        "LAKECTL_CREDENTIALS_SECRET_ACCESS_KEY": lakefs_server.secret_access_key,
+        "COLUMNS": "200",
+    }
+    location = f"lakefs://{fresh.name}"
+    shown = CliRunner().invoke(app, ["audit", "--verify", "--lake", location], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert "gate-hook-install" in shown.output
+    assert f"audit chain intact: {already + 4} entries" in shown.output
+    listed = CliRunner().invoke(app, ["audit", "--verify", "--json", "--lake", location], env=env)
+    data = json.loads(listed.output)
+    assert data["problems"] == []
+    assert [e["action"] for e in data["entries"]][-2:] == ["gate-hook-install", "merge"]
+    lake.close()
+
+
 # -- what lakeFS OSS 1.86.0 does not let the hook stop (docs/policy.md) -----------------------
 
 

@@ -33,7 +33,8 @@ class AuditEntry:
         time: when it happened, ISO 8601 with offset (UTC).
         actor: the principal that did it (``user:avery``, ``token:ci``).
         action: what happened: ``promote``, ``merge``, ``revert``, ``policy-change``,
-            ``token-create``, ``token-use``, ``token-revoke``, ``gate``.
+            ``token-create``, ``token-use``, ``token-revoke``, ``gate``, ``gate-hook-install``
+            (the lakeFS gate hook put on ``main``).
         details: what it was about (branch, commit ids, gate outcomes); strings, integers and
             booleans only, so the canonical form is unambiguous. Never a secret.
         prev: the hash of the entry before (:data:`GENESIS` for the first).

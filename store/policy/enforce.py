@@ -29,6 +29,7 @@ checked except that a policy file merged into ``main`` must be valid.
 from __future__ import annotations
 
 import functools
+import hmac
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -165,6 +166,55 @@ def perimeter_of(backend: object) -> str | None:
     asked on a lake without a policy (or the lake was not opened with ``store.open``)."""
     view = getattr(backend, "_inner", backend)
     return view.identity.perimeter if isinstance(view, PolicyBackend) else None
+
+
+def job_identity(backend: object) -> Identity | None:
+    """Who a compute job submitted through a lake (``Lake.backend``) acts as when it reopens it.
+
+    The job is given the principal and perimeter (``compute.JobSpec``); a token travels only
+    in the job's environment (``FLOWLAKE_TOKEN``, which every backend passes on), never in a
+    file, so a lake opened with ``token=`` needs the same token in ``FLOWLAKE_TOKEN``.
+
+    Returns:
+        The lake's :class:`Identity`, or None for a lake not opened with ``store.open``.
+
+    Raises:
+        TokenError: the lake acts as a token that ``FLOWLAKE_TOKEN`` does not hold (names the
+            token, never a secret).
+    """
+    view = getattr(backend, "_inner", backend)
+    if not isinstance(view, PolicyBackend):
+        return None
+    identity = view.identity
+    name = identity.principal.removeprefix("token:")
+    if name != identity.principal:
+        from store.errors import TokenError
+
+        secret = os.environ.get(ENV_TOKEN) or ""
+        if not hmac.compare_digest(tokens.digest(secret), view.ledger.token(name).digest):
+            raise TokenError(
+                f"this lake acts as token {name!r}, which a job receives only through "
+                f"${ENV_TOKEN}: set it to that token in the submitting process"
+            )
+    return identity
+
+
+def check_job_identity(backend: object, principal: str | None, perimeter: str | None) -> None:
+    """Refuse a job's lake that reopened as someone other than its submitter's lake acted as
+    (only checked when that lake was opened in a perimeter, i.e. ``main`` held a policy).
+
+    Raises:
+        PermissionDeniedError: the principal or perimeter differ (e.g. other lakeFS
+            credentials, or another ``FLOWLAKE_TOKEN``, in the job's environment).
+    """
+    view = getattr(backend, "_inner", backend)
+    found = view.identity if isinstance(view, PolicyBackend) else None
+    got = (found.principal, found.perimeter) if found is not None else (None, None)
+    if perimeter is not None and got != (principal, perimeter):
+        raise PermissionDeniedError(
+            f"the job was submitted as {principal} in perimeter {perimeter!r} but its "
+            f"environment opens the lake as {got[0]} in perimeter {got[1]!r}"
+        )
 
 
 def _admitted(policy: Policy, perimeter: str, principal: str) -> Perimeter:
@@ -462,6 +512,36 @@ class PolicyBackend:
             raise
         self.ledger.append(actor, "merge", {"source": source_commit, "commit": merged.id})
         return merged
+
+    def audited_change_of_main(self, action: str, change: Callable[[dict[str, str]], str]) -> str:
+        """Make a change of ``main`` that does not go through :meth:`merge` (the lakeFS gate
+        hook's install) audited like a policy change: its entry (actor, ``main``'s head before)
+        is appended first and anchored in the change's commit metadata, then a ``merge`` entry,
+        or ``<action>-failed`` when the change raised.
+
+        Args:
+            action: the audit action, e.g. ``gate-hook-install``.
+            change: makes the change given the metadata its commit must carry (perimeter,
+                principal and the audit anchor); returns the new commit's id.
+
+        Returns:
+            What ``change`` returned.
+        """
+        actor = self.identity.principal
+        if self.policy() is None and actor.startswith("user:"):  # as for the first policy
+            actor = backend_principal(self._inner, actor.removeprefix("user:"))
+        into = self._inner.default_branch
+        entry = self.ledger.append(
+            actor, action, {"into": into, "base": self._inner.branch_head(into)}
+        )
+        anchor = {META_AUDIT_SEQ: str(entry.seq), META_AUDIT_HASH: entry.hash}
+        try:
+            commit = change({**self._metadata({}), **anchor})
+        except BaseException as exc:
+            self.ledger.append(actor, f"{action}-failed", {"error": type(exc).__name__})
+            raise
+        self.ledger.append(actor, "merge", {"action": action, "commit": commit})
+        return commit
 
     def revert(self, branch: str, commit_id: str, committer: str) -> Commit:
         policy = self.check_write(branch, "revert on", fresh=True)

@@ -48,7 +48,12 @@ import lakefs_sdk
 
 from store.backends.lakefs import transfer
 from store.backends.lakefs.errors import boundary
-from store.errors import InvalidArgumentError, ObjectNotFoundError, UnsupportedOperationError
+from store.errors import (
+    ConcurrentUpdateError,
+    InvalidArgumentError,
+    ObjectNotFoundError,
+    UnsupportedOperationError,
+)
 
 if TYPE_CHECKING:
     from store.lake import Lake
@@ -199,7 +204,13 @@ def installed(sdk: Any, repository: str, default_branch: str) -> bool:
     return bytes(current) == action_document(default_branch)
 
 
-def install(sdk: Any, repository: str, default_branch: str, wait: bool = True) -> str | None:
+def install(
+    sdk: Any,
+    repository: str,
+    default_branch: str,
+    wait: bool = True,
+    metadata: dict[str, str] | None = None,
+) -> str | None:
     """Put the gate hook's action on ``default_branch`` (a no-op when it is already there).
 
     The file goes in through a scratch branch made from the branch's head, committed and merged
@@ -208,6 +219,10 @@ def install(sdk: Any, repository: str, default_branch: str, wait: bool = True) -
     this returns (lakeFS looks their actions up by commit id); reverts and cherry-picks once
     lakeFS's actions cache has let go of ``main``'s old list, which ``wait`` waits out
     (:data:`ACTIONS_CACHE_S`).
+
+    Args:
+        metadata: more metadata for the merge commit (the policy layer's perimeter, principal
+            and audit anchor, see :func:`install_on`).
 
     Returns:
         The merge commit's id, or None when nothing changed.
@@ -219,11 +234,7 @@ def install(sdk: Any, repository: str, default_branch: str, wait: bool = True) -
     """
     if installed(sdk, repository, default_branch):
         return None
-    if client_key() is None:
-        raise InvalidArgumentError(
-            f"installing the gate hook needs {CLIENT_KEY_ENV} (the same key as the lakeFS "
-            f"server's {SERVER_KEY_ENV})"
-        )
+    _require_client_key()
     scratch = f"flowlake-gatehook-{uuid.uuid4().hex[:16]}"
     with boundary():
         head = sdk.branches_api.get_branch(repository, default_branch).commit_id
@@ -243,7 +254,10 @@ def install(sdk: Any, repository: str, default_branch: str, wait: bool = True) -
                 scratch,
                 lakefs_sdk.CommitCreation(message="flowlake: install the gate hook"),  # type: ignore[call-arg]
             )
-        meta = attestation_metadata(repository, default_branch, "merge", commit.id)
+        meta = {
+            **(metadata or {}),
+            **attestation_metadata(repository, default_branch, "merge", commit.id),
+        }
         with boundary():
             merged = sdk.refs_api.merge_into_branch(
                 repository,
@@ -259,12 +273,24 @@ def install(sdk: Any, repository: str, default_branch: str, wait: bool = True) -
     return str(merged.reference)
 
 
+def _require_client_key() -> None:
+    if client_key() is None:
+        raise InvalidArgumentError(
+            f"installing the gate hook needs {CLIENT_KEY_ENV} (the same key as the lakeFS "
+            f"server's {SERVER_KEY_ENV})"
+        )
+
+
 def install_on(lake: Lake, wait: bool = True) -> str | None:
     """:func:`install` on a lake opened with :func:`store.open`, with the caller's rights checked.
 
     Installing changes ``main``, so on a lake with a policy it needs the right to write
     ``production/main`` (the ``production`` perimeter, or a token with the ``promote`` scope),
-    like a promotion.
+    like a promotion. It changes how ``main`` is protected, so it is audited like a policy
+    change: a ``gate-hook-install`` entry (actor, ``main``'s head before) anchored in the
+    install's merge commit, then a ``merge`` entry naming that commit (``flowlake audit
+    --verify``); a failed install appends ``gate-hook-install-failed`` and changes nothing else.
+    An install that finds the hook already there changes nothing and is not audited.
 
     Returns:
         The merge commit's id, or None when the hook was already there.
@@ -283,7 +309,26 @@ def install_on(lake: Lake, wait: bool = True) -> str | None:
     check_write = getattr(backend, "check_write", None)
     if check_write is not None:
         check_write(backend.default_branch, "install the gate hook on", fresh=True)
-    return cast("str | None", backend.install_gate_hook(wait))
+    from store.policy.enforce import PolicyBackend
+
+    view = getattr(backend, "_inner", backend)
+    if not isinstance(view, PolicyBackend):  # not opened with store.open: nothing to audit
+        return cast("str | None", backend.install_gate_hook(wait))
+    raw: Any = view._inner
+    if installed(raw._sdk, raw.repository, raw.default_branch):
+        return None
+    _require_client_key()  # before anything is audited
+    before = raw.branch_head(raw.default_branch)
+
+    def change(metadata: dict[str, str]) -> str:
+        merged = install(raw._sdk, raw.repository, raw.default_branch, wait, metadata)
+        if merged is None:  # installed by someone else since the check above
+            raise ConcurrentUpdateError(
+                raw.default_branch, before, raw.branch_head(raw.default_branch)
+            )
+        return merged
+
+    return view.audited_change_of_main("gate-hook-install", change)
 
 
 def installed_on(lake: Lake) -> bool:
