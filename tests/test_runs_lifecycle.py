@@ -471,6 +471,32 @@ def test_a_run_reads_and_writes_only_the_code_files_its_starting_commit_lacks(
     assert len(written[-1]) == 2
 
 
+def test_a_start_that_fails_leaves_no_git_command_of_its_snapshot_running(
+    lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("print('train')\n")
+    _git(project, "init", "-q")
+    started: list[subprocess.Popen[bytes]] = []
+    real_spawn = snapshot._spawn
+
+    def spawn(cwd: str, *args: str) -> subprocess.Popen[bytes] | None:
+        proc = real_spawn(cwd, *args)
+        if proc is not None:
+            started.append(proc)
+        return proc
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise store.errors.StoreError("no room for a branch")
+
+    monkeypatch.setattr(snapshot, "_spawn", spawn)
+    monkeypatch.setattr(store.Lake, "branch", refuse)
+    with pytest.raises(store.errors.StoreError, match="no room"):
+        tracking.start_run(lake, code_dir=project, cache_dir=tmp_path / "cache")
+    assert len(started) == 2 and all(p.returncode is not None for p in started)
+
+
 def _dist_info(folder: Path, name: str, version: str) -> None:
     info = folder / f"{name}-{version}.dist-info"
     info.mkdir()
