@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -406,8 +407,10 @@ def test_output_commit_named_by_a_record_of_an_older_lake_is_kept(lake: store.La
         f"run {run.id} recorded", {"tracking.run_id": run.id, "tracking.event": "recorded"}
     )
     lake.merge(run.run_branch, into=exp.name)
-    for refs in (None, [exp.name], [recorded.id], [run.output_commit]):
-        assert _outputs(lake, refs) == [run.output_commit], refs
+    output = run.output_commit
+    assert output is not None
+    for refs in (None, [exp.name], [recorded.id], [output]):
+        assert _outputs(lake, refs) == [output], refs
     assert tracking.get_run(lake, run.id).output_commit == run.output_commit
 
 
@@ -430,7 +433,7 @@ def test_a_run_reads_and_writes_only_the_code_files_its_starting_commit_lacks(
         written.append(sorted(p for p, _ in items if p.startswith(layout.CODE_PREFIX)))
         return real(self, items)
 
-    def spy_open(path: str, *args: object):  # type: ignore[no-untyped-def]
+    def spy_open(path: str, *args: Any):  # type: ignore[no-untyped-def]
         opened.append(os.path.basename(path))
         return open(path, *args)  # noqa: SIM115
 
