@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ import yaml
 from typer.testing import CliRunner
 
 import store
+from store.errors import PermissionDeniedError
+from store.policy import api
 from ui.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +60,12 @@ def policed_lake(tmp_path: Path) -> Path:
     return path
 
 
-def create_token(lake: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def create_token(lake: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> str:
+    """``flowlake token create`` with ``args`` (default: ``--name ci --perimeter production``)
+    in the production perimeter; returns the secret it printed."""
     monkeypatch.setenv("FLOWLAKE_PERIMETER", "production")
-    code, out = flowlake(lake, "token", "create", "--name", "ci", "--perimeter", "production")
+    args = args or ("token", "create", "--name", "ci", "--perimeter", "production")
+    code, out = flowlake(lake, *args)
     monkeypatch.delenv("FLOWLAKE_PERIMETER")
     assert code == 0, out
     secret = out.strip().splitlines()[-1]
@@ -107,8 +113,14 @@ def test_staging_cannot_create_tokens_from_the_cli(policed_lake: Path) -> None:
 def test_the_github_actions_workflow_runs_locally_with_the_token_from_the_environment(
     policed_lake: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    secret = create_token(policed_lake, monkeypatch)
+    # The token is made as the workflow's header says: with the least scopes CI needs.
+    lines = WORKFLOW.read_text().splitlines()
+    (made,) = [line for line in lines if "flowlake token create" in line]
+    secret = create_token(policed_lake, monkeypatch, *shlex.split(made.split("flowlake ", 1)[1]))
     lake = store.open(policed_lake, token=secret)
+    assert api.identity(lake).scopes == ("promote", "write")
+    with pytest.raises(PermissionDeniedError, match="lacks the token scope 'approve'"):
+        api.approve(lake, "main")
     pr = lake.branch("team:ml/pr-7")
     pr.write_bytes("models/clf/model.pkl", b"trained on the pull request")
     pr.commit("train")

@@ -2,9 +2,11 @@
 
 Before the live trial, ``ops`` merges a policy into ``main`` (production is written only by the
 ``release`` group, which holds ``ops`` and the CI token; two metric gates guard ``main``) and
-creates the CI token. The trial then runs with the token in the environment, as CI would, so the
-winner's promotion passes through the gates; afterwards the loser's promotion is refused with
-the failing condition and the audit chain is verified.
+creates the CI token with the least scopes the trial needs (:data:`CI_SCOPES`: ``write`` for the
+deployment branches, ``promote`` for the merge into ``main``). The trial then runs with the
+token in the environment, as CI would, so the winner's promotion passes through the gates;
+afterwards the loser's promotion is refused with the failing condition and the audit chain is
+verified.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ metric = "accuracy >= production.accuracy - 0.002"
 [[gates]]
 metric = "accuracy >= 0.97"
 """
+#: What CI's token may do, and no more (docs/policy.md, "Machine tokens").
+CI_SCOPES = ("promote", "write")
 
 
 @contextmanager
@@ -66,17 +70,19 @@ def ci_policy(location: str, console: Console, cli: str) -> Iterator[None]:
     console.print(Text(f"{ADMIN} merged {POLICY_PATH} into main:", style="bold"))
     console.print(Text(POLICY, style="dim"))
     with store.open(location, user=ADMIN, perimeter="production") as lake:
-        secret, record = api.create_token(lake, "ci", "production", "30d")
+        secret, record = api.create_token(lake, "ci", "production", "30d", CI_SCOPES)
+    scopes = " ".join(f"--scope {scope}" for scope in CI_SCOPES)
     console.print(
         Text(
             f"$ FLOWLAKE_USER={ADMIN} FLOWLAKE_PERIMETER=production {cli} token create "
-            f"--name ci --perimeter production --expires 30d --lake {location}",
+            f"--name ci --perimeter production --expires 30d {scopes} --lake {location}",
             style="cyan",
         )
     )
     console.print(
-        f"token {record.name} for perimeter {record.perimeter}, expires "
-        f"{record.expires:%Y-%m-%d}; its secret ({secret[:8]}...) goes to CI's secrets only"
+        f"token {record.name} for perimeter {record.perimeter} with scopes "
+        f"{', '.join(record.scopes)} only, expires {record.expires:%Y-%m-%d}; its secret "
+        f"({secret[:8]}...) goes to CI's secrets only"
     )
     console.print("From here on the demo acts as CI: FLOWLAKE_TOKEN is set in its environment.")
     before = os.environ.get("FLOWLAKE_TOKEN")
