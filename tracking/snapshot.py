@@ -2,7 +2,11 @@
 
 Files are found with ``git ls-files`` (tracked plus untracked-but-not-ignored) inside a git
 work tree, else by walking the folder; either way only source-like files below the size limits
-are kept, so a data folder next to the code is not copied into every run.
+are kept, so a data folder next to the code is not copied into every run. Folders that are never
+code are left out in both modes (see :func:`non_code_folder`): an embedded lake (its job folders,
+logs and code checkouts included), a virtual or conda environment, a cache, flowlake's own cache
+and compute state folders, and the names in :data:`SKIP_DIRS`; so a lake kept inside the project
+is not copied into each run's snapshot, nested deeper each time.
 """
 
 from __future__ import annotations
@@ -63,9 +67,18 @@ SKIP_DIRS = frozenset(
         ".ipynb_checkpoints",
     }
 )
+#: Entries whose presence marks a folder that is never code: a virtual environment, a conda
+#: environment, a cache (the CACHEDIR.TAG convention, https://bford.info/cachedir/).
+NON_CODE_MARKERS = ("pyvenv.cfg", "conda-meta", "CACHEDIR.TAG")
+#: An embedded lake's folder holds both (``store.backends.embedded``); a project file named
+#: ``flowlake.json`` alone does not make its folder a lake.
+LAKE_MARKERS = ("flowlake.json", "refs.db")
 MAX_FILE_BYTES = 1 << 20
 MAX_FILES = 2000
 MAX_TOTAL_BYTES = 32 << 20
+#: How many folder entries a walk outside git looks at before it stops (the snapshot is then
+#: marked truncated): bounds the time a snapshot of a folder full of data can take.
+MAX_WALK_ENTRIES = 200_000
 GIT_TIMEOUT_S = 10
 
 
@@ -241,6 +254,7 @@ def _list(
         rev_out = _git(cwd, "rev-parse", "--show-toplevel", "--git-path", "index")
     top, index, commit = ((rev_out or "").splitlines() + ["", "", ""])[:3]
     dirty: bool | None = None
+    walk_truncated = False
     lstats: dict[str, os.stat_result | None] = {}
     if top:
         base = top if root is None else cwd
@@ -248,11 +262,13 @@ def _list(
         if root is not None:
             prefix = os.path.relpath(os.path.realpath(cwd), top).replace(os.sep, "/")
             names = [n[len(prefix) + 1 :] for n in names] if prefix != "." else names
+        names = _outside_non_code_folders(base, names)
         lstats = _lstat_all(base, names)
         stats = {n: (st.st_size, st.st_mtime_ns) if st else (-1, -1) for n, st in lstats.items()}
         dirty = _dirty(cwd, top, spec, commit, os.path.join(cwd, index), stats, cache_dir)
     else:
-        base, names = cwd, _walk(cwd)
+        base = cwd
+        names, walk_truncated = _walk(cwd)
     hashes_path = localcache.entry_path(cache_dir, "code", _digest(base)) if cache_dir else None
     known = localcache.load(hashes_path) if hashes_path else None
     known = known if isinstance(known, dict) else {}
@@ -278,7 +294,7 @@ def _list(
         git_commit=commit.strip() or None,
         git_dirty=dirty,
         files=tuple(files),
-        truncated=truncated,
+        truncated=truncated or walk_truncated,
         skipped=tuple(skipped),
     )
 
@@ -432,16 +448,71 @@ def _is_source(name: str) -> bool:
     )
 
 
-def _walk(root: str) -> list[str]:
-    out = []
+def non_code_folder(path: str) -> bool:
+    """Whether the folder at ``path`` is one a code snapshot never includes, whatever its
+    name: an embedded flowlake lake (:data:`LAKE_MARKERS`), a virtual or conda environment or
+    a tagged cache (:data:`NON_CODE_MARKERS`), or flowlake's own cache or compute state folder.
+    """
+    if all(os.path.lexists(os.path.join(path, m)) for m in LAKE_MARKERS):
+        return True
+    if any(os.path.lexists(os.path.join(path, m)) for m in NON_CODE_MARKERS):
+        return True
+    return os.path.realpath(path) in _flowlake_folders()
+
+
+def _flowlake_folders() -> frozenset[str]:
+    """flowlake's local folders that may sit inside a project: the cache (``tracking``) and
+    the compute state roots (``compute.state``), as real paths."""
+    home = os.path.expanduser("~")
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+    found = {localcache.cache_root(), os.path.join(state, "flowlake")}
+    if os.environ.get("FLOWLAKE_COMPUTE_DIR"):
+        found.add(os.environ["FLOWLAKE_COMPUTE_DIR"])
+    return frozenset(os.path.realpath(p) for p in found)
+
+
+def _outside_non_code_folders(base: str, names: list[str]) -> list[str]:
+    """``names`` (relative to ``base``, ``/``-separated) less those inside a folder that
+    :func:`non_code_folder` or :data:`SKIP_DIRS` leaves out; each folder is looked at once."""
+    verdicts: dict[str, bool] = {}
+
+    def excluded(folder: str) -> bool:
+        known = verdicts.get(folder)
+        if known is None:
+            parent, _, leaf = folder.rpartition("/")
+            known = (
+                (bool(parent) and excluded(parent))
+                or leaf in SKIP_DIRS
+                or non_code_folder(os.path.join(base, folder))
+            )
+            verdicts[folder] = known
+        return known
+
+    return [n for n in names if "/" not in n or not excluded(n.rpartition("/")[0])]
+
+
+def _walk(root: str) -> tuple[list[str], bool]:
+    """The source-like files under ``root`` outside non-code folders, and whether a limit
+    (:data:`MAX_FILES` files kept, :data:`MAX_WALK_ENTRIES` entries seen) stopped the walk."""
+    out: list[str] = []
+    seen = 0
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".")]
+        seen += len(dirnames) + len(filenames)
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if d not in SKIP_DIRS
+            and not d.startswith(".")
+            and not non_code_folder(os.path.join(dirpath, d))
+        )
         rel = os.path.relpath(dirpath, root)
-        for filename in filenames:
+        for filename in sorted(filenames):
+            if os.path.splitext(filename)[1] not in SOURCE_SUFFIXES:
+                continue
             out.append(filename if rel == "." else f"{rel}/{filename}".replace(os.sep, "/"))
-            if len(out) > MAX_FILES * 10:
-                return out
-    return out
+        if len(out) > MAX_FILES or seen > MAX_WALK_ENTRIES:
+            return out, True
+    return out, False
 
 
 def _spawn(cwd: str, *args: str) -> subprocess.Popen[bytes] | None:
