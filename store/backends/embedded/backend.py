@@ -770,13 +770,29 @@ class EmbeddedBackend(Backend):
                 raise NothingToCommitError(f"{source!r} has nothing to merge into {dest_branch!r}")
             base_tree = self._commit_row(base).tree if base else EMPTY_TREE
             dest_tree = self._commit_row(dest_head).tree
+            source_tree = self._commit_row(source_commit).tree
+            # The destination has not moved since the base: nothing conflicts, no strategy or
+            # guard applies, and the three-way result holds the source's entries, so the merge
+            # commit (still with both parents) takes the source's tree instead of rewriting
+            # ranges. Not when an entry differs from the base only outside its content (a file
+            # rewritten with the same bytes): the three-way merge keeps the destination's there.
+            if base == dest_head and self.trees.differs_only_in_content(base_tree, source_tree):
+                if not self.trees.diff(base_tree, source_tree):
+                    raise NothingToCommitError(
+                        f"{source!r} has nothing to merge into {dest_branch!r}"
+                    )
+                with self.objects.batch():
+                    row = self._write_commit(
+                        source_tree, (dest_head, source_commit), message, metadata, committer
+                    )
+                if self._advance(dest_branch, dest_head, row, clear_up_to=staged_up_to):
+                    return _to_commit(row)
+                continue
             if guarded:  # checked against the head the compare-and-swap below expects
                 moved = guarded & self.trees.diff(base_tree, dest_tree).keys()
                 if moved:
                     raise ConflictError("guarded paths changed on the destination", sorted(moved))
-            changes, changed = self._three_way(
-                base_tree, self._commit_row(source_commit).tree, dest_tree, strategy
-            )
+            changes, changed = self._three_way(base_tree, source_tree, dest_tree, strategy)
             if not changed:
                 raise NothingToCommitError(f"{source!r} has nothing to merge into {dest_branch!r}")
             with self.objects.batch():

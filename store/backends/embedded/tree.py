@@ -341,6 +341,26 @@ class TreeStore:
                 out[path] = (a, b)
         return out
 
+    def differs_only_in_content(self, left: str, right: str) -> bool:
+        """Whether every entry that differs between two trees differs in its content.
+
+        Then ``left`` with :meth:`diff` ``(left, right)`` applied holds exactly ``right``'s
+        entries; an entry whose content is the same but whose size, time or storage is not
+        (a file rewritten with the same bytes) makes this False. Only ranges not shared by both
+        trees are read.
+        """
+        if left == right:
+            return True
+        left_ranges, right_ranges = self.ranges(left), self.ranges(right)
+        shared = {r.id for r in left_ranges} & {r.id for r in right_ranges}
+        old = self._entries_of(r for r in left_ranges if r.id not in shared)
+        new = self._entries_of(r for r in right_ranges if r.id not in shared)
+        for path, a in old.items():
+            b = new.get(path)
+            if b is not None and a != b and a.checksum == b.checksum:
+                return False
+        return True
+
     def _entries_of(self, ranges: Iterable[RangeRef]) -> dict[str, Entry]:
         return {e.path: e for r in ranges for e in self.range_entries(r.id)}
 

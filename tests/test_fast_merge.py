@@ -1,0 +1,137 @@
+"""The embedded backend's merge into a destination that has not moved since the merge base.
+
+It reuses the source's tree instead of rewriting ranges; these tests compare it with the
+three-way merge on the same inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import store
+from store import errors
+from store.backends.embedded.tree import Entry
+
+
+def _entries(backend: Any, tree: str) -> list[Entry]:
+    return list(backend.trees.iter_entries(tree))
+
+
+def _three_way_entries(backend: Any, base: str, source: str, dest: str) -> list[Entry]:
+    """What the three-way merge (the path taken when the destination moved) yields."""
+    row = backend._commit_row
+    base_tree, source_tree, dest_tree = row(base).tree, row(source).tree, row(dest).tree
+    changes, _ = backend._three_way(base_tree, source_tree, dest_tree, None)
+    with backend.lock.writing(), backend.objects.batch():
+        tree = backend.trees.apply(dest_tree, changes)
+    return _entries(backend, tree)
+
+
+@pytest.fixture
+def lake_with_dev(embedded_lake: store.Lake) -> store.Lake:
+    dev = embedded_lake.branch("dev")
+    dev.write_bytes("keep.txt", b"kept")
+    dev.write_bytes("change.txt", b"before")
+    dev.write_bytes("remove.txt", b"removed on the source")
+    dev.write_bytes("same.txt", b"rewritten with the same bytes")
+    dev.commit("base")
+    return embedded_lake
+
+
+def test_merge_into_an_unmoved_branch_reuses_the_three_way_result_with_both_parents(
+    lake_with_dev: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = lake_with_dev
+    backend = lake.backend
+    base = lake.get_branch("dev").head().id
+    work = lake.branch("work", source="dev")
+    work.write_bytes("change.txt", b"after")
+    work.write_bytes("added/new.bin", b"\x00" * 5000)
+    work.delete("remove.txt")
+    source = work.commit("work").id
+
+    expected = _three_way_entries(backend, base, source, base)
+
+    def no_range_rewrite(*args: object) -> str:
+        raise AssertionError("the merge rewrote ranges")
+
+    monkeypatch.setattr(backend.trees, "apply", no_range_rewrite)
+    monkeypatch.setattr(backend.trees, "apply_table", no_range_rewrite)
+    merged = lake.merge("work", into="dev")
+    monkeypatch.undo()
+
+    assert merged.parents == (base, source)
+    merged_tree = backend._commit_row(merged.id).tree
+    assert merged_tree == backend._commit_row(source).tree
+    assert _entries(backend, merged_tree) == expected
+    assert lake.get_branch("dev").read_bytes("change.txt") == b"after"
+    assert not any(p.path == "remove.txt" for p in lake.get_branch("dev").list())
+    assert lake.merge_base("dev", "work") == source
+    assert backend.fsck() == []
+
+
+def test_an_entry_changed_only_outside_its_content_merges_as_the_three_way_merge_does(
+    lake_with_dev: store.Lake,
+) -> None:
+    lake = lake_with_dev
+    backend = lake.backend
+    dev = lake.get_branch("dev")
+    base = dev.head().id
+    work = lake.branch("work", source="dev")
+    work.write_bytes("change.txt", b"after")
+    changed = work.commit("work").id
+    # Commits drop a rewrite with the same bytes; other histories can still bring one, so the
+    # source commit here is written by hand with the same bytes under a newer time.
+    old = backend.trees.get(backend._commit_row(base).tree, "same.txt")
+    assert old is not None
+    newer = Entry(old.path, old.checksum, old.size, old.mtime_ns + 1, old.address, old.inline)
+    with backend.lock.writing():
+        with backend.objects.batch():
+            tree = backend.trees.apply(backend._commit_row(changed).tree, {"same.txt": newer})
+            row = backend._write_commit(tree, (changed,), "newer time", {}, "tester")
+        assert backend._advance(work.backend_name, changed, row)
+    source = row.id
+    assert backend.trees.get(backend._commit_row(source).tree, "same.txt") == newer
+
+    expected = _three_way_entries(backend, base, source, base)
+    merged = lake.merge("work", into="dev")
+
+    assert merged.parents == (base, source)
+    assert _entries(backend, backend._commit_row(merged.id).tree) == expected
+    assert backend.trees.get(backend._commit_row(merged.id).tree, "same.txt") == old
+
+
+def test_a_source_with_nothing_new_for_an_unmoved_branch_has_nothing_to_merge(
+    lake_with_dev: store.Lake,
+) -> None:
+    lake = lake_with_dev
+    work = lake.branch("work", source="dev")
+    work.write_bytes("tmp.txt", b"x")
+    work.commit("add")
+    work.delete("tmp.txt")
+    work.commit("remove")
+    with pytest.raises(errors.NothingToCommitError):
+        lake.merge("work", into="dev")
+
+
+def test_merge_into_a_moved_branch_still_merges_three_ways(lake_with_dev: store.Lake) -> None:
+    lake = lake_with_dev
+    backend = lake.backend
+    dev = lake.get_branch("dev")
+    work = lake.branch("work", source="dev")
+    work.write_bytes("change.txt", b"after")
+    source = work.commit("work").id
+    dev.write_bytes("keep.txt", b"moved on dev")
+    dest = dev.commit("dev moved").id
+    base = lake.merge_base("dev", "work")
+    assert base is not None
+
+    expected = _three_way_entries(backend, base, source, dest)
+    merged = lake.merge("work", into="dev")
+
+    assert merged.parents == (dest, source)
+    assert _entries(backend, backend._commit_row(merged.id).tree) == expected
+    assert dev.read_bytes("keep.txt") == b"moved on dev"
+    assert dev.read_bytes("change.txt") == b"after"
