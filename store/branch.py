@@ -14,7 +14,6 @@ import itertools
 import os
 import random
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from store.errors import (
 from store.lake import _metadata
 from store.model import Change, Commit, ObjectInfo
 from store.names import BranchName, validate_path
+from store.scratch import new_short_name
 
 if TYPE_CHECKING:
     from store.lake import Lake
@@ -273,7 +273,10 @@ class Branch:
         it and merge it here as one commit; on an exception change nothing.
 
         Either way the scratch branch is deleted. Reads and writes must go through the handle
-        this yields. A transaction that writes nothing commits nothing.
+        this yields. A transaction that writes nothing commits nothing. The scratch branch's
+        name records this process (see :mod:`store.scratch`): listings and tracking views leave
+        it out, and if the process is killed mid-transaction ``flowlake gc`` deletes it once the
+        process is provably gone.
 
         What each ``isolation`` promises, beyond all-or-nothing:
 
@@ -302,7 +305,7 @@ class Branch:
             )
         if not isinstance(message, str) or not message.strip():
             raise InvalidArgumentError("commit message must be a non-empty string")
-        scratch_short = f"{self._name.short[:150]}-tx-{uuid.uuid4().hex[:12]}"
+        scratch_short = new_short_name(self._name.short)
         made = self.lake.branch(f"{self._name.namespace}/{scratch_short}", source=self._ref)
         scratch = Branch(self.lake, made._name, set() if isolation == "serializable" else None)
         try:

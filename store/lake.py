@@ -50,6 +50,7 @@ from store.refs import (
     refuse_tag_clashes,
     resolve_base,
 )
+from store.scratch import ScratchBranch, is_scratch, reclaim
 
 if TYPE_CHECKING:
     from store.branch import Branch
@@ -202,13 +203,21 @@ class Lake:
 
         return Branch(self, self._branch_name(name))
 
-    def branches(self, all_namespaces: bool = False) -> list[BranchInfo]:
-        """Branches of the current namespace and production (every namespace on request)."""
+    def branches(
+        self, all_namespaces: bool = False, *, include_scratch: bool = False
+    ) -> list[BranchInfo]:
+        """Branches of the current namespace and production (every namespace on request).
+
+        Transaction scratch branches (see :mod:`store.scratch`; one is left behind when a
+        process is killed mid-transaction) are left out unless ``include_scratch``.
+        """
         protected = self.backend.protected_branches()
         out = []
         shown = {str(self._namespace), "production"}
         for backend_name, head in self.backend.list_branches().items():
             full, namespace = listed_names(backend_name)
+            if not include_scratch and is_scratch(full):
+                continue
             if all_namespaces or namespace in shown:
                 out.append(BranchInfo(full, namespace, head, backend_name in protected))
         return sorted(out, key=lambda b: (b.namespace != "production", b.namespace, b.name))
@@ -441,7 +450,9 @@ class Lake:
     def gc(
         self, retention: timedelta = timedelta(hours=6), *, exclusive_objects: bool = False
     ) -> int:
-        """Remove data unreachable from any ref or uncommitted change, older than ``retention``.
+        """Remove data unreachable from any ref or uncommitted change, older than ``retention``,
+        then the scratch branches of dead transactions older than it
+        (:meth:`reclaim_transactions`).
 
         Safe beside live writers at any retention (embedded: gc and writers share a lock);
         ``retention`` is a grace period for unreachable data. ``exclusive_objects=True`` says
@@ -458,7 +469,32 @@ class Lake:
             raise UnsupportedOperationError("this backend collects garbage server-side")
         if retention < timedelta(0):
             raise InvalidArgumentError("retention must not be negative")
-        return self.backend.gc(retention, exclusive_objects=exclusive_objects)
+        removed = self.backend.gc(retention, exclusive_objects=exclusive_objects)
+        # After the objects, so that a refused gc changes nothing; what the reclaimed branches
+        # alone held goes at the next gc.
+        self.reclaim_transactions(retention)
+        return removed
+
+    def reclaim_transactions(
+        self, grace: timedelta = timedelta(hours=6)
+    ) -> builtins.list[ScratchBranch]:
+        """Delete the scratch branches of transactions whose process is provably gone, made
+        more than ``grace`` ago, in every namespace (on every backend; :meth:`gc` does it too).
+
+        Provably gone: the process ran on this host and the host rebooted since, or its process
+        id is free or taken by a later process (see :func:`store.scratch.abandoned`). A live
+        transaction's scratch branch, one made on another host, and one this user may not
+        delete are kept.
+
+        Returns:
+            The scratch branches deleted, sorted by name.
+
+        Raises:
+            InvalidArgumentError: ``grace`` is negative.
+        """
+        if not isinstance(grace, timedelta) or grace < timedelta(0):
+            raise InvalidArgumentError("grace must be a non-negative timedelta")
+        return reclaim(self, grace)
 
 
 def _metadata(metadata: dict[str, Any] | None) -> dict[str, str]:

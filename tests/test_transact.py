@@ -33,7 +33,7 @@ def counter_branch(lake: store.Lake, **files: bytes) -> store.Branch:
 
 def leftovers(lake: store.Lake) -> list[str]:
     """Scratch or guard branches a transaction left behind (there must be none)."""
-    names = [b.name for b in lake.branches(all_namespaces=True)]
+    names = [b.name for b in lake.branches(all_namespaces=True, include_scratch=True)]
     return [n for n in names if "-tx-" in n or "-guard-" in n]
 
 

@@ -169,13 +169,19 @@ def branch_list(
     all_namespaces: Annotated[
         bool, typer.Option("--all", "-a", help="Every namespace, not just yours and production.")
     ] = False,
+    include_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--include-scratch", help="Also transactions' scratch branches (hidden otherwise)."
+        ),
+    ] = False,
     lake: LakeOption = DEFAULT_LAKE,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List branches of your namespace and production (every namespace with --all)."""
     with open_lake(lake, namespace) as opened:
-        branches = opened.branches(all_namespaces=all_namespaces)
+        branches = opened.branches(all_namespaces=all_namespaces, include_scratch=include_scratch)
         current = opened.namespace
     if as_json:
         render.emit_json([render.branch_json(info) for info in branches])
@@ -393,17 +399,34 @@ def gc_command(
     lake: LakeOption = DEFAULT_LAKE,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove data no ref or uncommitted change reaches, once older than the retention.
+    """Remove data no ref or uncommitted change reaches, once older than the retention, and
+    the scratch branches of transactions whose process is provably gone.
 
-    Safe beside running writers at any retention: gc and writers share a lock.
+    Safe beside running writers at any retention: gc and writers share a lock, and a live
+    transaction's scratch branch is never deleted. On lakeFS only scratch branches are deleted
+    (lakeFS collects objects itself).
     """
+    from store.backend import CAP_GC
+
     window = parse_retention(retention)
     with open_lake(lake, None) as opened:
-        removed = opened.gc(window, exclusive_objects=exclusive_objects)
+        dropped = [s.name for s in opened.reclaim_transactions(window)]
+        collects = CAP_GC in opened.backend.capabilities
+        removed = opened.gc(window, exclusive_objects=exclusive_objects) if collects else None
     if as_json:
-        render.emit_json({"removed": removed, "retention_seconds": window.total_seconds()})
+        render.emit_json(
+            {
+                "removed": removed,
+                "retention_seconds": window.total_seconds(),
+                "scratch_branches_deleted": dropped,
+            }
+        )
         return
-    render.stdout().print(Text(f"removed {removed} unreachable objects"))
+    if removed is None:
+        render.stdout().print(Text("objects: this backend collects its garbage itself"))
+    else:
+        render.stdout().print(Text(f"removed {removed} unreachable objects"))
+    render.stdout().print(Text(f"deleted {len(dropped)} scratch branches of dead transactions"))
 
 
 # -- demo --------------------------------------------------------------------------------------
