@@ -320,6 +320,14 @@ def test_repeated_queries_reuse_their_views_until_a_branch_moves(
         return real_build(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(views, "build", counting_build)
+    copies: list[str] = []
+    real_copy = views.copy_run_rows
+
+    def counting_copy(*args: object, **kwargs: object) -> int:
+        copies.append(str(args[1]))
+        return real_copy(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(views, "copy_run_rows", counting_copy)
     exp = embedded_lake.branch("exp")
     first = _run(embedded_lake, exp.name, "a")
     count = "SELECT count(*) AS n FROM runs"
@@ -330,10 +338,108 @@ def test_repeated_queries_reuse_their_views_until_a_branch_moves(
     assert tracking.sql(embedded_lake, count).to_pylist() == [{"n": 1}]
     assert tracking.sql(embedded_lake, lookup, params=[first.id]).to_pylist() == [{"name": "a"}]
     assert tracking.sql(embedded_lake, lookup, params=[first.id]).to_pylist() == [{"name": "a"}]
-    assert len(builds) == 2  # one per key: the full scan and the one-run lookup
-    _run(embedded_lake, exp.name, "b")
+    # The full scan built its views once; the one-run lookup copied the run's rows once into
+    # the lake's database of run rows, and built nothing.
+    assert len(builds) == 1 and copies == ["runs"]
+    second = _run(embedded_lake, exp.name, "b")
     assert tracking.sql(embedded_lake, count).to_pylist() == [{"n": 2}]
-    assert len(builds) == 3
+    assert len(builds) == 2
+    assert tracking.sql(embedded_lake, lookup, params=[second.id]).to_pylist() == [{"name": "b"}]
+    assert tracking.sql(embedded_lake, lookup, params=[first.id]).to_pylist() == [{"name": "a"}]
+    assert len(builds) == 2 and copies == ["runs", "runs"]
+
+
+LOOKUP = "SELECT name, status, output_commit, commit FROM runs WHERE run_id = ?"
+
+
+def test_a_one_run_lookup_after_its_run_branch_moved_sees_the_new_record(
+    lake: store.Lake,
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = _run(lake, lake.branch("exp").name, "before")
+    for _ in range(2):  # copied on the first lookup, read from the copy on the second
+        assert tracking.sql(lake, LOOKUP, params=[run.id]).to_pylist()[0]["name"] == "before"
+    assert tracking.get_run(lake, run.id).name == "before"
+    own = lake.get_branch(tracking.get_run(lake, run.id).run_branch)
+    path = layout.run_file(run.id, layout.RUN_FILE)
+    record = pq.read_table(pa.BufferReader(lake.read_bytes(path, own.name)))
+    renamed = record.set_column(
+        record.schema.get_field_index("name"), "name", pa.array(["after"], pa.string())
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(renamed, sink)
+    own.write_many([(path, sink.getvalue().to_pybytes())])
+    moved = own.commit("rename the run")
+    found = tracking.sql(lake, LOOKUP, params=[run.id]).to_pylist()
+    full = tracking.sql(lake, "SELECT name, status, output_commit, commit, run_id FROM runs")
+    assert found == [
+        {k: v for k, v in r.items() if k != "run_id"}
+        for r in full.to_pylist()
+        if r["run_id"] == run.id
+    ]
+    assert found[0]["name"] == "after" and found[0]["commit"] == moved.id
+    assert tracking.get_run(lake, run.id).name == "after"
+
+
+def test_one_run_lookups_share_a_database_yet_each_sees_only_its_run(
+    embedded_lake: store.Lake,
+) -> None:
+    exp = embedded_lake.branch("exp").name
+    first = _run(embedded_lake, exp, "a")
+    count = "SELECT count(*) AS n, min(run_id) AS run_id FROM metrics WHERE run_id = ?"
+    assert tracking.sql(embedded_lake, count, params=[first.id]).to_pylist() == [
+        {"n": 50, "run_id": first.id}
+    ]
+    with pytest.raises(tracking.QueryError, match="nope"):  # rejected by DuckDB: rows kept
+        tracking.sql(embedded_lake, "SELECT nope FROM metrics WHERE run_id = ?", params=[first.id])
+    later = _run(embedded_lake, exp, "b")  # added after the database was kept
+    for run in (later, first, later):
+        assert tracking.sql(embedded_lake, count, params=[run.id]).to_pylist() == [
+            {"n": 50, "run_id": run.id}
+        ]
+        assert tracking.sql(embedded_lake, LOOKUP, params=[run.id]).to_pylist()[0]["name"] == (
+            "a" if run is first else "b"
+        )
+
+
+def test_a_one_run_lookup_over_segments_too_large_to_keep_returns_the_full_scans_rows(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracking import views
+
+    monkeypatch.setattr(views, "SEGMENT_CACHE_ROWS", 0)
+    monkeypatch.setattr(views, "_segment_cache", type(views._segment_cache)())
+    run = _run(embedded_lake, embedded_lake.branch("exp").name)
+    for view in ("runs", "metrics", "params"):
+        pinned = tracking.sql(
+            embedded_lake, f"SELECT * FROM {view} WHERE run_id = ?", params=[run.id]
+        )
+        full = tracking.sql(embedded_lake, f"SELECT * FROM {view}").to_pylist()
+        assert _comparable(pinned.to_pylist()) == _comparable(full) and full
+    assert tracking.get_run(embedded_lake, run.id).name == "r"
+
+
+def test_a_one_run_lookup_of_a_running_run_sees_each_flush(embedded_lake: store.Lake) -> None:
+    live = tracking.start_run(
+        embedded_lake, branch=embedded_lake.branch("exp").name, snapshot_code=False
+    )
+    query = "SELECT count(*) AS n FROM metrics WHERE run_id = ?"
+    try:
+        for step in range(3):
+            live.log_metric("acc", 0.5, step=step)
+            live.flush()
+            assert tracking.sql(embedded_lake, query, params=[live.id]).to_pylist() == [
+                {"n": step + 1}
+            ]
+            status = tracking.sql(embedded_lake, LOOKUP, params=[live.id]).to_pylist()
+            assert status[0]["status"] == "running"
+    finally:
+        live.end()
+    assert tracking.sql(embedded_lake, LOOKUP, params=[live.id]).to_pylist()[0]["status"] == (
+        "finished"
+    )
 
 
 def test_kept_views_are_rebuilt_when_the_index_is_deleted(embedded_lake: store.Lake) -> None:

@@ -21,6 +21,15 @@ before that, see :mod:`tracking.query`): a call leaves nothing behind for the ne
 A kept database is used again only while every segment file its views read is the very file it
 was (same inode, size and modification time): segments never change once written, so a file
 that differs was deleted and rebuilt, and the views are built afresh.
+
+Queries pinned to one run (``WHERE run_id = ?``) would each need a key of their own, so each
+new run id would pay for a new database. Instead each lake object has one more database,
+:class:`RunRows`, locked down the same way, holding *copies* of the rows of one-run scopes in
+plain tables (``_rows_<view>``, each scope's rows under a small integer ``_scope``). A scope's
+rows are copied once, only when they cannot change while its key stands (the key names the
+run branch's head commit, see :mod:`tracking.views`), and a query reads them through a view
+created inside its own rolled-back transaction. Such a database holds no Python function, so
+it never keeps the lake object alive.
 """
 
 from __future__ import annotations
@@ -46,6 +55,10 @@ if TYPE_CHECKING:
 MAX_KEPT = 8
 #: Index folders whose databases are kept (least recently used dropped first).
 MAX_POOLS = 4
+#: Rows a :class:`RunRows` database holds before it is replaced by an empty one.
+RUN_ROWS_MAX = 4_000_000
+#: :class:`RunRows` databases kept per index folder (one per lake object in use).
+MAX_RUN_ROWS = 2
 
 _FileId = tuple[str, int, int, int]
 
@@ -103,6 +116,35 @@ class Borrowed:
         self.settled = True
 
 
+class RunRows:
+    """A locked-down database holding copies of one-run scopes' rows (see the module
+    docstring); lent to one call at a time.
+
+    Attributes:
+        con: the DuckDB connection.
+        scopes: ``(scope key, view) -> _scope`` of the rows already copied.
+        tables: the ``_rows_<view>`` tables created so far.
+        rows: rows held in all tables.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self.scopes: dict[tuple[str, str], int] = {}
+        self.tables: set[str] = set()
+        self.rows = 0
+        self.discarded = False
+        self._ids = itertools.count()
+
+    def next_id(self) -> int:
+        """A ``_scope`` number never used in this database (rows of a copy cut short keep
+        theirs, unreferenced)."""
+        return next(self._ids)
+
+    def discard(self) -> None:
+        """Close the database after this call (its state is in doubt)."""
+        self.discarded = True
+
+
 class Pool:
     """The databases of one index folder; queries on them may read only ``folder``'s files.
 
@@ -116,6 +158,8 @@ class Pool:
         self._kept: collections.OrderedDict[tuple[object, ...], list[_Kept]] = (
             collections.OrderedDict()
         )
+        self._run_rows: collections.OrderedDict[int, RunRows] = collections.OrderedDict()
+        self._run_rows_lent: set[int] = set()
 
     def readable(self, files: list[str]) -> bool:
         """Whether queries on this pool's databases may read every one of ``files``."""
@@ -154,6 +198,50 @@ class Pool:
             self._done(key, borrowed, borrowed.settled)
             raise
         self._done(key, borrowed, True)
+
+    @contextmanager
+    def run_rows(self, token: int) -> Iterator[RunRows | None]:
+        """Borrow the :class:`RunRows` database of the lake object ``token`` (one is opened the
+        first time, and replaced by an empty one once it holds :data:`RUN_ROWS_MAX` rows);
+        None while another call holds it. It is closed when the caller discards it or is
+        interrupted (``KeyboardInterrupt``, ...).
+        """
+        with self._lock:
+            busy = token in self._run_rows_lent
+            found = None
+            if not busy:
+                self._run_rows_lent.add(token)
+                found = self._run_rows.pop(token, None)
+        if busy:
+            yield None
+            return
+        db: RunRows | None = None
+        sound = False
+        try:
+            if found is not None and found.rows > RUN_ROWS_MAX:
+                found.con.close()
+                found = None
+            db = found if found is not None else RunRows(self.open())
+            try:
+                yield db
+            except Exception:
+                # The caller rolls its transaction back and discards the database when that
+                # fails, so an error (a query DuckDB rejected) leaves it sound.
+                sound = not db.discarded
+                raise
+            sound = not db.discarded
+        finally:
+            dropped: list[RunRows] = []
+            with self._lock:
+                self._run_rows_lent.discard(token)
+                if sound and db is not None:
+                    self._run_rows[token] = db
+                    while len(self._run_rows) > MAX_RUN_ROWS:
+                        dropped.append(self._run_rows.popitem(last=False)[1])
+            if not sound and db is not None:
+                db.con.close()
+            for old in dropped:
+                old.con.close()
 
     def _done(self, key: tuple[object, ...] | None, borrowed: Borrowed, sound: bool) -> None:
         if sound and key is not None and borrowed.kept is not None and not borrowed.discarded:

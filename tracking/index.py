@@ -315,7 +315,15 @@ class Index:
 
     def remember_run_branches(self, pairs: Iterable[tuple[str, str]]) -> None:
         pairs = list(pairs)
-        known = dict(self._db.execute("SELECT run_id, branch FROM runs").fetchall())
+        if not pairs:
+            return
+        # Only the runs named: reading the whole table costs ~10 ms at 10,000 runs.
+        known = dict(
+            self._db.execute(
+                "SELECT r.run_id, r.branch FROM json_each(?) j JOIN runs r ON r.run_id = j.value",
+                (json.dumps(sorted({r for r, _ in pairs})),),
+            ).fetchall()
+        )
         new = [(r, b) for r, b in pairs if known.get(r) != b]
         if new:
             with self._write() as db:

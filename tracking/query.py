@@ -24,7 +24,7 @@ import pyarrow as pa
 from store.errors import InvalidArgumentError, StoreError
 from tracking import catalog, connections, history, layout, views
 from tracking.errors import QueryError, RunNotFoundError
-from tracking.index import Index
+from tracking.index import Index, Resolved
 from tracking.model import RunRecord
 
 if TYPE_CHECKING:
@@ -118,6 +118,10 @@ def run_query(
     if con is not None:
         return _run_fresh(con, lake, query, where, params, index, names, timeout)
     pool = connections.pool(index.segments_folder)
+    if names and names <= _PRUNABLE and where.live and where.key is not None and _one_run(where):
+        answered = _run_on_run_rows(pool, lake, query, where, params, index, names, timeout)
+        if answered is not None:
+            return answered
     key = (
         (connections.lake_token(lake), where.key, names)
         if where.key is not None and not names & set(views.PLUGGED_VIEWS)
@@ -148,6 +152,58 @@ def run_query(
                 borrowed.settle()
             except duckdb.Error:
                 borrowed.discard()
+
+
+def _run_on_run_rows(
+    pool: connections.Pool,
+    lake: Lake,
+    query: str,
+    where: views.Scope,
+    params: Sequence[Any] | None,
+    index: Index,
+    names: frozenset[str],
+    timeout: float | None,
+) -> pa.Table | None:
+    """Answer a query over one settled run on the lake object's :class:`~tracking.connections.
+    RunRows` database (its rows copied there once per scope key), or None when that cannot
+    be done (the run may still write or has skipped files, or another call holds it).
+
+    The key names the run branch's head commit, so a moved branch gets a new copy, and one
+    database serves every run: a run not looked up before costs one copy of its rows, not a
+    new database.
+    """
+    assert where.key is not None
+    with pool.run_rows(connections.lake_token(lake)) as db:
+        if db is None:
+            return None
+        con = db.con
+        scopes: dict[str, int] = {}
+        for name in sorted(names):
+            scope_id = db.scopes.get((where.key, name))
+            if scope_id is None:
+                resolved = views.resolved_view(lake, index, where, name)
+                if not _settled(name, resolved):
+                    return None
+                scope_id = db.next_id()
+                db.rows += views.copy_run_rows(
+                    con, name, resolved, scope_id, create=name not in db.tables
+                )
+                db.tables.add(name)
+                db.scopes[(where.key, name)] = scope_id
+            scopes[name] = scope_id
+        views_sql = "".join(
+            f"; CREATE VIEW {name} AS SELECT * EXCLUDE (_scope) FROM _rows_{name} "
+            f"WHERE _scope = {scope_id}"
+            for name, scope_id in scopes.items()
+        )
+        try:
+            con.execute(f"BEGIN TRANSACTION{views_sql}")  # one call: each has a fixed cost
+            return _execute(con, query, params, timeout)
+        finally:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                db.discard()
 
 
 def _run_fresh(
@@ -223,13 +279,14 @@ def _stable(index: Index, where: views.Scope, names: frozenset[str]) -> bool:
     wanted = (
         {"runs", *views.FILE_VIEWS} if "problems" in names else names & {"runs", *views.FILE_VIEWS}
     )
-    for name in wanted:
-        resolved = index.resolved(where.key, name)
-        if resolved is None or resolved.volatile or resolved.problems.num_rows:
-            return False
-        if name == "runs" and "running" in resolved.rows.column("status").to_pylist():
-            return False
-    return True
+    return all(_settled(name, index.resolved(where.key, name)) for name in wanted)
+
+
+def _settled(name: str, resolved: Resolved | None) -> bool:
+    """Whether a view resolved this way stays right while its scope's key does."""
+    if resolved is None or resolved.volatile or resolved.problems.num_rows:
+        return False
+    return name != "runs" or "running" not in resolved.rows.column("status").to_pylist()
 
 
 def get_run(lake: Lake, run_id: str) -> RunRecord:

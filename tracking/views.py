@@ -12,8 +12,11 @@ never fails a query; a damaged object (hash mismatch) raises ``CorruptObjectErro
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import importlib
+import os
+import threading
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -217,6 +220,164 @@ def build(
     return sorted(set(files))
 
 
+def resolved_view(lake: Lake, index: Index, where: Scope, name: str) -> Resolved:
+    """View ``name`` (``runs`` or a file view) of ``where`` resolved to index objects, the
+    objects loaded into the index first (see :func:`build`).
+
+    Raises:
+        CorruptObjectError: a run file's bytes do not match its hash.
+    """
+    return _resolved(index, _Runs(lake, index, where), name)
+
+
+def copy_run_rows(
+    con: duckdb.DuckDBPyConnection, name: str, resolved: Resolved, scope_id: int, *, create: bool
+) -> int:
+    """Append the rows view ``name`` has for one run read on its own branch in the live view
+    to table ``_rows_<name>`` of ``con`` (``create``: create it), each with ``_scope =
+    scope_id``; the table has the view's columns, then ``_scope``.
+
+    Only for a resolved scope with nothing volatile and no ``running`` record: the copy holds
+    the ``runs`` columns a reader would see (a final record read at its own run branch's head
+    has that head as its output commit, see :func:`_output_commit_sql`), and nothing in it is
+    judged against the clock.
+
+    Returns:
+        The rows copied.
+    """
+    if resolved.volatile or "running" in resolved.rows.column("status").to_pylist():
+        raise ValueError("only a settled run's rows can be copied")
+    schema = layout.RUN_SCHEMA if name == "runs" else FILE_VIEWS[name][1]
+    rows = _sourced_rows(resolved, schema)
+    if rows is None:  # a segment too large to keep in memory: DuckDB reads it
+        con.register("_copy_sources", resolved.rows)
+        data = f"read_parquet({sql_list(resolved.segments)}, hive_partitioning = false)"
+        columns = [f'd."{f.name}"' for f in schema] + [
+            f"s.{f}" for f in ("ref", "namespace", "branch", "commit")
+        ]
+        select = f"SELECT {', '.join(columns)} FROM {data} d JOIN _copy_sources s USING (_oid)"
+        try:
+            read = con.sql(select).to_arrow_table()
+            rows = read.cast(pa.schema([*schema, *SOURCE_FIELDS]))
+        finally:
+            con.unregister("_copy_sources")
+    if name == "runs":
+        rows = _settled_runs_columns(rows)
+    rows = rows.append_column("_scope", pa.repeat(pa.scalar(scope_id, pa.int32()), len(rows)))
+    con.register("_copy_rows", rows)
+    try:
+        if create:
+            con.execute(f"CREATE TABLE _rows_{name} AS SELECT * FROM _copy_rows").fetchall()
+        else:
+            con.execute(f"INSERT INTO _rows_{name} SELECT * FROM _copy_rows").fetchall()
+    finally:
+        con.unregister("_copy_rows")
+    return len(rows)
+
+
+def _sourced_rows(resolved: Resolved, schema: pa.Schema) -> pa.Table | None:
+    """The rows of the objects ``resolved`` names (``schema``'s columns), each with its
+    source's ``ref``, ``namespace``, ``branch`` and ``commit``; None when a segment is too
+    large to keep in memory."""
+    pieces = [pa.schema([*schema, *SOURCE_FIELDS]).empty_table()]
+    sources = resolved.rows.select(["_oid", "ref", "namespace", "branch", "commit"]).to_pylist()
+    kept = [_segment(path) for path in resolved.segments]
+    for source in sources:
+        for found in kept:
+            if found is None:
+                return None
+            table, spans = found
+            span = spans.get(source["_oid"])
+            if span is None:
+                continue
+            piece = table.slice(*span).select(schema.names)
+            for field, type_ in SOURCE_FIELDS:
+                piece = piece.append_column(
+                    field, pa.repeat(pa.scalar(source[field], type_), len(piece))
+                )
+            pieces.append(piece)
+    return pa.concat_tables(pieces)
+
+
+def _settled_runs_columns(rows: pa.Table) -> pa.Table:
+    """The ``runs`` view's columns of settled records read on their own run branch (see
+    :func:`copy_run_rows`)."""
+    pc = pa.compute
+    status = rows.column("status")
+    derived = pc.and_(
+        pc.is_null(rows.column("output_commit")), pc.is_in(status, pa.array(sorted(FINAL_STATUSES)))
+    )
+    columns = {
+        "status": status,
+        "recorded_status": status,
+        "heartbeat_time": pa.nulls(len(rows), pa.timestamp("us", tz="UTC")),
+        "output_commit": pc.if_else(derived, rows.column("commit"), rows.column("output_commit")),
+    }
+    return pa.table(
+        [columns[f.name] if f.name in columns else rows.column(f.name) for f in RUNS_SCHEMA],
+        schema=RUNS_SCHEMA,
+    )
+
+
+#: Segments of at most this many rows are kept in memory (by file identity) for keyed reads.
+SEGMENT_CACHE_ROWS = 1_000_000
+_SEGMENTS_KEPT = 6
+_segment_cache: collections.OrderedDict[
+    tuple[str, int, int, int], tuple[pa.Table, dict[int, tuple[int, int]]]
+] = collections.OrderedDict()
+_segment_lock = threading.Lock()
+
+
+def object_rows(resolved: Resolved, schema: pa.Schema) -> pa.Table | None:
+    """The segment rows (``schema`` plus ``_oid``) of the objects ``resolved`` names, found by
+    binary search in segments kept in memory (segments are written sorted by ``_oid`` and
+    never change under one file identity); None when a segment is too large to keep
+    (:data:`SEGMENT_CACHE_ROWS`) or gone."""
+    wanted = set(resolved.rows.column("_oid").to_pylist())
+    pieces = [pa.schema([*schema, ("_oid", pa.int64())]).empty_table()]
+    for path in resolved.segments:
+        kept = _segment(path)
+        if kept is None:
+            return None
+        table, spans = kept
+        for oid in sorted(wanted & spans.keys()):
+            start, length = spans[oid]
+            pieces.append(table.slice(start, length).select(pieces[0].column_names))
+    return pa.concat_tables(pieces)
+
+
+def _segment(path: str) -> tuple[pa.Table, dict[int, tuple[int, int]]] | None:
+    """A segment's rows and where each object's rows start and how many there are."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _segment_lock:
+        found = _segment_cache.get(key)
+        if found is not None:
+            _segment_cache.move_to_end(key)
+            return found
+    try:
+        file = pq.ParquetFile(path)
+        if file.metadata.num_rows > SEGMENT_CACHE_ROWS:
+            return None
+        table = file.read().combine_chunks()
+    except (OSError, pa.ArrowException):
+        return None
+    encoded = pa.compute.run_end_encode(table.column("_oid")).chunk(0)
+    ends = encoded.run_ends.to_pylist()
+    spans = {
+        oid: (start, end - start)
+        for oid, start, end in zip(encoded.values.to_pylist(), [0, *ends[:-1]], ends, strict=True)
+    }
+    with _segment_lock:
+        _segment_cache[key] = (table, spans)
+        while len(_segment_cache) > _SEGMENTS_KEPT:
+            _segment_cache.popitem(last=False)
+    return table, spans
+
+
 def _resolved(index: Index, runs: _Runs, name: str) -> Resolved:
     """The view's rows resolved to index objects: reused for the scope's key where cached
     (sources whose runs may still be writing are resolved afresh), else resolved and kept."""
@@ -379,11 +540,16 @@ def run_record(lake: Lake, index: Index, run_id: str) -> dict[str, Any] | None:
         return None
     found = resolved.rows.slice(0, 1).to_pylist()[0]
     oid = found["_oid"]
-    for segment in resolved.segments:
-        rows = pq.read_table(segment, filters=[("_oid", "=", oid)]).to_pylist()
-        if rows:
-            break
+    one = Resolved(resolved.rows.slice(0, 1), resolved.segments, resolved.problems)
+    kept = object_rows(one, layout.RUN_SCHEMA)
+    if kept is not None:
+        rows = kept.slice(0, 1).to_pylist()
     else:
+        for segment in resolved.segments:
+            rows = pq.read_table(segment, filters=[("_oid", "=", oid)]).to_pylist()
+            if rows:
+                break
+    if not rows:
         return None
     row = {k: v for k, v in rows[0].items() if k != "_oid"}
     row.update(recorded_status=row["status"], heartbeat_time=None)
