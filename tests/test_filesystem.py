@@ -312,7 +312,8 @@ def test_random_access_reads_verify_and_see_a_replaced_object(
 
 
 def _scratch_branches(lake: store.Lake) -> list[str]:
-    return [b.name for b in lake.branches(all_namespaces=True) if "-tx-" in b.name]
+    listed = lake.branches(all_namespaces=True, include_scratch=True)
+    return [b.name for b in listed if "-tx-" in b.name]
 
 
 def test_transaction_commits_everything_written_as_one_commit(
