@@ -448,16 +448,17 @@ def _is_source(name: str) -> bool:
     )
 
 
-def non_code_folder(path: str) -> bool:
+def non_code_folder(path: str, own: frozenset[str] | None = None) -> bool:
     """Whether the folder at ``path`` is one a code snapshot never includes, whatever its
     name: an embedded flowlake lake (:data:`LAKE_MARKERS`), a virtual or conda environment or
-    a tagged cache (:data:`NON_CODE_MARKERS`), or flowlake's own cache or compute state folder.
+    a tagged cache (:data:`NON_CODE_MARKERS`), or flowlake's own cache or compute state folder
+    (``own``: those folders' real paths, when the caller has them already).
     """
     if all(os.path.lexists(os.path.join(path, m)) for m in LAKE_MARKERS):
         return True
     if any(os.path.lexists(os.path.join(path, m)) for m in NON_CODE_MARKERS):
         return True
-    return os.path.realpath(path) in _flowlake_folders()
+    return os.path.realpath(path) in (_flowlake_folders() if own is None else own)
 
 
 def _flowlake_folders() -> frozenset[str]:
@@ -475,6 +476,7 @@ def _outside_non_code_folders(base: str, names: list[str]) -> list[str]:
     """``names`` (relative to ``base``, ``/``-separated) less those inside a folder that
     :func:`non_code_folder` or :data:`SKIP_DIRS` leaves out; each folder is looked at once."""
     verdicts: dict[str, bool] = {}
+    own = _flowlake_folders()
 
     def excluded(folder: str) -> bool:
         known = verdicts.get(folder)
@@ -483,7 +485,7 @@ def _outside_non_code_folders(base: str, names: list[str]) -> list[str]:
             known = (
                 (bool(parent) and excluded(parent))
                 or leaf in SKIP_DIRS
-                or non_code_folder(os.path.join(base, folder))
+                or non_code_folder(os.path.join(base, folder), own)
             )
             verdicts[folder] = known
         return known
@@ -496,6 +498,7 @@ def _walk(root: str) -> tuple[list[str], bool]:
     (:data:`MAX_FILES` files kept, :data:`MAX_WALK_ENTRIES` entries seen) stopped the walk."""
     out: list[str] = []
     seen = 0
+    own = _flowlake_folders()
     for dirpath, dirnames, filenames in os.walk(root):
         seen += len(dirnames) + len(filenames)
         dirnames[:] = sorted(
@@ -503,7 +506,7 @@ def _walk(root: str) -> tuple[list[str], bool]:
             for d in dirnames
             if d not in SKIP_DIRS
             and not d.startswith(".")
-            and not non_code_folder(os.path.join(dirpath, d))
+            and not non_code_folder(os.path.join(dirpath, d), own)
         )
         rel = os.path.relpath(dirpath, root)
         for filename in sorted(filenames):
