@@ -11,6 +11,7 @@ branch's uncommitted changes) or a full commit id (reads see exactly that commit
 from __future__ import annotations
 
 import abc
+import io
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import BinaryIO
@@ -212,6 +213,33 @@ class Backend(abc.ABC):
             NothingToCommitError: no uncommitted changes.
             BranchNotFoundError, ProtectedBranchError.
         """
+
+    def commit_writes(
+        self,
+        branch: str,
+        items: Sequence[tuple[str, bytes]],
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+    ) -> Commit:
+        """Write ``items`` as :meth:`put_many` does, then commit them with the branch's other
+        uncommitted changes.
+
+        The default stages the items, then commits; a backend that can do both in one durable
+        step overrides it (a crash then leaves either the commit with the items or neither).
+
+        Raises:
+            NothingToCommitError: nothing (items included) changes the branch's head.
+            BranchNotFoundError, ProtectedBranchError.
+        """
+        if len(items) == 1:
+            # One object through put: put_many may use threads, which cannot start once the
+            # interpreter is exiting (a run left open ends from an atexit hook).
+            ((path, data),) = items
+            self.put(branch, path, io.BytesIO(data))
+        else:
+            self.put_many(branch, items)
+        return self.commit(branch, message, metadata, committer)
 
     @abc.abstractmethod
     def diff(self, left: str, right: str) -> Iterator[Change]:

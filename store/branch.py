@@ -15,7 +15,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
 
@@ -248,14 +248,39 @@ class Branch:
         """Drop every uncommitted change."""
         self._backend.reset(self.backend_name)
 
-    def commit(self, message: str, metadata: dict[str, Any] | None = None) -> Commit:
+    def commit(
+        self,
+        message: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        writes: Mapping[str, bytes] | None = None,
+    ) -> Commit:
         """Commit the uncommitted changes. Once this returns the commit is durable.
+
+        Args:
+            writes: path -> bytes to write (as :meth:`write_many` does) and commit with the
+                rest; the embedded backend stores them and commits in one durable step (a crash
+                leaves the commit with them, or neither and the branch as it was).
 
         Raises:
             NothingToCommitError, ProtectedBranchError, BranchNotFoundError.
+            InvalidPathError, InvalidArgumentError (not bytes): a bad entry in ``writes``
+                (nothing is written).
         """
         if not isinstance(message, str) or not message.strip():
             raise InvalidArgumentError("commit message must be a non-empty string")
+        if writes:
+            items = []
+            for path, data in writes.items():
+                if not isinstance(data, bytes | bytearray | memoryview):
+                    raise InvalidArgumentError(
+                        f"commit writes need bytes, got {type(data).__name__}"
+                    )
+                items.append((validate_path(path), bytes(data)))
+            written: Commit = self._backend.commit_writes(
+                self.backend_name, items, message, _metadata(metadata), self.lake.user
+            )
+            return written
         commit: Commit = self._backend.commit(
             self.backend_name, message, _metadata(metadata), self.lake.user
         )

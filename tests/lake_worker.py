@@ -4,10 +4,11 @@ Run by the crash and concurrency tests as ``python lake_worker.py LAKE ACKS WORK
 An operation is appended to ACKS (and fsynced) only after the store has returned from it, so
 each line is a promise the lake must keep even if this process is killed a moment later.
 
-MODE ``mixed`` cycles through writes (inline and blob), commits, merges into main and tags on a
-branch of its own; MODE ``shared`` commits to the shared branch ``user:worker/shared``; MODE
-``counter`` adds one to ``counter.txt`` on the existing branch ``user:worker/counter`` N times,
-each a read-modify-write in a serializable transaction (``Branch.run_transaction``).
+MODE ``mixed`` cycles through writes (inline and blob), commits (every third one writing its
+object itself), merges into main and tags on a branch of its own; MODE ``shared`` commits to
+the shared branch ``user:worker/shared``; MODE ``counter`` adds one to ``counter.txt`` on the
+existing branch ``user:worker/counter`` N times, each a read-modify-write in a serializable
+transaction (``Branch.run_transaction``).
 """
 
 from __future__ import annotations
@@ -58,13 +59,21 @@ def run(lake_path: str, acks_path: str, worker: str, mode: str, steps: int) -> N
             path = f"{worker}/{step}.bin"
             size = 200 if step % 2 else 300_000
             data = content(worker, step, size)
-            branch.write_bytes(path, data)
-            acknowledge(acks, op="write", branch=own, path=path, size=size, step=step)
-            try:
-                commit = branch.commit(f"{worker} step {step}", metadata={"step": step})
+            if mode == "mixed" and step % 3 == 1:
+                # The write and its commit in one step (Branch.commit(writes=)).
+                commit = branch.commit(
+                    f"{worker} step {step}", metadata={"step": step}, writes={path: data}
+                )
+                acknowledge(acks, op="write", branch=own, path=path, size=size, step=step)
                 acknowledge(acks, op="commit", branch=own, commit=commit.id)
-            except errors.NothingToCommitError:
-                pass  # another process sharing the branch committed our write already
+            else:
+                branch.write_bytes(path, data)
+                acknowledge(acks, op="write", branch=own, path=path, size=size, step=step)
+                try:
+                    commit = branch.commit(f"{worker} step {step}", metadata={"step": step})
+                    acknowledge(acks, op="commit", branch=own, commit=commit.id)
+                except errors.NothingToCommitError:
+                    pass  # another process sharing the branch committed our write already
             if mode == "mixed" and step % 3 == 2:
                 merged = lake.merge(own, into="main", strategy="source-wins")
                 acknowledge(acks, op="merge", branch="main", commit=merged.id)

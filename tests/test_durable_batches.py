@@ -122,6 +122,21 @@ def test_batched_writes_and_commits_are_durable_before_the_transaction_that_refe
     assert branch.read_bytes("t/3.parquet") == _parquet(3)
 
 
+def test_a_commit_that_writes_makes_its_objects_durable_before_its_one_transaction(
+    embedded_lake: store.Lake, syscalls: SyscallLog
+) -> None:
+    branch = embedded_lake.branch("work", source="main")
+    objects_root = os.path.realpath(embedded_lake.backend.objects.root)  # type: ignore[attr-defined]
+    branch.write_bytes("staged.parquet", _parquet(0))
+    syscalls.events.clear()
+    branch.commit("with writes", writes={f"t/{i}.parquet": _parquet(i) for i in range(1, 4)})
+    assert [e for e in syscalls.events if e[0] == "tx"] == [("tx",)]
+    # Three blobs, the ranges, the metarange and the commit record.
+    assert syscalls.check_durable_before_each_transaction(objects_root) >= 3 + 1 + 1 + 1
+    assert branch.read_bytes("t/2.parquet") == _parquet(2)
+    assert list(branch.uncommitted()) == []
+
+
 def test_a_batch_publishes_nothing_when_its_block_raises(tmp_path: Path) -> None:
     objects = ObjectStore(_local_fs(), str(tmp_path / "objects"))
     with pytest.raises(RuntimeError), objects.batch():

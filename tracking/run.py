@@ -409,11 +409,13 @@ class Run:
         with self._write_lock:
             self._branch.write_table(layout.run_file(self.id, layout.RUN_FILE), table)
 
-    def _commit(self, event: str) -> str:
+    def _commit(self, event: str, writes: dict[str, bytes] | None = None) -> str:
         metadata = {"tracking.run_id": self.id, "tracking.event": event}
         with self._write_lock:
             with contextlib.suppress(NothingToCommitError):
-                self._head = self._branch.commit(f"run {self.id} {event}", metadata).id
+                self._head = self._branch.commit(
+                    f"run {self.id} {event}", metadata, writes=writes
+                ).id
             return self._head
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -469,12 +471,13 @@ class Run:
             self.flush()
             self._check_owner()
             self._record.update(status=status, end_time=datetime.now(UTC), error=error)
-            self._write_record()
-            # One commit: the record it holds cannot name the commit itself, so it keeps
+            # One commit, which writes the final record itself (one durable step on the
+            # embedded backend). The record cannot name the commit that holds it, so it keeps
             # output_commit empty and readers take this commit, the run branch's last, in its
             # place (see tracking.views.output_commit). Lakes written before this also hold a
             # second "recorded" commit whose record names it.
-            self._record["output_commit"] = self._commit(status)
+            record = {layout.run_file(self.id, layout.RUN_FILE): self._record_bytes()}
+            self._record["output_commit"] = self._commit(status, writes=record)
         if status == "finished" and self._merge and self.branch is not None:
             try:
                 merged = self._lake.merge(

@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import hmac
 import os
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, BinaryIO, cast
@@ -415,6 +415,19 @@ class PolicyBackend:
     def commit(self, branch: str, message: str, metadata: dict[str, str], committer: str) -> Commit:
         self.check_write(branch, "commit to")
         return self._inner.commit(branch, message, self._metadata(metadata), committer)
+
+    def commit_writes(
+        self,
+        branch: str,
+        items: Sequence[tuple[str, bytes]],
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+    ) -> Commit:
+        self.check_write(branch, "commit to")
+        return self._inner.commit_writes(
+            branch, items, message, self._metadata(metadata), committer
+        )
 
     def merge(
         self,

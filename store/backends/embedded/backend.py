@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeVar
 
@@ -593,16 +593,24 @@ class EmbeddedBackend(Backend):
         )
         return _first_per_path(combined).drop_columns(["seq"]), top
 
-    def _effective_staged(self, branch: str) -> tuple[str, pa.Table, int]:
+    def _effective_staged(
+        self, branch: str, written: Sequence[StagedChange] = ()
+    ) -> tuple[str, pa.Table, int]:
         """(head commit, staged changes that really change the head tree, highest staged seq).
 
         The changes are a table of :data:`rangecodec.ENTRY_SCHEMA` sorted by unique path (a
         null checksum removes the path) with one more column, ``existed``: whether the head
-        tree holds the path.
+        tree holds the path. ``written`` are laid over the staged changes, as if staged last.
         """
         head = self.branch_head(branch)
         tree = self._commit_row(head).tree
         staged, top = self._staged_table(branch)
+        if written:
+            staged = _last_write_wins(
+                pa.concat_tables(
+                    [staged.select(rangecodec.ENTRY_SCHEMA.names), _rows_table(list(written))]
+                )
+            )
         old = self.trees.entries_at(tree, staged.column("path"))
         where = pc.index_in(staged.column("path"), value_set=old.column("path"), memory_pool=POOL)
         existed = pc.is_valid(where)
@@ -656,14 +664,42 @@ class EmbeddedBackend(Backend):
 
     @_writes
     def commit(self, branch: str, message: str, metadata: dict[str, str], committer: str) -> Commit:
+        return self._commit(branch, (), message, metadata, committer)
+
+    @_writes
+    def commit_writes(
+        self,
+        branch: str,
+        items: Sequence[tuple[str, bytes]],
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+    ) -> Commit:
+        if len(items) >= BATCH_FROM:
+            self.put_many(branch, items)
+            return self._commit(branch, (), message, metadata, committer)
+        return self._commit(branch, items, message, metadata, committer)
+
+    def _commit(
+        self,
+        branch: str,
+        items: Sequence[tuple[str, bytes]],
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+    ) -> Commit:
+        """Commit the staged changes with ``items`` written over them, never staging the items:
+        their blobs, the ranges, metarange and commit record share one publish pass, which makes
+        them all durable before the one transaction that moves the head references them."""
         self._check_writable(branch)
         for _ in range(CAS_ATTEMPTS):
-            head, changes, top = self._effective_staged(branch)
-            if not changes.num_rows:
-                raise NothingToCommitError(f"branch {branch!r} has no uncommitted changes")
-            # Ranges, metarange and commit record share one publish pass, which makes them
-            # durable before the transaction below references them.
             with self.objects.batch():
+                written = [
+                    StagedChange(path, self._store_content(path, data)) for path, data in items
+                ]
+                head, changes, top = self._effective_staged(branch, written)
+                if not changes.num_rows:
+                    raise NothingToCommitError(f"branch {branch!r} has no uncommitted changes")
                 tree = self.trees.apply_table(self._commit_row(head).tree, changes)
                 row = self._write_commit(tree, (head,), message, metadata, committer)
             if self._advance(branch, head, row, clear_up_to=top):
