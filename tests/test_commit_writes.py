@@ -89,3 +89,15 @@ def test_a_commit_that_writes_is_checked_as_a_commit_and_records_the_perimeter(
     finally:
         staging.close()
         production.close()
+
+
+def test_hundreds_of_writes_are_committed_as_a_batch(lake: store.Lake) -> None:
+    work = lake.branch("work")
+    work.write_bytes("staged.txt", b"staged")
+    writes = {f"many/{i:03}.txt": f"item {i}".encode() for i in range(300)}
+    work.commit("many", writes=writes)
+
+    assert work.uncommitted() == []
+    assert len(work.list("many/")) == 300
+    assert work.read_bytes("many/123.txt") == b"item 123"
+    assert work.read_bytes("staged.txt") == b"staged"
