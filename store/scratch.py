@@ -91,7 +91,8 @@ def parse(name: str) -> ScratchBranch | None:
 
 def is_scratch(name: str) -> bool:
     """Whether branch ``name`` (full or short) is a transaction's scratch branch."""
-    return parse(name) is not None
+    # The substring test first: listings call this for every branch (10,000 at a time).
+    return "-tx-" in name and parse(name) is not None
 
 
 def abandoned(owner: ScratchOwner, grace: timedelta, now: float | None = None) -> bool:

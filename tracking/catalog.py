@@ -78,7 +78,12 @@ class RunFiles:
 
 def live_sources(lake: Lake) -> list[Source]:
     """Every branch of every namespace, production first."""
-    return [_live_source(b) for b in lake.branches(all_namespaces=True)]
+    return sources_of(lake.branches(all_namespaces=True))
+
+
+def sources_of(branches: Sequence[BranchInfo]) -> list[Source]:
+    """One source per listed branch, in order."""
+    return [_live_source(b) for b in branches]
 
 
 @functools.lru_cache(maxsize=1 << 16)
