@@ -421,6 +421,21 @@ def test_a_one_run_lookup_over_segments_too_large_to_keep_returns_the_full_scans
     assert tracking.get_run(embedded_lake, run.id).name == "r"
 
 
+def test_a_one_run_lookup_of_a_run_with_many_metric_parts_returns_every_point(
+    embedded_lake: store.Lake,
+) -> None:
+    with tracking.start_run(
+        embedded_lake, branch=embedded_lake.branch("exp").name, snapshot_code=False
+    ) as run:
+        for step in range(6):
+            run.log_metric("acc", step / 10, step=step)
+            run.flush()  # one metric part per flush
+    query = "SELECT step, value FROM metrics WHERE run_id = ? ORDER BY step"
+    expected = [{"step": s, "value": s / 10} for s in range(6)]
+    for _ in range(2):
+        assert tracking.sql(embedded_lake, query, params=[run.id]).to_pylist() == expected
+
+
 def test_a_one_run_lookup_of_a_running_run_sees_each_flush(embedded_lake: store.Lake) -> None:
     live = tracking.start_run(
         embedded_lake, branch=embedded_lake.branch("exp").name, snapshot_code=False

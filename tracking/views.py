@@ -341,9 +341,9 @@ def _settled_runs_columns(rows: pa.Table) -> pa.Table:
     )
 
 
-#: Segments of at most this many rows are kept in memory (by file identity) for keyed reads.
+#: Segments of at most this many rows are kept in memory (by file identity) for keyed reads,
+#: at most twice as many rows in all (least recently used dropped first; ~50 bytes a row).
 SEGMENT_CACHE_ROWS = 1_000_000
-_SEGMENTS_KEPT = 6
 _segment_cache: collections.OrderedDict[
     tuple[str, int, int, int], tuple[pa.Table, dict[int, tuple[int, int]]]
 ] = collections.OrderedDict()
@@ -351,10 +351,10 @@ _segment_lock = threading.Lock()
 
 
 def object_rows(resolved: Resolved, schema: pa.Schema) -> pa.Table | None:
-    """The segment rows (``schema`` plus ``_oid``) of the objects ``resolved`` names, found by
-    binary search in segments kept in memory (segments are written sorted by ``_oid`` and
-    never change under one file identity); None when a segment is too large to keep
-    (:data:`SEGMENT_CACHE_ROWS`) or gone."""
+    """The segment rows (``schema`` plus ``_oid``) of the objects ``resolved`` names, sliced
+    out of segments kept in memory with each object's span (segments are written sorted by
+    ``_oid`` and never change under one file identity); None when a segment is too large to
+    keep (:data:`SEGMENT_CACHE_ROWS`) or gone."""
     wanted = set(resolved.rows.column("_oid").to_pylist())
     pieces = [pa.schema([*schema, ("_oid", pa.int64())]).empty_table()]
     for path in resolved.segments:
@@ -387,15 +387,16 @@ def _segment(path: str) -> tuple[pa.Table, dict[int, tuple[int, int]]] | None:
         table = file.read().combine_chunks()
     except (OSError, pa.ArrowException):
         return None
-    encoded = pa.compute.run_end_encode(table.column("_oid")).chunk(0)
-    ends = encoded.run_ends.to_pylist()
-    spans = {
-        oid: (start, end - start)
-        for oid, start, end in zip(encoded.values.to_pylist(), [0, *ends[:-1]], ends, strict=True)
-    }
+    spans: dict[int, tuple[int, int]] = {}
+    if table.num_rows:
+        encoded = pa.compute.run_end_encode(table.column("_oid")).chunk(0)
+        ends = encoded.run_ends.to_pylist()
+        starts = [0, *ends[:-1]]
+        for oid, start, end in zip(encoded.values.to_pylist(), starts, ends, strict=True):
+            spans[oid] = (start, end - start)
     with _segment_lock:
         _segment_cache[key] = (table, spans)
-        while len(_segment_cache) > _SEGMENTS_KEPT:
+        while sum(t.num_rows for t, _ in _segment_cache.values()) > 2 * SEGMENT_CACHE_ROWS:
             _segment_cache.popitem(last=False)
     return table, spans
 
