@@ -6,7 +6,10 @@ state or the lake.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +138,9 @@ def test_a_job_whose_environment_opens_the_lake_as_someone_else_fails_and_merges
     before = out.head().id
     monkeypatch.setenv("FLOWLAKE_TOKEN", secret)  # set after the lake was opened as a person
     job = compute.submit(report, lake=prod, output_branch="out")
-    with pytest.raises(compute.JobFailedError, match="opens the lake as token:ci in perimeter .production."):
+    with pytest.raises(
+        compute.JobFailedError, match="opens the lake as token:ci in perimeter .production."
+    ):
         job.wait(timeout=JOB_WAIT_S)
     assert out.head().id == before
     prod.close()
@@ -150,4 +155,50 @@ def test_a_ray_job_acts_in_the_perimeter_its_lake_was_opened_with(
     assert job.wait(timeout=JOB_WAIT_S) == {"perimeter": "production", "pii": True}
     assert run_perimeters(prod, "out") == ["production"]
     assert {c[META_PERIMETER] for c in job_commits(prod, "out")} == {"production"}
+    prod.close()
+
+
+def report_and_pid() -> dict[str, Any]:
+    return {**report(), "pid": os.getpid()}
+
+
+def _ray_task_events() -> list[Any]:
+    """Every task event the session's Ray holds: what its state API and dashboard show."""
+    import ray
+
+    return list(ray._private.state.state._get_all_task_events())
+
+
+def test_a_ray_job_acts_as_the_token_ray_never_records(
+    embedded_lake: store.Lake, ray_cluster: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    install_policy(embedded_lake)
+    prod = store.open(embedded_lake.location, perimeter="production")
+    secret, _ = api.create_token(prod, "ci", "production", "30d")
+    monkeypatch.setenv("FLOWLAKE_TOKEN", secret)
+    ci = store.open(embedded_lake.location)
+    job = compute.submit(report_and_pid, lake=ci, output_branch="ci-out", backend="ray", name="ci")
+    result = job.wait(timeout=JOB_WAIT_S)
+    assert (result["perimeter"], result["pii"]) == ("production", True)
+    assert {c[META_PRINCIPAL] for c in job_commits(prod, "ci-out")} == {"token:ci"}
+
+    # Ray records the task with its runtime_env (read once it has, so the check is not vacuous)...
+    def job_events() -> list[Any]:
+        return [e for e in _ray_task_events() if e.task_info.name == "flowlake:ci"]
+
+    deadline = time.monotonic() + 60
+    while not any(e.task_info.runtime_env_info.serialized_runtime_env for e in job_events()):
+        assert time.monotonic() < deadline, "Ray never recorded the job's task"
+        time.sleep(0.2)
+    # ...and neither that record, its session's logs and files, nor the worker's own start
+    # environment holds the secret.
+    assert not [e for e in _ray_task_events() if secret.encode() in e.SerializeToString()]
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    assert (session / "logs").is_dir()
+    assert _files_holding(secret.encode(), session) == []
+    with contextlib.suppress(FileNotFoundError):  # the worker may have exited since
+        assert secret.encode() not in Path(f"/proc/{result['pid']}/environ").read_bytes()
+    ci.close()
     prod.close()

@@ -8,18 +8,25 @@ a job before has flowlake loaded already. The job's supervisor is a thread of th
 process (:mod:`compute.backends.ray_watch`): the same attempts, retries, timeout, cancel, logs
 and atomic commit as on the local backend, with Ray ending the worker to stop a job.
 
-The task's ``runtime_env`` carries the submitter's ``FLOWLAKE_*``, ``LAKECTL_*``, ``FSSPEC_*``
-and ``AWS_*`` variables, so it opens the same lake. A job's ``Environment`` is built with uv by
-a small Ray task on a node (the same cache and pins as on the local backend), and the attempt
-runs on that node with the environment's interpreter as its ``runtime_env``'s
-``py_executable``; Ray's own ``pip`` and ``uv`` runtime_env fields both need ``virtualenv`` on
-every node (and clone the driver's whole virtual environment). Job state stays in the lake's
-state folder, so that folder must be on a filesystem every node sees (always true on one
-machine; on a cluster, point ``FLOWLAKE_COMPUTE_DIR`` at shared storage).
+The attempt gets the submitter's ``FLOWLAKE_*``, ``LAKECTL_*``, ``FSSPEC_*`` and ``AWS_*``
+variables, so it opens the same lake, as a task argument that the attempt puts into the
+worker's environment for its length only: never through ``runtime_env``, which Ray keeps in its
+cluster state (task events, the state API, the dashboard) and writes to its session logs, and
+these variables hold secrets (``FLOWLAKE_TOKEN``, object store keys). The task's
+``runtime_env`` carries only a digest of them, so a warm worker is only ever reused by jobs with
+the same variables (what a library read from them at import stays right). A job's
+``Environment`` is built with uv by a small Ray task on a node (the same cache and pins as on
+the local backend), and the attempt runs on that node with the environment's interpreter as
+its ``runtime_env``'s ``py_executable``; Ray's own ``pip`` and ``uv`` runtime_env fields both
+need ``virtualenv`` on every node (and clone the driver's whole virtual environment). Job state
+stays in the lake's state folder, so that folder must be on a filesystem every node sees
+(always true on one machine; on a cluster, point ``FLOWLAKE_COMPUTE_DIR`` at shared storage).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 from typing import Any
@@ -36,10 +43,14 @@ from compute.state import JobFolder
 FORWARDED_PREFIXES = ("FLOWLAKE_", "LAKECTL_", "FSSPEC_", "AWS_")
 
 
-def _run_attempt(job_dir: str, attempt: int) -> int:
+#: The ``runtime_env`` variable naming the digest of a job's forwarded variables.
+ENV_DIGEST = "FLOWLAKE_RAY_ENV"
+
+
+def _run_attempt(job_dir: str, attempt: int, env: dict[str, str]) -> int:
     from compute.backends.ray_attempt import run_attempt
 
-    return run_attempt(job_dir, attempt, tuple(int(g) for g in ray.get_gpu_ids()))
+    return run_attempt(job_dir, attempt, tuple(int(g) for g in ray.get_gpu_ids()), env)
 
 
 #: A CPU job's attempt: its worker goes on to run later jobs, warm.
@@ -50,20 +61,33 @@ _gpu_attempt = ray.remote(num_gpus=1, max_retries=0)(_run_attempt)
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def _prepare(environment: Environment) -> tuple[str, str, str]:
-    from compute.backends.ray_attempt import prepare_environment
+def _prepare(environment: Environment, env: dict[str, str]) -> tuple[str, str, str]:
+    from compute.backends.ray_attempt import environ_applied, prepare_environment
 
-    kind, value = prepare_environment(environment)
+    with environ_applied(env):
+        kind, value = prepare_environment(environment)
     return kind, value, ray.get_runtime_context().get_node_id()
 
 
 def _forwarded_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
+    """The submitter's variables a job needs (secrets among them: never put in ``runtime_env``)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(FORWARDED_PREFIXES) and not k.startswith("FLOWLAKE_RAY_")
+    }
+
+
+def _runtime_env_vars(env: dict[str, str]) -> dict[str, str]:
+    """What a task's ``runtime_env`` may say about ``env``: its SHA-256 only."""
+    canonical = json.dumps(sorted(env.items()), separators=(",", ":")).encode()
+    return {ENV_DIGEST: hashlib.sha256(canonical).hexdigest()}
 
 
 def _launch(folder: JobFolder, spec: JobSpec, attempt: int, prepared: Prepared | None) -> Any:
     """Start attempt ``attempt`` of the job as a Ray task; returns its object ref."""
-    env_vars = _forwarded_env()
+    env = _forwarded_env()
+    env_vars = _runtime_env_vars(env)
     if spec.resources.gpus:
         # A worker of their own: never one where a CPU job may have initialised CUDA already.
         env_vars["FLOWLAKE_RAY_WORKER"] = "gpu"
@@ -82,7 +106,7 @@ def _launch(folder: JobFolder, spec: JobSpec, attempt: int, prepared: Prepared |
         )
     options["runtime_env"] = runtime_env
     task = _gpu_attempt if spec.resources.gpus else _attempt
-    return task.options(**options).remote(str(folder.path), attempt)
+    return task.options(**options).remote(str(folder.path), attempt, env)
 
 
 _watcher_lock = threading.Lock()
@@ -129,8 +153,9 @@ class RayExecutor:
         if not spec.environment.is_default:
             with open(folder.log_file, "ab") as log:
                 log.write(b"[flowlake] preparing the environment\n")
-            prep = _prepare.options(runtime_env={"env_vars": _forwarded_env()}).remote(
-                spec.environment
+            env = _forwarded_env()
+            prep = _prepare.options(runtime_env={"env_vars": _runtime_env_vars(env)}).remote(
+                spec.environment, env
             )
         watcher.add(folder, spec, prep)
         return watcher

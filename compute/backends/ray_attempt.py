@@ -28,7 +28,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,12 @@ from compute.state import JobFolder, write_atomic
 STARTED_FILE = "started.json"
 
 
-def run_attempt(job_dir: str, attempt: int, gpus: tuple[int, ...]) -> int:
+def run_attempt(job_dir: str, attempt: int, gpus: tuple[int, ...], env: Mapping[str, str]) -> int:
     """Run attempt ``attempt`` of the job in ``job_dir`` in this process; returns the runner's
     exit status (0: succeeded and merged).
+
+    ``env`` (the submitter's variables, secrets such as ``FLOWLAKE_TOKEN`` among them) is in the
+    worker's ``os.environ`` for the attempt only: the worker keeps none of it for the next job.
 
     The runner writes the outcome itself; an exception raised here (the lake could not be
     opened, the payload could not be unpickled) is the attempt's failure.
@@ -51,7 +54,7 @@ def run_attempt(job_dir: str, attempt: int, gpus: tuple[int, ...]) -> int:
     out = folder.attempt_dir(attempt)
     out.mkdir(parents=True, exist_ok=True)
     visible = ",".join(str(g) for g in gpus)
-    with _log_as_output(folder.log_file) as offset:
+    with environ_applied(env), _log_as_output(folder.log_file) as offset:
         write_atomic(
             out / STARTED_FILE,
             json.dumps(
@@ -127,6 +130,18 @@ def _log_as_output(log_file: Path) -> Iterator[int]:
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
+
+
+@contextlib.contextmanager
+def environ_applied(env: Mapping[str, str]) -> Iterator[None]:
+    """Set ``env`` in ``os.environ`` for the block, then put ``os.environ`` back as it was."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @contextlib.contextmanager

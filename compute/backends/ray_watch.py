@@ -42,6 +42,8 @@ KILL_GRACE_S = 2.0
 LOG_TAIL_BYTES = 4000
 #: Seconds the submitting process waits on its way out for Ray to end its jobs' tasks.
 CLOSE_GRACE_S = 10.0
+#: Seconds a stopped or killed attempt's worker gets to be gone before its run is recorded.
+WORKER_EXIT_S = 10.0
 
 #: Launches attempt ``n`` of a job: (folder, spec, attempt, python or None) -> Ray object ref.
 Launch = Callable[[JobFolder, JobSpec, int, "Prepared | None"], Any]
@@ -339,6 +341,8 @@ class Watcher:
             tail = f.read()[-LOG_TAIL_BYTES:].decode("utf-8", "replace")
         with open(job.folder.log_file, "ab") as log:
             log.write(f"[flowlake] {status.value}: {error}\n".encode())
+        if job.why is not None or status is JobStatus.KILLED:
+            _await_exit(job.started)
         from compute.supervise import _end_run
 
         run_file = out / "run.json"
@@ -384,6 +388,21 @@ def _descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def _await_exit(started: dict[str, Any]) -> None:
+    """Wait, up to :data:`WORKER_EXIT_S`, for the worker that ran an attempt to be gone.
+
+    Ray may report a task ended while its worker is still exiting (a forced cancel is answered
+    before the worker is; a worker busy dying on a loaded machine closes its connection before
+    it is reaped), and the run that worker started counts as live while its process exists:
+    resuming it to record the attempt would be refused, leaving it ``running``.
+    """
+    if started["host"] != socket.gethostname():
+        return
+    deadline = time.monotonic() + WORKER_EXIT_S
+    while _alive(int(started["pid"])) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
 
 
 def _alive(pid: int) -> bool:
