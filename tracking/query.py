@@ -181,7 +181,7 @@ def _run_on_run_rows(
         for name in sorted(names):
             scope_id = db.scopes.get((where.key, name))
             if scope_id is None:
-                resolved = views.resolved_view(lake, index, where, name)
+                resolved = views.resolved_view(lake, index, where, name, remember=False)
                 if not _settled(name, resolved):
                     return None
                 scope_id = db.next_id()

@@ -242,14 +242,17 @@ def build(
     return sorted(set(files))
 
 
-def resolved_view(lake: Lake, index: Index, where: Scope, name: str) -> Resolved:
+def resolved_view(
+    lake: Lake, index: Index, where: Scope, name: str, *, remember: bool = True
+) -> Resolved:
     """View ``name`` (``runs`` or a file view) of ``where`` resolved to index objects, the
-    objects loaded into the index first (see :func:`build`).
+    objects loaded into the index first (see :func:`build`); ``remember``: keep the result in
+    the index for the scope's key (a caller that copies the rows needs it only once).
 
     Raises:
         CorruptObjectError: a run file's bytes do not match its hash.
     """
-    return _resolved(index, _Runs(lake, index, where), name)
+    return _resolved(index, _Runs(lake, index, where), name, remember=remember)
 
 
 def copy_run_rows(
@@ -401,14 +404,14 @@ def _segment(path: str) -> tuple[pa.Table, dict[int, tuple[int, int]]] | None:
     return table, spans
 
 
-def _resolved(index: Index, runs: _Runs, name: str) -> Resolved:
+def _resolved(index: Index, runs: _Runs, name: str, *, remember: bool = True) -> Resolved:
     """The view's rows resolved to index objects: reused for the scope's key where cached
     (sources whose runs may still be writing are resolved afresh), else resolved and kept."""
     key = runs.where.key
     cached = index.resolved(key, name) if key is not None else None
     if cached is None:
         fresh = _resolve(runs.index, name, runs.all())
-        if key is not None:
+        if key is not None and remember:
             index.remember_resolved(key, name, fresh)
         return fresh
     volatile = set(cached.volatile)
