@@ -7,29 +7,19 @@ is set, not what it is.
 from __future__ import annotations
 
 import os
-from typing import Annotated
 
 import typer
 from rich.text import Text
 
 import store
-from store.errors import LakeNotFoundError, UnsupportedOperationError
+from store.errors import UnsupportedOperationError
 from ui import render
-from ui.options import DEFAULT_LAKE, JsonOption, LakeOption
+from ui.options import DEFAULT_LAKE, JsonOption, LakeOption, PerimeterOption, open_lake
 
 gate_hook_app = typer.Typer(
     help="lakeFS only: make the lakeFS server refuse merges into main that skipped the gates.",
     no_args_is_help=True,
 )
-
-PerimeterOption = Annotated[
-    str | None,
-    typer.Option(
-        "--perimeter",
-        help="Perimeter to act in (default: $FLOWLAKE_PERIMETER, else the token's, else staging).",
-        show_default=False,
-    ),
-]
 
 
 def register(app: typer.Typer) -> None:
@@ -40,12 +30,7 @@ def register(app: typer.Typer) -> None:
 def _open(location: str, perimeter: str | None) -> store.Lake:
     """The lake at ``location``, which must be on lakeFS (checked before the lakeFS-only module
     is imported, so an embedded-only install names the problem instead of a missing package)."""
-    try:
-        opened = store.open(location, perimeter=perimeter, create=False)
-    except LakeNotFoundError as exc:
-        raise LakeNotFoundError(
-            f"{exc}; create one with `flowlake init --lake {location}`"
-        ) from None
+    opened = open_lake(location, None, perimeter)
     if getattr(opened.backend, "install_gate_hook", None) is None:
         opened.close()
         raise UnsupportedOperationError(

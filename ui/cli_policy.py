@@ -15,21 +15,17 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-import store
-from store.errors import LakeNotFoundError
 from store.policy import api
 from store.policy.tokens import SCOPES, TokenRecord
 from ui import render
-from ui.options import DEFAULT_LAKE, JsonOption, LakeOption, NamespaceOption
-
-PerimeterOption = Annotated[
-    str | None,
-    typer.Option(
-        "--perimeter",
-        help="Perimeter to act in (default: $FLOWLAKE_PERIMETER, else the token's, else staging).",
-        show_default=False,
-    ),
-]
+from ui.options import (
+    DEFAULT_LAKE,
+    JsonOption,
+    LakeOption,
+    NamespaceOption,
+    PerimeterOption,
+    open_lake,
+)
 
 token_app = typer.Typer(help="Machine tokens for CI: create, list, revoke.", no_args_is_help=True)
 gates_app = typer.Typer(help="Promotion gates of main's policy.", no_args_is_help=True)
@@ -42,15 +38,6 @@ def register(app: typer.Typer) -> None:
     app.command("audit")(audit_command)
     app.command("approve")(approve_command)
     app.command("check")(check_command)
-
-
-def _open(location: str, namespace: str | None, perimeter: str | None) -> store.Lake:
-    try:
-        return store.open(location, namespace=namespace, perimeter=perimeter, create=False)
-    except LakeNotFoundError as exc:
-        raise LakeNotFoundError(
-            f"{exc}; create one with `flowlake init --lake {location}`"
-        ) from None
 
 
 def _token_json(record: TokenRecord) -> dict[str, Any]:
@@ -89,7 +76,7 @@ def token_create_command(
     Needs the production perimeter (FLOWLAKE_PERIMETER=production).
     """
     scopes = tuple(s.strip() for text in scope or () for s in text.split(",") if s.strip())
-    opened = _open(lake, None, None)
+    opened = open_lake(lake, None, None)
     secret, record = api.create_token(opened, name, perimeter_for, expires, scopes)
     out = render.stdout()
     out.print(
@@ -107,7 +94,7 @@ def token_create_command(
 @token_app.command("list")
 def token_list_command(lake: LakeOption = DEFAULT_LAKE, as_json: JsonOption = False) -> None:
     """Tokens: name, perimeter, scopes, expiry, last use (never a secret)."""
-    records = api.list_tokens(_open(lake, None, None))
+    records = api.list_tokens(open_lake(lake, None, None))
     if as_json:
         render.emit_json([_token_json(r) for r in records])
         return
@@ -133,7 +120,7 @@ def token_revoke_command(
     lake: LakeOption = DEFAULT_LAKE,
 ) -> None:
     """Revoke a token: its next use fails. Needs the production perimeter."""
-    record = api.revoke_token(_open(lake, None, None), name)
+    record = api.revoke_token(open_lake(lake, None, None), name)
     render.stdout().print(Text.assemble(("revoked ", "yellow"), (record.name, "bold")))
 
 
@@ -148,7 +135,7 @@ def audit_command(
     --verify checks the hash chain and the heads anchored in main's promotion commits, and
     exits 1 when either is broken.
     """
-    opened = _open(lake, None, perimeter)
+    opened = open_lake(lake, None, perimeter)
     entries = api.audit_log(opened)
     problems = api.verify_audit(opened) if verify else []
     if as_json:
@@ -184,7 +171,7 @@ def gates_check_command(
     as_json: JsonOption = False,
 ) -> None:
     """Dry-run main's promotion gates on SOURCE's commit; exits 1 when one fails."""
-    opened = _open(lake, namespace, perimeter)
+    opened = open_lake(lake, namespace, perimeter)
     outcomes = api.check_gates(opened, source)
     if as_json:
         render.emit_json(
@@ -219,7 +206,7 @@ def approve_command(
     perimeter: PerimeterOption = None,
 ) -> None:
     """Record your approval of SOURCE's commit in the audit log (for approvals gates)."""
-    opened = _open(lake, namespace, perimeter)
+    opened = open_lake(lake, namespace, perimeter)
     entry = api.approve(opened, source)
     render.stdout().print(
         Text.assemble(
@@ -244,7 +231,7 @@ def check_command(
     """
     import tracking
 
-    opened = _open(lake, namespace, perimeter)
+    opened = open_lake(lake, namespace, perimeter)
     commit = opened.resolve(ref)
     run = tracking.start_run(
         opened,

@@ -30,6 +30,14 @@ NamespaceOption = Annotated[
         show_default=False,
     ),
 ]
+PerimeterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--perimeter",
+        help="Perimeter to act in (default: $FLOWLAKE_PERIMETER, else the token's, else staging).",
+        show_default=False,
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 BranchOption = Annotated[
     str, typer.Option("--branch", "-b", help="Branch to change (bare names: your namespace).")
@@ -39,15 +47,17 @@ RefOption = Annotated[
 ]
 
 
-def open_lake(location: str, namespace: str | None) -> store.Lake:
+def open_lake(location: str, namespace: str | None, perimeter: str | None = None) -> store.Lake:
     """Open an existing lake; unlike :func:`store.open`, never creates one (that is ``init``).
+
+    ``perimeter`` (None: ``$FLOWLAKE_PERIMETER``, else the token's) is passed to :func:`store.open`.
 
     Raises:
         LakeNotFoundError: nothing at ``location`` (the message says how to create it).
         InvalidNameError: bad namespace.
     """
     try:
-        return store.open(location, namespace=namespace, create=False)
+        return store.open(location, namespace=namespace, perimeter=perimeter, create=False)
     except LakeNotFoundError as exc:
         raise LakeNotFoundError(
             f"{exc}; create one with `flowlake init --lake {location}`"
