@@ -24,8 +24,8 @@ from typing import Any
 
 from compute.machine import Capacity
 from compute.model import Resources
-from compute.procs import pid_alive, start_token
 from compute.state import write_atomic
+from store.processes import pid_alive, start_token
 
 POLL_INTERVAL_S = 0.05
 MAX_POLL_INTERVAL_S = 0.5

@@ -27,8 +27,8 @@ from typing import Any
 
 from compute.errors import JobNotFoundError
 from compute.model import JobSpec, JobStatus
-from compute.procs import hostname, pid_alive
 from store.errors import InvalidArgumentError
+from store.processes import hostname, pid_alive
 
 LAKEFS_SCHEME = "lakefs://"
 

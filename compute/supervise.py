@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from compute import machine
 from compute.leases import Ledger
 from compute.model import JobSpec, JobStatus
-from compute.procs import hostname
 from compute.state import JobFolder, StatusRecord
+from store.processes import hostname
 
 if TYPE_CHECKING:
     import subprocess

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from store import processes
 from store.errors import BranchNotFoundError, PermissionDeniedError
 from store.names import MAX_BRANCH
 
@@ -160,38 +161,7 @@ def _tag(text: str) -> str:
 def _running_since(pid: int, created: float) -> bool:
     """Whether process ``pid`` is alive (not a zombie) and started no later than ``created``
     (when its start time cannot be read, alive is enough: the branch is then kept)."""
-    if pid <= 0:
+    if not processes.pid_alive(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    fields = _proc_stat(pid)
-    if fields is None:
-        return True
-    if fields[0] in ("Z", "X"):
-        return False
-    started = _start_time(fields)
+    started = processes.start_time(pid)
     return started is None or started <= created + START_SLACK_S
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """``/proc/<pid>/stat`` after the command name (which may itself hold ')'), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].decode().split()
-    except (OSError, IndexError, UnicodeDecodeError):
-        return None
-
-
-def _start_time(fields: list[str]) -> float | None:
-    """A process's start time in unix seconds from its ``/proc`` stat fields, or None."""
-    try:
-        ticks = int(fields[19])
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None

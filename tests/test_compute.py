@@ -22,13 +22,13 @@ import compute
 import store
 from compute.backends import local_forkserver
 from compute.leases import Ledger
-from compute.procs import pid_alive
 from store.errors import (
     InvalidArgumentError,
     InvalidNameError,
     NotInstalledError,
     RefNotFoundError,
 )
+from store.processes import pid_alive
 from tracking import layout
 
 JOB_WAIT_S = 90

@@ -31,7 +31,7 @@ from test_compute import (
 
 import compute
 import store
-from compute.procs import pid_alive
+from store.processes import pid_alive
 from tracking import layout
 
 

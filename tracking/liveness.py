@@ -7,9 +7,10 @@ anywhere, a heartbeat older than :data:`STALE_AFTER` heartbeat intervals means `
 
 from __future__ import annotations
 
-import os
 import socket
 from datetime import datetime
+
+from store.processes import pid_alive
 
 #: A running run whose heartbeat is older than this many intervals shows as stale.
 STALE_AFTER = 3.0
@@ -33,22 +34,3 @@ def effective_status(
     if (now - heartbeat).total_seconds() > STALE_AFTER * heartbeat_interval:
         return "stale"
     return "running"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host and is not a zombie."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            # The state follows the parenthesised command name, which may itself hold ')'.
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        return state not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True

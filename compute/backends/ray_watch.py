@@ -406,6 +406,6 @@ def _await_exit(started: dict[str, Any]) -> None:
 
 
 def _alive(pid: int) -> bool:
-    from compute.procs import pid_alive
+    from store.processes import pid_alive
 
     return pid_alive(pid)
