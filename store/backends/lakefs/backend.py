@@ -426,44 +426,10 @@ class LakeFSBackend(Backend):
         metadata: dict[str, str],
         committer: str,
         guard: Collection[str] = (),
-    ) -> Commit:
-        return self._merge(source, dest_branch, strategy, message, metadata, committer, guard)
-
-    def merge_attested(
-        self,
-        source: str,
-        dest_branch: str,
-        strategy: MergeStrategy | None,
-        message: str,
-        metadata: dict[str, str],
-        committer: str,
-        guard: Collection[str] = (),
-    ) -> Commit:
-        """:meth:`merge`, carrying the gate attestation the server's gate hook checks.
-
-        Only :mod:`store.policy.enforce` calls this, once every gate held on the source commit;
-        the attestation covers the commit lakeFS actually merges (see
-        :mod:`store.backends.lakefs.gatehook`). Without ``FLOWLAKE_GATE_KEY`` it is :meth:`merge`.
-        """
-        return self._merge(
-            source, dest_branch, strategy, message, metadata, committer, guard, attest=True
-        )
-
-    def install_gate_hook(self, wait: bool = True) -> str | None:
-        """Install the server-side gate hook on the default branch (:func:`gatehook.install`)."""
-        return gatehook.install(self._sdk, self.repository, self.default_branch, wait)
-
-    def _merge(
-        self,
-        source: str,
-        dest_branch: str,
-        strategy: MergeStrategy | None,
-        message: str,
-        metadata: dict[str, str],
-        committer: str,
-        guard: Collection[str],
+        *,
         attest: bool = False,
     ) -> Commit:
+        """See :meth:`Backend.merge`; ``attest``: only through :meth:`merge_attested`."""
         if strategy is not None and strategy not in MERGE_STRATEGIES:
             raise InvalidArgumentError(
                 f"unknown merge strategy {strategy!r}; use one of {', '.join(MERGE_STRATEGIES)}"
@@ -488,6 +454,30 @@ class LakeFSBackend(Backend):
             if guarded is not None:
                 self.delete_branch(guarded)
         return self.get_commit(result.reference)
+
+    def merge_attested(
+        self,
+        source: str,
+        dest_branch: str,
+        strategy: MergeStrategy | None,
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+        guard: Collection[str] = (),
+    ) -> Commit:
+        """:meth:`merge`, carrying the gate attestation the server's gate hook checks.
+
+        Only :mod:`store.policy.enforce` calls this, once every gate held on the source commit;
+        the attestation covers the commit lakeFS actually merges (see
+        :mod:`store.backends.lakefs.gatehook`). Without ``FLOWLAKE_GATE_KEY`` it is :meth:`merge`.
+        """
+        return self.merge(
+            source, dest_branch, strategy, message, metadata, committer, guard, attest=True
+        )
+
+    def install_gate_hook(self, wait: bool = True) -> str | None:
+        """Install the server-side gate hook on the default branch (:func:`gatehook.install`)."""
+        return gatehook.install(self._sdk, self.repository, self.default_branch, wait)
 
     def _guarded_source(
         self, source: str, dest_branch: str, guard: set[str], text: str, meta: dict[str, str]
