@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import io
 import json
 import os
 import pickle
@@ -27,9 +26,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from compute.code import checkout_dir
+from compute.forked import redirect_to_log, run_then_exit
 from compute.inside import JobContext, activate
 from compute.model import PYTHON_NAMES, JobSpec
 from compute.state import JobFolder, write_atomic
@@ -290,7 +290,9 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
     return 0
 
 
-def run_forked(job_dir: str, attempt: int, offset: int, log_fd: int, env: dict[str, str]) -> None:
+def run_forked(
+    job_dir: str, attempt: int, offset: int, log_fd: int, env: dict[str, str]
+) -> NoReturn:
     """Run one attempt in a child forked from the supervisor, which has this module imported
     already; never returns.
 
@@ -298,36 +300,17 @@ def run_forked(job_dir: str, attempt: int, offset: int, log_fd: int, env: dict[s
     job's log as stdout and stderr (unbuffered, as ``PYTHONUNBUFFERED`` gives a fresh
     interpreter), and ``env`` as its environment.
     """
-    code = 1
-    try:
+
+    def child() -> int:
         os.setpgid(0, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        os.close(log_fd)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
-        sys.stdout = io.TextIOWrapper(
-            io.FileIO(1, "w", closefd=False), write_through=True, errors="backslashreplace"
-        )
-        sys.stderr = io.TextIOWrapper(
-            io.FileIO(2, "w", closefd=False), write_through=True, errors="backslashreplace"
-        )
+        redirect_to_log(log_fd)
         os.environ.clear()
         os.environ.update(env)
         code = main(job_dir, attempt, offset)
         _exit_as_an_interpreter_does()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # the child must never return into the supervisor's code
-        import traceback
+        return code
 
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+    run_then_exit(child)
 
 
 def _exit_as_an_interpreter_does() -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import signal
@@ -32,11 +31,11 @@ import struct
 import subprocess
 import sys
 import tempfile
-import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from compute.errors import ComputeError
+from compute.forked import redirect_to_log, run_then_exit
 from compute.machine import Capacity
 
 #: Seconds a server waits for a request before it exits.
@@ -74,7 +73,7 @@ def _preloaded_files() -> list[Path]:
     package = Path(compute.__file__).parent
     files = sorted(package.glob("*.py")) + sorted((package / "backends").glob("*.py"))
     root = Path(store.__file__).parent
-    return [*files, root / "__init__.py", root / "errors.py"]
+    return [*files, *(root / name for name in ("__init__.py", "errors.py", "processes.py"))]
 
 
 def server_key() -> str:
@@ -229,23 +228,16 @@ def _serve_one(listener: socket.socket, conn: socket.socket) -> None:
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 
 
-def _run_supervisor(request: dict[str, Any]) -> None:
+def _run_supervisor(request: dict[str, Any]) -> NoReturn:
     """In the forked child: become the submitter's detached supervisor; never returns."""
-    code = 1
-    try:
+
+    def supervisor() -> int:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the supervisor waits for its attempts
         os.setsid()
         os.umask(int(request["umask"]))
         job_dir = Path(request["job_dir"])
         log = os.open(job_dir / "supervisor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
-        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+        redirect_to_log(log)
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -255,15 +247,9 @@ def _run_supervisor(request: dict[str, Any]) -> None:
 
         capacity = Capacity.from_json(request["capacity"])
         final = supervise(str(job_dir), fork=True, capacity=capacity)
-        code = 0 if final.status == JobStatus.SUCCEEDED.value else 1
-    except BaseException:  # the child must never return into the server's loop
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-    finally:
-        with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+        return 0 if final.status == JobStatus.SUCCEEDED.value else 1
+
+    run_then_exit(supervisor)
 
 
 if __name__ == "__main__":
