@@ -80,7 +80,8 @@ def submit(
         ResourceError: negative resources, or more than the machine or cluster has.
         RefNotFoundError: ``input_ref`` does not exist.
         InvalidNameError: a malformed ``output_branch``.
-        NotInstalledError: the backend's extra is missing.
+        NotInstalledError: the backend's extra is missing, or (local backend) ``environment``
+            names packages and uv is not installed.
         PolicyLimitError: the job asks for more than the lake's perimeter allows (GPUs, CPUs,
             memory, a package index or image registry), see docs/policy.md.
         UnsupportedOperationError: the environment names a container image.
@@ -122,6 +123,10 @@ def submit(
         raise InvalidArgumentError("address= is for the ray backend")
     executor = load_executor(backend, **options)
     executor.check(resources)
+    if not environment.is_default and backend == "local":
+        from compute.envs import uv_binary
+
+        uv_binary()  # a missing uv is refused here, before anything is created
     input_commit = lake.resolve(input_ref)
     job_id = uuid.uuid4().hex
     target = output_branch or f"job-{job_id[:12]}"

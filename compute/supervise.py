@@ -63,14 +63,10 @@ def supervise(
         python = sys.executable
         if not spec.environment.is_default:
             from compute.envs import ensure
-            from compute.errors import EnvironmentBuildError
 
             with open(folder.log_file, "ab") as log:
                 log.write(b"[flowlake] preparing the environment\n")
-            try:
-                python = str(ensure(spec.environment))
-            except EnvironmentBuildError as exc:
-                return _final(folder, record, JobStatus.FAILED, error=str(exc))
+            python = str(ensure(spec.environment))
         fork = fork and python == sys.executable
         if fork:
             import compute.runner  # noqa: F401 - loaded once, before the job waits for a lease
@@ -105,6 +101,13 @@ def supervise(
             with open(folder.log_file, "ab") as log:
                 log.write(f"[flowlake] attempt {attempt} failed; retrying\n".encode())
         raise AssertionError("unreachable")
+    except Exception as exc:
+        # Whatever stops the supervisor itself (no uv, a broken environment, a full disk) ends
+        # the job failed with the reason where users look: status, job log, wait().
+        error = str(exc) or type(exc).__name__
+        with contextlib.suppress(OSError), open(folder.log_file, "ab") as log:
+            log.write(f"[flowlake] failed: {error}\n".encode())
+        return _final(folder, record, JobStatus.FAILED, error=error)
     finally:
         if ledger is not None:
             ledger.release(spec.job_id)

@@ -143,7 +143,12 @@ def _finish(job: compute.Job, console: Console, as_json: bool) -> None:
             )
         )
     if status is not compute.JobStatus.SUCCEEDED:
-        render.error_line(f"job {job.id[:12]} {status.value}: {record.error or ''}")
+        reason = record.error or (
+            "its supervisor process died"
+            if status is compute.JobStatus.KILLED
+            else "no reason recorded"
+        )
+        render.error_line(f"job {job.id[:12]} {status.value}: {reason}")
         raise typer.Exit(1)
 
 
