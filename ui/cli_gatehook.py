@@ -52,9 +52,9 @@ def install_command(
     itself is the first merge the hook checks, so a missing or different key is refused and
     nothing changes. It needs the right to change main (the production perimeter).
     """
-    from store.backends.lakefs import gatehook
-
     with _open(lake, perimeter) as opened:
+        from store.backends.lakefs import gatehook  # only once the lake is known to be lakeFS
+
         commit = gatehook.install_on(opened)
     if as_json:
         render.emit_json({"installed": True, "changed": commit is not None, "commit": commit})
@@ -74,9 +74,9 @@ def status_command(
     as_json: JsonOption = False,
 ) -> None:
     """Whether main holds the gate hook, and whether FLOWLAKE_GATE_KEY is set here."""
-    from store.backends.lakefs import gatehook
-
     with _open(lake, perimeter) as opened:
+        from store.backends.lakefs import gatehook  # only once the lake is known to be lakeFS
+
         installed = gatehook.installed_on(opened)
     key_set = bool(os.environ.get(gatehook.CLIENT_KEY_ENV))
     if as_json:
