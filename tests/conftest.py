@@ -118,6 +118,15 @@ def lake_access(
     return LakeAccess(lake.location, env)
 
 
+@pytest.fixture
+def declared_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private lease ledger and a declared machine (4 GPUs, 8 CPUs), so compute tests never
+    see each other's jobs nor depend on this machine's hardware."""
+    monkeypatch.setenv("FLOWLAKE_LEASE_DIR", str(tmp_path / "leases"))
+    monkeypatch.setenv("FLOWLAKE_GPUS", "0,1,2,3")
+    monkeypatch.setenv("FLOWLAKE_CPUS", "8")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[object]:
     """One real local Ray instance per session, with 4 declared (fake) GPUs and 2 CPUs."""

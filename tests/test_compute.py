@@ -37,12 +37,7 @@ JOB_WAIT_S = 90
 ENV_JOB_WAIT_S = 600
 
 
-@pytest.fixture(autouse=True)
-def _machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A private lease ledger and a declared machine, so tests never see each other's jobs."""
-    monkeypatch.setenv("FLOWLAKE_LEASE_DIR", str(tmp_path / "leases"))
-    monkeypatch.setenv("FLOWLAKE_GPUS", "0,1,2,3")
-    monkeypatch.setenv("FLOWLAKE_CPUS", "8")
+pytestmark = pytest.mark.usefixtures("declared_machine")
 
 
 def _seed(lake: store.Lake, text: bytes = b"v1") -> str:

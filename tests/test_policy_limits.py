@@ -51,11 +51,7 @@ max_gpus = 0
 """
 
 
-@pytest.fixture(autouse=True)
-def _machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLOWLAKE_LEASE_DIR", str(tmp_path / "leases"))
-    monkeypatch.setenv("FLOWLAKE_GPUS", "0,1,2,3")
-    monkeypatch.setenv("FLOWLAKE_CPUS", "8")
+pytestmark = pytest.mark.usefixtures("declared_machine")
 
 
 def limited(lake: store.Lake, access: object) -> store.Lake:
