@@ -344,7 +344,7 @@ def test_help_lists_every_command_on_one_line() -> None:
 def test_demo_tells_the_story_and_leaves_the_lake_in_its_final_state(tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     path = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--path", str(path)], env={"COLUMNS": "250"})
+    result = CliRunner().invoke(app, ["demo", "--path", str(path)], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     for beat in ("dana", "avery", "blake", "experiment runs", "promotion gate", "model-v1"):
         assert beat in result.stdout

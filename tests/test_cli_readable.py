@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+import compute
 import store
+from compute.backends.local import LocalExecutor
 from ui.cli import app
 
 
@@ -24,3 +27,27 @@ def test_gate_hook_on_an_embedded_lake_says_it_is_not_lakefs_even_without_lakefs
     assert "is not a lakeFS lake" in result.output
     assert "Traceback" not in result.output and "lakefs_sdk" not in result.output
     assert len(result.output.strip().splitlines()) <= 3  # one message, however it wraps
+
+
+def noop() -> None:
+    return None
+
+
+def test_jobs_at_80_columns_shows_whole_ids_and_times(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(LocalExecutor, "launch", lambda self, folder, spec: None)
+    jobs = [
+        compute.submit(noop, lake=embedded_lake, name=f"a rather long job name number {i}")
+        for i in range(2)
+    ]
+    result = CliRunner().invoke(
+        app, ["jobs", "--lake", str(embedded_lake.location)], env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for job in jobs:
+        assert any(job.id[:12] in line for line in lines), result.stdout
+        submitted = datetime.fromtimestamp(job.spec.submitted_at, UTC)
+        assert any(f"{submitted:%Y-%m-%d %H:%M:%S}" in line for line in lines), result.stdout

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -197,9 +198,18 @@ def jobs_command(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"jobs on {lake}", title_justify="left")
+    table = Table(
+        title=f"jobs on {lake}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
     for column in ("id", "name", "status", "backend", "resources", "input", "run", "submitted"):
-        table.add_column(column, overflow="fold")
+        if column in ("id", "status", "backend", "run", "submitted"):
+            render.unbroken_column(table, column)
+        else:
+            table.add_column(column, overflow="fold")
     for row in rows:
         res = row["resources"]
         table.add_row(
@@ -212,7 +222,7 @@ def jobs_command(
             (row["run_id"] or "")[:12],
             row["submitted_at"][:19].replace("T", " "),
         )
-    Console().print(table)
+    render.stdout().print(table)
 
 
 def logs_command(

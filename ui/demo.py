@@ -235,12 +235,16 @@ def experiments(location: str, console: Console) -> list[Candidate]:
             candidates.append(Candidate(job.spec.output_branch, head, result))
     console.print(
         Text(
-            'The same jobs run on a Ray cluster with backend="ray" (address= or RAY_ADDRESS):\n'
-            f'  compute.submit(train_job, {{...}}, lake=lake, input_ref="{DATA_TAG}", '
-            'backend="ray")\n'
-            f"  flowlake run --backend ray --input {DATA_TAG} --branch exp -- python train.py",
+            'The same jobs run on a Ray cluster with backend="ray" (address= or RAY_ADDRESS):',
             style="cyan",
         )
+    )
+    render.command_line(
+        console,
+        f'compute.submit(train_job, {{...}}, lake=lake, input_ref="{DATA_TAG}", backend="ray")',
+    )
+    render.command_line(
+        console, f"flowlake run --backend ray --input {DATA_TAG} --branch exp -- python train.py"
     )
     return candidates
 
@@ -346,7 +350,7 @@ def epilogue(location: str, console: Console) -> None:
         f"{cli} diff main user:{RECIPES[-1].person}/{RECIPES[-1].branch} --lake {location}",
         f'{cli} sql --lake {location} "SELECT name, status FROM runs"',
     ):
-        console.print(Text(f"  {command}", style="cyan"))
+        render.command_line(console, command)
 
 
 def _cli_name() -> str:

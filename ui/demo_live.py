@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 DAYS = 14
 CASES_PER_DAY = 60
 STREAM_SEED = 7
+#: Simulated days of traffic replayed after the promotion, stamped with the time they are scored.
+AFTER_DAYS = 2
 TARGET = "benign"
 SEGMENT_COLUMN = "mean_radius"
 
@@ -84,7 +86,7 @@ def live_trial(
         )
         results = {}
         for name in names:
-            console.print(Text(f"\n$ {cli} compare {name} --lake {location}", style="cyan"))
+            render.command_line(console, f"{cli} compare {name} --lake {location}", "\n$ ")
             result = tracking.compare(lake, name)
             cli_deploy.print_comparison(result, console)
             results[name] = result
@@ -104,9 +106,33 @@ def live_trial(
             f"tagged {model_tag}; production now serves it",
         )
     )
+    after_promotion(location, [n for n in names if n != winner], model_dir, test_path, console)
     console.print(Text("Open the dashboard on this lake:", style="bold"))
-    console.print(Text(f"  {cli} ui --lake {location}", style="cyan"))
+    render.command_line(console, f"{cli} ui --lake {location}")
     return names[winner]
+
+
+def after_promotion(
+    location: str, others: list[str], model_dir: str, test_path: str, console: Console
+) -> None:
+    """Traffic after the promotion, as it arrives: production (now the winner's model) and the
+    candidates still live score the same cases. ``production`` in ``compare`` and in the gates
+    is the model it serves now, measured only since its promotion, so these are the numbers
+    any later promotion is held to."""
+    with store.open(location, namespace="production", user="ops") as lake:
+        production = tracking.deployment(lake, "production")
+        serving = [production, *(tracking.deployment(lake, name) for name in others)]
+        predictors = [_predictor(lake, d.commit, model_dir, test_path) for d in serving]
+        _replay(lake.read_table(test_path, "main"), serving, predictors, None, AFTER_DAYS)
+        for dep in serving:
+            dep.close()
+    since = production.deployed_at.isoformat(timespec="seconds") if production.deployed_at else ""
+    console.print(
+        f"since the promotion ({since}): {AFTER_DAYS * CASES_PER_DAY} more cases scored by "
+        f"production (main @ {render.short(production.commit)})"
+        + "".join(f" and by {name}" for name in others)
+        + "; later promotions are held to production's numbers from here on"
+    )
 
 
 def _gain(result: tracking.Comparison) -> float:
@@ -133,11 +159,17 @@ def _predictor(lake: store.Lake, commit: str, model_dir: str, test_path: str) ->
 
 
 def _replay(
-    cases: pa.Table, serving: list[tracking.Deployment], predictors: list[Any], start: datetime
+    cases: pa.Table,
+    serving: list[tracking.Deployment],
+    predictors: list[Any],
+    start: datetime | None,
+    days: int = DAYS,
 ) -> None:
-    rng = np.random.default_rng(STREAM_SEED)
+    """Score ``days`` x :data:`CASES_PER_DAY` cases with every deployment: simulated days from
+    ``start``, or (start None) stamped as they are scored, now."""
+    rng = np.random.default_rng(STREAM_SEED if start is not None else STREAM_SEED + 1)
     median = float(np.median(cases[SEGMENT_COLUMN].to_numpy()))
-    for day in range(DAYS):
+    for day in range(days):
         picked = cases.take(rng.integers(0, cases.num_rows, CASES_PER_DAY))
         labels = picked[TARGET].to_numpy()
         segments = np.where(picked[SEGMENT_COLUMN].to_numpy() > median, "large", "small")
@@ -145,7 +177,7 @@ def _replay(
         for dep, predict in zip(serving, predictors, strict=True):
             predicted = predict(picked)
             for i in range(CASES_PER_DAY):
-                stamp = start + timedelta(days=day, seconds=float(arrivals[i]))
+                stamp = start + timedelta(days=day, seconds=float(arrivals[i])) if start else None
                 dep.log_metrics(
                     {
                         "accuracy": float(predicted[i] == labels[i]),

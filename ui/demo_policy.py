@@ -72,12 +72,11 @@ def ci_policy(location: str, console: Console, cli: str) -> Iterator[None]:
     with store.open(location, user=ADMIN, perimeter="production") as lake:
         secret, record = api.create_token(lake, "ci", "production", "30d", CI_SCOPES)
     scopes = " ".join(f"--scope {scope}" for scope in CI_SCOPES)
-    console.print(
-        Text(
-            f"$ FLOWLAKE_USER={ADMIN} FLOWLAKE_PERIMETER=production {cli} token create "
-            f"--name ci --perimeter production --expires 30d {scopes} --lake {location}",
-            style="cyan",
-        )
+    render.command_line(
+        console,
+        f"FLOWLAKE_USER={ADMIN} FLOWLAKE_PERIMETER=production {cli} token create "
+        f"--name ci --perimeter production --expires 30d {scopes} --lake {location}",
+        prefix="$ ",
     )
     console.print(
         f"token {record.name} for perimeter {record.perimeter} with scopes "
@@ -110,10 +109,8 @@ def refused_and_audited(
         for candidate in candidates:
             if promoted is not None and candidate.branch == promoted.branch:
                 continue
-            console.print(
-                Text(
-                    f"$ {cli} merge {candidate.branch} --into main --lake {location}", style="cyan"
-                )
+            render.command_line(
+                console, f"{cli} merge {candidate.branch} --into main --lake {location}", "$ "
             )
             try:
                 lake.merge(candidate.branch, into="main")
@@ -122,7 +119,7 @@ def refused_and_audited(
                     console.print(Text(f"refused: {failure}", style="red"))
             else:  # pragma: no cover - the demo's numbers make the loser fail
                 console.print(Text(f"{candidate.branch} passed every gate", style="yellow"))
-        console.print(Text(f"\n$ {cli} audit --verify --lake {location}", style="cyan"))
+        render.command_line(console, f"{cli} audit --verify --lake {location}", "\n$ ")
         log = Table(box=None, show_header=False, pad_edge=False)
         log.add_column("seq", justify="right", no_wrap=True)
         log.add_column("actor", no_wrap=True)

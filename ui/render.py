@@ -39,6 +39,18 @@ def error_line(message: str) -> None:
     stderr().print(Text(f"error: {one_line}", style="bold red"))
 
 
+def command_line(console: Console, command: str, prefix: str = "  ") -> None:
+    """Print a shell command for the user to paste: one line, never broken by rich (a
+    terminal soft-wraps it, so a copy is still the whole command)."""
+    console.print(Text(f"{prefix}{command}", style="cyan"), soft_wrap=True)
+
+
+def unbroken_column(table: Table, header: str, **options: Any) -> None:
+    """Add a column whose cells (ids, times) are never split across lines; the table's other
+    columns fold first when the output is narrow."""
+    table.add_column(header, no_wrap=True, **options)
+
+
 def emit_json(data: Any) -> None:
     """Print ``data`` as strict JSON on standard output, unstyled so scripts can parse it.
 
@@ -151,8 +163,10 @@ def change_json(change: Change) -> dict[str, str]:
 def branches_table(branches: Iterable[BranchInfo], namespace: str) -> Table:
     """Branches with their heads; the current namespace's are bold."""
     table = Table(title="branches", title_justify="left")
-    for column in ("branch", "namespace", "head", "protected"):
-        table.add_column(column)
+    unbroken_column(table, "branch")
+    table.add_column("namespace", overflow="fold")
+    unbroken_column(table, "head")
+    table.add_column("protected")
     for info in branches:
         style = "bold" if info.namespace == namespace else ""
         table.add_row(
@@ -167,10 +181,10 @@ def branches_table(branches: Iterable[BranchInfo], namespace: str) -> Table:
 def objects_table(objects: Iterable[ObjectInfo], ref: str) -> Table:
     """Objects at a ref with sizes, checksums and write times."""
     table = Table(title=f"objects at {ref}", title_justify="left")
-    table.add_column("path")
+    table.add_column("path", overflow="fold")
     table.add_column("size", justify="right")
-    table.add_column("checksum")
-    table.add_column("written (UTC)")
+    unbroken_column(table, "checksum")
+    unbroken_column(table, "written (UTC)")
     for info in objects:
         table.add_row(
             Text(info.path), human_size(info.size), short(info.checksum), _when(info.mtime)
