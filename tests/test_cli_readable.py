@@ -5,8 +5,11 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import click
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import compute
@@ -51,3 +54,26 @@ def test_jobs_at_80_columns_shows_whole_ids_and_times(
         assert any(job.id[:12] in line for line in lines), result.stdout
         submitted = datetime.fromtimestamp(job.spec.submitted_at, UTC)
         assert any(f"{submitted:%Y-%m-%d %H:%M:%S}" in line for line in lines), result.stdout
+
+
+def _command_paths(group: Any, ctx: click.Context, prefix: list[str]) -> list[list[str]]:
+    paths = [prefix]
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if hasattr(command, "list_commands"):  # a group (typer's is no click.Group)
+            paths += _command_paths(command, ctx, [*prefix, name])
+        elif command is not None:
+            paths.append([*prefix, name])
+    return paths
+
+
+def test_help_shows_no_value_placeholder_after_flags_but_keeps_it_for_options() -> None:
+    root = typer.main.get_command(app)
+    paths = _command_paths(root, click.Context(root), [])
+    assert len(paths) > 20
+    for path in paths:
+        result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "120"})
+        assert result.exit_code == 0, (path, result.output)
+        assert "<bool>" not in result.stdout, (path, result.stdout)
+    gc_help = CliRunner().invoke(app, ["gc", "--help"], env={"COLUMNS": "120"}).stdout
+    assert "<str>" in gc_help  # --retention still says it takes a value

@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 import store
 from store.errors import LakeNotFoundError, StoreError
 from store.model import MergeStrategy
+from ui import help as _help  # noqa: F401 - flags show no <bool> in --help
 from ui import render
 from ui.cli_compute import register as register_compute
 from ui.cli_data import cat_command, get_command, ls_command, put_command
