@@ -386,9 +386,34 @@ def test_cli_runs_compact_dry_run_then_compacts_and_refuses_unknown_branches(
     assert len(_metric_parts(lake, exp.name, run_id)) == 2
     done = cli.invoke(app, ["runs", "compact", "--branch", "exp", *where])
     assert done.exit_code == 0, done.output
-    assert "compacted: 2 part(s) of 1 run(s)" in done.output
+    assert "compacted: 1 run(s) on 1 branch(es)" in done.output
     assert _metric_parts(lake, exp.name, run_id) == ["part-00000000-00000001.parquet"]
     listed = cli.invoke(app, ["runs", "--json", *where])
     assert listed.exit_code == 0 and json.loads(listed.output)[0]["run_id"] == run_id
     bad = cli.invoke(app, ["runs", "compact", "--branch", "nope", *where])
     assert bad.exit_code == 1 and "nope" in bad.output
+
+
+def test_cli_runs_compact_counts_a_run_once_across_its_branches_and_says_when_nothing_is_left(
+    embedded_lake: store.Lake,
+) -> None:
+    from typer.testing import CliRunner
+
+    from ui.cli import app
+
+    lake = embedded_lake
+    exp = lake.branch("exp", source="main")
+    _finished_runs(lake, exp.name, runs=2, parts=2)
+    where = ["--lake", lake.location]
+    cli = CliRunner()
+    planned = json.loads(cli.invoke(app, ["runs", "compact", "--dry-run", "--json", *where]).stdout)
+    with_runs = [c for c in planned if c["runs"]]
+    assert len(with_runs) > 1  # the target branch and the runs' own branches
+    done = cli.invoke(app, ["runs", "compact", *where], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    assert f"compacted: 2 run(s) on {len(with_runs)} branch(es)" in done.stdout
+    for c in with_runs:
+        assert c["branch"] in done.stdout
+    again = cli.invoke(app, ["runs", "compact", *where])
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip() == "nothing to compact"

@@ -19,6 +19,7 @@ import pyarrow as pa
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 import store
 import tracking
@@ -214,14 +215,23 @@ def compact_command(
     if as_json:
         render.emit_json([dataclasses.asdict(c) for c in done])
         return
+    shown = [c for c in done if c.runs or c.skipped or c.left_alone]
+    if not shown:
+        render.stdout().print(Text("nothing to compact"))
+        return
+    # A run's parts are on its run branch and on the branch it was merged into: each branch is
+    # compacted on its own (its own row), but a run is counted once.
+    runs = {r.run_id for c in done for r in c.runs}
+    branches = sum(1 for c in done if c.runs)
     out = Table(
-        title=f"{'would compact' if dry_run else 'compacted'}: "
-        f"{sum(c.parts for c in done)} part(s) of {sum(len(c.runs) for c in done)} run(s)",
+        title=f"{'would compact' if dry_run else 'compacted'}: {len(runs)} run(s) on "
+        f"{branches} branch(es)",
         title_justify="left",
     )
-    for column in ("branch", "runs", "parts", "points", "commit", "left alone"):
+    render.unbroken_column(out, "branch")
+    for column in ("runs", "parts", "points", "commit", "left alone"):
         out.add_column(column, overflow="fold")
-    for c in done:
+    for c in shown:
         skipped = [f"{run_id[:8]}: {why}" for run_id, why in c.skipped]
         out.add_row(
             c.branch,
