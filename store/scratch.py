@@ -41,6 +41,10 @@ _SCRATCH = re.compile(
 START_SLACK_S = 2.0
 
 
+#: Why :func:`kept_because` keeps a branch made less than the retention ago.
+YOUNGER = "younger than the retention"
+
+
 @dataclass(frozen=True)
 class ScratchOwner:
     """The process that made a scratch branch.
@@ -104,15 +108,26 @@ def abandoned(owner: ScratchOwner, grace: timedelta, now: float | None = None) -
     started after the branch was made (the id was reused). An owner on another host is never
     provably over: its branch is kept.
     """
+    return kept_because(owner, grace, now) is None
+
+
+def kept_because(
+    owner: ScratchOwner | None, grace: timedelta, now: float | None = None
+) -> str | None:
+    """Why a scratch branch made by ``owner`` is kept (a phrase such as ``"younger than the
+    retention"``), or None when its transaction is provably over and older than ``grace``
+    (see :func:`abandoned`)."""
+    if owner is None:
+        return "no owner in its name (an older flowlake made it)"
     now = time.time() if now is None else now
     if now - owner.created < grace.total_seconds():
-        return False
+        return YOUNGER
     host, boot = _this_machine()
     if owner.host != host:
-        return False
+        return "made on another host"
     if owner.boot != boot:
-        return True
-    return not _running_since(owner.pid, owner.created)
+        return None
+    return "its process is alive" if _running_since(owner.pid, owner.created) else None
 
 
 def reclaim(lake: Lake, grace: timedelta) -> list[ScratchBranch]:

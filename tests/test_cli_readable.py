@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,3 +78,30 @@ def test_help_shows_no_value_placeholder_after_flags_but_keeps_it_for_options() 
         assert "<bool>" not in result.stdout, (path, result.stdout)
     gc_help = CliRunner().invoke(app, ["gc", "--help"], env={"COLUMNS": "120"}).stdout
     assert "<str>" in gc_help  # --retention still says it takes a value
+
+
+def test_gc_says_how_many_scratch_branches_it_kept_and_why_and_lists_them_whole(
+    embedded_lake: store.Lake,
+) -> None:
+    lake = embedded_lake
+    where = ["--lake", str(lake.location)]
+    older = lake.branch("exp-tx-0123456789ab")  # the name form before owners were recorded
+    with lake.branch("exp").transact("live") as tx:
+        tx.write_bytes("a.txt", b"1")
+        default = CliRunner().invoke(app, ["gc", *where])
+        assert default.exit_code == 0, default.output
+        assert (
+            "deleted 0 scratch branches of dead transactions; kept 2 (no owner in its name "
+            "(an older flowlake made it): 1, younger than the retention 6h: 1)"
+        ) in " ".join(default.stdout.split())
+        now = CliRunner().invoke(app, ["gc", "--retention", "0", "--json", *where])
+        assert now.exit_code == 0, now.output
+        assert json.loads(now.stdout)["scratch_branches_kept"] == {
+            older.name: "no owner in its name (an older flowlake made it)",
+            tx.name: "its process is alive",
+        }
+        listed = CliRunner().invoke(
+            app, ["branch", "list", "--include-scratch", *where], env={"COLUMNS": "80"}
+        )
+        assert listed.exit_code == 0, listed.output
+        assert any(tx.name.rpartition("/")[2] in line for line in listed.stdout.splitlines())

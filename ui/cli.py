@@ -6,6 +6,7 @@ Store errors become one red line on standard error and exit status 1; bad usage 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -408,18 +409,26 @@ def gc_command(
     (lakeFS collects objects itself).
     """
     from store.backend import CAP_GC
+    from store.scratch import YOUNGER, kept_because, parse
 
     window = parse_retention(retention)
     with open_lake(lake, None) as opened:
         dropped = [s.name for s in opened.reclaim_transactions(window)]
         collects = CAP_GC in opened.backend.capabilities
         removed = opened.gc(window, exclusive_objects=exclusive_objects) if collects else None
+        kept = {}
+        for info in opened.branches(all_namespaces=True, include_scratch=True):
+            found = parse(info.name)
+            if found is not None and info.name not in dropped:
+                why = kept_because(found.owner, window)
+                kept[info.name] = why or "this user may not delete it"
     if as_json:
         render.emit_json(
             {
                 "removed": removed,
                 "retention_seconds": window.total_seconds(),
                 "scratch_branches_deleted": dropped,
+                "scratch_branches_kept": kept,
             }
         )
         return
@@ -427,7 +436,19 @@ def gc_command(
         render.stdout().print(Text("objects: this backend collects its garbage itself"))
     else:
         render.stdout().print(Text(f"removed {removed} unreachable objects"))
-    render.stdout().print(Text(f"deleted {len(dropped)} scratch branches of dead transactions"))
+    line = f"deleted {len(dropped)} scratch branches of dead transactions"
+    if kept:
+        reasons = Counter(kept.values())
+        line += (
+            f"; kept {len(kept)} ("
+            + ", ".join(
+                (f"younger than the retention {retention}" if why == YOUNGER else why)
+                + f": {count}"
+                for why, count in sorted(reasons.items())
+            )
+            + ")"
+        )
+    render.stdout().print(Text(line))
 
 
 # -- demo --------------------------------------------------------------------------------------

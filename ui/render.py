@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -162,11 +163,19 @@ def change_json(change: Change) -> dict[str, str]:
 
 def branches_table(branches: Iterable[BranchInfo], namespace: str) -> Table:
     """Branches with their heads; the current namespace's are bold."""
-    table = Table(title="branches", title_justify="left")
+    table = Table(
+        title="branches",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    # A scratch branch's name is 60-odd characters: in 80 columns the other columns give way.
     unbroken_column(table, "branch")
     table.add_column("namespace", overflow="fold")
-    unbroken_column(table, "head")
-    table.add_column("protected")
+    table.add_column("head", overflow="ellipsis")
+    table.add_column("protected", overflow="fold")
     for info in branches:
         style = "bold" if info.namespace == namespace else ""
         table.add_row(
