@@ -16,15 +16,16 @@ from typing import Any
 from typer import rich_utils
 from typer.core import TyperOption
 
-_display_type_rich = TyperOption.display_type_rich
-_make_command_help = rich_utils._make_command_help
+# Private parts of typer: a typer without them keeps its own help rather than failing to start.
+_display_type_rich = getattr(TyperOption, "display_type_rich", None)
+_make_command_help = getattr(rich_utils, "_make_command_help", None)
 
 
 def _display_type_rich_without_flags(self: TyperOption, ctx: Any) -> str | None:
     """The option's type as rich help shows it; None (nothing shown) for flags and counters."""
     if self.is_flag or self.count:
         return None
-    return _display_type_rich(self, ctx)
+    return _display_type_rich(self, ctx)  # type: ignore[misc]
 
 
 def reflow(paragraph: str) -> str:
@@ -42,9 +43,11 @@ def _fix_linebreaks(paragraphs: list[str], markup_mode: Any) -> str:
 
 def _command_help(*, help_text: str, markup_mode: Any) -> Any:
     first, *_ = inspect.cleandoc(help_text).split("\n\n")
-    return _make_command_help(help_text=reflow(first), markup_mode=markup_mode)
+    return _make_command_help(help_text=reflow(first), markup_mode=markup_mode)  # type: ignore[misc]
 
 
-TyperOption.display_type_rich = _display_type_rich_without_flags  # type: ignore[method-assign]
-rich_utils._fix_linebreaks = _fix_linebreaks
-rich_utils._make_command_help = _command_help
+if _display_type_rich is not None:
+    TyperOption.display_type_rich = _display_type_rich_without_flags  # type: ignore[method-assign]
+if _make_command_help is not None and hasattr(rich_utils, "_fix_linebreaks"):
+    rich_utils._fix_linebreaks = _fix_linebreaks
+    rich_utils._make_command_help = _command_help
