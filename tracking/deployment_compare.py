@@ -155,11 +155,16 @@ def compare(
 ) -> Comparison:
     """Compare deployment ``name`` against ``baseline`` over the window both were live.
 
+    ``production`` means the model production serves now: its window starts at the latest
+    promotion into ``main`` (:func:`tracking.deployment_registry.serving_since`), so the
+    measurements of a model it served before are never compared. Right after a promotion
+    production has no points yet, and every metric is ``not enough data``.
+
     Args:
         lake: the lake.
         name: the candidate deployment.
         baseline: the deployment to compare against (default ``production``).
-        metrics: the metrics to compare (default: every metric either side logged).
+        metrics: the metrics to compare (default: every metric either side ever logged).
         since: compare only points from this time on.
         mode: ``sequential`` (always-valid confidence sequences; default, as people look every
             day) or ``fixed`` (Welch's t, valid for one look).
@@ -204,7 +209,15 @@ def compare(
         _build(con, lake, [cand.name, base.name])
         where, params = _where(start, end, metrics)
         aggregates = _aggregates(con, where, params)
-        names = sorted(metrics) if metrics is not None else sorted({k for _, k, _ in aggregates})
+        # Every metric either side ever logged, in the window or not: one with no points in
+        # it (production just promoted) is "not enough data", never silently left out.
+        names = (
+            sorted(metrics)
+            if metrics is not None
+            else [k for (k,) in con.execute(
+                "SELECT DISTINCT key FROM deployment_metrics ORDER BY key"
+            ).fetchall()]
+        )  # fmt: skip
         overall: list[dict[str, Any]] = []
         segments: list[dict[str, Any]] = []
         for metric in names:
@@ -259,10 +272,7 @@ def gate(comparison: Comparison) -> Gate:
         reasons.append("no metrics logged in the window")
     for row in comparison.metrics:
         if row.verdict == "not enough data":
-            reasons.append(
-                f"{row.metric}: not enough data ({row.n_baseline} baseline, "
-                f"{row.n_candidate} candidate points; {comparison.min_points} needed)"
-            )
+            reasons.append(f"{row.metric}: {shortfall(comparison, row)}")
     for row in comparison.regressions:
         where = f" in segment {row.segment}" if row.segment is not None else ""
         reasons.append(
@@ -270,6 +280,29 @@ def gate(comparison: Comparison) -> Gate:
             f"(adjusted p = {row.adjusted_p:.2g})"
         )
     return Gate(not reasons, tuple(reasons), comparison)
+
+
+def shortfall(comparison: Comparison, row: MetricComparison) -> str:
+    """Why ``row`` has no verdict: which side has too few points, naming the baseline's commit
+    and the time it has served since (for production: its latest promotion)."""
+    since = (
+        comparison.window_start.isoformat(timespec="seconds")
+        if comparison.window_start is not None
+        else "the beginning"
+    )
+    short = []
+    if row.n_baseline < comparison.min_points:
+        short.append(
+            f"{comparison.baseline} (serving {comparison.baseline_commit[:12]}) has "
+            f"{row.n_baseline} points since {since}"
+        )
+    if row.n_candidate < comparison.min_points:
+        short.append(f"{comparison.candidate} has {row.n_candidate} points since {since}")
+    return (
+        "not enough data: "
+        + ("; ".join(short) or f"{row.n_baseline} baseline, {row.n_candidate} candidate points")
+        + f"; {comparison.min_points} needed on each side"
+    )
 
 
 def check_promotion(

@@ -59,7 +59,9 @@ class DeploymentRecord:
             when the record was read.
         model: the model's object path at that commit, or None.
         user: who deployed it.
-        deployed_at: when it went live (UTC); None for production, live since the lake began.
+        deployed_at: when it went live (UTC). For production: when the model it serves now
+            went live, i.e. the latest promotion into ``main`` (:func:`serving_since`); None
+            when nothing was ever promoted (production has served ``main`` since the lake began).
         status: ``live``, ``promoted`` or ``retired``.
         ended_at: when it stopped being live (promoted or retired), else None.
         merge_commit: the commit on ``main`` that promoted it, if any.
@@ -360,7 +362,8 @@ def deployment(lake: Lake, name: str) -> Deployment:
         base = record or DeploymentRecord(
             layout.PRODUCTION, "main", main, None, lake.user, None, "live"
         )
-        record = replace(base, commit=main, status="live", ended_at=None, deployed_at=None)
+        since = serving_since(lake)
+        record = replace(base, commit=main, status="live", ended_at=None, deployed_at=since)
     if record is None:
         raise DeploymentNotFoundError(f"no deployment named {name!r} in this lake")
     return Deployment(lake, record)
@@ -405,6 +408,30 @@ def set_status(
     branch = lake.get_branch(f"production/{layout.branch_name(record.name)}")
     _write_record(branch, updated)
     return updated
+
+
+def serving_since(lake: Lake) -> datetime | None:
+    """When production started serving what it serves now: the time of the latest promotion
+    (a deployment recorded ``promoted`` with a merge commit), or None when none was ever
+    promoted.
+
+    Other merges into ``main`` (data, policy) do not restart production's window: production's
+    measurements are of the model it serves, and only a promotion changes that model.
+    """
+    latest: datetime | None = None
+    for info in lake.branches(all_namespaces=True):
+        if info.namespace != "production":
+            continue
+        name = layout.name_of_branch(info.name)
+        if name is None or name == layout.PRODUCTION:
+            continue
+        record = _read_record(lake, name)
+        if record is None or record.status != "promoted" or record.merge_commit is None:
+            continue
+        ended = _utc(record.ended_at) if record.ended_at is not None else None
+        if ended is not None and (latest is None or ended > latest):
+            latest = ended
+    return latest
 
 
 def live_window(record: DeploymentRecord, now: datetime) -> tuple[datetime | None, datetime]:

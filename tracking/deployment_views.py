@@ -114,7 +114,7 @@ def metrics_view(
 
 
 def _records(lake: Lake, found: list[DeploymentFiles], live: bool) -> pa.Table:
-    from tracking.deployment_registry import deployment
+    from tracking.deployment_registry import deployment, serving_since
 
     rows = []
     has_production = False
@@ -125,6 +125,7 @@ def _records(lake: Lake, found: list[DeploymentFiles], live: bool) -> pa.Table:
             if live and row["deployment"] == layout.PRODUCTION:
                 has_production = True
                 row["commit"] = lake.resolve("main")
+                row["deployed_at"] = serving_since(lake)  # the latest promotion, as deployment()
             rows.append({**_renamed(row), **source_row(item.source)})
     if live and not has_production:
         record = _renamed(deployment(lake, layout.PRODUCTION).record.to_row())

@@ -5,7 +5,9 @@ seed); every deployment scores each case with the model it serves, at the commit
 when the label arrives logs the outcome per day and per segment (tumour size: ``small`` or
 ``large``, split at the median radius). ``flowlake compare`` then judges each candidate against
 production with always-valid intervals, and the winner goes to ``main`` through the promotion
-gate (:func:`tracking.promote`).
+gate (:func:`tracking.promote`). Traffic then keeps arriving: production, now serving the winner,
+and the other candidates score more cases, and a later promotion is held to those numbers
+(production means the model it serves now, measured since its promotion).
 """
 
 from __future__ import annotations

@@ -350,6 +350,12 @@ class PolicyBackend:
             META_PRINCIPAL: self.identity.principal,
         }
 
+    def _committer(self, committer: str) -> str:
+        """Who a commit is by: the token's principal (``token:ci``) when a machine token acts,
+        whatever login the process runs under; else the committer given (the lake's user)."""
+        principal = self.identity.principal
+        return principal if principal.startswith("token:") else committer
+
     # -- reads -----------------------------------------------------------------------------------
 
     def stat(self, ref: str, path: str) -> ObjectInfo:
@@ -414,7 +420,9 @@ class PolicyBackend:
 
     def commit(self, branch: str, message: str, metadata: dict[str, str], committer: str) -> Commit:
         self.check_write(branch, "commit to")
-        return self._inner.commit(branch, message, self._metadata(metadata), committer)
+        return self._inner.commit(
+            branch, message, self._metadata(metadata), self._committer(committer)
+        )
 
     def commit_writes(
         self,
@@ -426,7 +434,7 @@ class PolicyBackend:
     ) -> Commit:
         self.check_write(branch, "commit to")
         return self._inner.commit_writes(
-            branch, items, message, self._metadata(metadata), committer
+            branch, items, message, self._metadata(metadata), self._committer(committer)
         )
 
     def merge(
@@ -441,6 +449,7 @@ class PolicyBackend:
     ) -> Commit:
         policy = self.check_write(dest_branch, "merge into", fresh=True)
         metadata = self._metadata(metadata)
+        committer = self._committer(committer)
         if dest_branch != self._inner.default_branch:
             return self._inner.merge(
                 source, dest_branch, strategy, message, metadata, committer, guard
@@ -558,6 +567,7 @@ class PolicyBackend:
 
     def revert(self, branch: str, commit_id: str, committer: str) -> Commit:
         policy = self.check_write(branch, "revert on", fresh=True)
+        committer = self._committer(committer)
         if branch != self._inner.default_branch:
             return self._inner.revert(branch, commit_id, committer)
         parents = self._inner.get_commit(commit_id).parents

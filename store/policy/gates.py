@@ -5,6 +5,9 @@
 * ``metric``: the live deployment serving the source commit is compared with ``production``
   by ``tracking.compare``; the condition is checked on the two means, and ``require`` also
   asks for that comparison's verdict (``better``; or ``not worse``: anything but ``worse``).
+  ``production`` is the model it serves now, measured since its promotion (the window
+  ``compare`` uses); fewer points than ``compare``'s minimum on either side fails the gate
+  closed, naming the side, never falling back to an earlier model's numbers.
 * ``approvals``: distinct principals allowed by ``approvers``, other than the source commit's
   author, recorded an approval of the source commit in the audit log (``flowlake approve``).
 
@@ -34,6 +37,7 @@ TRACKING = {
     "sql": "tracking.query:sql",
     "deployments": "tracking.deployment_registry:deployments",
     "compare": "tracking.deployment_compare:compare",
+    "shortfall": "tracking.deployment_compare:shortfall",
 }
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -140,6 +144,16 @@ def _metric(lake: Any, gate: Gate, commit: str) -> GateOutcome:
             raise InvalidArgumentError(
                 f"metric {name!r} is unknown for deployment {record.name!r} (known: {known})"
             )
+    # The candidate's side of its metric, and production's side of the metric it is held to.
+    needed = [(rows[gate.metric], rows[gate.metric].n_candidate)]
+    if gate.baseline_metric is not None:
+        needed.append((rows[gate.baseline_metric], rows[gate.baseline_metric].n_baseline))
+    if gate.require is not None:  # a verdict needs both sides
+        needed.append((rows[gate.metric], rows[gate.metric].n_baseline))
+    for row, count in needed:
+        if count < comparison.min_points:
+            why = _tracking("shortfall")(comparison, row)
+            return GateOutcome(gate, False, f"{row.metric}: {why}")
     candidate = rows[gate.metric].candidate
     if gate.baseline_metric is not None:
         base = rows[gate.baseline_metric].baseline
