@@ -25,7 +25,7 @@ from store.errors import InvalidArgumentError
 # a job's runner imports this module, before the job's first line, for checkout_dir alone.
 
 if TYPE_CHECKING:
-    from tracking.snapshot import CodeSnapshot
+    from tracking.snapshot import CodeSnapshot, PendingListing
 
 MANIFEST = "manifest.json"
 FILES = "files"
@@ -42,17 +42,80 @@ def snapshot_id(code: CodeSnapshot) -> str:
     return h.hexdigest()[:32]
 
 
+class PendingSnapshot:
+    """A code snapshot whose ``git`` commands are started, from a thread, when this is built,
+    so that the submitter checks the job while they start and run; :meth:`finish` waits for
+    them and checks the snapshot out, :meth:`close` stops them instead (the submission was
+    refused)."""
+
+    def __init__(self, code_dir: str | os.PathLike[str] | None) -> None:
+        import threading
+
+        from tracking.snapshot import PendingListing
+
+        self._listing: PendingListing | None = None
+        self._error: BaseException | None = None
+
+        def start() -> None:
+            try:
+                self._listing = PendingListing(code_dir)
+            except BaseException as exc:  # raised to the submitter by finish()
+                self._error = exc
+
+        # Starting a process waits for its exec; the submitter's checks need not wait with it.
+        self._starter = threading.Thread(target=start, name="flowlake-snapshot", daemon=True)
+        self._starter.start()
+
+    def _started(self) -> PendingListing:
+        self._starter.join()
+        if self._error is not None:
+            raise self._error
+        assert self._listing is not None
+        return self._listing
+
+    def close(self) -> None:
+        """Stop the ``git`` commands; nothing was written."""
+        self._starter.join()
+        if self._listing is not None:
+            self._listing.close()
+
+    def finish(self, code_root: Path) -> tuple[str, Path]:
+        """Snapshot the project and check it out under ``code_root``; returns
+        ``(id, checkout)``. A checkout that exists already (same content) is reused as it is.
+
+        It uses the local cache as a tracking run's snapshot does (:mod:`tracking.localcache`,
+        :func:`tracking.snapshot.capture`): ``git status`` is not run again while ``HEAD``, the
+        git index and every listed file's size and modification time are unchanged, and a settled
+        file whose size, modification time and inode are unchanged keeps its recorded hash.
+        Every file is still read, so the checkout holds what the work tree holds now.
+        """
+        from tracking import localcache
+        from tracking.snapshot import CodeSnapshot, SourceFile
+
+        found = self._started().finish(cache_dir=localcache.cache_root())
+        code = CodeSnapshot(
+            root=found.root,
+            git_commit=found.git_commit,
+            git_dirty=found.git_dirty,
+            files=tuple(SourceFile(f.path, f.data or b"", f.sha256) for f in found.files),
+            truncated=found.truncated,
+            skipped=found.skipped,
+        )
+        return _check_out(code_root, code)
+
+
 def take_snapshot(code_root: Path, code_dir: str | os.PathLike[str] | None) -> tuple[str, Path]:
     """Snapshot the project and check it out under ``code_root``; returns ``(id, checkout)``.
 
     A checkout that exists already (same content) is reused as it is.
     """
+    return PendingSnapshot(code_dir).finish(code_root)
+
+
+def _check_out(code_root: Path, code: CodeSnapshot) -> tuple[str, Path]:
     import shutil
     import uuid
 
-    from tracking.snapshot import capture
-
-    code = capture(code_dir)
     sid = snapshot_id(code)
     target = code_root / sid
     if (target / MANIFEST).is_file():

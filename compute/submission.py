@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from compute.backends import load_executor
-from compute.code import pickle_payload, take_snapshot
+from compute.code import PendingSnapshot, pickle_payload
 from compute.job import Job
 from compute.model import PYTHON_NAMES, Environment, JobSpec, JobStatus, Resources
 from compute.state import LAKEFS_SCHEME, JobStore, StatusRecord
@@ -109,31 +109,36 @@ def submit(
     environment = environment if environment is not None else Environment()
     if not isinstance(resources, Resources) or not isinstance(environment, Environment):
         raise InvalidArgumentError("resources and environment take compute.Resources / Environment")
-    from store.policy.enforce import job_identity
-    from store.policy.limits import check_job  # the perimeter's limits, docs/policy.md
+    # The snapshot's git commands run while the job is checked (they take most of a submit).
+    pending = PendingSnapshot(code_dir)
+    try:
+        from store.policy.enforce import job_identity
+        from store.policy.limits import check_job  # the perimeter's limits, docs/policy.md
 
-    check_job(lake, resources, environment)
-    identity = job_identity(lake.backend)
-    if environment.image is not None:
-        raise UnsupportedOperationError(
-            f"no compute backend runs container images yet (image {environment.image!r})"
-        )
-    options = {"address": address} if backend == "ray" else {}
-    if address is not None and backend != "ray":
-        raise InvalidArgumentError("address= is for the ray backend")
-    executor = load_executor(backend, **options)
-    executor.check(resources)
-    if not environment.is_default and backend == "local":
-        from compute.envs import uv_binary
+        check_job(lake, resources, environment)
+        identity = job_identity(lake.backend)
+        if environment.image is not None:
+            raise UnsupportedOperationError(
+                f"no compute backend runs container images yet (image {environment.image!r})"
+            )
+        options = {"address": address} if backend == "ray" else {}
+        if address is not None and backend != "ray":
+            raise InvalidArgumentError("address= is for the ray backend")
+        executor = load_executor(backend, **options)
+        executor.check(resources)
+        if not environment.is_default and backend == "local":
+            from compute.envs import uv_binary
 
-        uv_binary()  # a missing uv is refused here, before anything is created
-    input_commit = lake.resolve(input_ref)
-    job_id = uuid.uuid4().hex
-    target = output_branch or f"job-{job_id[:12]}"
-    parse_branch(target, _namespace(lake))
-
-    jobs = JobStore.for_location(_location(lake))
-    sid, checkout = take_snapshot(jobs.code_root, code_dir)
+            uv_binary()  # a missing uv is refused here, before anything is created
+        input_commit = lake.resolve(input_ref)
+        job_id = uuid.uuid4().hex
+        target = output_branch or f"job-{job_id[:12]}"
+        parse_branch(target, _namespace(lake))
+        jobs = JobStore.for_location(_location(lake))
+        sid, checkout = pending.finish(jobs.code_root)
+    except BaseException:
+        pending.close()
+        raise
     if argv is not None:
         _check_found(argv, checkout)
     payload = pickle_payload(fn, args or {}, _snapshot_root(checkout)) if fn is not None else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -323,6 +324,57 @@ def test_commands_and_outside_modules_run_the_code_as_it_was_at_submit(
     failing = compute.submit(command=["false"], lake=lake, code_dir=project)
     with pytest.raises(compute.JobFailedError, match="exited with status 1"):
         failing.wait(timeout=JOB_WAIT_S)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_each_submit_snapshots_the_git_work_tree_as_it_is_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from compute.code import load_snapshot, take_snapshot
+
+    # The submitter caches git status (tracking.localcache): a later change must still show.
+    monkeypatch.setenv("FLOWLAKE_CACHE_DIR", str(tmp_path / "cache"))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("LR = 0.1\n")
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    for argv in (["init", "-q"], ["add", "train.py"], ["commit", "-q", "-m", "one"]):
+        subprocess.run(["git", *argv], cwd=project, check=True, env=env)
+    root = tmp_path / "state"
+    root.mkdir()
+    old = time.time() - 3600
+
+    def settle(*paths: Path) -> None:  # older than the racy window, so the cache is used
+        for i, path in enumerate(paths):
+            os.utime(path, (old + i, old + i))
+
+    settle(project / "train.py", project / ".git" / "index")
+
+    def snap() -> tuple[str, bool | None, bytes]:
+        sid, _ = take_snapshot(root, project)
+        code, checkout = load_snapshot(root, sid)
+        return sid, code.git_dirty, (checkout / "train.py").read_bytes()
+
+    clean = snap()
+    assert clean[1:] == (False, b"LR = 0.1\n")
+    settle(project / "train.py", project / ".git" / "index")  # git status may refresh its index
+    assert snap() == clean  # nothing changed: the same checkout
+    assert list((tmp_path / "cache").rglob("git-status/*.json"))  # and git status was cached
+    (project / "train.py").write_text("LR = 0.2\n")  # the same size
+    dirty = snap()
+    assert dirty[1:] == (True, b"LR = 0.2\n") and dirty[0] != clean[0]
+    settle(project / ".git" / "index", project / "train.py")  # settled, at another time
+    assert snap() == dirty
+    (project / "train.py").write_text("LR = 0.1\n")
+    assert snap() == clean
 
 
 # -- bad input ----------------------------------------------------------------------------------

@@ -250,7 +250,8 @@ def _list(
     cache_dir: str | None,
     held: Collection[str],
 ) -> CodeListing:
-    if rev_out is None:  # not a work tree, or a repository without commits yet
+    # ls-files failing too means no work tree: asking rev-parse again would only say so again.
+    if rev_out is None and listed is not None:  # a repository without commits yet
         rev_out = _git(cwd, "rev-parse", "--show-toplevel", "--git-path", "index")
     top, index, commit = ((rev_out or "").splitlines() + ["", "", ""])[:3]
     dirty: bool | None = None

@@ -98,10 +98,12 @@ class Watcher:
         """Supervise the job in ``folder``: launch its first attempt now, or once ``prep`` (the
         Ray task building its environment) has returned."""
         record = StatusRecord(JobStatus.QUEUED.value, host=socket.gethostname(), pid=os.getpid())
-        folder.write_status(record)
         job = _Watched(folder, spec, record, prep=prep)
         if prep is None:
             self._next_attempt(job)
+        # Written once the task is on its way (it does not read the status): this process is
+        # the job's only status writer, and the job is not in the loop before the append below.
+        folder.write_status(record)
         with self._lock:
             self._jobs.append(job)
         self._wake.set()
