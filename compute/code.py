@@ -90,17 +90,8 @@ class PendingSnapshot:
         Every file is still read, so the checkout holds what the work tree holds now.
         """
         from tracking import localcache
-        from tracking.snapshot import CodeSnapshot, SourceFile
 
-        found = self._started().finish(cache_dir=localcache.cache_root())
-        code = CodeSnapshot(
-            root=found.root,
-            git_commit=found.git_commit,
-            git_dirty=found.git_dirty,
-            files=tuple(SourceFile(f.path, f.data or b"", f.sha256) for f in found.files),
-            truncated=found.truncated,
-            skipped=found.skipped,
-        )
+        code = self._started().finish(cache_dir=localcache.cache_root()).snapshot()
         return _check_out(code_root, code)
 
 

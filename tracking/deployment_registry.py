@@ -38,6 +38,8 @@ from tracking.deployment_errors import DeploymentNotFoundError, DeploymentStateE
 from tracking.errors import InvalidMetricError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from store import Branch, Lake
 
 DEFAULT_FLUSH_INTERVAL = 10.0
@@ -372,15 +374,7 @@ def deployment(lake: Lake, name: str) -> Deployment:
 def deployments(lake: Lake, include_retired: bool = True) -> list[DeploymentRecord]:
     """Every deployment, production first, then by deploy time (newest first)."""
     out = [deployment(lake, layout.PRODUCTION).record]
-    for info in lake.branches(all_namespaces=True):
-        if info.namespace != "production":
-            continue
-        name = layout.name_of_branch(info.name)
-        if name is None or name == layout.PRODUCTION:
-            continue
-        record = _read_record(lake, name)
-        if record is not None and (include_retired or record.status == "live"):
-            out.append(record)
+    out += [r for r in _branch_records(lake) if include_retired or r.status == "live"]
     epoch = datetime.min.replace(tzinfo=UTC)
     return out[:1] + sorted(out[1:], key=lambda r: r.deployed_at or epoch, reverse=True)
 
@@ -419,14 +413,8 @@ def serving_since(lake: Lake) -> datetime | None:
     measurements are of the model it serves, and only a promotion changes that model.
     """
     latest: datetime | None = None
-    for info in lake.branches(all_namespaces=True):
-        if info.namespace != "production":
-            continue
-        name = layout.name_of_branch(info.name)
-        if name is None or name == layout.PRODUCTION:
-            continue
-        record = _read_record(lake, name)
-        if record is None or record.status != "promoted" or record.merge_commit is None:
+    for record in _branch_records(lake):
+        if record.status != "promoted" or record.merge_commit is None:
             continue
         ended = _utc(record.ended_at) if record.ended_at is not None else None
         if ended is not None and (latest is None or ended > latest):
@@ -440,6 +428,19 @@ def live_window(record: DeploymentRecord, now: datetime) -> tuple[datetime | Non
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _branch_records(lake: Lake) -> Iterator[DeploymentRecord]:
+    """The record of every deployment on its own branch (all but production), in branch order."""
+    for info in lake.branches(all_namespaces=True):
+        if info.namespace != "production":
+            continue
+        name = layout.name_of_branch(info.name)
+        if name is None or name == layout.PRODUCTION:
+            continue
+        record = _read_record(lake, name)
+        if record is not None:
+            yield record
 
 
 def _check_name(name: object) -> None:

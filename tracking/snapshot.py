@@ -137,6 +137,17 @@ class CodeListing:
     truncated: bool
     skipped: tuple[str, ...] = ()
 
+    def snapshot(self) -> CodeSnapshot:
+        """The listing as a snapshot (a file whose bytes were not read counts as empty)."""
+        return CodeSnapshot(
+            root=self.root,
+            git_commit=self.git_commit,
+            git_dirty=self.git_dirty,
+            files=tuple(SourceFile(f.path, f.data or b"", f.sha256) for f in self.files),
+            truncated=self.truncated,
+            skipped=self.skipped,
+        )
+
     @staticmethod
     def of(code: CodeSnapshot) -> CodeListing:
         """A snapshot as a listing (every file's bytes at hand)."""
@@ -166,15 +177,7 @@ def capture(
         SkippedCodeFileWarning: some files were left out because their names are not valid
             UTF-8; :attr:`CodeSnapshot.skipped` lists them.
     """
-    found = listing(root, cache_dir=cache_dir)
-    return CodeSnapshot(
-        root=found.root,
-        git_commit=found.git_commit,
-        git_dirty=found.git_dirty,
-        files=tuple(SourceFile(f.path, f.data or b"", f.sha256) for f in found.files),
-        truncated=found.truncated,
-        skipped=found.skipped,
-    )
+    return listing(root, cache_dir=cache_dir).snapshot()
 
 
 def listing(
