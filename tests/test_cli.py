@@ -111,6 +111,20 @@ def test_branch_create_list_delete(lake_dir: Path) -> None:
     assert {b["name"] for b in ok_json(lake_dir, "branch", "list")} == {"main"}
 
 
+def test_branch_list_at_80_columns_keeps_names_and_namespaces_whole(lake_dir: Path) -> None:
+    run_branch = "run-7a93d13852f54606821421d826a047a5"
+    ok(lake_dir, "branch", "create", run_branch, "--namespace", "user:avery")
+    result = CliRunner().invoke(
+        app, ["branch", "list", "--all", "--lake", str(lake_dir)], env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(
+        f"user:avery/{run_branch}" in line and "user:avery" in line.split()[1:] for line in lines
+    )
+    assert any(line.startswith("main") and "production" in line for line in lines)
+
+
 def test_branch_from_a_past_ref(lake_dir: Path, exp: str, tmp_path: Path) -> None:
     src = write(tmp_path / "a.txt", b"a")
     first = ok_json(lake_dir, "put", str(src), "-b", exp, "-m", "one")["commit"]

@@ -173,7 +173,7 @@ def branches_table(branches: Iterable[BranchInfo], namespace: str) -> Table:
     )
     # A scratch branch's name is 60-odd characters: in 80 columns the other columns give way.
     unbroken_column(table, "branch")
-    table.add_column("namespace", overflow="fold")
+    unbroken_column(table, "namespace")
     table.add_column("head", overflow="ellipsis")
     table.add_column("protected", overflow="fold")
     for info in branches:
