@@ -161,6 +161,10 @@ def change_json(change: Change) -> dict[str, str]:
 # -- tables --------------------------------------------------------------------------------------
 
 
+# The head (8 hex digits and an ellipsis) and "protected" columns with the padding of all four.
+_HEAD_AND_PROTECTED_WIDTH = 9 + 9 + 4
+
+
 def branches_table(branches: Iterable[BranchInfo], namespace: str) -> Table:
     """Branches with their heads; the current namespace's are bold."""
     table = Table(
@@ -171,9 +175,15 @@ def branches_table(branches: Iterable[BranchInfo], namespace: str) -> Table:
         pad_edge=False,
         padding=(0, 1, 0, 0),
     )
-    # A scratch branch's name is 60-odd characters: in 80 columns the other columns give way.
+    branches = list(branches)
+    # A scratch branch's name is 60-odd characters: in 80 columns the other columns give way,
+    # the namespace too when names and namespaces cannot both stay whole.
     unbroken_column(table, "branch")
-    unbroken_column(table, "namespace")
+    longest = max((len(b.name) + len(b.namespace) for b in branches), default=0)
+    if longest + _HEAD_AND_PROTECTED_WIDTH <= stdout().width:
+        unbroken_column(table, "namespace")
+    else:
+        table.add_column("namespace", overflow="fold")
     table.add_column("head", overflow="ellipsis")
     table.add_column("protected", overflow="fold")
     for info in branches:
