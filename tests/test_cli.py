@@ -352,6 +352,14 @@ def test_help_lists_every_command_on_one_line() -> None:
         assert rows and not [row for row in rows if re.match(r"│ {4,}\S", row)], args
 
 
+def test_version_prints_the_installed_distribution_version() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"flowlake {version('flowlake')}"
+
+
 # -- demo ----------------------------------------------------------------------------------------
 
 

@@ -65,6 +65,29 @@ branch_app = typer.Typer(help="Create, list and delete branches.", no_args_is_he
 app.add_typer(branch_app, name="branch")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"flowlake {version('flowlake')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print flowlake's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Branchable data, model and experiment store for continuous delivery of ML."""
+
+
 class Strategy(StrEnum):
     """How ``merge`` resolves conflicting paths."""
 
