@@ -34,9 +34,13 @@ def flowlake(lake_dir: Path, *args: str, stdin: bytes | None = None) -> Result:
     return CliRunner().invoke(app, [*args, "--lake", str(lake_dir)], input=stdin)
 
 
-def ok(lake_dir: Path, *args: str) -> Result:
-    """Run a command that must succeed."""
-    result = flowlake(lake_dir, *args)
+def ok(lake_dir: Path, *args: str, env_width: int | None = None) -> Result:
+    """Run a command that must succeed (``env_width``: the terminal's columns)."""
+    if env_width is None:
+        result = flowlake(lake_dir, *args)
+    else:
+        env = {"COLUMNS": str(env_width)}
+        result = CliRunner().invoke(app, [*args, "--lake", str(lake_dir)], env=env)
     assert result.exit_code == 0, result.output
     return result
 
@@ -350,6 +354,33 @@ def test_help_lists_every_command_on_one_line() -> None:
         assert result.exit_code == 0, result.output
         rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
         assert rows and not [row for row in rows if re.match(r"│ {4,}\S", row)], args
+
+
+def test_ls_and_diff_fold_flowlake_records_unless_asked(lake_dir: Path, tmp_path: Path) -> None:
+    with store.open(lake_dir, namespace="user:tester") as lake:
+        exp = lake.branch("exp", source="main")
+        exp.write_bytes("data/a.csv", b"x,y\n1,2\n")
+        exp.commit("data")
+        run = tracking.start_run(lake, branch="exp", name="r", code_dir=str(tmp_path))
+        run.log_metric("acc", 0.5)
+        run.end()
+        records = [o.path for o in lake.list(ref="exp") if o.path.startswith("_flowlake/")]
+    assert len(records) > 3
+
+    listed = ok(lake_dir, "ls", "--ref", "exp").stdout
+    assert "data/a.csv" in listed and "_flowlake/" not in listed.replace("under _flowlake/", "")
+    assert f"+ {len(records)} objects in flowlake records under _flowlake/" in listed
+    everything = ok(lake_dir, "ls", "--ref", "exp", "--all", env_width=300).stdout
+    assert all(path in everything for path in records)
+    inside = ok(lake_dir, "ls", "_flowlake/runs", "--ref", "exp", env_width=300).stdout
+    assert "(--all lists them)" not in inside and "run.parquet" in inside
+    assert len(ok_json(lake_dir, "ls", "--ref", "exp")) == len(records) + 1
+
+    changed = ok(lake_dir, "diff", "main", "exp").stdout
+    assert "data/a.csv" in changed and "changes in flowlake records" in changed
+    assert "run.parquet" in ok(lake_dir, "diff", "main", "exp", "-a", env_width=300).stdout
+    paths = {c["path"] for c in ok_json(lake_dir, "diff", "main", "exp")["changes"]}
+    assert paths == {"data/a.csv", *records}
 
 
 def test_version_prints_the_installed_distribution_version() -> None:

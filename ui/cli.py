@@ -21,7 +21,7 @@ import store
 from store.errors import LakeNotFoundError, StoreError
 from store.model import MergeStrategy
 from ui import help as _help  # noqa: F401 - flags show no <bool> in --help
-from ui import render
+from ui import internal, render
 from ui.cli_compute import register as register_compute
 from ui.cli_data import cat_command, get_command, ls_command, put_command
 from ui.cli_deploy import register as register_deploy_commands
@@ -35,6 +35,7 @@ from ui.options import (
     JsonOption,
     LakeOption,
     NamespaceOption,
+    ShowAllOption,
     open_lake,
 )
 
@@ -284,6 +285,7 @@ def diff_command(
     lake: LakeOption = DEFAULT_LAKE,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
+    show_all: ShowAllOption = False,
 ) -> None:
     """Committed changes from LEFT to RIGHT; with LEFT alone, that branch's uncommitted ones."""
     with open_lake(lake, namespace) as opened:
@@ -298,11 +300,14 @@ def diff_command(
             {"left": left, "right": right, "changes": [render.change_json(c) for c in changes]}
         )
         return
+    shown, hidden = internal.fold(changes, lambda c: c.path, show_all=show_all)
     console = render.stdout()
-    if changes:
-        console.print(render.changes_table(changes, title))
+    if shown:
+        console.print(render.changes_table(shown, title))
     else:
-        console.print(Text(f"no {title}", style="dim"))
+        console.print(Text(f"no {title}" + (" to data" if hidden else ""), style="dim"))
+    if hidden:
+        console.print(internal.folded_line(hidden, "changes"))
 
 
 @app.command("merge")

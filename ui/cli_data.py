@@ -14,7 +14,7 @@ import typer
 from rich.text import Text
 
 from store.folders import Skipped
-from ui import render, transfer
+from ui import internal, render, transfer
 from ui.options import (
     DEFAULT_LAKE,
     BranchOption,
@@ -22,6 +22,7 @@ from ui.options import (
     LakeOption,
     NamespaceOption,
     RefOption,
+    ShowAllOption,
     open_lake,
 )
 
@@ -34,6 +35,7 @@ def ls_command(
     lake: LakeOption = DEFAULT_LAKE,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
+    show_all: ShowAllOption = False,
 ) -> None:
     """List objects at a ref (a branch shows its uncommitted changes too)."""
     with open_lake(lake, namespace) as opened:
@@ -41,10 +43,13 @@ def ls_command(
     if as_json:
         render.emit_json([render.object_json(info) for info in objects])
         return
+    shown, hidden = internal.fold(objects, lambda o: o.path, show_all=show_all, prefix=prefix)
     console = render.stdout()
-    console.print(render.objects_table(objects, ref))
-    total = sum(info.size for info in objects)
-    console.print(Text(f"{len(objects)} objects, {render.human_size(total)}", style="dim"))
+    console.print(render.objects_table(shown, ref))
+    total = sum(info.size for info in shown)
+    console.print(Text(f"{len(shown)} objects, {render.human_size(total)}", style="dim"))
+    if hidden:
+        console.print(internal.folded_line(hidden, "objects"))
 
 
 def cat_command(

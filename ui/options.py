@@ -39,6 +39,12 @@ PerimeterOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ShowAllOption = Annotated[
+    bool,
+    typer.Option(
+        "--all", "-a", help="Also list flowlake's own records under _flowlake/ (runs, code)."
+    ),
+]
 BranchOption = Annotated[
     str, typer.Option("--branch", "-b", help="Branch to change (bare names: your namespace).")
 ]
