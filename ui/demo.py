@@ -28,7 +28,7 @@ import compute
 import store
 import tracking
 from store.errors import AlreadyExistsError, InvalidArgumentError, ObjectNotFoundError
-from ui import demo_policy, render
+from ui import demo_policy, internal, render
 from ui.demo_live import live_trial
 from ui.demo_models import (
     DATASET,
@@ -337,8 +337,12 @@ def epilogue(location: str, console: Console) -> None:
     with store.open(location, namespace="production") as lake:
         console.print(render.commits_table(lake.log("main"), lake.tags(), "log of main"))
         if MODEL_TAG in lake.tags():
-            changes = lake.diff(DATA_TAG, MODEL_TAG)
+            changes, hidden = internal.fold(
+                lake.diff(DATA_TAG, MODEL_TAG), lambda c: c.path, show_all=False
+            )
             console.print(render.changes_table(changes, f"changes from {DATA_TAG} to {MODEL_TAG}"))
+            if hidden:
+                console.print(internal.folded_line(hidden, "changes"))
         branches = lake.branches(all_namespaces=True)
         console.print(render.branches_table(branches, "production"))
     console.print(Text("\nExplore it yourself:", style="bold"))
