@@ -186,6 +186,30 @@ def test_a_stored_content_is_found_again_without_choosing_its_codec_again(
     assert len(chosen) == 2
 
 
+def test_zstd_objects_are_the_same_bytes_from_a_reused_context_in_any_thread() -> None:
+    import zstandard
+
+    contents = [b"range rows " * 5000, os.urandom(3000) + b"x" * 3000, b"tiny " * 20]
+
+    def fresh(data: bytes) -> bytes:
+        return zstandard.ZstdCompressor(level=layout.ZSTD_LEVEL).compress(data)
+
+    # Several objects one after another through this thread's context, then another thread's.
+    here = [layout.encode(c, layout.ZSTD) for c in [*contents, *reversed(contents)]]
+    there: list[bytes] = []
+    worker = threading.Thread(
+        target=lambda: there.extend(layout.encode(c, layout.ZSTD) for c in contents)
+    )
+    worker.start()
+    worker.join()
+    assert here[:3] == [fresh(c) for c in contents] == there
+    assert here[3:] == [fresh(c) for c in reversed(contents)]
+    assert [layout.decode(b, layout.ZSTD) for b in here[:3]] == contents
+    with pytest.raises(zstandard.ZstdError):
+        layout.decode(b"not a frame", layout.ZSTD)
+    assert layout.decode(here[0], layout.ZSTD) == contents[0]  # the context survives an error
+
+
 def test_a_forked_child_publishes_batches_with_threads_of_its_own(tmp_path: Path) -> None:
     objects = ObjectStore(_local_fs(), str(tmp_path / "objects"))
     with objects.batch():  # starts the parent's fsync threads

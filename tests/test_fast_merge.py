@@ -135,3 +135,68 @@ def test_merge_into_a_moved_branch_still_merges_three_ways(lake_with_dev: store.
     assert _entries(backend, backend._commit_row(merged.id).tree) == expected
     assert dev.read_bytes("keep.txt") == b"moved on dev"
     assert dev.read_bytes("change.txt") == b"after"
+
+
+def _python_comparison(backend: Any, left: str, right: str) -> tuple[bool, bool]:
+    """(changed, only_content) computed entry by entry over the whole trees."""
+    old = {e.path: e for e in _entries(backend, left)}
+    new = {e.path: e for e in _entries(backend, right)}
+    changed = old.keys() != new.keys() or any(old[p].checksum != new[p].checksum for p in old)
+    only_content = not any(
+        p in new and old[p] != new[p] and old[p].checksum == new[p].checksum for p in old
+    )
+    return changed, only_content
+
+
+def test_tree_comparison_column_by_column_agrees_with_entry_by_entry(
+    embedded_lake: store.Lake,
+) -> None:
+    import random
+
+    backend = embedded_lake.backend
+    trees = backend.trees
+    rng = random.Random(8)
+
+    def entry(path: str, content: bytes, mtime: int, inline: bool = True) -> Entry:
+        from store.backends.embedded import layout
+
+        checksum = layout.content_id(content)
+        address = None if inline else layout.address(checksum, layout.RAW)
+        return Entry(path, checksum, len(content), mtime, address, content if inline else None)
+
+    # Enough paths for several ranges, so shared ranges are skipped and others compared.
+    base = {
+        f"d{i // 100}/f{i:05d}": entry(f"d{i // 100}/f{i:05d}", b"v%d" % i, 1) for i in range(2500)
+    }
+    with backend.lock.writing(), backend.objects.batch():
+        base_tree = trees.build(base[p] for p in sorted(base))
+        cases: list[dict[str, Entry | None]] = [
+            {},
+            {"d3/f00301": entry("d3/f00301", b"changed", 2)},
+            {"d3/f00301": None},
+            {"new/path": entry("new/path", b"n", 2)},
+            {"d7/f00700": entry("d7/f00700", b"v700", 5)},  # same bytes, newer time
+            {"d7/f00700": entry("d7/f00700", b"v700", 1, inline=False)},  # same bytes, stored
+            {"d1/f00100": entry("d1/f00100", b"x", 2), "d9/f00900": entry("d9/f00900", b"v900", 9)},
+        ]
+        for _ in range(20):
+            change: dict[str, Entry | None] = {}
+            for path in rng.sample(sorted(base), rng.randint(1, 6)):
+                kind = rng.choice(["content", "time", "gone"])
+                old = base[path]
+                change[path] = (
+                    None
+                    if kind == "gone"
+                    else entry(path, b"r%d" % rng.randint(0, 9), 3)
+                    if kind == "content"
+                    else entry(path, old.inline or b"", old.mtime_ns + 1)
+                )
+            cases.append(change)
+        for change in cases:
+            other = trees.apply(base_tree, change)
+            for left, right in ((base_tree, other), (other, base_tree)):
+                compared = trees.compare(left, right)
+                expected = _python_comparison(backend, left, right)
+                assert (compared.changed, compared.only_content) == expected, change
+                assert compared.changed == bool(trees.diff(left, right))
+                assert trees.differs_only_in_content(left, right) == expected[1]

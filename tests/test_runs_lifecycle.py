@@ -536,6 +536,70 @@ def test_environment_listing_is_reused_until_a_distribution_changes(
     assert ("flowlake_probe", "2.0") in environment.capture(cache).packages
 
 
+def test_environment_key_relists_a_settled_folder_only_when_its_names_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    _dist_info(site, "flowlake_probe", "1.0")
+    _age(site)
+    monkeypatch.syspath_prepend(str(site))
+    scans: list[str] = []
+    real_scandir = os.scandir
+
+    def scandir(path: Any) -> Any:
+        scans.append(os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    first = environment._key()
+    assert environment._key() == first and scans.count(str(site)) == 1
+    _dist_info(site, "flowlake_probe_two", "1.0")  # the folder's time moves: listed again
+    second = environment._key()
+    assert second != first and scans.count(str(site)) == 2
+    # Changed within the last seconds: listed every time until it settles.
+    assert environment._key() == second and scans.count(str(site)) == 3
+    _age(site)  # settled: listed once more, then reused
+    assert environment._key() == second and environment._key() == second
+    assert scans.count(str(site)) == 4
+
+
+def test_local_cache_entries_are_decoded_once_and_read_again_when_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracking import localcache
+
+    path = localcache.entry_path(str(tmp_path), "probe", "ab" * 32)
+    decoded: list[int] = []
+    real_loads = localcache.json.loads
+
+    def loads(text: str) -> Any:
+        decoded.append(1)
+        return real_loads(text)
+
+    monkeypatch.setattr(localcache.json, "loads", loads)
+    assert localcache.load(path) is None
+    localcache.store(path, {"blobs": ["a", "b"]})
+    first = localcache.load(path)
+    assert first == {"blobs": ["a", "b"]} and localcache.load(path) is first
+    assert len(decoded) == 1
+    # Same size, rewritten in place (not by rename), within the same clock tick: still seen.
+    stat = os.stat(path)
+    with open(path, "r+b") as f:
+        rewritten = f.read().replace(b'"a"', b'"c"')
+        f.seek(0)
+        f.write(rewritten)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert localcache.load(path) == {"blobs": ["c", "b"]} and len(decoded) == 2
+    localcache.store(path, {"blobs": ["d"]})
+    assert localcache.load(path) == {"blobs": ["d"]}
+    os.unlink(path)
+    assert localcache.load(path) is None
+    with open(path, "w") as f:
+        f.write("{not json")
+    assert localcache.load(path) is None
+
+
 def _git(repo: Path, *args: str) -> None:
     subprocess.run(
         ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],

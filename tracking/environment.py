@@ -8,6 +8,7 @@ import os
 import platform
 import socket
 import sys
+import time
 from dataclasses import dataclass
 
 from tracking import localcache
@@ -83,13 +84,42 @@ def _key() -> str:
     for entry in sys.path:
         parts.append(f"\0{entry}")
         try:
-            with os.scandir(entry or ".") as listing:
-                parts += sorted(e.name for e in listing if e.name.endswith(_METADATA_SUFFIXES))
+            parts += _metadata_names(entry or ".")
         except NotADirectoryError:  # a zip archive: its modification time stands for it
             parts.append(str(_mtime(entry)))
         except OSError:
             parts.append("-")
     return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+#: folder -> ((device, inode, mtime ns), its metadata folder names) of folders listed before.
+_listed: dict[str, tuple[tuple[int, int, int], list[str]]] = {}
+#: A folder's listing is reused only when the folder last changed at least this long before it
+#: was listed: a change within the file system's timestamp granularity of the listing would not
+#: change the folder's modification time again.
+SETTLED_NS = 2_000_000_000
+
+
+def _metadata_names(folder: str) -> list[str]:
+    """The sorted names of the distribution metadata entries in ``folder``.
+
+    Installing, upgrading or removing a distribution adds or removes a name there, which
+    changes the folder's modification time, so a listing is reused while the folder's identity
+    and time are unchanged (and were settled when it was listed).
+
+    Raises:
+        OSError: the folder cannot be listed (NotADirectoryError for a file).
+    """
+    st = os.stat(folder)
+    stamp = (st.st_dev, st.st_ino, st.st_mtime_ns)
+    held = _listed.get(folder)
+    if held is not None and held[0] == stamp:
+        return held[1]
+    with os.scandir(folder) as listing:
+        names = sorted(e.name for e in listing if e.name.endswith(_METADATA_SUFFIXES))
+    if time.time_ns() - st.st_mtime_ns >= SETTLED_NS:
+        _listed[folder] = (stamp, names)
+    return names
 
 
 _METADATA_SUFFIXES = (".dist-info", ".egg-info", ".egg-link", ".egg", ".pth")

@@ -3,6 +3,9 @@
 What a run records is always recomputed when a cache entry is missing, unreadable or stale, so
 deleting the cache folder at any moment only costs time. Entries are JSON files written under a
 temporary name and renamed, so a reader (another process, too) sees a whole entry or none.
+Entries read are kept decoded in memory with the bytes they were decoded from: a later read
+still reads the file, and decodes it again only when its bytes differ (comparing bytes costs a
+small fraction of decoding JSON, and unlike a file's size and time it cannot miss a rewrite).
 
 The folder is ``$FLOWLAKE_CACHE_DIR``, else ``~/.cache/flowlake``; callers pass it in (see
 :func:`tracking.start_run`), and tests give their own.
@@ -14,10 +17,18 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from typing import Any
 
 #: Bumped when the shape of an entry changes; old entries are then simply not found.
 CACHE_VERSION = 1
+#: Entries kept decoded in memory (a run reads about four; the code hashes of a large project
+#: are the largest, a few hundred kB of JSON).
+MEMO_ENTRIES = 64
+
+_memo: OrderedDict[str, tuple[bytes, Any]] = OrderedDict()
+_memo_lock = threading.Lock()
 
 
 def cache_root() -> str:
@@ -33,12 +44,31 @@ def entry_path(root: str, kind: str, key: str) -> str:
 
 
 def load(path: str) -> Any | None:
-    """The entry at ``path``, or None when it is missing or unreadable."""
+    """The entry at ``path``, or None when it is missing or unreadable.
+
+    The value may be shared with other callers (it is decoded once per version of the file):
+    treat it as read-only.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError:
         return None
+    with _memo_lock:
+        held = _memo.get(path)
+        if held is not None and held[0] == raw:
+            _memo.move_to_end(path)
+            return held[1]
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return None
+    with _memo_lock:
+        _memo[path] = (raw, value)
+        _memo.move_to_end(path)
+        while len(_memo) > MEMO_ENTRIES:
+            _memo.popitem(last=False)
+    return value
 
 
 def store(path: str, value: Any) -> None:

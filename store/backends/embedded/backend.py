@@ -603,8 +603,10 @@ class EmbeddedBackend(Backend):
         tree holds the path. ``written`` are laid over the staged changes, as if staged last.
         """
         head = self.branch_head(branch)
-        tree = self._commit_row(head).tree
         staged, top = self._staged_table(branch)
+        if not staged.num_rows and not written:
+            return head, staged.append_column("existed", pa.array([], pa.bool_())), top
+        tree = self._commit_row(head).tree
         if written:
             staged = _last_write_wins(
                 pa.concat_tables(
@@ -812,8 +814,9 @@ class EmbeddedBackend(Backend):
             # commit (still with both parents) takes the source's tree instead of rewriting
             # ranges. Not when an entry differs from the base only outside its content (a file
             # rewritten with the same bytes): the three-way merge keeps the destination's there.
-            if base == dest_head and self.trees.differs_only_in_content(base_tree, source_tree):
-                if not self.trees.diff(base_tree, source_tree):
+            compared = self.trees.compare(base_tree, source_tree) if base == dest_head else None
+            if compared is not None and compared.only_content:
+                if not compared.changed:
                     raise NothingToCommitError(
                         f"{source!r} has nothing to merge into {dest_branch!r}"
                     )

@@ -15,6 +15,7 @@ boundaries depend only on paths:
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 import zlib
 from collections import OrderedDict
@@ -39,6 +40,9 @@ EMPTY_TREE = layout.content_id(b"[]")
 #: Ranges written by parallel threads once a tree change makes at least this many.
 PARALLEL_WRITES_FROM = 4
 WRITE_THREADS = 8
+#: A change written as at most this many ranges keeps their tables in the range cache (they
+#: are small; a large commit's pieces are slices of one large table, not worth pinning).
+KEEP_WRITTEN_UP_TO = 4
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,33 @@ class RangeRef:
     count: int
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """How a tree differs from another (see :meth:`TreeStore.compare`).
+
+    Attributes:
+        changed: some path was added or removed, or holds another content (checksum): what
+            :meth:`TreeStore.diff` reports.
+        only_content: every entry that differs in any way differs in its content; False when
+            some path holds the same content with another size, time or storage (a file
+            rewritten with the same bytes).
+    """
+
+    changed: bool
+    only_content: bool
+
+
+#: An entry's columns besides its path and content checksum.
+_OUTSIDE_CONTENT = ("size", "mtime_ns", "address", "inline")
+
+
+def _distinct(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Elementwise "a is distinct from b", treating two nulls as equal (never null)."""
+    return pc.if_else(
+        pc.is_null(a), pc.is_valid(b), pc.fill_null(pc.not_equal(a, b), True), memory_pool=POOL
+    )
+
+
 #: A change to apply: path -> new entry, or None to remove the path.
 Changes = Mapping[str, Entry | None]
 
@@ -99,11 +130,15 @@ class TreeStore:
                 self._cache.move_to_end(key)
                 return cached
         value = decode(self.objects.get_bytes(layout.address(object_id, layout.ZSTD)))
+        self._keep(key, value)
+        return value
+
+    def _keep(self, key: tuple[str, str], value: Any) -> None:
         with self._lock:
             self._cache[key] = value
+            self._cache.move_to_end(key)
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        return value
 
     def _store(self, rows: list[rangecodec.Row], schema: pa.Schema) -> str:
         stored = self.objects.put_bytes(rangecodec.encode(rows, schema), codec=layout.ZSTD)
@@ -306,7 +341,8 @@ class TreeStore:
                     merged = sort_by_path(pa.concat_tables([kept, merged]))
             slots.append([merged.slice(a, b - a) for a, b in _cut_bounds(merged)])
         pieces = [p for s in slots if isinstance(s, list) for p in s]
-        written = iter(self._write_pieces_with(self._write_table, pieces))
+        write = self._write_table if len(pieces) > KEEP_WRITTEN_UP_TO else self._write_kept
+        written = iter(self._write_pieces_with(write, pieces))
         result: list[RangeRef] = []
         for slot in slots:
             if isinstance(slot, RangeRef):
@@ -320,6 +356,13 @@ class TreeStore:
         return RangeRef(
             self.store_table(piece), paths[0].as_py(), paths[-1].as_py(), piece.num_rows
         )
+
+    def _write_kept(self, piece: pa.Table) -> RangeRef:
+        """:meth:`_write_table`, keeping the piece as the range's decoded table: the next
+        commit or merge of the branch reads it back at once."""
+        ref = self._write_table(piece)
+        self._keep((ref.id, "table"), piece)
+        return ref
 
     # -- comparing -------------------------------------------------------------------------------
 
@@ -341,6 +384,33 @@ class TreeStore:
                 out[path] = (a, b)
         return out
 
+    def compare(self, left: str, right: str) -> Comparison:
+        """How two trees differ, column by column (no Python object per entry).
+
+        Only ranges not shared by both trees are read: the cost grows with the change.
+        """
+        if left == right:
+            return Comparison(changed=False, only_content=True)
+        left_ranges, right_ranges = self.ranges(left), self.ranges(right)
+        shared = {r.id for r in left_ranges} & {r.id for r in right_ranges}
+        old = self._table_of([r for r in left_ranges if r.id not in shared])
+        new = self._table_of([r for r in right_ranges if r.id not in shared])
+        # For each old entry, the new entry at its path (null where the path is gone).
+        where = pc.index_in(old.column("path"), value_set=new.column("path"), memory_pool=POOL)
+        matched = pc.take(new, where, memory_pool=POOL)
+        same_content = pc.fill_null(
+            pc.equal(old.column("checksum"), matched.column("checksum")), False
+        )
+        elsewhere = functools.reduce(
+            pc.or_,
+            (_distinct(old.column(c), matched.column(c)) for c in _OUTSIDE_CONTENT),
+        )
+        only_content = not pc.any(pc.and_(same_content, elsewhere), min_count=0).as_py()
+        # Unique paths on both sides: equal counts and every old path holding its content
+        # means the same paths with the same contents.
+        unchanged = old.num_rows == new.num_rows and pc.all(same_content, min_count=0).as_py()
+        return Comparison(changed=not unchanged, only_content=only_content)
+
     def differs_only_in_content(self, left: str, right: str) -> bool:
         """Whether every entry that differs between two trees differs in its content.
 
@@ -349,17 +419,12 @@ class TreeStore:
         (a file rewritten with the same bytes) makes this False. Only ranges not shared by both
         trees are read.
         """
-        if left == right:
-            return True
-        left_ranges, right_ranges = self.ranges(left), self.ranges(right)
-        shared = {r.id for r in left_ranges} & {r.id for r in right_ranges}
-        old = self._entries_of(r for r in left_ranges if r.id not in shared)
-        new = self._entries_of(r for r in right_ranges if r.id not in shared)
-        for path, a in old.items():
-            b = new.get(path)
-            if b is not None and a != b and a.checksum == b.checksum:
-                return False
-        return True
+        return self.compare(left, right).only_content
+
+    def _table_of(self, ranges: list[RangeRef]) -> pa.Table:
+        if not ranges:
+            return rangecodec.ENTRY_SCHEMA.empty_table()
+        return pa.concat_tables([self.range_table(r.id) for r in ranges])
 
     def _entries_of(self, ranges: Iterable[RangeRef]) -> dict[str, Entry]:
         return {e.path: e for r in ranges for e in self.range_entries(r.id)}
