@@ -320,14 +320,16 @@ def test_repeated_queries_reuse_their_views_until_a_branch_moves(
         return real_build(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(views, "build", counting_build)
-    copies: list[str] = []
-    real_copy = views.copy_run_rows
+    copies: list[tuple[str, str, int]] = []
+    for function in ("copy_run_rows", "copy_settled_rows"):
+        real = getattr(views, function)
 
-    def counting_copy(*args: object, **kwargs: object) -> int:
-        copies.append(str(args[1]))
-        return real_copy(*args, **kwargs)  # type: ignore[arg-type]
+        def counting_copy(*args: object, _real: object = real, **kwargs: object) -> int:
+            copied: int = _real(*args, **kwargs)  # type: ignore[operator]
+            copies.append((str(args[1]), _real.__name__, copied))  # type: ignore[attr-defined]
+            return copied
 
-    monkeypatch.setattr(views, "copy_run_rows", counting_copy)
+        monkeypatch.setattr(views, function, counting_copy)
     exp = embedded_lake.branch("exp")
     first = _run(embedded_lake, exp.name, "a")
     count = "SELECT count(*) AS n FROM runs"
@@ -338,15 +340,17 @@ def test_repeated_queries_reuse_their_views_until_a_branch_moves(
     assert tracking.sql(embedded_lake, count).to_pylist() == [{"n": 1}]
     assert tracking.sql(embedded_lake, lookup, params=[first.id]).to_pylist() == [{"name": "a"}]
     assert tracking.sql(embedded_lake, lookup, params=[first.id]).to_pylist() == [{"name": "a"}]
-    # The full scan built its views once; the one-run lookup copied the run's rows once into
-    # the lake's database of run rows, and built nothing.
-    assert len(builds) == 1 and copies == ["runs"]
+    # The full scan built its views once and copied the settled run's row into the lake's
+    # database of run rows; the one-run lookups built and copied nothing.
+    bulk = ("runs", "copy_settled_rows", 1)
+    assert len(builds) == 1 and copies == [bulk]
     second = _run(embedded_lake, exp.name, "b")
     assert tracking.sql(embedded_lake, count).to_pylist() == [{"n": 2}]
     assert len(builds) == 2
     assert tracking.sql(embedded_lake, lookup, params=[second.id]).to_pylist() == [{"name": "b"}]
     assert tracking.sql(embedded_lake, lookup, params=[first.id]).to_pylist() == [{"name": "a"}]
-    assert len(builds) == 2 and copies == ["runs", "runs"]
+    # The second full scan copied only the new run: the first one's branch did not move.
+    assert len(builds) == 2 and copies == [bulk, bulk]
 
 
 LOOKUP = "SELECT name, status, output_commit, commit FROM runs WHERE run_id = ?"

@@ -40,7 +40,7 @@ import itertools
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -120,29 +120,62 @@ class RunRows:
     """A locked-down database holding copies of one-run scopes' rows (see the module
     docstring); lent to one call at a time.
 
+    Each copied view has a table ``_rows_<view>`` and, created with it once, a view ``<view>``
+    showing the rows whose ``_scope`` is the value of the DuckDB variable :data:`SCOPE_VARIABLE`
+    (set by each lookup, see :meth:`select`): a lookup creates nothing.
+
     Attributes:
         con: the DuckDB connection.
-        scopes: ``(scope key, view) -> _scope`` of the rows already copied.
-        tables: the ``_rows_<view>`` tables created so far.
+        tables: the ``_rows_<view>`` tables (and their views) created so far.
         rows: rows held in all tables.
+        bulk: keys of the live scopes whose settled runs were copied in bulk.
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
-        self.scopes: dict[tuple[str, str], int] = {}
         self.tables: set[str] = set()
         self.rows = 0
+        self.bulk: set[str] = set()
         self.discarded = False
         self._ids = itertools.count()
+        self._scopes: dict[str, int] = {}
+        self._copied: set[tuple[str, str]] = set()
 
-    def next_id(self) -> int:
-        """A ``_scope`` number never used in this database (rows of a copy cut short keep
-        theirs, unreferenced)."""
-        return next(self._ids)
+    def copied(self, key: str, view: str) -> bool:
+        """Whether the rows view ``view`` has for the one-run scope ``key`` are here."""
+        return (key, view) in self._copied
+
+    def scope_id(self, key: str) -> int:
+        """The ``_scope`` number of scope ``key``'s rows (one per key, in every table)."""
+        found = self._scopes.get(key)
+        if found is None:
+            found = self._scopes[key] = next(self._ids)
+        return found
+
+    def added(self, keys: Iterable[str], view: str, rows: int) -> None:
+        """Record that ``rows`` rows of view ``view`` were copied for the scopes ``keys``
+        (each under its :meth:`scope_id`); the first copy of a view creates its table, then
+        its view here."""
+        if view not in self.tables:
+            self.con.execute(
+                f"CREATE VIEW {view} AS SELECT * EXCLUDE (_scope) FROM _rows_{view} "
+                f"WHERE _scope = getvariable('{SCOPE_VARIABLE}')"
+            )
+            self.tables.add(view)
+        self._copied.update((key, view) for key in keys)
+        self.rows += rows
+
+    def select(self, key: str) -> None:
+        """Open a transaction (the caller rolls it back) whose views show scope ``key``."""
+        self.con.execute(f"BEGIN TRANSACTION; SET VARIABLE {SCOPE_VARIABLE} = {self.scope_id(key)}")
 
     def discard(self) -> None:
         """Close the database after this call (its state is in doubt)."""
         self.discarded = True
+
+
+#: The DuckDB variable naming the ``_scope`` a :class:`RunRows` database's views show.
+SCOPE_VARIABLE = "_flowlake_scope"
 
 
 class Pool:

@@ -101,6 +101,19 @@ READ_BATCH = 256
 MAX_RESOLVED = 64
 
 
+#: Per index folder, in this process: run id -> the branch it was last seen on (the index's
+#: ``runs`` table as read or written here; hints only, so never stale in a harmful way).
+_run_branch_hints: dict[str, dict[str, str]] = {}
+#: Hints kept per index folder (all are dropped past this; they are read again when needed).
+MAX_RUN_HINTS = 1 << 17
+
+
+def _hint(hints: dict[str, str], pairs: dict[str, str]) -> None:
+    if len(hints) + len(pairs) > MAX_RUN_HINTS:
+        hints.clear()
+    hints.update(pairs)
+
+
 @dataclass(frozen=True)
 class Resolved:
     """One view of one scope resolved to index objects.
@@ -165,12 +178,21 @@ class Index:
         self.folder = os.path.join(root or cache_root(), "tracking", key)
         self.lake = lake
         os.makedirs(os.path.join(self.folder, "segments"), exist_ok=True)
-        self._db = sqlite3.connect(
-            os.path.join(self.folder, "index.db"), timeout=60, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._opened: sqlite3.Connection | None = None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        # Opened on first use: a lookup answered from memory (a copied run row, a known run
+        # branch) never pays for opening SQLite (~1 ms).
+        if self._opened is None:
+            db = sqlite3.connect(
+                os.path.join(self.folder, "index.db"), timeout=60, isolation_level=None
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self._opened = db
+        return self._opened
 
     @property
     def segments_folder(self) -> str:
@@ -178,7 +200,9 @@ class Index:
         return os.path.join(self.folder, "segments")
 
     def close(self) -> None:
-        self._db.close()
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
 
     def __enter__(self) -> Index:
         return self
@@ -309,14 +333,21 @@ class Index:
     # -- runs ----------------------------------------------------------------------------------
 
     def run_branch(self, run_id: str) -> str | None:
-        """The branch a run was last seen writing on, or None."""
-        row = self._db.execute("SELECT branch FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return row[0] if row else None
+        """The branch a run was last seen writing on, or None (a hint: the caller checks it)."""
+        hints = _run_branch_hints.setdefault(self.folder, {})
+        found = hints.get(run_id)
+        if found is None:
+            row = self._db.execute("SELECT branch FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            found = row[0] if row else None
+            if found is not None:
+                _hint(hints, {run_id: found})
+        return found
 
     def remember_run_branches(self, pairs: Iterable[tuple[str, str]]) -> None:
         pairs = list(pairs)
-        if not pairs:
-            return
+        hints = _run_branch_hints.setdefault(self.folder, {})
+        if all(hints.get(r) == b for r, b in pairs):
+            return  # this process saw (or wrote) these very hints already
         # Only the runs named: reading the whole table costs ~10 ms at 10,000 runs.
         known = dict(
             self._db.execute(
@@ -328,6 +359,7 @@ class Index:
         if new:
             with self._write() as db:
                 db.executemany("INSERT OR REPLACE INTO runs VALUES (?, ?)", new)
+        _hint(hints, dict(pairs))
 
     # -- objects -------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import functools
 import json
 import re
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -140,6 +141,8 @@ def run_query(
                 return _run_fresh(fresh, lake, query, where, params, index, names, timeout)
             if key is not None and _stable(index, where, names):
                 borrowed.keep(allowed)
+            if where.live and where.key is not None and "runs" in names and not _one_run(where):
+                _remember_live(pool, lake, index, where)
         elif not borrowed.shaped and _one_run(where):
             _materialize(con, names)  # on second use: a run looked up once never pays for it
             borrowed.mark_shaped()
@@ -165,45 +168,104 @@ def _run_on_run_rows(
     timeout: float | None,
 ) -> pa.Table | None:
     """Answer a query over one settled run on the lake object's :class:`~tracking.connections.
-    RunRows` database (its rows copied there once per scope key), or None when that cannot
-    be done (the run may still write or has skipped files, or another call holds it).
+    RunRows` database, or None when that cannot be done (the run may still write or has
+    skipped files, or another call holds it).
 
-    The key names the run branch's head commit, so a moved branch gets a new copy, and one
-    database serves every run: a run not looked up before costs one copy of its rows, not a
-    new database.
+    The run's rows are usually there already: a query over the live view copies every settled
+    run's rows in bulk (:func:`_copy_settled_runs`), and a miss first copies those of the last
+    live view resolved if that was not done. Otherwise only this run's rows are copied. Rows
+    are kept under the one-run scope's key, which names the run branch's head commit, so a
+    moved branch gets a new copy.
     """
     assert where.key is not None
     with pool.run_rows(connections.lake_token(lake)) as db:
         if db is None:
             return None
-        con = db.con
-        scopes: dict[str, int] = {}
-        for name in sorted(names):
-            scope_id = db.scopes.get((where.key, name))
-            if scope_id is None:
-                resolved = views.resolved_view(lake, index, where, name, remember=False)
-                if not _settled(name, resolved):
-                    return None
-                scope_id = db.next_id()
-                db.rows += views.copy_run_rows(
-                    con, name, resolved, scope_id, create=name not in db.tables
+        key = where.key
+        missing = [n for n in sorted(names) if not db.copied(key, n)]
+        live = _last_live.get(lake)
+        if missing and live is not None and live.key is not None and live.key not in db.bulk:
+            _copy_settled_runs(db, lake, index, live)
+            missing = [n for n in missing if not db.copied(key, n)]
+        for name in missing:
+            resolved = views.resolved_view(lake, index, where, name, remember=False)
+            if not _settled(name, resolved):
+                return None
+            try:
+                copied = views.copy_run_rows(
+                    db.con, name, resolved, db.scope_id(key), create=name not in db.tables
                 )
-                db.tables.add(name)
-                db.scopes[(where.key, name)] = scope_id
-            scopes[name] = scope_id
-        views_sql = "".join(
-            f"; CREATE VIEW {name} AS SELECT * EXCLUDE (_scope) FROM _rows_{name} "
-            f"WHERE _scope = {scope_id}"
-            for name, scope_id in scopes.items()
-        )
+                db.added([key], name, copied)
+            except BaseException:
+                db.discard()  # rows half recorded: never read them
+                raise
+        con = db.con
         try:
-            con.execute(f"BEGIN TRANSACTION{views_sql}")  # one call: each has a fixed cost
+            db.select(key)
             return _execute(con, query, params, timeout)
         finally:
             try:
                 con.execute("ROLLBACK")
             except duckdb.Error:
                 db.discard()
+
+
+#: Per lake object: the last live scope whose views were built (its settled runs' rows are
+#: copied in bulk into a :class:`~tracking.connections.RunRows` database that lacks them).
+_last_live: weakref.WeakKeyDictionary[Lake, views.Scope] = weakref.WeakKeyDictionary()
+#: Views copied in bulk for every settled run of a live scope: one row per run.
+BULK_VIEWS = ("runs",)
+
+
+def _remember_live(pool: connections.Pool, lake: Lake, index: Index, where: views.Scope) -> None:
+    """After the views of the live scope ``where`` were built: copy its settled runs' rows
+    into the lake object's run rows database, so that a later lookup of any of them copies
+    nothing."""
+    _last_live[lake] = where
+    with pool.run_rows(connections.lake_token(lake)) as db:
+        if db is not None:
+            _copy_settled_runs(db, lake, index, where)
+
+
+def _copy_settled_runs(
+    db: connections.RunRows, lake: Lake, index: Index, live: views.Scope
+) -> None:
+    """Copy into ``db``, in one batch per view of :data:`BULK_VIEWS`, the rows of every run
+    the live scope ``live`` reads on its own branch and that cannot change while that branch
+    does not move (no uncommitted writes, no ``running`` record, no skipped file), each under
+    its one-run scope's key (:func:`views.run_key`); runs already copied under that key are
+    skipped. Uses the views as resolved when ``live`` was built (the index keeps them)."""
+    assert live.key is not None
+    db.bulk.add(live.key)
+    for name in BULK_VIEWS:
+        resolved = index.resolved(live.key, name)
+        if resolved is None:
+            continue
+        unsettled = {*resolved.volatile, *resolved.problems.column("ref").to_pylist()}
+        rows = resolved.rows
+        running = rows.filter(pa.compute.equal(rows["status"], "running"))
+        unsettled.update(running.column("ref").to_pylist())
+        scopes: dict[str, int] = {}
+        keys: dict[str, str] = {}
+        for source in live.sources:
+            if source.ref in unsettled or catalog.own_run(source) is None:
+                continue
+            key = views.run_key(source)
+            if not db.copied(key, name):
+                scopes[source.ref] = db.scope_id(key)
+                keys[source.ref] = key
+        present = set(rows.column("ref").to_pylist()) & scopes.keys()
+        scopes = {ref: scopes[ref] for ref in present}
+        if not scopes:
+            continue
+        try:
+            copied = views.copy_settled_rows(
+                db.con, name, resolved, scopes, create=name not in db.tables
+            )
+            db.added((keys[ref] for ref in scopes), name, copied)
+        except BaseException:
+            db.discard()
+            raise
 
 
 def _run_fresh(

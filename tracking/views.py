@@ -13,13 +13,14 @@ never fails a query; a damaged object (hash mismatch) raises ``CorruptObjectErro
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import importlib
 import os
 import threading
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -156,6 +157,14 @@ def run_scope(lake: Lake, index: Index, run_id: str) -> Scope:
     return _keyed(lake, (catalog.run_source(lake, run_id, index),), True)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def run_key(source: Source) -> str:
+    """The key :func:`run_scope` gives a run read on its own branch ``source`` (``source`` as
+    the live view lists it): the key its copied rows are kept under (see
+    :func:`copy_settled_rows`). Memoized: a listing of 10,000 run branches asks for each."""
+    return _digest((source,), True)
+
+
 def _keyed(lake: Lake, sources: tuple[Source, ...], live: bool) -> Scope:
     cacheable = not any(
         s.branch is not None and not (live and catalog.own_run(s)) and catalog.dirty(lake, s.branch)
@@ -275,20 +284,67 @@ def copy_run_rows(
     schema = layout.RUN_SCHEMA if name == "runs" else FILE_VIEWS[name][1]
     rows = _sourced_rows(resolved, schema)
     if rows is None:  # a segment too large to keep in memory: DuckDB reads it
-        con.register("_copy_sources", resolved.rows)
-        data = f"read_parquet({sql_list(resolved.segments)}, hive_partitioning = false)"
-        columns = [f'd."{f.name}"' for f in schema] + [
-            f"s.{f}" for f in ("ref", "namespace", "branch", "commit")
-        ]
-        select = f"SELECT {', '.join(columns)} FROM {data} d JOIN _copy_sources s USING (_oid)"
-        try:
-            read = con.sql(select).to_arrow_table()
-            rows = read.cast(pa.schema([*schema, *SOURCE_FIELDS]))
-        finally:
-            con.unregister("_copy_sources")
+        sources = resolved.rows.select(["_oid", *(f for f, _ in SOURCE_FIELDS)])
+        rows = _joined_rows(con, sources, resolved.segments, schema)
     if name == "runs":
         rows = _settled_runs_columns(rows)
-    rows = rows.append_column("_scope", pa.repeat(pa.scalar(scope_id, pa.int32()), len(rows)))
+    scopes = pa.repeat(pa.scalar(scope_id, pa.int32()), len(rows))
+    _append_rows(con, name, rows.append_column("_scope", scopes), create)
+    return len(rows)
+
+
+def copy_settled_rows(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    resolved: Resolved,
+    scopes: Mapping[str, int],
+    *,
+    create: bool,
+) -> int:
+    """:func:`copy_run_rows` for many runs at once: the rows view ``name`` of a live scope
+    (``resolved``) has for each source named in ``scopes`` (the run's own branch, by ``ref``)
+    are appended to ``_rows_<name>`` with ``_scope = scopes[ref]``, in one join and one
+    ``INSERT`` whatever the number of runs. Rows of other sources are left out.
+
+    Returns:
+        The rows copied.
+
+    Raises:
+        ValueError: a named source may still write (volatile) or records ``running``.
+    """
+    picked = resolved.rows.filter(pa.compute.is_in(resolved.rows["ref"], pa.array(list(scopes))))
+    if set(resolved.volatile) & scopes.keys() or "running" in picked["status"].to_pylist():
+        raise ValueError("only settled runs' rows can be copied")
+    ids = pa.array([scopes[ref] for ref in picked["ref"].to_pylist()], pa.int32())
+    sources = picked.select(["_oid", *(f for f, _ in SOURCE_FIELDS)]).append_column("_scope", ids)
+    schema = layout.RUN_SCHEMA if name == "runs" else FILE_VIEWS[name][1]
+    rows = _joined_rows(con, sources, resolved.segments, schema)
+    copied = _settled_runs_columns(rows) if name == "runs" else rows.drop_columns(["_scope"])
+    _append_rows(con, name, copied.append_column("_scope", rows["_scope"]), create)
+    return len(rows)
+
+
+def _joined_rows(
+    con: duckdb.DuckDBPyConnection, sources: pa.Table, segments: Sequence[str], schema: pa.Schema
+) -> pa.Table:
+    """The segment rows (``schema``'s columns) of each object in ``sources`` (``_oid`` then
+    further columns), followed by that source row's further columns, read by DuckDB on ``con``
+    (which may read the index's segments)."""
+    extra = [sources.schema.field(c) for c in sources.column_names if c != "_oid"]
+    shape = pa.schema([*schema, *extra])
+    if not segments or not sources.num_rows:
+        return shape.empty_table()
+    con.register("_copy_sources", sources)
+    data = f"read_parquet({sql_list(segments)}, hive_partitioning = false)"
+    columns = [f'd."{f.name}"' for f in schema] + [f's."{f.name}"' for f in extra]
+    select = f"SELECT {', '.join(columns)} FROM {data} d JOIN _copy_sources s USING (_oid)"
+    try:
+        return con.sql(select).to_arrow_table().cast(shape)
+    finally:
+        con.unregister("_copy_sources")
+
+
+def _append_rows(con: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, create: bool) -> None:
     con.register("_copy_rows", rows)
     try:
         if create:
@@ -297,7 +353,6 @@ def copy_run_rows(
             con.execute(f"INSERT INTO _rows_{name} SELECT * FROM _copy_rows").fetchall()
     finally:
         con.unregister("_copy_rows")
-    return len(rows)
 
 
 def _sourced_rows(resolved: Resolved, schema: pa.Schema) -> pa.Table | None:
