@@ -51,6 +51,7 @@ class PendingSnapshot:
     def __init__(self, code_dir: str | os.PathLike[str] | None) -> None:
         import threading
 
+        from tracking import localcache
         from tracking.snapshot import PendingListing
 
         self._listing: PendingListing | None = None
@@ -58,7 +59,7 @@ class PendingSnapshot:
 
         def start() -> None:
             try:
-                self._listing = PendingListing(code_dir)
+                self._listing = PendingListing(code_dir, cache_dir=localcache.cache_root())
             except BaseException as exc:  # raised to the submitter by finish()
                 self._error = exc
 

@@ -100,11 +100,16 @@ def start_run(
     else:
         input_commit = target.head().id if target is not None else lake.resolve("main")
     new_id = uuid.uuid4().hex
-    # The snapshot's git commands run while the run branch is created and the environment read.
-    pending = snapshot.PendingListing(code_dir) if code is None and snapshot_code else None
+    cache = os.fspath(cache_dir) if cache_dir is not None else localcache.cache_root()
+    # The snapshot's git commands (none when the cache says git would answer as last time)
+    # run while the run branch is created and the environment read.
+    pending = (
+        snapshot.PendingListing(code_dir, cache_dir=cache)
+        if code is None and snapshot_code
+        else None
+    )
     try:
         run_branch = lake.branch(layout.run_branch_short(new_id), source=input_commit)
-        cache = os.fspath(cache_dir) if cache_dir is not None else localcache.cache_root()
         env = environment.capture(cache)
     except BaseException:
         if pending is not None:

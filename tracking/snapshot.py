@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from tracking import localcache
+from tracking import gitlisting, localcache
 from tracking.errors import SkippedCodeFileWarning
 
 SOURCE_SUFFIXES = frozenset(
@@ -194,20 +194,39 @@ def listing(
     Warns:
         SkippedCodeFileWarning: as :func:`capture`.
     """
-    return PendingListing(root).finish(cache_dir=cache_dir, held=held)
+    return PendingListing(root, cache_dir=cache_dir).finish(cache_dir=cache_dir, held=held)
+
+
+#: What ``git rev-parse`` is asked, besides ``HEAD``: the git dirs tell the listing cache
+#: (:mod:`tracking.gitlisting`) which files ``HEAD`` and the ignore rules come from.
+_REV_PARSE = ("--show-toplevel", "--git-path", "index", "--absolute-git-dir", "--git-common-dir")
 
 
 class PendingListing:
     """A :func:`listing` whose git commands were started when this was built, so that the
     caller can work while they run; :meth:`finish` waits for them and lists, :meth:`close`
-    stops them instead."""
+    stops them instead.
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    With ``cache_dir``, what the two commands (``git rev-parse`` and ``git ls-files``) said of
+    an unchanged work tree is taken from the local cache, and no git process starts at all:
+    see :mod:`tracking.gitlisting` for what an entry is checked against.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, *, cache_dir: str | None = None
+    ) -> None:
         self._root = root
         self._cwd = os.path.abspath(os.fspath(root) if root is not None else os.getcwd())
         self._spec = "." if root is not None else ":/"
+        self._cache_dir = cache_dir
+        self._rev: subprocess.Popen[bytes] | None = None
+        self._listing: subprocess.Popen[bytes] | None = None
+        self._cached = gitlisting.load(cache_dir, self._cwd, self._spec) if cache_dir else None
+        if self._cached is not None:
+            return
+        self._started_ns = time.time_ns()
         # rev-parse and ls-files do not depend on each other: run them side by side.
-        self._rev = _spawn(self._cwd, "rev-parse", "--show-toplevel", "--git-path", "index", "HEAD")
+        self._rev = _spawn(self._cwd, "rev-parse", *_REV_PARSE, "HEAD")
         self._listing = _spawn(
             self._cwd,
             "ls-files",
@@ -222,10 +241,7 @@ class PendingListing:
     def close(self) -> None:
         """Stop the git commands (when the listing is not wanted after all)."""
         for proc in (self._rev, self._listing):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-            if proc is not None:
-                proc.communicate()
+            _stop(proc)
 
     def finish(self, *, cache_dir: str | None = None, held: Collection[str] = ()) -> CodeListing:
         """The listing: as :func:`listing` with these arguments.
@@ -233,30 +249,81 @@ class PendingListing:
         Warns:
             SkippedCodeFileWarning: as :func:`capture`.
         """
-        return _list(
-            self._root,
-            self._cwd,
-            self._spec,
-            _finish(self._rev),
-            _finish(self._listing),
-            cache_dir,
-            held,
+        if self._cached is not None:
+            known = self._cached
+            return _list(
+                self._root,
+                self._cwd,
+                self._spec,
+                (known.top, known.index, known.commit),
+                known.listed,
+                cache_dir,
+                held,
+            )
+        rev_out, listed = _finish(self._rev), _finish(self._listing)
+        # ls-files failing too means no work tree: asking rev-parse again would only say so.
+        if rev_out is None and listed is not None:  # a repository without commits yet
+            rev_out = _git(self._cwd, "rev-parse", *_REV_PARSE)
+        lines = (rev_out or "").splitlines()
+        top, index, git_dir, common_dir, commit = (lines + [""] * 5)[:5]
+        # The folders git leaves out, which the cache need not watch: asked while the files
+        # are read and hashed.
+        ignored = (
+            _spawn(
+                self._cwd,
+                "ls-files",
+                "-oi",
+                "--exclude-standard",
+                "--directory",
+                "-z",
+                "--full-name",
+                "--",
+                self._spec,
+            )
+            if self._cache_dir and top and listed is not None and len(lines) in (4, 5)
+            else None
         )
+        try:
+            code = _list(
+                self._root, self._cwd, self._spec, (top, index, commit), listed, cache_dir, held
+            )
+        except BaseException:
+            _stop(ignored)
+            raise
+        ignored_out = _finish(ignored) if ignored is not None else None
+        if self._cache_dir and ignored_out is not None and listed is not None:
+            gitlisting.store(
+                self._cache_dir,
+                self._cwd,
+                self._spec,
+                gitlisting.GitAnswer(top, index, commit, listed),
+                git_dir=git_dir,
+                common_dir=os.path.join(self._cwd, common_dir),
+                ignored=ignored_out,
+                started_ns=self._started_ns,
+                racy_window_ns=RACY_WINDOW_NS,
+                git=lambda *args: _git(self._cwd, *args),
+            )
+        return code
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+    if proc is not None:
+        proc.communicate()
 
 
 def _list(
     root: str | os.PathLike[str] | None,
     cwd: str,
     spec: str,
-    rev_out: str | None,
+    rev: tuple[str, str, str],
     listed: str | None,
     cache_dir: str | None,
     held: Collection[str],
 ) -> CodeListing:
-    # ls-files failing too means no work tree: asking rev-parse again would only say so again.
-    if rev_out is None and listed is not None:  # a repository without commits yet
-        rev_out = _git(cwd, "rev-parse", "--show-toplevel", "--git-path", "index")
-    top, index, commit = ((rev_out or "").splitlines() + ["", "", ""])[:3]
+    top, index, commit = rev
     dirty: bool | None = None
     walk_truncated = False
     lstats: dict[str, os.stat_result | None] = {}
@@ -355,13 +422,17 @@ def _dirty(
     def key() -> str | None:
         try:
             st = os.stat(index)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except FileNotFoundError:  # no index yet: as much a value as any index
+            stamp = "none"
         except OSError:
             return None
-        if not all(_settled(s) for s in stats.values()) or not _settled(
-            (st.st_size, st.st_mtime_ns)
+        # A file that is gone is as much a value as any size and time (and never racy).
+        if not all(s == (-1, -1) or _settled(s) for s in stats.values()) or (
+            stamp != "none" and not _settled((st.st_size, st.st_mtime_ns))
         ):
             return None
-        parts = [top, start, spec, commit or "", f"{st.st_size}:{st.st_mtime_ns}"]
+        parts = [top, start, spec, commit or "", stamp]
         parts += [f"{n}\0{s}\0{m}" for n, (s, m) in sorted(stats.items())]
         return _digest("\n".join(parts))
 

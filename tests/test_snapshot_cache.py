@@ -1,0 +1,360 @@
+"""The code snapshot's git listing cache (tracking.gitlisting): an unchanged work tree starts no
+git process, and whatever git would answer differently is never taken from the cache.
+
+Real repositories and real git. Each check compares what the cache holds with what git prints
+now. Most tests set the racy window to 0 so that files just written may be cached (their
+modification times cannot be set back far enough: a folder's ctime stays recent);
+``test_nothing_modified_within_the_racy_window_is_cached`` keeps the real window.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tracking import gitlisting, snapshot
+
+
+def _git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout
+
+
+def _fresh(root: Path) -> gitlisting.GitAnswer:
+    """What git answers now, asked directly."""
+    cwd = str(root)
+    try:
+        rev = _git(root, "rev-parse", "--show-toplevel", "--git-path", "index", "HEAD")
+    except subprocess.CalledProcessError:  # no commit yet
+        rev = _git(root, "rev-parse", "--show-toplevel", "--git-path", "index") + "\n"
+    top, index, commit = (rev.splitlines() + [""])[:3]
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z", "--full-name", "--", "."],
+        cwd=cwd,
+        capture_output=True,
+        check=True,
+    ).stdout.decode("utf-8", "surrogateescape")
+    return gitlisting.GitAnswer(top, index, commit, listed)
+
+
+class Lister:
+    """Lists a project through the cache, counting the git processes each listing starts."""
+
+    def __init__(self, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.cache = str(cache)
+        self.spawned: list[tuple[str, ...]] = []
+        self.last: list[tuple[str, ...]] = []  # what the last cached listing started
+        real = snapshot._spawn
+
+        def spawn(cwd: str, *args: str) -> subprocess.Popen[bytes] | None:
+            self.spawned.append(args)
+            return real(cwd, *args)
+
+        monkeypatch.setattr(snapshot, "_spawn", spawn)
+
+    def listing(self, root: Path) -> tuple[snapshot.CodeListing, int]:
+        """The cached listing, and how many git processes it started; asserts it is what an
+        uncached listing (fresh git) gives."""
+        self.spawned.clear()
+        got = snapshot.listing(root, cache_dir=self.cache)
+        self.last = list(self.spawned)
+        started = len(self.last)
+        assert got == snapshot.listing(root)
+        return got, started
+
+    def stored(self, root: Path) -> gitlisting.GitAnswer | None:
+        return gitlisting.load(self.cache, str(root), ".")
+
+    def settle(self, root: Path) -> snapshot.CodeListing:
+        """List until a listing starts no git process (git status may refresh the index once
+        after a change); asserts the cached answer is what git prints now."""
+        for attempt in range(4):
+            got, started = self.listing(root)
+            if started == 0:
+                assert self.stored(root) == _fresh(root)
+                return got
+            if attempt == 0:
+                _age_files(root)
+        raise AssertionError(f"still starting git after 4 listings: {self.spawned}")
+
+    def names(self, root: Path) -> list[str]:
+        """The listed file names (through the cache); asserts the cached answer, when there
+        is one, is what git prints now."""
+        got, _ = self.listing(root)
+        stored = self.stored(root)
+        assert stored is None or stored == _fresh(root)
+        return [f.path for f in got.files]
+
+
+def _age_files(root: Path) -> None:
+    """Set the work tree's files an hour back: git status rewrites an index whose entries
+    are as recent as the index itself (same second) on every call, until that second is past."""
+    back = time.time() - 3600
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != ".git"]
+        for name in files:
+            os.utime(os.path.join(folder, name), (back, back), follow_symlinks=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for name, value in {"NAME": "t", "EMAIL": "t@example.com"}.items():
+        monkeypatch.setenv(f"GIT_AUTHOR_{name}", value)
+        monkeypatch.setenv(f"GIT_COMMITTER_{name}", value)
+
+
+@pytest.fixture
+def lister(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lister:
+    monkeypatch.setattr(snapshot, "RACY_WINDOW_NS", 0)
+    return Lister(tmp_path / "cache", monkeypatch)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "pkg" / "sub").mkdir(parents=True)
+    (root / "build").mkdir()
+    (root / "logs").mkdir()
+    (root / "train.py").write_text("print('train')\n")
+    (root / "pkg" / "model.py").write_text("W = 1\n")
+    (root / "pkg" / "sub" / "deep.py").write_text("D = 1\n")
+    (root / "build" / "out.py").write_text("generated = 1\n")
+    (root / "logs" / "run.log.py").write_text("log = 1\n")
+    (root / "pkg" / "notes.py").write_text("n = 1\n")
+    (root / ".gitignore").write_text("build/\n*.log.py\n")
+    (root / "pkg" / ".gitignore").write_text("*.tmp\n")
+    _age_files(root)
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "add", "train.py", "pkg/model.py", "pkg/sub", ".gitignore", "pkg/.gitignore")
+    _git(root, "commit", "-qm", "first")
+    return root
+
+
+def test_an_unchanged_project_is_listed_without_starting_git(lister: Lister, repo: Path) -> None:
+    first = lister.settle(repo)
+    names = ["pkg/model.py", "pkg/notes.py", "pkg/sub/deep.py", "train.py"]
+    assert [f.path for f in first.files] == names
+    again, started = lister.listing(repo)
+    assert started == 0 and again == first
+    # Editing a listed file changes no listing (its bytes are read anyway).
+    (repo / "pkg" / "model.py").write_text("W = 2\n")
+    edited, _ = lister.listing(repo)
+    assert [args[0] for args in lister.last] == ["status"]
+    assert edited.git_dirty is True
+
+
+def _write(path: str, text: str = "x = 1\n") -> Callable[[Path], None]:
+    def change(root: Path) -> None:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+
+    return change
+
+
+def _append(path: str, text: str) -> Callable[[Path], None]:
+    def change(root: Path) -> None:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        with open(root / path, "a") as f:
+            f.write(text)
+
+    return change
+
+
+def _remove(path: str) -> Callable[[Path], None]:
+    return lambda root: (root / path).unlink()
+
+
+def _run(*args: str) -> Callable[[Path], None]:
+    def change(root: Path) -> None:
+        _git(root, *args)
+
+    return change
+
+
+def _both(*changes: Callable[[Path], None]) -> Callable[[Path], None]:
+    def change(root: Path) -> None:
+        for c in changes:
+            c(root)
+
+    return change
+
+
+#: name: (the change, a file name, whether the listing then holds that file)
+CHANGES: dict[str, tuple[Callable[[Path], None], str, bool]] = {
+    "new file at the top": (_write("new.py"), "new.py", True),
+    "new file in a folder": (_write("pkg/sub/new.py"), "pkg/sub/new.py", True),
+    "new file in a new folder": (_write("fresh/dir/new.py"), "fresh/dir/new.py", True),
+    "deleted untracked file": (_remove("pkg/notes.py"), "pkg/notes.py", False),
+    "deleted tracked file": (_remove("pkg/sub/deep.py"), "pkg/sub/deep.py", False),
+    "gitignore edited to ignore a file": (
+        _append(".gitignore", "notes.py\n"),
+        "pkg/notes.py",
+        False,
+    ),
+    "gitignore edited to unignore a file": (
+        _append(".gitignore", "!run.log.py\n"),
+        "logs/run.log.py",
+        True,
+    ),
+    "nested gitignore edited": (_append("pkg/.gitignore", "notes.py\n"), "pkg/notes.py", False),
+    "new nested gitignore": (_write("pkg/sub/.gitignore", "*.py\n"), "pkg/sub/deep.py", True),
+    "info/exclude edited": (_append(".git/info/exclude", "notes.py\n"), "pkg/notes.py", False),
+    "global excludes file created": (
+        _write("../home/.config/git/ignore", "notes.py\n"),
+        "pkg/notes.py",
+        False,
+    ),
+    "untracked file added to the index": (_run("add", "pkg/notes.py"), "pkg/notes.py", True),
+    "tracked file removed from the index and ignored": (
+        _both(_run("rm", "-q", "--cached", "train.py"), _append(".gitignore", "train.py\n")),
+        "train.py",
+        False,
+    ),
+    "a folder of only ignored files gets a file": (_write("logs/new.py"), "logs/new.py", True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHANGES))
+def test_what_git_would_list_differently_is_seen(lister: Lister, repo: Path, name: str) -> None:
+    change, path, listed = CHANGES[name]
+    lister.settle(repo)
+    change(repo)
+    assert (path in lister.names(repo)) is listed
+    lister.settle(repo)  # the new answer is cached in turn
+
+
+def test_the_global_excludes_file_named_in_config_is_watched(lister: Lister, repo: Path) -> None:
+    excludes = repo.parent / "excludes"
+    excludes.write_text("")
+    _git(repo, "config", "core.excludesFile", str(excludes))
+    (repo / "scratch.py").write_text("s = 1\n")
+    lister.settle(repo)
+    excludes.write_text("scratch.py\n")
+    assert "scratch.py" not in lister.names(repo)
+    lister.settle(repo)
+
+
+def test_a_file_inside_an_ignored_folder_changes_nothing(lister: Lister, repo: Path) -> None:
+    lister.settle(repo)
+    (repo / "build" / "more.py").write_text("m = 1\n")
+    (repo / "build" / "deeper").mkdir()
+    _, started = lister.listing(repo)
+    assert started == 0
+
+
+def test_head_moves_are_seen(lister: Lister, repo: Path) -> None:
+    def commit(message: str) -> str:
+        (repo / "train.py").write_text(f"print({message!r})\n")
+        _age_files(repo)
+        _git(repo, "commit", "-qam", message)
+        return _git(repo, "rev-parse", "HEAD").strip()
+
+    first = lister.settle(repo).git_commit
+    moved = commit("second")  # the loose ref moves
+    assert moved != first and lister.settle(repo).git_commit == moved
+    _git(repo, "pack-refs", "--all")  # the loose ref is gone; packed-refs holds it
+    assert lister.settle(repo).git_commit == moved
+    again = commit("third")  # a loose ref again, over the packed one
+    assert lister.settle(repo).git_commit == again
+    _git(repo, "pack-refs", "--all")
+    assert lister.settle(repo).git_commit == again
+    _git(repo, "update-ref", "refs/heads/main", moved)  # a loose ref only: nothing else moves
+    assert lister.settle(repo).git_commit == moved
+    _git(repo, "checkout", "-q", "-b", "topic")  # same commit, another branch
+    assert lister.settle(repo).git_commit == moved
+    on_topic = commit("on topic")
+    assert lister.settle(repo).git_commit == on_topic
+    _git(repo, "checkout", "-q", "main")
+    assert lister.settle(repo).git_commit == moved
+    _git(repo, "checkout", "-q", "--detach", first or "")
+    assert lister.settle(repo).git_commit == first
+    _git(repo, "checkout", "-q", "topic")
+    assert lister.settle(repo).git_commit == on_topic
+
+
+def test_a_repository_without_commits_is_cached_until_its_first_commit(
+    lister: Lister, tmp_path: Path
+) -> None:
+    root = tmp_path / "empty"
+    root.mkdir()
+    (root / "a.py").write_text("a = 1\n")
+    _git(root, "init", "-q")
+    assert lister.settle(root).git_commit is None
+    _git(root, "add", "a.py")
+    _git(root, "commit", "-qm", "first")
+    assert lister.settle(root).git_commit == _git(root, "rev-parse", "HEAD").strip()
+
+
+def test_a_subfolder_sees_its_parents_ignore_rules_and_a_new_repository(
+    lister: Lister, repo: Path
+) -> None:
+    sub = repo / "pkg"
+    assert [f.path for f in lister.settle(sub).files] == ["model.py", "notes.py", "sub/deep.py"]
+    _git(repo, "rm", "-q", "--cached", "pkg/sub/deep.py")
+    lister.settle(sub)
+    (repo / ".gitignore").write_text("deep.py\n")  # a rule in the folder above
+    assert lister.names(sub) == ["model.py", "notes.py"]
+    _git(sub / "sub", "init", "-q")  # pkg/sub becomes a repository of its own
+    assert lister.names(sub / "sub") == ["deep.py"]
+    assert lister.settle(sub / "sub").git_commit is None
+
+
+def test_a_worktree_is_cached_apart_from_its_main_tree(lister: Lister, repo: Path) -> None:
+    tree = repo.parent / "tree"
+    _git(repo, "worktree", "add", "-q", "-b", "wt", str(tree))
+    main_commit = lister.settle(repo).git_commit
+    assert lister.settle(tree).git_commit == main_commit
+    (tree / "only_here.py").write_text("o = 1\n")
+    (tree / "scratch.py").write_text("s = 1\n")
+    assert "only_here.py" in lister.names(tree)
+    _git(tree, "add", "only_here.py")
+    _git(tree, "commit", "-qm", "in the worktree")
+    moved = lister.settle(tree).git_commit
+    assert moved != main_commit and lister.settle(repo).git_commit == main_commit
+    _append(".git/info/exclude", "scratch.py\n")(repo)  # the common dir's, read by both
+    assert "scratch.py" not in lister.names(tree)
+    lister.settle(tree)
+
+
+def test_nothing_modified_within_the_racy_window_is_cached(tmp_path: Path, repo: Path) -> None:
+    cache = str(tmp_path / "cache")
+    snapshot.listing(repo, cache_dir=cache)
+    assert gitlisting.load(cache, str(repo), ".") is None
+    (repo / "new.py").write_text("n = 1\n")
+    got = snapshot.listing(repo, cache_dir=cache)
+    assert "new.py" in [f.path for f in got.files] and got == snapshot.listing(repo)
+
+
+def test_without_a_cache_folder_git_runs_each_time(
+    tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(snapshot, "RACY_WINDOW_NS", 0)
+    lister = Lister(tmp_path / "unused", monkeypatch)
+    for _ in range(2):
+        snapshot.listing(repo)
+    assert [a[0] for a in lister.spawned].count("ls-files") == 2
+    assert not os.path.exists(tmp_path / "unused")
+
+
+def test_a_pending_listing_taken_from_the_cache_closes_and_finishes(
+    lister: Lister, repo: Path
+) -> None:
+    first = lister.settle(repo)
+    lister.spawned.clear()
+    pending = snapshot.PendingListing(repo, cache_dir=lister.cache)
+    pending.close()
+    again = snapshot.PendingListing(repo, cache_dir=lister.cache).finish(cache_dir=lister.cache)
+    assert again == first
+    assert lister.spawned == []
