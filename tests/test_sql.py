@@ -516,3 +516,108 @@ def test_a_query_after_an_unkept_one_sees_nothing_it_created(embedded_lake: stor
             assert tracking.sql(embedded_lake, one, params=[done.id]).to_pylist() == [{"n": 50}]
     finally:
         live.end()
+
+
+def test_a_first_lookup_of_a_run_reads_the_row_a_full_scan_copied_and_answers_alike(
+    lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tracking import views
+    from tracking.index import Index
+
+    one_run_copies: list[str] = []
+    real_copy = views.copy_run_rows
+
+    def counting_copy(*args: object, **kwargs: object) -> int:
+        one_run_copies.append(str(args[1]))
+        return real_copy(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(views, "copy_run_rows", counting_copy)
+    exp = lake.branch("exp").name
+    done = []
+    for name in ("a", "b", "c"):
+        with tracking.start_run(lake, branch=exp, name=name, snapshot_code=False) as run:
+            for step in range(2):
+                run.log_metric("acc", step / 10, step=step)
+                run.flush()  # two metric parts: compaction has work on its run branch
+        done.append(run)
+    live = tracking.start_run(lake, branch=exp, name="live", snapshot_code=False)
+
+    def lookup(run_id: str) -> list[dict[str, object]]:
+        found = tracking.sql(lake, "SELECT * FROM runs WHERE run_id = ?", params=[run_id])
+        return _comparable(found.to_pylist())
+
+    def scanned(run_id: str) -> list[dict[str, object]]:
+        full = tracking.sql(lake, "SELECT * FROM runs").to_pylist()  # copies settled runs
+        return _comparable([r for r in full if r["run_id"] == run_id])
+
+    try:
+        live.log_metric("acc", 0.5, step=1)
+        live.flush()
+        expected = {run.id: scanned(run.id) for run in (*done, live)}
+        for run in done:  # first lookups: each reads the row the full scan copied
+            assert lookup(run.id) == expected[run.id]
+        assert one_run_copies == []
+        assert lookup(live.id) == expected[live.id]  # a running run is never copied
+        assert expected[live.id][0]["status"] == "running" and one_run_copies == []
+    finally:
+        live.end()
+    assert lookup(live.id)[0]["status"] == "finished"  # its branch moved: copied anew
+    assert lookup(live.id) == scanned(live.id)
+
+    # A moved run branch head: the copy made for the old head is never read again.
+    own = lake.get_branch(tracking.get_run(lake, done[0].id).run_branch)
+    path = layout.run_file(done[0].id, layout.RUN_FILE)
+    record = pq.read_table(pa.BufferReader(lake.read_bytes(path, own.name)))
+    renamed = record.set_column(
+        record.schema.get_field_index("name"), "name", pa.array(["a2"], pa.string())
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(renamed, sink)
+    own.write_many([(path, sink.getvalue().to_pybytes())])
+    own.commit("rename the run")
+    assert lookup(done[0].id)[0]["name"] == "a2"
+    assert lookup(done[0].id) == scanned(done[0].id)
+
+    # Compacted run branches (new heads), then the index deleted: answers stay the full scan's.
+    assert tracking.compact(lake)
+    assert lookup(done[1].id) == scanned(done[1].id)
+    with Index(lake) as index:
+        folder = index.folder
+    shutil.rmtree(folder)
+    copies_before = len(one_run_copies)
+    assert lookup(done[2].id) == scanned(done[2].id)
+    assert len(one_run_copies) == copies_before  # copied by the scan after compaction
+    shutil.rmtree(folder)
+    for run in done:
+        assert lookup(run.id) == scanned(run.id)
+
+
+def test_a_replaced_run_rows_database_gets_every_known_run_again_in_one_batch(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracking import connections, views
+
+    copies: list[tuple[str, int]] = []
+    for function in ("copy_run_rows", "copy_settled_rows"):
+        real = getattr(views, function)
+
+        def counting_copy(*args: object, _real: object = real, **kwargs: object) -> int:
+            copied: int = _real(*args, **kwargs)  # type: ignore[operator]
+            copies.append((_real.__name__, copied))  # type: ignore[attr-defined]
+            return copied
+
+        monkeypatch.setattr(views, function, counting_copy)
+    exp = embedded_lake.branch("exp").name
+    runs = [_run(embedded_lake, exp, name) for name in ("a", "b")]
+    assert tracking.sql(embedded_lake, "SELECT count(*) AS n FROM runs").to_pylist() == [{"n": 2}]
+    assert copies == [("copy_settled_rows", 2)]
+    monkeypatch.setattr(connections, "RUN_ROWS_MAX", 0)  # every lookup finds it replaced
+    for run, name in zip(runs, ("a", "b"), strict=True):
+        found = tracking.sql(embedded_lake, LOOKUP, params=[run.id]).to_pylist()
+        assert found[0]["name"] == name
+    assert copies == [("copy_settled_rows", 2)] * 3
