@@ -27,9 +27,12 @@ new run id would pay for a new database. Instead each lake object has one more d
 :class:`RunRows`, locked down the same way, holding *copies* of the rows of one-run scopes in
 plain tables (``_rows_<view>``, each scope's rows under a small integer ``_scope``). A scope's
 rows are copied once, only when they cannot change while its key stands (the key names the
-run branch's head commit, see :mod:`tracking.views`), and a query reads them through a view
-created inside its own rolled-back transaction. Such a database holds no Python function, so
-it never keeps the lake object alive.
+run branch's head commit, see :mod:`tracking.views`): in bulk for every settled run a query
+over the live view read (see :mod:`tracking.query`), else by the run's first lookup. A query
+reads them through a view created once with its table, which shows the ``_scope`` held in the
+DuckDB variable :data:`SCOPE_VARIABLE`, set inside the query's own rolled-back transaction, so
+a lookup creates nothing. Such a database holds no Python function, so it never keeps the lake
+object alive.
 """
 
 from __future__ import annotations
