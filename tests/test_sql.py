@@ -621,3 +621,22 @@ def test_a_replaced_run_rows_database_gets_every_known_run_again_in_one_batch(
         found = tracking.sql(embedded_lake, LOOKUP, params=[run.id]).to_pylist()
         assert found[0]["name"] == name
     assert copies == [("copy_settled_rows", 2)] * 3
+
+
+def test_a_bulk_copy_that_fails_costs_only_time(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import duckdb
+
+    from tracking import views
+
+    def segment_gone(*args: object, **kwargs: object) -> int:
+        raise duckdb.IOException("No files found that match the pattern")  # index deleted
+
+    monkeypatch.setattr(views, "copy_settled_rows", segment_gone)
+    exp = embedded_lake.branch("exp").name
+    runs = [_run(embedded_lake, exp, name) for name in ("a", "b")]
+    assert tracking.sql(embedded_lake, "SELECT count(*) AS n FROM runs").to_pylist() == [{"n": 2}]
+    for run, name in zip(runs, ("a", "b"), strict=True):
+        found = tracking.sql(embedded_lake, LOOKUP, params=[run.id]).to_pylist()
+        assert found[0]["name"] == name

@@ -186,6 +186,8 @@ def _run_on_run_rows(
         live = _last_live.get(lake)
         if missing and live is not None and live.key is not None and live.key not in db.bulk:
             _copy_settled_runs(db, lake, index, live)
+            if db.discarded:
+                return None
             missing = [n for n in missing if not db.copied(key, n)]
         for name in missing:
             resolved = views.resolved_view(lake, index, where, name, remember=False)
@@ -263,6 +265,11 @@ def _copy_settled_runs(
                 db.con, name, resolved, scopes, create=name not in db.tables
             )
             db.added((keys[ref] for ref in scopes), name, copied)
+        except (duckdb.Error, pa.ArrowException, OSError):
+            # A segment deleted meanwhile (the index may go at any moment): lookups copy
+            # their own rows instead, on a new database.
+            db.discard()
+            return
         except BaseException:
             db.discard()
             raise
