@@ -358,3 +358,20 @@ def test_a_pending_listing_taken_from_the_cache_closes_and_finishes(
     again = snapshot.PendingListing(repo, cache_dir=lister.cache).finish(cache_dir=lister.cache)
     assert again == first
     assert lister.spawned == []
+
+
+def test_a_compute_submit_from_an_unchanged_project_starts_no_git(
+    lister: Lister, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from compute.code import PendingSnapshot
+
+    monkeypatch.setenv("FLOWLAKE_CACHE_DIR", lister.cache)  # where a submit's cache lives
+    listed = [f.path for f in lister.settle(repo).files]
+    lister.spawned.clear()
+    _, checkout = PendingSnapshot(repo).finish(tmp_path / "code")
+    assert lister.spawned == []
+    held = sorted(p.relative_to(checkout).as_posix() for p in checkout.rglob("*") if p.is_file())
+    assert held == listed
+    (repo / "pkg" / "added.py").write_text("a = 1\n")
+    _, checkout = PendingSnapshot(repo).finish(tmp_path / "code")
+    assert (checkout / "pkg" / "added.py").read_text() == "a = 1\n"
