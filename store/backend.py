@@ -241,6 +241,34 @@ class Backend(abc.ABC):
             self.put_many(branch, items)
         return self.commit(branch, message, metadata, committer)
 
+    def commit_writes_merged(
+        self,
+        branch: str,
+        items: Sequence[tuple[str, bytes]],
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+        dest_branch: str,
+        merge_message: str,
+        merge_metadata: dict[str, str],
+    ) -> tuple[Commit, Commit | None]:
+        """:meth:`commit_writes`, and in the same durable step, when that needs no three-way
+        work, the merge of the new commit into ``dest_branch``.
+
+        The merge is made only when :meth:`merge` with no strategy and no guard would make it
+        with the source's tree: ``dest_branch`` is clean and has not moved since the merge base,
+        and the new commit differs from it in contents only. Then both heads move together (a
+        crash leaves both commits or neither) and the merge commit is returned; otherwise only
+        the commit is made and the second element is None: merge then as usual
+        (:meth:`store.Lake.merge`, which also reports conflicts and the reasons it cannot).
+        The default never merges.
+
+        Raises:
+            NothingToCommitError, BranchNotFoundError, ProtectedBranchError: as
+                :meth:`commit_writes` (nothing is committed or merged).
+        """
+        return self.commit_writes(branch, items, message, metadata, committer), None
+
     @abc.abstractmethod
     def diff(self, left: str, right: str) -> Iterator[Change]:
         """Changes that turn commit ``left`` into commit ``right``, sorted by path."""

@@ -270,13 +270,7 @@ class Branch:
         if not isinstance(message, str) or not message.strip():
             raise InvalidArgumentError("commit message must be a non-empty string")
         if writes:
-            items = []
-            for path, data in writes.items():
-                if not isinstance(data, bytes | bytearray | memoryview):
-                    raise InvalidArgumentError(
-                        f"commit writes need bytes, got {type(data).__name__}"
-                    )
-                items.append((validate_path(path), bytes(data)))
+            items = _write_items(writes)
             written: Commit = self._backend.commit_writes(
                 self.backend_name, items, message, _metadata(metadata), self.lake.user
             )
@@ -285,6 +279,48 @@ class Branch:
             self.backend_name, message, _metadata(metadata), self.lake.user
         )
         return commit
+
+    def commit_merging(
+        self,
+        message: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        writes: Mapping[str, bytes],
+        into: str,
+        merge_message: str | None = None,
+        merge_metadata: dict[str, Any] | None = None,
+    ) -> tuple[Commit, Commit | None]:
+        """:meth:`commit` with ``writes``, and in the same durable step the merge of the new
+        commit into branch ``into`` when that merge needs no three-way work (``into`` is clean,
+        has not moved since this branch left it, and no strategy or gate applies: not
+        ``main``, whose merges pass the policy's gates).
+
+        Returns:
+            (the commit, the merge commit): the merge commit is what :meth:`Lake.merge` of this
+            branch into ``into`` would have made, both heads moved in one step (a crash leaves
+            both commits or neither). None when the merge was not made here: the caller
+            merges with :meth:`Lake.merge`, which merges three ways or says why it cannot.
+            Backends without a combined step (lakeFS) always return None.
+
+        Raises:
+            As :meth:`commit` (nothing is committed or merged). BranchNotFoundError: no branch
+            ``into``.
+        """
+        if not isinstance(message, str) or not message.strip():
+            raise InvalidArgumentError("commit message must be a non-empty string")
+        items = _write_items(writes)
+        dest = self.lake._branch_backend_name(into)
+        merged: tuple[Commit, Commit | None] = self._backend.commit_writes_merged(
+            self.backend_name,
+            items,
+            message,
+            _metadata(metadata),
+            self.lake.user,
+            dest,
+            merge_message or f"Merge {self.name} into {into}",
+            _metadata(merge_metadata),
+        )
+        return merged
 
     @contextmanager
     def transact(
@@ -404,3 +440,17 @@ class Branch:
                     raise
             time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _write_items(writes: Mapping[str, bytes]) -> list[tuple[str, bytes]]:
+    """A commit's ``writes`` as checked (path, bytes) items.
+
+    Raises:
+        InvalidPathError, InvalidArgumentError (not bytes).
+    """
+    items = []
+    for path, data in writes.items():
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidArgumentError(f"commit writes need bytes, got {type(data).__name__}")
+        items.append((validate_path(path), bytes(data)))
+    return items

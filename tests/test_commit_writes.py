@@ -101,3 +101,122 @@ def test_hundreds_of_writes_are_committed_as_a_batch(lake: store.Lake) -> None:
     assert len(work.list("many/")) == 300
     assert work.read_bytes("many/123.txt") == b"item 123"
     assert work.read_bytes("staged.txt") == b"staged"
+
+
+def _combined(request: pytest.FixtureRequest) -> bool:
+    """Whether the lake's backend commits and merges in one step (the embedded backend)."""
+    return bool(request.node.callspec.params["lake"] != "lakefs")
+
+
+def _target_and_work(lake: store.Lake) -> tuple[store.Branch, store.Branch]:
+    dev = lake.branch("dev")
+    dev.write_bytes("keep.txt", b"kept")
+    dev.write_bytes("change.txt", b"before")
+    dev.commit("base")
+    work = lake.branch("work", source="dev")
+    work.write_bytes("staged.txt", b"staged")
+    return dev, work
+
+
+def test_a_commit_merging_into_an_unmoved_branch_is_the_commit_then_its_merge(
+    lake: store.Lake, request: pytest.FixtureRequest
+) -> None:
+    dev, work = _target_and_work(lake)
+    dev_head = dev.head().id
+    commit, merged = work.commit_merging(
+        "finish",
+        {"k": "v"},
+        writes={"change.txt": b"after"},
+        into="dev",
+        merge_message="merge work",
+        merge_metadata={"m": "1"},
+    )
+    if merged is None:  # no combined step: the merge follows as usual
+        assert not _combined(request)
+        assert dev.head().id == dev_head
+        merged = lake.merge("work", into="dev", message="merge work", metadata={"m": "1"})
+    else:
+        assert _combined(request)
+    assert work.head().id == commit.id and dev.head().id == merged.id
+    assert merged.parents == (dev_head, commit.id)
+    assert (merged.message, merged.metadata["m"]) == ("merge work", "1")
+    assert lake.commit(commit.id).metadata["k"] == "v"
+    assert {o.path: dev.read_bytes(o.path) for o in dev.list()} == {
+        "change.txt": b"after",
+        "keep.txt": b"kept",
+        "staged.txt": b"staged",
+    }
+    assert work.uncommitted() == [] and dev.uncommitted() == []
+    assert lake.merge_base("dev", "work") == commit.id
+
+
+def test_a_commit_merging_into_a_moved_branch_commits_and_leaves_the_merge_to_merge(
+    lake: store.Lake,
+) -> None:
+    dev, work = _target_and_work(lake)
+    dev.write_bytes("keep.txt", b"moved on dev")
+    moved = dev.commit("dev moved").id
+    commit, merged = work.commit_merging("finish", writes={"change.txt": b"after"}, into="dev")
+    assert merged is None
+    assert work.head().id == commit.id and dev.head().id == moved
+    lake.merge("work", into="dev")
+    assert dev.read_bytes("keep.txt") == b"moved on dev"
+    assert dev.read_bytes("change.txt") == b"after"
+
+
+def test_a_commit_merging_into_a_dirty_branch_commits_and_the_merge_still_refuses(
+    lake: store.Lake,
+) -> None:
+    dev, work = _target_and_work(lake)
+    dev.write_bytes("uncommitted.txt", b"x")
+    dev_head = dev.head().id
+    commit, merged = work.commit_merging("finish", writes={"change.txt": b"after"}, into="dev")
+    assert merged is None and work.head().id == commit.id and dev.head().id == dev_head
+    with pytest.raises(errors.DirtyBranchError):
+        lake.merge("work", into="dev")
+
+
+def test_a_commit_merging_into_main_leaves_the_merge_to_the_gates(lake: store.Lake) -> None:
+    work = lake.branch("work")
+    main_head = lake.get_branch("main").head().id
+    commit, merged = work.commit_merging("finish", writes={"a.txt": b"a"}, into="main")
+    assert merged is None and lake.get_branch("main").head().id == main_head
+    assert lake.merge("work", into="main").parents == (main_head, commit.id)
+
+
+def test_a_commit_merging_with_nothing_to_commit_changes_neither_branch(
+    lake: store.Lake,
+) -> None:
+    dev, work = _target_and_work(lake)
+    work.commit("staged", writes={"change.txt": b"after"})
+    heads = (dev.head().id, work.head().id)
+    with pytest.raises(errors.NothingToCommitError):
+        work.commit_merging("again", writes={"change.txt": b"after"}, into="dev")
+    assert (dev.head().id, work.head().id) == heads
+    with pytest.raises(errors.BranchNotFoundError):
+        work.commit_merging("nowhere", writes={"b.txt": b"b"}, into="no-such-branch")
+    assert work.head().id == heads[1]
+
+
+def test_a_commit_merging_into_a_branch_the_perimeter_may_not_merge_into_still_commits(
+    lake: store.Lake, lake_access: object
+) -> None:
+    from test_policy_enforce import install_policy, reopen
+
+    install_policy(lake)
+    production = reopen(lake_access, perimeter="production")
+    staging = reopen(lake_access, perimeter="staging")
+    try:
+        hotfix = production.with_namespace("production").branch("hotfix")
+        head = hotfix.head().id
+        work = staging.branch("exp")
+        commit, merged = work.commit_merging(
+            "train", writes={"model.bin": b"m"}, into=hotfix.name
+        )
+        assert merged is None and work.head().id == commit.id
+        assert hotfix.head().id == head
+        with pytest.raises(errors.PermissionDeniedError, match="may not merge into"):
+            staging.merge(work.name, into=hotfix.name)
+    finally:
+        staging.close()
+        production.close()

@@ -137,6 +137,25 @@ def test_a_commit_that_writes_makes_its_objects_durable_before_its_one_transacti
     assert list(branch.uncommitted()) == []
 
 
+def test_a_commit_and_its_merge_are_durable_before_their_one_transaction(
+    embedded_lake: store.Lake, syscalls: SyscallLog
+) -> None:
+    dev = embedded_lake.branch("dev", source="main")
+    dev.commit("base", writes={"base.parquet": _parquet(0)})
+    work = embedded_lake.branch("work", source="dev")
+    objects_root = os.path.realpath(embedded_lake.backend.objects.root)  # type: ignore[attr-defined]
+    work.write_bytes("staged.parquet", _parquet(1))
+    syscalls.events.clear()
+    commit, merged = work.commit_merging("finish", writes={"t/2.parquet": _parquet(2)}, into="dev")
+    assert merged is not None and merged.parents[1] == commit.id
+    assert [e for e in syscalls.events if e[0] == "tx"] == [("tx",)]
+    # The blob, the range, the metarange and both commit records.
+    assert syscalls.check_durable_before_each_transaction(objects_root) >= 1 + 1 + 1 + 2
+    assert dev.head().id == merged.id and work.head().id == commit.id
+    assert dev.read_bytes("t/2.parquet") == _parquet(2)
+    assert embedded_lake.backend.fsck() == []  # type: ignore[attr-defined]
+
+
 def test_a_batch_publishes_nothing_when_its_block_raises(tmp_path: Path) -> None:
     objects = ObjectStore(_local_fs(), str(tmp_path / "objects"))
     with pytest.raises(RuntimeError), objects.batch():

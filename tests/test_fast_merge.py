@@ -200,3 +200,49 @@ def test_tree_comparison_column_by_column_agrees_with_entry_by_entry(
                 assert (compared.changed, compared.only_content) == expected, change
                 assert compared.changed == bool(trees.diff(left, right))
                 assert trees.differs_only_in_content(left, right) == expected[1]
+
+
+@pytest.mark.parametrize("earlier_commit", [False, True])
+def test_a_commit_merging_makes_the_merge_the_three_way_merge_makes(
+    lake_with_dev: store.Lake, earlier_commit: bool
+) -> None:
+    lake = lake_with_dev
+    backend = lake.backend
+    base = lake.get_branch("dev").head().id
+    work = lake.branch("work", source="dev")
+    if earlier_commit:  # the work branch is then a commit ahead of the merge base
+        work.write_bytes("earlier.txt", b"earlier")
+        work.commit("earlier")
+    work.write_bytes("added/new.bin", b"\x00" * 5000)
+    work.delete("remove.txt")
+    commit, merged = work.commit_merging("finish", writes={"change.txt": b"after"}, into="dev")
+
+    assert merged is not None and merged.parents == (base, commit.id)
+    expected = _three_way_entries(backend, base, commit.id, base)
+    merged_tree = backend._commit_row(merged.id).tree
+    assert merged_tree == backend._commit_row(commit.id).tree
+    assert _entries(backend, merged_tree) == expected
+    assert backend.fsck() == []
+
+
+def test_a_commit_merging_onto_a_same_bytes_rewrite_leaves_the_merge_to_three_ways(
+    lake_with_dev: store.Lake,
+) -> None:
+    lake = lake_with_dev
+    backend = lake.backend
+    base = lake.get_branch("dev").head().id
+    work = lake.branch("work", source="dev")
+    # A commit on the work branch holding "same.txt" with the same bytes under a newer time.
+    old = backend.trees.get(backend._commit_row(base).tree, "same.txt")
+    assert old is not None
+    newer = Entry(old.path, old.checksum, old.size, old.mtime_ns + 1, old.address, old.inline)
+    with backend.lock.writing():
+        with backend.objects.batch():
+            tree = backend.trees.apply(backend._commit_row(base).tree, {"same.txt": newer})
+            row = backend._write_commit(tree, (base,), "newer time", {}, "tester")
+        assert backend._advance(work.backend_name, base, row)
+    commit, merged = work.commit_merging("finish", writes={"change.txt": b"after"}, into="dev")
+    assert merged is None and lake.get_branch("dev").head().id == base
+    expected = _three_way_entries(backend, base, commit.id, base)
+    merged = lake.merge("work", into="dev")
+    assert _entries(backend, backend._commit_row(merged.id).tree) == expected

@@ -418,6 +418,30 @@ class Run:
                 ).id
             return self._head
 
+    def _commit_merging(
+        self,
+        event: str,
+        writes: dict[str, bytes],
+        merge_message: str,
+        merge_metadata: dict[str, str],
+    ) -> Commit | None:
+        """:meth:`_commit` with ``writes``, merging into the run's target in the same step when
+        the backend can; the merge commit, or None when the merge is still to be made."""
+        assert self.branch is not None
+        metadata = {"tracking.run_id": self.id, "tracking.event": event}
+        with self._write_lock, contextlib.suppress(NothingToCommitError):
+            commit, merged = self._branch.commit_merging(
+                f"run {self.id} {event}",
+                metadata,
+                writes=writes,
+                into=self.branch,
+                merge_message=merge_message,
+                merge_metadata=merge_metadata,
+            )
+            self._head = commit.id
+            return merged
+        return None
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     def _begin(self, heartbeat_interval: float) -> None:
@@ -477,15 +501,26 @@ class Run:
             # place (see tracking.views.output_commit). Lakes written before this also hold a
             # second "recorded" commit whose record names it.
             record = {layout.run_file(self.id, layout.RUN_FILE): self._record_bytes()}
-            self._record["output_commit"] = self._commit(status, writes=record)
-        if status == "finished" and self._merge and self.branch is not None:
+            merging = status == "finished" and self._merge and self.branch is not None
+            merge_message = f"Merge run {self.id} ({self.name or 'unnamed'})"
+            merge_metadata = {"tracking.run_id": self.id, "tracking.event": "merge"}
+            merged: Commit | None = None
+            if merging:
+                # The embedded backend makes the commit and a merge that needs no three-way
+                # work one durable step; otherwise the merge below follows.
+                merged = self._commit_merging(status, record, merge_message, merge_metadata)
+            else:
+                self._commit(status, writes=record)
+            self._record["output_commit"] = self._head
+        if merging and self.branch is not None:
             try:
-                merged = self._lake.merge(
-                    self._branch.name,
-                    into=self.branch,
-                    message=f"Merge run {self.id} ({self.name or 'unnamed'})",
-                    metadata={"tracking.run_id": self.id, "tracking.event": "merge"},
-                )
+                if merged is None:
+                    merged = self._lake.merge(
+                        self._branch.name,
+                        into=self.branch,
+                        message=merge_message,
+                        metadata=merge_metadata,
+                    )
                 self.merge_commit = merged.id
                 if self._after_merge is not None:
                     self._after_merge(merged)

@@ -437,6 +437,33 @@ class PolicyBackend:
             branch, items, message, self._metadata(metadata), self._committer(committer)
         )
 
+    def commit_writes_merged(
+        self,
+        branch: str,
+        items: Sequence[tuple[str, bytes]],
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+        dest_branch: str,
+        merge_message: str,
+        merge_metadata: dict[str, str],
+    ) -> tuple[Commit, Commit | None]:
+        self.check_write(branch, "commit to")
+        metadata, committer = self._metadata(metadata), self._committer(committer)
+        if dest_branch == self._inner.default_branch:
+            # A merge into main passes its gates in merge(): only the commit is made here.
+            return self._inner.commit_writes(branch, items, message, metadata, committer), None
+        try:
+            # The checks merge() makes for a branch other than main.
+            self.check_write(dest_branch, "merge into", fresh=True)
+            merge_metadata = self._metadata(merge_metadata)
+        except StoreError:
+            # The commit is still made; the merge the caller makes next reports the refusal.
+            return self._inner.commit_writes(branch, items, message, metadata, committer), None
+        return self._inner.commit_writes_merged(
+            branch, items, message, metadata, committer, dest_branch, merge_message, merge_metadata
+        )
+
     def merge(
         self,
         source: str,

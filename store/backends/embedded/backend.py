@@ -682,6 +682,88 @@ class EmbeddedBackend(Backend):
             return self._commit(branch, (), message, metadata, committer)
         return self._commit(branch, items, message, metadata, committer)
 
+    @_writes
+    def commit_writes_merged(
+        self,
+        branch: str,
+        items: Sequence[tuple[str, bytes]],
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+        dest_branch: str,
+        merge_message: str,
+        merge_metadata: dict[str, str],
+    ) -> tuple[Commit, Commit | None]:
+        """The commit and its merge as one publish pass and one transaction moving both heads.
+
+        The merge commit is the one :meth:`merge` makes when ``dest_branch`` has not moved
+        since the merge base: the new commit's tree with parents (destination head, new
+        commit). When that does not apply, or the destination moves before the transaction,
+        the commit is made alone (its merge record, if written, is left for gc).
+        """
+        if len(items) >= BATCH_FROM or dest_branch == branch:
+            return self.commit_writes(branch, items, message, metadata, committer), None
+        self._check_writable(branch)
+        for _ in range(CAS_ATTEMPTS):
+            merge_row: CommitRow | None = None
+            with self.objects.batch():
+                written = [
+                    StagedChange(path, self._store_content(path, data)) for path, data in items
+                ]
+                head, changes, top = self._effective_staged(branch, written)
+                if not changes.num_rows:
+                    raise NothingToCommitError(f"branch {branch!r} has no uncommitted changes")
+                tree = self.trees.apply_table(self._commit_row(head).tree, changes)
+                row = self._write_commit(tree, (head,), message, metadata, committer)
+                dest = self._fast_merge_head(head, dest_branch, tree)
+                if dest is not None:
+                    dest_head, dest_top = dest
+                    merge_row = self._write_commit(
+                        tree,
+                        (dest_head, row.id),
+                        merge_message,
+                        merge_metadata,
+                        committer,
+                        generation=1 + max(self._commit_row(dest_head).generation, row.generation),
+                    )
+            with self.refs.write() as conn:
+                if not self.refs.move_head(conn, branch, head, row.id):
+                    if self.refs.head(branch) is None:
+                        raise BranchNotFoundError(f"branch {branch!r} was deleted")
+                    continue
+                self.refs.insert_commit(conn, row)
+                self.refs.clear_staged(conn, branch, top)
+                merged = merge_row is not None and self.refs.move_head(
+                    conn, dest_branch, dest_head, merge_row.id
+                )
+                if merged:
+                    assert merge_row is not None
+                    self.refs.insert_commit(conn, merge_row)
+                    self.refs.clear_staged(conn, dest_branch, dest_top)
+            return _to_commit(row), _to_commit(merge_row) if merged and merge_row else None
+        raise ConcurrentUpdateError(branch, head, self.refs.head(branch))
+
+    def _fast_merge_head(self, head: str, dest_branch: str, tree: str) -> tuple[str, int] | None:
+        """(destination head, its highest staged seq) when :meth:`merge` would merge a new
+        commit on ``head`` with tree ``tree`` into ``dest_branch`` by taking ``tree``: the
+        destination is clean, is the merge base, and only contents differ from it; else None.
+        """
+        try:
+            dest_head, dest_top = self._clean_head(dest_branch)
+        except (DirtyBranchError, BranchNotFoundError):
+            return None
+        # The new commit's merge base with the destination is its parent's (it is no
+        # ancestor of the destination, being new).
+        if self.merge_base(head, dest_head) != dest_head:
+            return None
+        # On the destination's head itself, the new tree differs by the staged changes only,
+        # and those are changes of content (_effective_staged drops the others).
+        if head != dest_head:
+            compared = self.trees.compare(self._commit_row(dest_head).tree, tree)
+            if not (compared.changed and compared.only_content):
+                return None
+        return dest_head, dest_top
+
     def _commit(
         self,
         branch: str,
@@ -715,9 +797,12 @@ class EmbeddedBackend(Backend):
         message: str,
         metadata: dict[str, str],
         committer: str,
+        generation: int | None = None,
     ) -> CommitRow:
-        """Store a commit record as an object (before any ref points at it)."""
-        generation = 1 + max((self._commit_row(p).generation for p in parents), default=0)
+        """Store a commit record as an object (before any ref points at it). ``generation``:
+        given when a parent is not in the refs database yet."""
+        if generation is None:
+            generation = 1 + max((self._commit_row(p).generation for p in parents), default=0)
         record = {
             "tree": tree,
             "parents": list(parents),
