@@ -78,11 +78,19 @@ def flowlake_round(
 def count_syncs(lake: store.Lake, branch: str, cache_dir: str, project: str) -> dict[str, int]:
     """What one more empty run asks of the disk: fsync calls (objects' files and folders),
     the parallel waves they are issued in (each waits on the disk about once), and SQLite write
-    transactions (each one more fsync of SQLite's write-ahead log, not counted in ``fsyncs``)."""
+    transactions (each one more fsync of SQLite's write-ahead log, not counted in ``fsyncs``);
+    and the ``git`` processes it starts."""
     from store.backends.embedded.objects import ObjectStore
     from store.backends.embedded.refdb import RefDB
 
-    counts = {"fsyncs": 0, "fsync_waves": 0, "sqlite_write_transactions": 0}
+    counts = {"fsyncs": 0, "fsync_waves": 0, "sqlite_write_transactions": 0, "git_processes": 0}
+    real_popen = subprocess.Popen
+
+    class Popen(real_popen):  # type: ignore[type-arg,valid-type,misc]
+        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+            counts["git_processes"] += int(isinstance(args, list) and args[:1] == ["git"])
+            super().__init__(args, *rest, **kwargs)
+
     real_fsync, real_sync_all, real_write = os.fsync, ObjectStore._sync_all, RefDB.write
 
     def fsync(fd: Any) -> None:
@@ -100,12 +108,14 @@ def count_syncs(lake: store.Lake, branch: str, cache_dir: str, project: str) -> 
     os.fsync = fsync
     ObjectStore._sync_all = sync_all  # type: ignore[method-assign]
     RefDB.write = write  # type: ignore[method-assign]
+    subprocess.Popen = Popen  # type: ignore[misc]
     try:
         flowlake_round(lake, branch, 1, cache_dir, project)
     finally:
         os.fsync = real_fsync
         ObjectStore._sync_all = real_sync_all  # type: ignore[method-assign]
         RefDB.write = real_write  # type: ignore[method-assign]
+        subprocess.Popen = real_popen  # type: ignore[misc]
     return counts
 
 
