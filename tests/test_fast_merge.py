@@ -246,3 +246,31 @@ def test_a_commit_merging_onto_a_same_bytes_rewrite_leaves_the_merge_to_three_wa
     expected = _three_way_entries(backend, base, commit.id, base)
     merged = lake.merge("work", into="dev")
     assert _entries(backend, backend._commit_row(merged.id).tree) == expected
+
+
+def test_a_commit_beside_many_small_inline_files_rewrites_only_a_small_range(
+    embedded_lake: store.Lake,
+) -> None:
+    from store.backends.embedded import layout
+    from store.backends.embedded.tree import MAX_RANGE_INLINE_BYTES
+
+    backend = embedded_lake.backend
+    trees = backend.trees
+
+    def inline(path: str, content: bytes) -> Entry:
+        return Entry(path, layout.content_id(content), len(content), 1, None, content)
+
+    code = [inline(f"code/{i:04d}", b"%04d" % i * 500) for i in range(200)]  # 2 kB each
+    with backend.lock.writing(), backend.objects.batch():
+        before = trees.build(code)
+        after = trees.apply(before, {"runs/r1/run.json": inline("runs/r1/run.json", b"{}")})
+    old, new = trees.ranges(before), trees.ranges(after)
+    assert len(old) >= 200 * 2000 // MAX_RANGE_INLINE_BYTES
+    for r in old:
+        assert sum(len(e.inline or b"") for e in trees.range_entries(r.id)[:-1]) < (
+            MAX_RANGE_INLINE_BYTES
+        )
+    rewritten = {r.id for r in new} - {r.id for r in old}
+    assert len(rewritten) == 1
+    (written,) = [r for r in new if r.id in rewritten]
+    assert written.count <= MAX_RANGE_INLINE_BYTES // 2000 + 2

@@ -36,6 +36,10 @@ from store.backends.embedded.rangecodec import POOL
 TARGET_ENTRIES = 512
 MAX_ENTRIES = 4096
 MAX_RANGE_BYTES = 1 << 20
+#: A range also ends once its entries' inline contents reach this many bytes. Small files are
+#: kept inline, and a range of a few hundred of them (a project's source files) would
+#: otherwise be hundreds of kB that every commit touching a path near them rewrites.
+MAX_RANGE_INLINE_BYTES = 64 << 10
 EMPTY_TREE = layout.content_id(b"[]")
 #: Ranges written by parallel threads once a tree change makes at least this many.
 PARALLEL_WRITES_FROM = 4
@@ -183,7 +187,10 @@ class TreeStore:
             self.objects.put_bytes(b"[]", codec=layout.ZSTD)
             return EMPTY_TREE
         rows = [(r.id, r.first, r.last, r.count) for r in ranges]
-        return self._store(rows, rangecodec.METARANGE_SCHEMA)
+        tree_id = self._store(rows, rangecodec.METARANGE_SCHEMA)
+        # The next commit or merge on the branch reads it back at once.
+        self._keep((tree_id, "rows"), list(ranges))
+        return tree_id
 
     def _write_range(self, entries: list[Entry]) -> RangeRef:
         range_id = self._store([e.row() for e in entries], rangecodec.ENTRY_SCHEMA)
@@ -442,14 +449,20 @@ class TreeStore:
 def _cut(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
     """Sorted entries in range-sized pieces, ending at content-defined boundaries."""
     current: list[Entry] = []
-    size = 0
+    size = inline = 0
     for entry in entries:
         current.append(entry)
+        inline += len(entry.inline) if entry.inline else 0
         size += len(entry.path) + 100 + (len(entry.inline) if entry.inline else 0)
         boundary = zlib.crc32(entry.path.encode()) % TARGET_ENTRIES == 0
-        if boundary or len(current) >= MAX_ENTRIES or size >= MAX_RANGE_BYTES:
+        if (
+            boundary
+            or len(current) >= MAX_ENTRIES
+            or size >= MAX_RANGE_BYTES
+            or inline >= MAX_RANGE_INLINE_BYTES
+        ):
             yield current
-            current, size = [], 0
+            current, size, inline = [], 0, 0
     if current:
         yield current
 
@@ -472,6 +485,7 @@ def _cut_bounds(table: pa.Table) -> list[tuple[int, int]]:
     inline = pc.fill_null(pc.binary_length(table.column("inline")), 0)
     sizes = pc.add(pc.add(pc.utf8_length(paths), 100), inline)
     total = np.cumsum(sizes.to_numpy(), dtype=np.int64)
+    inline_total = np.cumsum(inline.to_numpy(), dtype=np.int64)
     bounds = []
     start = 0
     while start < n:
@@ -481,6 +495,8 @@ def _cut_bounds(table: pa.Table) -> list[tuple[int, int]]:
             stop = min(stop, int(natural[k]) + 1)
         before = int(total[start - 1]) if start else 0
         stop = min(stop, int(np.searchsorted(total, before + MAX_RANGE_BYTES)) + 1)
+        before = int(inline_total[start - 1]) if start else 0
+        stop = min(stop, int(np.searchsorted(inline_total, before + MAX_RANGE_INLINE_BYTES)) + 1)
         bounds.append((start, stop))
         start = stop
     return bounds
