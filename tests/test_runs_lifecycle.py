@@ -727,3 +727,13 @@ def test_a_run_and_a_deployment_left_open_are_flushed_when_the_process_exits(
     assert steps == list(range(50))
     points = tracking.sql(lake, "SELECT key, value FROM deployment_metrics").to_pylist()
     assert points == [{"key": "accuracy", "value": 0.5}]
+
+
+def test_a_runs_parquet_bytes_are_the_bytes_write_table_stores(embedded_lake: store.Lake) -> None:
+    from tracking.run import parquet_bytes
+
+    branch = embedded_lake.branch("tables")
+    table = pa.table({"run_id": ["a", "b"], "value": [1.5, None], "n": [1, 2]})
+    branch.write_table("t.parquet", table)
+    assert branch.read_bytes("t.parquet") == parquet_bytes(table)
+    assert branch.read_table("t.parquet").equals(table)

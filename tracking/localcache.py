@@ -81,8 +81,9 @@ def store(path: str, value: Any) -> None:
     except OSError:
         return
     try:
+        # dumps, not dump: dump encodes piece by piece in Python, dumps in C.
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(value, f, separators=(",", ":"))
+            f.write(json.dumps(value, separators=(",", ":")))
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):

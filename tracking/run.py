@@ -548,11 +548,16 @@ _ARTIFACT_FIELDS = ("name", "kind", "path", "size", "sha256", "checksum")
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
-    """A table as Parquet bytes, encoded as :meth:`store.Branch.write_table` encodes it."""
-    from store.tables import encode
+    """A table as Parquet bytes, the very bytes :meth:`store.Branch.write_table` writes for it
+    (the same writer and options), encoded in memory: the small tables of a run need no
+    spooled temporary file."""
+    import pyarrow.parquet as pq
 
-    with encode(table) as encoded:
-        return encoded.read()  # type: ignore[no-any-return]
+    from store.tables import to_arrow
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(to_arrow(table), sink)
+    return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]
 
 
 def _key(key: Any) -> str:
