@@ -274,3 +274,26 @@ def test_a_commit_beside_many_small_inline_files_rewrites_only_a_small_range(
     assert len(rewritten) == 1
     (written,) = [r for r in new if r.id in rewritten]
     assert written.count <= MAX_RANGE_INLINE_BYTES // 2000 + 2
+
+
+def test_commit_rows_kept_in_memory_are_the_stored_ones_and_go_with_gc(
+    embedded_lake: store.Lake,
+) -> None:
+    from datetime import timedelta
+
+    backend = embedded_lake.backend
+    gone = embedded_lake.branch("gone")
+    commit = gone.commit("to drop", writes={"a.txt": b"a"})
+    statements: list[str] = []
+    backend.refs._conn.set_trace_callback(statements.append)
+    try:
+        first = backend._commit_row(commit.id)
+        assert backend._commit_row(commit.id) == first == backend.refs.commit(commit.id)
+        assert sum("FROM commits WHERE id" in s for s in statements) == 1  # the direct read
+    finally:
+        backend.refs._conn.set_trace_callback(None)
+    assert embedded_lake.commit(commit.id).message == "to drop"
+    embedded_lake.delete_branch("gone")
+    embedded_lake.gc(retention=timedelta(0))
+    with pytest.raises(errors.RefNotFoundError):
+        embedded_lake.commit(commit.id)

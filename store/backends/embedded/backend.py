@@ -75,6 +75,11 @@ BATCH_CODEC = layout.RAW
 #: paths one by one after a large ``put_many`` must not read the whole batch for each path.
 BATCH_CACHE_ENTRIES = 1 << 18
 CAS_ATTEMPTS = 50
+#: Commit rows are immutable: one read in the last COMMIT_CACHE_S seconds is reused (a run reads
+#: its starting commit's row seven times). The bound in time keeps a commit that gc has since
+#: dropped from another process visible here only briefly, as if read just before the drop.
+COMMIT_CACHE_ENTRIES = 1024
+COMMIT_CACHE_S = 60.0
 P = ParamSpec("P")
 R = TypeVar("R")
 _HEX = re.compile(r"^[0-9a-f]{4,64}$")
@@ -113,6 +118,9 @@ class EmbeddedBackend(Backend):
         # Batch objects are immutable and content-addressed: a checked one stays valid.
         self._batch_cache: OrderedDict[str, pa.Table] = OrderedDict()
         self._batch_cache_lock = threading.Lock()
+        # commit id -> (monotonic time read, row)
+        self._commit_cache: OrderedDict[str, tuple[float, CommitRow]] = OrderedDict()
+        self._commit_cache_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -265,10 +273,31 @@ class EmbeddedBackend(Backend):
         return _to_commit(self._commit_row(commit_id))
 
     def _commit_row(self, commit_id: str) -> CommitRow:
+        now = time.monotonic()
+        with self._commit_cache_lock:
+            held = self._commit_cache.get(commit_id)
+        if held is not None and now - held[0] < COMMIT_CACHE_S:
+            return held[1]
         row = self.refs.commit(commit_id)
         if row is None:
             raise RefNotFoundError(f"commit {commit_id} does not exist")
+        self._remember_commits(row)
         return row
+
+    def _remember_commits(self, *rows: CommitRow) -> None:
+        """Keep commit rows read, or just inserted by a committed transaction."""
+        now = time.monotonic()
+        with self._commit_cache_lock:
+            for row in rows:
+                self._commit_cache[row.id] = (now, row)
+                self._commit_cache.move_to_end(row.id)
+            while len(self._commit_cache) > COMMIT_CACHE_ENTRIES:
+                self._commit_cache.popitem(last=False)
+
+    def forget_commits(self) -> None:
+        """Drop the commit rows kept in memory (gc calls this when it deletes commit rows)."""
+        with self._commit_cache_lock:
+            self._commit_cache.clear()
 
     def log(self, commit_id: str) -> Iterator[Commit]:
         first = self.get_commit(commit_id)
@@ -364,9 +393,10 @@ class EmbeddedBackend(Backend):
     # -- writing ---------------------------------------------------------------------------------
 
     def _check_writable(self, branch: str) -> None:
-        if self.refs.head(branch) is None:
+        found = self.refs.head_protected(branch)
+        if found is None:
             raise BranchNotFoundError(f"branch {branch!r} does not exist")
-        if self.refs.is_protected(branch):
+        if found[1]:
             raise ProtectedBranchError(
                 f"branch {branch!r} is protected: change it by merging into it"
             )
@@ -740,7 +770,11 @@ class EmbeddedBackend(Backend):
                     assert merge_row is not None
                     self.refs.insert_commit(conn, merge_row)
                     self.refs.clear_staged(conn, dest_branch, dest_top)
-            return _to_commit(row), _to_commit(merge_row) if merged and merge_row else None
+            if merged and merge_row is not None:
+                self._remember_commits(row, merge_row)
+                return _to_commit(row), _to_commit(merge_row)
+            self._remember_commits(row)
+            return _to_commit(row), None
         raise ConcurrentUpdateError(branch, head, self.refs.head(branch))
 
     def _fast_merge_head(self, head: str, dest_branch: str, tree: str) -> tuple[str, int] | None:
@@ -828,6 +862,7 @@ class EmbeddedBackend(Backend):
             self.refs.insert_commit(conn, row)
             if clear_up_to != -1:
                 self.refs.clear_staged(conn, branch, clear_up_to)
+        self._remember_commits(row)
         return True
 
     # -- comparing and merging ---------------------------------------------------------------

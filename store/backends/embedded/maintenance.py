@@ -318,3 +318,4 @@ def _drop_commit_rows(backend: EmbeddedBackend, reachable: set[str], cutoff: flo
     stale = [c for c in backend.refs.commit_ids_before(cutoff) if c not in reachable]
     with backend.refs.write() as conn:
         conn.executemany("DELETE FROM commits WHERE id = ?", [(c,) for c in stale])
+    backend.forget_commits()

@@ -212,6 +212,11 @@ class RefDB:
     def protected(self) -> set[str]:
         return {r[0] for r in self._all("SELECT name FROM branches WHERE protected = 1")}
 
+    def head_protected(self, branch: str) -> tuple[str, bool] | None:
+        """(head, whether protected) of a branch, or None when there is no such branch."""
+        row = self._one("SELECT head, protected FROM branches WHERE name = ?", (branch,))
+        return (row[0], bool(row[1])) if row else None
+
     def is_protected(self, branch: str) -> bool:
         row = self._one("SELECT protected FROM branches WHERE name = ?", (branch,))
         return bool(row and row[0])
