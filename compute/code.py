@@ -201,6 +201,10 @@ def pickle_payload(fn: Callable[..., Any], args: dict[str, Any], snapshot_root: 
         cloudpickle.register_pickle_by_value(module)
     try:
         try:
+            return cloudpickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            pass  # pickled again one by one below, to name what cannot be
+        try:
             cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise InvalidArgumentError(f"the callable {fn!r} cannot be pickled: {exc}") from None
@@ -211,7 +215,12 @@ def pickle_payload(fn: Callable[..., Any], args: dict[str, Any], snapshot_root: 
                 raise InvalidArgumentError(
                     f"argument {key!r} ({type(value).__name__}) cannot be pickled: {exc}"
                 ) from None
-        return cloudpickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            return cloudpickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # each pickles alone, not together (rare: say, a cycle)
+            raise InvalidArgumentError(
+                f"the callable and its arguments cannot be pickled: {exc}"
+            ) from None
     finally:
         if by_value:
             assert module is not None

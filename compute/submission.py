@@ -2,6 +2,10 @@
 
 Everything that can be wrong with a submission (backend, resources, input ref, arguments,
 command) is checked before anything is created: a refused job leaves no branch, folder or run.
+A backend that can (Ray) is sent the job as soon as nothing can refuse it any more, and the
+job's bookkeeping (its output branch, payload, status and spec) is written while the backend
+starts it; the job's code waits for the spec, which is written last, and a failure in between
+withdraws the job and leaves nothing of it (see :class:`compute.backends.SendsEarly`).
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from compute.backends import load_executor
+from compute.backends import SendsEarly, load_executor
 from compute.code import PendingSnapshot, pickle_payload
 from compute.job import Job
 from compute.model import PYTHON_NAMES, Environment, JobSpec, JobStatus, Resources
-from compute.state import LAKEFS_SCHEME, JobStore, StatusRecord
+from compute.state import LAKEFS_SCHEME, JobStore, StatusRecord, write_atomic
 from store.errors import BranchNotFoundError, InvalidArgumentError, UnsupportedOperationError
 from store.lake import Lake
-from store.names import parse_branch
+from store.names import check_new_branch_name, parse_branch
 
 #: A command job without a name is named after its command line, cut to this many characters.
 DEFAULT_NAME_LENGTH = 80
@@ -133,7 +137,7 @@ def submit(
         input_commit = lake.resolve(input_ref)
         job_id = uuid.uuid4().hex
         target = output_branch or f"job-{job_id[:12]}"
-        parse_branch(target, _namespace(lake))
+        parsed = parse_branch(target, _namespace(lake))
         jobs = JobStore.for_location(_location(lake))
         sid, checkout = pending.finish(jobs.code_root)
     except BaseException:
@@ -142,11 +146,9 @@ def submit(
     if argv is not None:
         _check_found(argv, checkout)
     payload = pickle_payload(fn, args or {}, _snapshot_root(checkout)) if fn is not None else None
-
-    try:
-        out_branch = lake.get_branch(target)
-    except BranchNotFoundError:
-        out_branch = lake.branch(target, source=input_commit)
+    existing = _existing_branch(lake, target)
+    if existing is None:
+        check_new_branch_name(parsed.short)  # the rest of a new name's checks: lake.branch
     spec = JobSpec(
         job_id=job_id,
         name=name or _default_name(fn, argv),
@@ -156,7 +158,7 @@ def submit(
         user=lake.user,
         input_ref=input_ref,
         input_commit=input_commit,
-        output_branch=out_branch.name,
+        output_branch=existing or str(parsed),
         kind="command" if argv is not None else "callable",
         command=argv or (),
         code_snapshot=sid,
@@ -170,18 +172,32 @@ def submit(
         principal=identity.principal if identity is not None else None,
     )
     folder = jobs.new_folder(job_id)
-    if payload is not None:
-        folder.payload_file.write_bytes(payload)
-    folder.write_status(StatusRecord(JobStatus.QUEUED.value))
-    folder.log_file.touch()
-    # The spec is written last: a folder without one is not a job yet.
-    folder.spec_file.write_text(spec.to_json())
+
+    def prepare(record: StatusRecord) -> None:
+        """The job's bookkeeping: its output branch, payload, status and log, then its spec
+        (atomically, last: a folder without one is not a job yet, and the job's code waits for
+        it)."""
+        if existing is None:
+            lake.branch(target, source=input_commit, exist_ok=True)
+        if payload is not None:
+            folder.payload_file.write_bytes(payload)
+        folder.write_status(record)
+        folder.log_file.touch()
+        write_atomic(folder.spec_file, spec.to_json().encode())
+
     try:
-        handle = executor.launch(folder, spec)
+        if isinstance(executor, SendsEarly):
+            handle = executor.send(folder, spec, prepare)
+        else:
+            prepare(StatusRecord(JobStatus.QUEUED.value))
+            handle = executor.launch(folder, spec)
     except BaseException as exc:
-        folder.write_status(
-            StatusRecord(JobStatus.FAILED.value, error=f"could not start the job: {exc}")
-        )
+        if folder.spec_file.is_file():  # the job exists: it says why it never started
+            folder.write_status(
+                StatusRecord(JobStatus.FAILED.value, error=f"could not start the job: {exc}")
+            )
+        else:  # refused (or failed) before it existed: nothing is left of it
+            shutil.rmtree(folder.path, ignore_errors=True)
         raise
     return Job(folder, handle)
 
@@ -223,6 +239,14 @@ def _namespace(lake: Lake) -> Any:
     from store.names import Namespace
 
     return Namespace.parse(lake.namespace)
+
+
+def _existing_branch(lake: Lake, name: str) -> str | None:
+    """The full name of the existing branch ``name`` refers to, or None when there is none."""
+    try:
+        return lake.get_branch(name).name
+    except BranchNotFoundError:
+        return None
 
 
 def _snapshot_root(checkout: Path) -> str:

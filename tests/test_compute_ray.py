@@ -318,3 +318,99 @@ def test_ray_jobs_of_a_submitter_that_exits_are_stopped_and_recorded(
         f"{layout.run_dir(run['run_id'])}/logs/attempt-1.log", ref=run["run_branch"]
     )
     assert b"started" in log
+
+
+def touch(path: str) -> str:
+    Path(path).write_text("ran")
+    return "ran"
+
+
+def test_a_ray_job_refused_after_it_was_sent_never_runs_and_leaves_nothing(
+    embedded_lake: store.Lake, tmp_path: Path
+) -> None:
+    """The output branch is created after the task went to Ray: when that fails (here its name
+    clashes with a tag), the task is withdrawn before the job's code runs, and no job exists."""
+    from compute.state import JobStore
+
+    lake = embedded_lake
+    _seed(lake)
+    lake.tag("release", "main")
+    branches = lake.branches(all_namespaces=True)
+    marker = tmp_path / "ran.txt"
+    with pytest.raises(store.errors.AmbiguousNameError, match="release"):
+        compute.submit(
+            touch, {"path": str(marker)}, lake=lake, output_branch="release", backend="ray"
+        )
+    assert compute.jobs(lake) == []
+    assert list((JobStore.for_location(str(lake.location)).root / "jobs").iterdir()) == []
+    assert lake.branches(all_namespaces=True) == branches
+    # The next job runs (in the same warm worker) while the withdrawn one never does.
+    job = compute.submit(touch, {"path": str(tmp_path / "next.txt")}, lake=lake, backend="ray")
+    assert job.wait(timeout=JOB_WAIT_S) == "ran"
+    time.sleep(0.5)
+    assert not marker.exists()
+
+
+def test_an_attempt_waits_for_its_spec_and_gives_up_on_a_withdrawn_job(tmp_path: Path) -> None:
+    import threading
+
+    from compute.backends.ray_attempt import _await_spec
+    from compute.errors import ComputeError
+    from compute.state import JobFolder
+
+    folder = JobFolder(tmp_path / "job")
+    folder.path.mkdir()
+    writer = threading.Timer(0.2, lambda: folder.spec_file.write_text("{}"))
+    writer.start()
+    started = time.monotonic()
+    _await_spec(folder)
+    assert time.monotonic() - started >= 0.15 and folder.spec_file.is_file()
+
+    gone = JobFolder(tmp_path / "withdrawn")
+    gone.path.mkdir()
+    threading.Timer(0.1, gone.path.rmdir).start()
+    with pytest.raises(ComputeError, match="withdrawn"):
+        _await_spec(gone)
+
+
+def test_a_start_marker_being_written_reads_as_not_there_yet(tmp_path: Path) -> None:
+    from compute.backends.ray_attempt import STARTED_FILE, read_started
+
+    assert read_started(tmp_path) is None
+    (tmp_path / STARTED_FILE).write_bytes(b"")
+    assert read_started(tmp_path) is None
+    (tmp_path / STARTED_FILE).write_bytes(b'{"pid": 1')
+    assert read_started(tmp_path) is None
+    (tmp_path / STARTED_FILE).write_bytes(b'{"pid": 1}')
+    assert read_started(tmp_path) == {"pid": 1}
+
+
+def test_the_clusters_totals_are_asked_once_a_while_and_again_before_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ray
+
+    from compute.backends import ray as ray_backend
+
+    asked: list[dict[str, float]] = []
+    totals = {"CPU": 2.0, "GPU": 4.0}
+
+    def cluster_resources() -> dict[str, float]:
+        asked.append(dict(totals))
+        return dict(totals)
+
+    monkeypatch.setattr(ray, "cluster_resources", cluster_resources)
+    monkeypatch.setattr(ray_backend, "_cluster", [])
+    executor = ray_backend.RayExecutor()
+    for _ in range(3):
+        executor.check(compute.Resources(gpus=1))
+    assert len(asked) == 1
+    with pytest.raises(compute.ResourceError, match="the Ray cluster has 4"):
+        executor.check(compute.Resources(gpus=6))
+    assert len(asked) == 2  # asked again before refusing
+    totals["GPU"] = 8.0  # the cluster grew: seen at once, though the totals are fresh
+    executor.check(compute.Resources(gpus=6))
+    assert len(asked) == 3
+    monkeypatch.setattr(ray_backend, "CLUSTER_TTL_S", 0.0)
+    executor.check(compute.Resources(gpus=1))
+    assert len(asked) == 4

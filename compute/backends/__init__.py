@@ -7,13 +7,14 @@ snapshot, the job's folder) is the submitter's, and everything inside the job is
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from store.errors import InvalidArgumentError, NotInstalledError
 
 if TYPE_CHECKING:
     from compute.model import JobSpec, Resources
-    from compute.state import JobFolder
+    from compute.state import JobFolder, StatusRecord
 
 #: name -> (dotted path of the executor class, extra that installs its dependencies)
 EXECUTORS: dict[str, tuple[str, str | None]] = {
@@ -39,6 +40,24 @@ class Executor(Protocol):
 
         Raises:
             ComputeError: the job could not be started.
+        """
+
+
+@runtime_checkable
+class SendsEarly(Protocol):
+    """An executor that starts a job before its bookkeeping is written, to overlap the two."""
+
+    def send(
+        self, folder: JobFolder, spec: JobSpec, prepare: Callable[[StatusRecord], None]
+    ) -> Any:
+        """Send the job (its folder exists, empty), then call ``prepare`` with the job's first
+        status record to write the job's output branch, payload, status and, last, its spec;
+        returns what :meth:`Executor.launch` returns. The job's code must not start before the
+        spec exists. When ``prepare`` raises, the job is withdrawn (never runs, writes nothing)
+        and the error is raised.
+
+        Raises:
+            ComputeError: the job could not be started; what ``prepare`` raised.
         """
 
 

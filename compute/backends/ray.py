@@ -29,6 +29,8 @@ import hashlib
 import json
 import os
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -37,7 +39,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from compute.backends.ray_watch import Prepared, Watcher
 from compute.errors import ResourceError
 from compute.model import Environment, JobSpec, Resources
-from compute.state import JobFolder
+from compute.state import JobFolder, StatusRecord
 
 #: Environment variables a job needs to open the lake as the submitter does.
 FORWARDED_PREFIXES = ("FLOWLAKE_", "LAKECTL_", "FSSPEC_", "AWS_")
@@ -105,8 +107,30 @@ def _launch(folder: JobFolder, spec: JobSpec, attempt: int, prepared: Prepared |
             prepared.node_id, soft=False
         )
     options["runtime_env"] = runtime_env
-    task = _gpu_attempt if spec.resources.gpus else _attempt
-    return task.options(**options).remote(str(folder.path), attempt, env)
+    return _task(options, bool(spec.resources.gpus)).remote(str(folder.path), attempt, env)
+
+
+#: How many differently configured attempt tasks :func:`_task` keeps.
+TASK_CACHE_SIZE = 64
+_tasks: dict[str, Any] = {}
+_tasks_lock = threading.Lock()
+
+
+def _task(options: dict[str, Any], gpu: bool) -> Any:
+    """The attempt task with ``options``: Ray checks a task's options and ``runtime_env`` each
+    time they are given, so jobs launched alike reuse the configured task."""
+    base = _gpu_attempt if gpu else _attempt
+    if "scheduling_strategy" in options:  # a node of its own: not worth keeping
+        return base.options(**options)
+    key = json.dumps([gpu, options], sort_keys=True)
+    with _tasks_lock:
+        task = _tasks.get(key)
+        if task is None:
+            task = base.options(**options)
+            if len(_tasks) >= TASK_CACHE_SIZE:
+                del _tasks[next(iter(_tasks))]
+            _tasks[key] = task
+    return task
 
 
 _watcher_lock = threading.Lock()
@@ -135,19 +159,47 @@ class RayExecutor:
             )
 
     def check(self, resources: Resources) -> None:
-        cluster = ray.cluster_resources()
-        for what, asked, key in (
-            ("GPU(s)", resources.gpus, "GPU"),
-            ("CPU(s)", resources.cpus, "CPU"),
-            ("bytes of memory", resources.memory_bytes, "memory"),
-        ):
-            have = cluster.get(key, 0)
-            if asked > have:
-                raise ResourceError(
-                    f"the job asks for {asked:g} {what} but the Ray cluster has {have:g}"
-                )
+        """Refuse what the cluster does not have, from its totals as last asked (at most
+        :data:`CLUSTER_TTL_S` ago; asked again before a refusal, so a cluster that grew is seen).
+
+        Raises:
+            ResourceError: more GPUs, CPUs or memory than the cluster has (the message says both).
+        """
+        cluster = _cluster_resources(fresh=False)
+        if _lacking(resources, cluster) is not None:
+            cluster = _cluster_resources(fresh=True)
+        lacking = _lacking(resources, cluster)
+        if lacking is not None:
+            what, asked, have = lacking
+            raise ResourceError(
+                f"the job asks for {asked:g} {what} but the Ray cluster has {have:g}"
+            )
+
+    def send(
+        self, folder: JobFolder, spec: JobSpec, prepare: Callable[[StatusRecord], None]
+    ) -> Watcher:
+        """Send the job's first attempt to Ray, then write its bookkeeping (``prepare``) while
+        Ray starts it: the attempt waits for the job's spec before it does anything. A job with
+        an environment is prepared first (its environment is built before the attempt anyway).
+        When ``prepare`` raises, the attempt is cancelled."""
+        watcher = _watcher()
+        if not spec.environment.is_default:
+            prepare(watcher.first_record())
+            return self.launch(folder, spec)
+        job = watcher.send(folder, spec)
+        try:
+            # Made here, while Ray starts the attempt, rather than by the attempt.
+            folder.attempt_dir(1).mkdir(parents=True)
+            prepare(job.record)
+        except BaseException:
+            watcher.withdraw(job)
+            raise
+        watcher.admit(job)
+        return watcher
 
     def launch(self, folder: JobFolder, spec: JobSpec) -> Watcher:
+        """Start the job whose folder is written (for a job with an environment: once the
+        environment is built, by a Ray task of its own)."""
         watcher = _watcher()
         prep = None
         if not spec.environment.is_default:
@@ -159,6 +211,43 @@ class RayExecutor:
             )
         watcher.add(folder, spec, prep)
         return watcher
+
+
+#: Seconds the cluster's total resources, as Ray last said, are used to check a job.
+CLUSTER_TTL_S = 5.0
+
+_cluster_lock = threading.Lock()
+#: (this Ray connection's job and node ids, when asked (monotonic seconds), the totals)
+_cluster: list[tuple[tuple[str, str], float, dict[str, float]]] = []
+
+
+def _cluster_resources(fresh: bool) -> dict[str, float]:
+    """The cluster's total resources: asked of Ray (a GCS round trip, ~2 ms), or as it said
+    within :data:`CLUSTER_TTL_S` on this connection (a Ray started again is asked again)."""
+    context = ray.get_runtime_context()
+    key = (context.get_job_id(), context.get_node_id())
+    now = time.monotonic()
+    with _cluster_lock:
+        known = _cluster[0] if _cluster else None
+    if not fresh and known is not None and known[0] == key and now - known[1] < CLUSTER_TTL_S:
+        return known[2]
+    totals = {k: float(v) for k, v in ray.cluster_resources().items()}
+    with _cluster_lock:
+        _cluster[:] = [(key, now, totals)]
+    return totals
+
+
+def _lacking(resources: Resources, cluster: dict[str, float]) -> tuple[str, float, float] | None:
+    """(what, asked, the cluster's total) of the first resource the cluster lacks, or None."""
+    for what, asked, key in (
+        ("GPU(s)", resources.gpus, "GPU"),
+        ("CPU(s)", resources.cpus, "CPU"),
+        ("bytes of memory", resources.memory_bytes, "memory"),
+    ):
+        have = cluster.get(key, 0)
+        if asked > have:
+            return what, asked, have
+    return None
 
 
 def check_task(handle: Any, folder: JobFolder) -> None:

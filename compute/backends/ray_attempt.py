@@ -51,11 +51,12 @@ def run_attempt(job_dir: str, attempt: int, gpus: tuple[int, ...], env: Mapping[
     opened, the payload could not be unpickled) is the attempt's failure.
     """
     folder = JobFolder(Path(job_dir))
+    _await_spec(folder)
     out = folder.attempt_dir(attempt)
     out.mkdir(parents=True, exist_ok=True)
     visible = ",".join(str(g) for g in gpus)
     with environ_applied(env), _log_as_output(folder.log_file) as offset:
-        write_atomic(
+        _write_started(
             out / STARTED_FILE,
             json.dumps(
                 {
@@ -87,6 +88,62 @@ def run_attempt(job_dir: str, attempt: int, gpus: tuple[int, ...], env: Mapping[
                 with contextlib.suppress(Exception):
                     function()
     return code
+
+
+def _write_started(path: Path, data: bytes) -> None:
+    """Write the start marker with one ``write`` to a new file (no rename: the marker is
+    written once, and a reader that finds it empty or cut takes it as not there yet, see
+    :func:`read_started`)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def read_started(attempt_dir: Path) -> dict[str, Any] | None:
+    """The attempt's start marker, or None while it is not (wholly) written."""
+    try:
+        text = (attempt_dir / STARTED_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        started: dict[str, Any] = json.loads(text)
+    except ValueError:  # being written
+        return None
+    return started
+
+
+#: Seconds an attempt waits for its job's spec (the submitter writes it while Ray starts the
+#: attempt, see :class:`compute.backends.SendsEarly`); a submitter that dies meanwhile has its
+#: tasks ended by Ray, and one that fails withdraws the attempt.
+SPEC_WAIT_S = 600.0
+#: The longest pause between two looks for the spec, in seconds.
+SPEC_POLL_MAX_S = 0.0005
+
+
+def _await_spec(folder: JobFolder) -> None:
+    """Wait until the job's spec exists, the last of what the submitter writes before the job
+    is one; nothing is written before. Polls with pauses growing from 50 us to
+    :data:`SPEC_POLL_MAX_S`: the spec is usually there already, else due within milliseconds.
+
+    Raises:
+        ComputeError: the job's folder went away (the submission failed and was undone), or
+            the spec did not come within :data:`SPEC_WAIT_S`.
+    """
+    if folder.spec_file.is_file():
+        return
+    from compute.errors import ComputeError
+
+    deadline = time.monotonic() + SPEC_WAIT_S
+    pause = 0.00005
+    while not folder.spec_file.is_file():
+        if not folder.path.is_dir():
+            raise ComputeError(f"job {folder.job_id} was withdrawn before it started")
+        if time.monotonic() > deadline:
+            raise ComputeError(f"job {folder.job_id} got no spec within {SPEC_WAIT_S:g} s")
+        time.sleep(pause)
+        pause = min(pause * 2, SPEC_POLL_MAX_S)
 
 
 def _pool_worker(thread: threading.Thread) -> bool:

@@ -31,7 +31,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayError, RayTaskError, RuntimeEnvSetupError, WorkerCrashedError
 
-from compute.backends.ray_attempt import STARTED_FILE
+from compute.backends.ray_attempt import read_started
 from compute.model import JobSpec, JobStatus
 from compute.state import JobFolder, StatusRecord
 
@@ -94,16 +94,43 @@ class Watcher:
         # Registered after ray.init's own exit hook, so it runs first, while Ray is up.
         atexit.register(self.close)
 
+    def first_record(self) -> StatusRecord:
+        """A job's status before its first attempt starts: queued, supervised by this process
+        (so that it shows ``killed`` once this process is gone)."""
+        return StatusRecord(JobStatus.QUEUED.value, host=socket.gethostname(), pid=os.getpid())
+
+    def send(self, folder: JobFolder, spec: JobSpec) -> _Watched:
+        """Launch the first attempt of the job in ``folder`` now, before its spec is written
+        (the attempt waits for it); :meth:`admit` then supervises it, or :meth:`withdraw`
+        cancels it. Returns the job, whose ``record`` is its first status."""
+        job = _Watched(folder, spec, self.first_record())
+        self._next_attempt(job)
+        return job
+
+    def admit(self, job: _Watched) -> None:
+        """Supervise a job :meth:`send` launched, once its spec and status are written."""
+        with self._lock:
+            self._jobs.append(job)
+        self._wake.set()
+
+    def withdraw(self, job: _Watched) -> None:
+        """Cancel the attempt :meth:`send` launched, whose job was never written: the attempt
+        is still waiting for the spec, or never started, so it ran and wrote nothing."""
+        with contextlib.suppress(Exception):
+            ray.cancel(job.ref, force=False)
+        # Dropped now: the job lives on in the raised error's traceback, and an object ref
+        # freed after ray.shutdown() ends the process (Ray's core worker exits on it).
+        job.ref = None
+
     def add(self, folder: JobFolder, spec: JobSpec, prep: Any = None) -> None:
         """Supervise the job in ``folder``: launch its first attempt now, or once ``prep`` (the
         Ray task building its environment) has returned."""
-        record = StatusRecord(JobStatus.QUEUED.value, host=socket.gethostname(), pid=os.getpid())
-        job = _Watched(folder, spec, record, prep=prep)
+        job = _Watched(folder, spec, self.first_record(), prep=prep)
         if prep is None:
             self._next_attempt(job)
         # Written once the task is on its way (it does not read the status): this process is
         # the job's only status writer, and the job is not in the loop before the append below.
-        folder.write_status(record)
+        folder.write_status(job.record)
         with self._lock:
             self._jobs.append(job)
         self._wake.set()
@@ -129,34 +156,45 @@ class Watcher:
     def _loop(self) -> None:
         try:
             while ray.is_initialized() and not self._closing.is_set():
-                with self._lock:
-                    jobs = list(self._jobs)
-                if not jobs:
+                if not self._round():
                     self._wake.wait(1.0)
                     self._wake.clear()
-                    continue
-                refs = [j.ref if j.prep is None else j.prep for j in jobs]
-                # Checked before each call: after ray.shutdown() a call would start a new Ray.
-                ray.wait(refs, num_returns=1, timeout=POLL_S)
-                if not ray.is_initialized():
-                    break
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-                done = set(ready)
-                for job, ref in zip(jobs, refs, strict=True):
-                    if self._guarded_step(job, ref in done):
-                        with self._lock:
-                            self._jobs.remove(job)
         # Ray's calls raise SystemExit when ray.shutdown() disconnects this driver under them.
         except (Exception, SystemExit) as exc:  # recorded on each job that asks, by check()
             if ray.is_initialized():
                 self.failure = f"{type(exc).__name__}: {exc}"
                 return
+            _keep_past_shutdown(exc)  # its traceback holds object refs
         if not self._closing.is_set():  # ray.shutdown() in this process ended its tasks
             with self._lock:
                 jobs, self._jobs = self._jobs, []
+            _keep_past_shutdown(jobs)
             for job in jobs:
                 with contextlib.suppress(Exception):
                     self._final(job, JobStatus.KILLED, "Ray was shut down before the job ended")
+
+    def _round(self) -> bool:
+        """Advance every job once; False when there is none. A method of its own so that the
+        object refs it handles are freed when it returns, never held by the idle loop: one
+        freed while ``ray.shutdown()`` runs (after Ray's core worker stopped, before Ray let go
+        of it) ends the whole process with status 1 (Ray's ``QuickExit``)."""
+        with self._lock:
+            jobs = list(self._jobs)
+        if not jobs:
+            return False
+        refs = [j.ref if j.prep is None else j.prep for j in jobs]
+        # Checked before each call: after ray.shutdown() a call would start a new Ray.
+        ray.wait(refs, num_returns=1, timeout=POLL_S)
+        if not ray.is_initialized():
+            _keep_past_shutdown(refs)
+            return True
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        done = set(ready)
+        for job, ref in zip(jobs, refs, strict=True):
+            if self._guarded_step(job, ref in done):
+                with self._lock:
+                    self._jobs.remove(job)
+        return True
 
     def close(self) -> None:
         """Stop supervising (the submitting process is exiting): end the Ray tasks of the jobs
@@ -275,11 +313,10 @@ class Watcher:
         job.ref = self._launch(job.folder, job.spec, job.attempt, job.prepared)
 
     def _notice_start(self, job: _Watched) -> None:
-        try:
-            text = (job.folder.attempt_dir(job.attempt) / STARTED_FILE).read_text()
-        except FileNotFoundError:
+        started = read_started(job.folder.attempt_dir(job.attempt))
+        if started is None:
             return
-        job.started = json.loads(text)
+        job.started = started
         if job.spec.timeout:
             job.deadline = time.monotonic() + job.spec.timeout
         job.record = replace(
@@ -369,6 +406,17 @@ class Watcher:
             ended_at=time.time(),
         )
         job.folder.write_status(job.record)
+
+
+#: What held Ray object refs when Ray was shut down under the watcher, kept until the
+#: interpreter exits (see :meth:`Watcher._round`).
+_PAST_SHUTDOWN: list[object] = []
+
+
+def _keep_past_shutdown(held: object) -> None:
+    """Keep ``held`` (and the object refs in it) alive: Ray is being shut down, and an object
+    ref freed before it has let go of its core worker ends the process."""
+    _PAST_SHUTDOWN.append(held)
 
 
 def _descendants(pid: int) -> list[int]:
