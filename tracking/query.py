@@ -249,6 +249,8 @@ def _copy_settled_runs(
         unsettled.update(running.column("ref").to_pylist())
         scopes: dict[str, int] = {}
         keys: dict[str, str] = {}
+        owners = [(run_id, s.ref) for s in live.sources if (run_id := catalog.own_run(s))]
+        index.remember_run_branches(owners)  # a lookup then finds its branch without SQLite
         for source in live.sources:
             if source.ref in unsettled or catalog.own_run(source) is None:
                 continue
