@@ -73,24 +73,42 @@ def one_commit(lake: store.Lake, i: int) -> float:
     return time.perf_counter() - start
 
 
-def job_launch(lake: store.Lake, tmp: Path, backend: str) -> float:
-    out = tmp / f"job-{backend}.txt"
+def _project(tmp: Path) -> Path:
+    """The project the jobs are submitted from: a git work tree with one committed source
+    file, beside (not around) the lake, as a project usually is; its code does not change
+    from one submit to the next."""
+    project = tmp / "project"
+    project.mkdir()
+    (project / "train.py").write_text("def train() -> int:\n    return 1\n")
+    for argv in (
+        ["init", "-q"],
+        ["add", "train.py"],
+        ["-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "c"],
+    ):
+        subprocess.run(["git", *argv], cwd=project, check=True, capture_output=True)
+    return project
+
+
+def job_launch(lake: store.Lake, project: Path, out_dir: Path, backend: str) -> float:
+    out = out_dir / f"job-{backend}.txt"
     start = time.time()
-    job = compute.submit(first_line, {"out": str(out)}, lake=lake, backend=backend, code_dir=tmp)
+    job = compute.submit(
+        first_line, {"out": str(out)}, lake=lake, backend=backend, code_dir=project
+    )
     job.wait(timeout=300)
     return float(out.read_text()) - start
 
 
-def ray_job_launch(lake: store.Lake, tmp: Path, out_dir: Path) -> tuple[float, float]:
+def ray_job_launch(lake: store.Lake, project: Path, out_dir: Path) -> tuple[float, float]:
     """A Ray job's launch (as :func:`job_launch`), and the part of it after ``submit`` returned
     (the Ray backend's own share: the task's start and the job's way to its first line).
 
-    The job writes its stamp to ``out_dir``, outside the snapshotted ``tmp``: a project's code
-    does not change from one launch to the next, so its checkout is made once and reused.
+    The job writes its stamp to ``out_dir``, outside the snapshotted ``project``: a project's
+    code does not change from one launch to the next, so its checkout is made once and reused.
     """
     out = out_dir / "job-ray.txt"
     start = time.time()
-    job = compute.submit(first_line, {"out": str(out)}, lake=lake, backend="ray", code_dir=tmp)
+    job = compute.submit(first_line, {"out": str(out)}, lake=lake, backend="ray", code_dir=project)
     submitted = time.time()
     job.wait(timeout=300)
     first = float(out.read_text())
@@ -106,9 +124,9 @@ def bare_ray_task(ray: Any) -> float:
     return float(ray.get(stamp.remote())) - start
 
 
-def many(lake: store.Lake, tmp: Path, backend: str, n: int) -> dict[str, float]:
+def many(lake: store.Lake, project: Path, backend: str, n: int) -> dict[str, float]:
     start = time.perf_counter()
-    jobs = [compute.submit(tiny, lake=lake, backend=backend, code_dir=tmp) for _ in range(n)]
+    jobs = [compute.submit(tiny, lake=lake, backend=backend, code_dir=project) for _ in range(n)]
     for job in jobs:
         job.wait(timeout=1200)
     wall = time.perf_counter() - start
@@ -148,13 +166,14 @@ def main() -> None:
     results: dict[str, Any] = {}
     try:
         lake = _lake(tmp)
+        project = _project(tmp)
         if args.only != "ray":
             # Interleaved, so that a load that comes and goes weighs on both sides alike.
             launches, bares, commits = [], [], []
             for i in range(args.repeat):
                 bares.append(bare_subprocess(tmp))
                 commits.append(one_commit(lake, i))
-                launches.append(job_launch(lake, tmp, "local"))
+                launches.append(job_launch(lake, project, tmp, "local"))
             local, bare, commit = median(launches), median(bares), median(commits)
             results["launch_local"] = {
                 "job_s": local,
@@ -165,7 +184,7 @@ def main() -> None:
                 "ratio_vs_bare": local / bare,
                 "ratio_vs_bare_plus_commit": local / (bare + commit),
             }
-            results["many_local"] = many(lake, tmp, "local", args.jobs)
+            results["many_local"] = many(lake, project, "local", args.jobs)
         if args.only == "local":
             return
         import ray
@@ -174,7 +193,7 @@ def main() -> None:
         bare_ray = median([bare_ray_task(ray) for _ in range(args.repeat)])
         out_dir = Path(tempfile.mkdtemp(prefix="flowlake-bench-compute-out-"))
         try:
-            launches = [ray_job_launch(lake, tmp, out_dir) for _ in range(args.repeat)]
+            launches = [ray_job_launch(lake, project, out_dir) for _ in range(args.repeat)]
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
         ray_job = median(total for total, _ in launches)
@@ -186,7 +205,7 @@ def main() -> None:
             "after_submit_s": after_submit,
             "ratio_after_submit": after_submit / bare_ray,
         }
-        results["many_ray"] = many(lake, tmp, "ray", args.jobs)
+        results["many_ray"] = many(lake, project, "ray", args.jobs)
         ray.shutdown()
         results["env_cache"] = env_cache(tmp)
     finally:

@@ -25,7 +25,7 @@ from store.errors import InvalidArgumentError
 # a job's runner imports this module, before the job's first line, for checkout_dir alone.
 
 if TYPE_CHECKING:
-    from tracking.snapshot import CodeSnapshot, PendingListing
+    from tracking.snapshot import CodeSnapshot
 
 MANIFEST = "manifest.json"
 FILES = "files"
@@ -43,42 +43,25 @@ def snapshot_id(code: CodeSnapshot) -> str:
 
 
 class PendingSnapshot:
-    """A code snapshot whose ``git`` commands are started, from a thread, when this is built,
-    so that the submitter checks the job while they start and run; :meth:`finish` waits for
-    them and checks the snapshot out, :meth:`close` stops them instead (the submission was
-    refused)."""
+    """A code snapshot whose ``git`` commands, when it needs any, are started when this is
+    built, so that the submitter checks the job while they run; :meth:`finish` waits for them
+    and checks the snapshot out, :meth:`close` stops them instead (the submission was refused).
+
+    Built in the caller's thread: for a project where nothing git would report has changed,
+    the local cache answers and no git process starts (:mod:`tracking.gitlisting`), and a
+    thread of its own would cost more than that answer (its start, and the interpreter lock
+    shared with the checks it would run beside).
+    """
 
     def __init__(self, code_dir: str | os.PathLike[str] | None) -> None:
-        import threading
-
         from tracking import localcache
         from tracking.snapshot import PendingListing
 
-        self._listing: PendingListing | None = None
-        self._error: BaseException | None = None
-
-        def start() -> None:
-            try:
-                self._listing = PendingListing(code_dir, cache_dir=localcache.cache_root())
-            except BaseException as exc:  # raised to the submitter by finish()
-                self._error = exc
-
-        # Starting a process waits for its exec; the submitter's checks need not wait with it.
-        self._starter = threading.Thread(target=start, name="flowlake-snapshot", daemon=True)
-        self._starter.start()
-
-    def _started(self) -> PendingListing:
-        self._starter.join()
-        if self._error is not None:
-            raise self._error
-        assert self._listing is not None
-        return self._listing
+        self._listing = PendingListing(code_dir, cache_dir=localcache.cache_root())
 
     def close(self) -> None:
         """Stop the ``git`` commands; nothing was written."""
-        self._starter.join()
-        if self._listing is not None:
-            self._listing.close()
+        self._listing.close()
 
     def finish(self, code_root: Path) -> tuple[str, Path]:
         """Snapshot the project and check it out under ``code_root``; returns
@@ -92,7 +75,7 @@ class PendingSnapshot:
         """
         from tracking import localcache
 
-        code = self._started().finish(cache_dir=localcache.cache_root()).snapshot()
+        code = self._listing.finish(cache_dir=localcache.cache_root()).snapshot()
         return _check_out(code_root, code)
 
 
@@ -160,13 +143,25 @@ def load_snapshot(code_root: Path, sid: str) -> tuple[CodeSnapshot, Path]:
     return snapshot, target / FILES
 
 
+#: The installed roots for the last ``sys.path`` seen: ``[(tuple(sys.path), roots)]``.
+_roots: list[tuple[tuple[str, ...], list[str]]] = []
+
+
 def _installed_roots() -> list[str]:
+    """Where installed packages and the standard library live (asked of ``sysconfig`` once per
+    ``sys.path``: ~0.1 ms a time)."""
+    key = tuple(sys.path)
+    known = _roots[0] if _roots else None
+    if known is not None and known[0] == key:
+        return known[1]
     import sysconfig
 
     paths = sysconfig.get_paths()
     roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
     roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
-    return [os.path.abspath(r) + os.sep for r in roots]
+    found = [os.path.abspath(r) + os.sep for r in roots]
+    _roots[:] = [(key, found)]
+    return found
 
 
 def _ship_by_value(module: ModuleType, snapshot_root: str) -> bool:

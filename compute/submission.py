@@ -113,7 +113,7 @@ def submit(
     environment = environment if environment is not None else Environment()
     if not isinstance(resources, Resources) or not isinstance(environment, Environment):
         raise InvalidArgumentError("resources and environment take compute.Resources / Environment")
-    # The snapshot's git commands run while the job is checked (they take most of a submit).
+    # The snapshot's git commands, when it needs any, run while the job is checked.
     pending = PendingSnapshot(code_dir)
     try:
         from store.policy.enforce import job_identity
