@@ -142,10 +142,20 @@ class JobFolder:
         data["gpus"] = tuple(data.get("gpus") or ())
         return StatusRecord(**data)
 
-    def write_status(self, record: StatusRecord) -> None:
+    def write_status(self, record: StatusRecord, *, first: bool = False) -> None:
+        """Record ``record``: replaced atomically, so readers see the old or the new one whole.
+
+        Args:
+            first: the job's first status, written before its spec: no one reads a job's
+                status before the job exists (its spec, renamed into place after), so it is
+                written in place, without a rename (~0.1 ms less on ext4).
+        """
         data = {k: getattr(record, k) for k in StatusRecord.__dataclass_fields__}
         data["gpus"] = list(record.gpus)
-        write_atomic(self.path / "status.json", json.dumps(data).encode())
+        if first:
+            (self.path / "status.json").write_bytes(json.dumps(data).encode())
+        else:
+            write_atomic(self.path / "status.json", json.dumps(data).encode())
 
     def cancel_requested(self) -> bool:
         return self.cancel_file.exists()

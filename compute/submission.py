@@ -181,7 +181,7 @@ def submit(
             lake.branch(target, source=input_commit, exist_ok=True)
         if payload is not None:
             folder.payload_file.write_bytes(payload)
-        folder.write_status(record)
+        folder.write_status(record, first=True)
         folder.log_file.touch()
         write_atomic(folder.spec_file, spec.to_json().encode())
 
