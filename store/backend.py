@@ -45,6 +45,21 @@ class Backend(abc.ABC):
             RefNotFoundError: ``source_commit`` is not a commit.
         """
 
+    def create_branch_with(
+        self, name: str, source_commit: str, items: Sequence[tuple[str, bytes]]
+    ) -> None:
+        """:meth:`create_branch`, with ``items`` staged on it as :meth:`put_many` stages them.
+
+        The default creates the branch, then stages; a backend that can do both in one durable
+        step overrides it (a crash then leaves the branch with its items, or no branch).
+
+        Raises:
+            AlreadyExistsError, RefNotFoundError: as :meth:`create_branch` (nothing written).
+        """
+        self.create_branch(name, source_commit)
+        if items:
+            self.put_many(name, items)
+
     @abc.abstractmethod
     def delete_branch(self, name: str) -> None:
         """Delete a branch and its uncommitted changes. Commits stay reachable from other refs.

@@ -166,12 +166,25 @@ class Lake:
 
     # -- branches --------------------------------------------------------------------------------
 
-    def branch(self, name: str, source: str = "main", exist_ok: bool = False) -> Branch:
+    def branch(
+        self,
+        name: str,
+        source: str = "main",
+        exist_ok: bool = False,
+        *,
+        writes: Sequence[tuple[str, bytes]] = (),
+    ) -> Branch:
         """Create branch ``name`` (in the current namespace unless qualified) at ``source``.
 
         Creation is O(1): the branch shares its source's tree. Names that would make a ref
         ambiguous are refused (see :mod:`store.refs`): ones that look like a commit id, a
         namespace branch named like a production branch and the reverse, and a tag's name.
+
+        Args:
+            writes: (path, bytes) to stage on the new branch as :meth:`Branch.write_many`
+                does, in the same step (embedded: one transaction creates the branch and stages
+                them, so a crash leaves both or neither). With ``exist_ok`` and an existing
+                branch they are written to it.
 
         Raises:
             InvalidNameError: bad name or namespace.
@@ -186,11 +199,21 @@ class Lake:
         check_new_branch_name(target.short)
         commit_id = self.resolve(source)
         refuse_branch_clashes(self.backend, target)
+        items = []
+        for path, data in writes:
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise InvalidArgumentError(f"branch writes need bytes, got {type(data).__name__}")
+            items.append((validate_path(path), bytes(data)))
         try:
-            self.backend.create_branch(target.backend_name(), commit_id)
+            if items:
+                self.backend.create_branch_with(target.backend_name(), commit_id, items)
+            else:
+                self.backend.create_branch(target.backend_name(), commit_id)
         except AlreadyExistsError:
             if not exist_ok:
                 raise
+            if items:
+                self.backend.put_many(target.backend_name(), items)
         return Branch(self, target)
 
     def get_branch(self, name: str) -> Branch:

@@ -210,9 +210,7 @@ def test_a_commit_merging_into_a_branch_the_perimeter_may_not_merge_into_still_c
         hotfix = production.with_namespace("production").branch("hotfix")
         head = hotfix.head().id
         work = staging.branch("exp")
-        commit, merged = work.commit_merging(
-            "train", writes={"model.bin": b"m"}, into=hotfix.name
-        )
+        commit, merged = work.commit_merging("train", writes={"model.bin": b"m"}, into=hotfix.name)
         assert merged is None and work.head().id == commit.id
         assert hotfix.head().id == head
         with pytest.raises(errors.PermissionDeniedError, match="may not merge into"):
@@ -220,3 +218,23 @@ def test_a_commit_merging_into_a_branch_the_perimeter_may_not_merge_into_still_c
     finally:
         staging.close()
         production.close()
+
+
+def test_a_branch_created_with_writes_holds_them_uncommitted(lake: store.Lake) -> None:
+    main_head = lake.get_branch("main").head().id
+    big = b"x" * 20_000
+    branch = lake.branch("born", writes=[("a.txt", b"a"), ("big.bin", big)])
+    assert branch.head().id == main_head
+    assert sorted(c.path for c in branch.uncommitted()) == ["a.txt", "big.bin"]
+    assert branch.read_bytes("big.bin") == big
+    with pytest.raises(errors.AlreadyExistsError):
+        lake.branch("born", writes=[("b.txt", b"b")])
+    assert [c.path for c in branch.uncommitted()] == ["a.txt", "big.bin"]
+    lake.branch("born", exist_ok=True, writes=[("b.txt", b"b")])
+    assert branch.read_bytes("b.txt") == b"b"
+    with pytest.raises(errors.InvalidArgumentError):
+        lake.branch("never", writes=[("a.txt", "not bytes")])  # type: ignore[list-item]
+    with pytest.raises(errors.InvalidPathError):
+        lake.branch("never", writes=[("../up.txt", b"x")])
+    with pytest.raises(errors.BranchNotFoundError):
+        lake.get_branch("never")

@@ -156,6 +156,19 @@ def test_a_commit_and_its_merge_are_durable_before_their_one_transaction(
     assert embedded_lake.backend.fsck() == []  # type: ignore[attr-defined]
 
 
+def test_a_branch_and_its_first_writes_are_one_transaction_after_the_blobs_are_durable(
+    embedded_lake: store.Lake, syscalls: SyscallLog
+) -> None:
+    objects_root = os.path.realpath(embedded_lake.backend.objects.root)  # type: ignore[attr-defined]
+    syscalls.events.clear()
+    branch = embedded_lake.branch(
+        "born", writes=[(f"t/{i}.parquet", _parquet(i)) for i in range(3)]
+    )
+    assert [e for e in syscalls.events if e[0] == "tx"] == [("tx",)]
+    assert syscalls.check_durable_before_each_transaction(objects_root) >= 3
+    assert branch.read_bytes("t/1.parquet") == _parquet(1)
+
+
 def test_a_batch_publishes_nothing_when_its_block_raises(tmp_path: Path) -> None:
     objects = ObjectStore(_local_fs(), str(tmp_path / "objects"))
     with pytest.raises(RuntimeError), objects.batch():

@@ -426,18 +426,18 @@ def test_a_run_reads_and_writes_only_the_code_files_its_starting_commit_lacks(
         _age(path)  # settled files: their hashes are cached
     written: list[list[str]] = []
     opened: list[str] = []
-    real = store.Branch.write_many
+    real = store.Lake.branch
 
-    def spy(self: store.Branch, items):  # type: ignore[no-untyped-def]
-        items = list(items)
-        written.append(sorted(p for p, _ in items if p.startswith(layout.CODE_PREFIX)))
-        return real(self, items)
+    def spy(self: store.Lake, *args: Any, writes: Any = (), **kwargs: Any):  # type: ignore[no-untyped-def]
+        # A run's start records are staged as its branch is created.
+        written.append(sorted(p for p, _ in writes if p.startswith(layout.CODE_PREFIX)))
+        return real(self, *args, writes=writes, **kwargs)
 
     def spy_open(path: str, *args: Any):  # type: ignore[no-untyped-def]
         opened.append(os.path.basename(path))
         return open(path, *args)  # noqa: SIM115
 
-    monkeypatch.setattr(store.Branch, "write_many", spy)
+    monkeypatch.setattr(store.Lake, "branch", spy)
     monkeypatch.setattr(snapshot, "open", spy_open, raising=False)
 
     def run_once() -> tracking.Run:
@@ -491,13 +491,23 @@ def test_a_start_that_fails_leaves_no_git_command_of_its_snapshot_running(
         return proc
 
     def refuse(*args: object, **kwargs: object) -> None:
-        raise store.errors.StoreError("no room for a branch")
+        raise store.errors.StoreError("no room")
 
     monkeypatch.setattr(snapshot, "_spawn", spawn)
-    monkeypatch.setattr(store.Lake, "branch", refuse)
+    # While git lists the code (the environment is read meanwhile) ...
+    monkeypatch.setattr(environment, "capture", refuse)
     with pytest.raises(store.errors.StoreError, match="no room"):
         tracking.start_run(lake, code_dir=project, cache_dir=tmp_path / "cache")
     assert len(started) == 2 and all(p.returncode is not None for p in started)
+    # ... and once it has (the run branch is created with the start records, last).
+    monkeypatch.undo()
+    monkeypatch.setattr(snapshot, "_spawn", spawn)
+    monkeypatch.setattr(store.Lake, "branch", refuse)
+    started.clear()
+    with pytest.raises(store.errors.StoreError, match="no room"):
+        tracking.start_run(lake, code_dir=project, cache_dir=tmp_path / "cache2")
+    assert started and all(p.returncode is not None for p in started)
+    assert not [name for name in lake.backend.list_branches() if "run-" in name]
 
 
 def _dist_info(folder: Path, name: str, version: str) -> None:

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from store.branch import Branch
 from store.errors import AlreadyExistsError, ObjectNotFoundError, StoreError
+from store.names import Namespace, parse_branch
 from store.policy.enforce import perimeter_of
 from tracking import catalog, environment, layout, liveness, localcache, snapshot
 from tracking import run as run_module
@@ -22,7 +24,7 @@ from tracking.run import Run
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from store import Branch, Commit, Lake
+    from store import Commit, Lake
 
 DEFAULT_FLUSH_INTERVAL = 1.0
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
@@ -102,14 +104,16 @@ def start_run(
     new_id = uuid.uuid4().hex
     cache = os.fspath(cache_dir) if cache_dir is not None else localcache.cache_root()
     # The snapshot's git commands (none when the cache says git would answer as last time)
-    # run while the run branch is created and the environment read.
+    # run while the environment is read.
     pending = (
         snapshot.PendingListing(code_dir, cache_dir=cache)
         if code is None and snapshot_code
         else None
     )
+    # The run branch is created below, with the start records, in one step: a handle first.
+    short = layout.run_branch_short(new_id)
+    run_branch = Branch(lake, parse_branch(short, Namespace.parse(lake.namespace)))
     try:
-        run_branch = lake.branch(layout.run_branch_short(new_id), source=input_commit)
         env = environment.capture(cache)
     except BaseException:
         if pending is not None:
@@ -165,10 +169,10 @@ def start_run(
     )
     if tags:
         run.set_tags(tags)
-    # One batch (one staging transaction on the embedded backend). The record is in it too: at
-    # the start it only says "running", so a reader that sees it before the other files of the
-    # batch (lakeFS uploads a batch in parallel) sees a live run that has not logged yet.
-    # Nothing is committed now; the run's end commits it all.
+    # One batch, staged as the run branch is created (one transaction on the embedded backend).
+    # The record is in it too: at the start it only says "running", so a reader that sees it
+    # before the other files of the batch (lakeFS uploads a batch in parallel) sees a live run
+    # that has not logged yet. Nothing is committed now; the run's end commits it all.
     packages = [{"run_id": new_id, "name": n, "version": v} for n, v in env.packages]
     items = [
         (
@@ -184,7 +188,7 @@ def start_run(
         items += _code_items(new_id, listed, held)
         run._after_merge = blobs.remember(input_commit, {f.sha256 for f in listed.files})
     items.append((layout.run_file(new_id, layout.RUN_FILE), run._record_bytes()))
-    run_branch.write_many(items)
+    lake.branch(short, source=input_commit, writes=items)
     run._begin(heartbeat_interval)
     return run
 

@@ -381,6 +381,12 @@ class PolicyBackend:
         self.check_write(name, "create branch")
         self._inner.create_branch(name, source_commit)
 
+    def create_branch_with(
+        self, name: str, source_commit: str, items: Sequence[tuple[str, bytes]]
+    ) -> None:
+        self.check_write(name, "create branch")
+        self._inner.create_branch_with(name, source_commit, items)
+
     def delete_branch(self, name: str) -> None:
         self.check_write(name, "delete branch")
         self._inner.delete_branch(name)

@@ -206,6 +206,25 @@ class EmbeddedBackend(Backend):
             if not self.refs.insert_branch(conn, name, source_commit):
                 raise AlreadyExistsError(f"branch {name!r} already exists")
 
+    @_writes
+    def create_branch_with(
+        self, name: str, source_commit: str, items: Sequence[tuple[str, bytes]]
+    ) -> None:
+        """The branch and its staged items in one transaction, after the items' blobs are
+        durable (one publish pass)."""
+        if len(items) >= BATCH_FROM:
+            super().create_branch_with(name, source_commit, items)
+            return
+        # Read from the database, not the in-memory rows: gc may have dropped the commit.
+        if self.refs.commit(source_commit) is None:
+            raise RefNotFoundError(f"commit {source_commit} does not exist")
+        with self.objects.batch():
+            changes = [StagedChange(path, self._store_content(path, data)) for path, data in items]
+        with self.refs.write() as conn:
+            if not self.refs.insert_branch(conn, name, source_commit):
+                raise AlreadyExistsError(f"branch {name!r} already exists")
+            self.refs.stage(conn, name, changes)
+
     def delete_branch(self, name: str) -> None:
         with self.refs.write() as conn:
             row = conn.execute("SELECT protected FROM branches WHERE name = ?", (name,)).fetchone()
