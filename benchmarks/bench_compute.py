@@ -31,6 +31,7 @@ from typing import Any
 import compute
 import store
 from compute import envs
+from tracking.snapshot import RACY_WINDOW_NS
 
 FIRST_LINE_FILE = "first_line.txt"
 
@@ -76,7 +77,7 @@ def one_commit(lake: store.Lake, i: int) -> float:
 def _project(tmp: Path) -> Path:
     """The project the jobs are submitted from: a git work tree with one committed source
     file, beside (not around) the lake, as a project usually is; its code does not change
-    from one submit to the next."""
+    from one submit to the next, and it was last changed a few seconds before the first."""
     project = tmp / "project"
     project.mkdir()
     (project / "train.py").write_text("def train() -> int:\n    return 1\n")
@@ -86,6 +87,9 @@ def _project(tmp: Path) -> Path:
         ["-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "c"],
     ):
         subprocess.run(["git", *argv], cwd=project, check=True, capture_output=True)
+    # Files changed within the racy window are never cached as unchanged (tracking.snapshot):
+    # a project is older than that when one submits from it.
+    time.sleep(RACY_WINDOW_NS / 1e9 + 0.5)
     return project
 
 
