@@ -225,7 +225,7 @@ def _remember_live(pool: connections.Pool, lake: Lake, index: Index, where: view
     nothing."""
     _last_live[lake] = where
     with pool.run_rows(connections.lake_token(lake)) as db:
-        if db is not None:
+        if db is not None and where.key not in db.bulk:  # views rebuilt for the same key
             _copy_settled_runs(db, lake, index, where)
 
 
