@@ -81,6 +81,10 @@ def _project(tmp: Path) -> Path:
     project = tmp / "project"
     project.mkdir()
     (project / "train.py").write_text("def train() -> int:\n    return 1\n")
+    # Written an hour ago, as a project's files usually were: git's index then holds no
+    # racily clean entry, which git would check and rewrite the index for at every command.
+    old = time.time() - 3600
+    os.utime(project / "train.py", (old, old))
     for argv in (
         ["init", "-q"],
         ["add", "train.py"],
