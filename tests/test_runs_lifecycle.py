@@ -610,6 +610,50 @@ def test_local_cache_entries_are_decoded_once_and_read_again_when_rewritten(
     assert localcache.load(path) is None
 
 
+def test_an_unchanged_local_cache_entry_is_not_rewritten(tmp_path: Path) -> None:
+    from tracking import localcache
+
+    path = localcache.entry_path(str(tmp_path), "probe", "cd" * 32)
+    localcache.store(path, {"blobs": ["a"]})
+    inode = os.stat(path).st_ino
+    localcache.store(path, {"blobs": ["a"]})
+    assert os.stat(path).st_ino == inode  # not replaced: the same file
+    localcache.store(path, {"blobs": ["b"]})
+    assert os.stat(path).st_ino != inode and localcache.load(path) == {"blobs": ["b"]}
+    # Written atomically under a temporary name; none is left behind.
+    assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]
+    # The cache folder deleted under a writer only costs the entry again.
+    shutil.rmtree(tmp_path / "runs")
+    localcache.store(path, {"blobs": ["c"]})
+    assert localcache.load(path) == {"blobs": ["c"]}
+
+
+def test_code_files_known_at_a_commit_are_one_entry_per_commit_and_the_old_one_goes(
+    embedded_lake: store.Lake, tmp_path: Path
+) -> None:
+    from tracking import localcache
+
+    lake = embedded_lake
+    exp = lake.branch("exp", source="main")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("print('train')\n")
+    _age(project / "train.py")
+    cache = tmp_path / "cache"
+    folder = Path(localcache.entry_path(str(cache), "code-blobs", "0")).parent
+    entries: list[list[str]] = []
+    for _ in range(3):
+        with tracking.start_run(lake, branch=exp.name, code_dir=project, cache_dir=cache):
+            pass
+        entries.append(sorted(os.listdir(folder)))
+    # One entry, a new file each run (never renamed over the previous one), for the head.
+    assert [len(e) for e in entries] == [1, 1, 1]
+    assert len({e[0] for e in entries}) == 3
+    held = localcache.load(str(folder / entries[-1][0]))
+    assert held["commit"] == lake.resolve("exp")
+    assert held["blobs"] == [hashlib.sha256(b"print('train')\n").hexdigest()]
+
+
 def _git(repo: Path, *args: str) -> None:
     subprocess.run(
         ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],

@@ -358,21 +358,27 @@ class _CodeBlobs:
     the others (rewriting a held file stages a change the commit then drops, at a cost that
     grows with the project).
 
-    Known from the local cache (see :mod:`tracking.localcache`), one entry per lake and target
-    branch: the commit a run's merge made and the hashes of the code files it then held. It is
-    remembered only when the merge found the target where the run started, so that the merge
-    commit's tree is the run's final tree, which holds every file of its snapshot; it is used
-    only while the target's head is still that commit (commits never change).
+    Known from the local cache (see :mod:`tracking.localcache`), one entry per lake, target
+    branch and commit: the hashes of the code files a run's merge commit held. It is remembered
+    only when the merge found the target where the run started, so that the merge commit's tree
+    is the run's final tree, which holds every file of its snapshot; it is used only while the
+    target's head is still that commit (commits never change). Each entry has its own file, and
+    the start commit's is removed once the next one is written: a new file is cheaper to write
+    than one renamed over an existing file (see :mod:`tracking.localcache`).
     """
 
     def __init__(self, cache_dir: str, location: str, target: str | None) -> None:
-        key = hashlib.sha256(f"{location}\0{target}".encode("utf-8", "surrogatepass"))
-        self._path = localcache.entry_path(cache_dir, "code-blobs", key.hexdigest())
+        self._cache_dir = cache_dir
+        self._key = f"{location}\0{target}"
         self._target = target
+
+    def _path(self, commit: str) -> str:
+        key = hashlib.sha256(f"{self._key}\0{commit}".encode("utf-8", "surrogatepass"))
+        return localcache.entry_path(self._cache_dir, "code-blobs", key.hexdigest())
 
     def present_at(self, commit: str) -> frozenset[str]:
         """Hashes of code files known to be at ``commit`` (empty when nothing is known)."""
-        entry = localcache.load(self._path) if self._target is not None else None
+        entry = localcache.load(self._path(commit)) if self._target is not None else None
         if not isinstance(entry, dict) or entry.get("commit") != commit:
             return frozenset()
         blobs = entry.get("blobs")
@@ -382,13 +388,18 @@ class _CodeBlobs:
 
     def remember(self, start: str, blobs: set[str]) -> Callable[[Commit], None] | None:
         """What to do with the run's merge commit: remember ``blobs`` as held by it when its
-        target's side is ``start``."""
+        target's side is ``start``, and forget what was known of ``start`` (the target has
+        moved on from it)."""
         if self._target is None:
             return None
 
         def merged(commit: Commit) -> None:
             if commit.parents and commit.parents[0] == start:
-                localcache.store(self._path, {"commit": commit.id, "blobs": sorted(blobs)})
+                localcache.store(
+                    self._path(commit.id), {"commit": commit.id, "blobs": sorted(blobs)}
+                )
+            if commit.id != start:
+                localcache.remove(self._path(start))
 
         return merged
 
