@@ -326,12 +326,16 @@ def touch(path: str) -> str:
 
 
 def test_a_ray_job_refused_after_it_was_sent_never_runs_and_leaves_nothing(
-    embedded_lake: store.Lake, tmp_path: Path
+    embedded_lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The output branch is created after the task went to Ray: when that fails (here its name
     clashes with a tag), the task is withdrawn before the job's code runs, and no job exists."""
+    from compute.backends import ray as ray_backend
     from compute.state import JobStore
 
+    sent: list[object] = []
+    task = ray_backend._task
+    monkeypatch.setattr(ray_backend, "_task", lambda *a: sent.append(a) or task(*a))
     lake = embedded_lake
     _seed(lake)
     lake.tag("release", "main")
@@ -341,6 +345,7 @@ def test_a_ray_job_refused_after_it_was_sent_never_runs_and_leaves_nothing(
         compute.submit(
             touch, {"path": str(marker)}, lake=lake, output_branch="release", backend="ray"
         )
+    assert len(sent) == 1  # it was sent (the cluster is one node), then withdrawn
     assert compute.jobs(lake) == []
     assert list((JobStore.for_location(str(lake.location)).root / "jobs").iterdir()) == []
     assert lake.branches(all_namespaces=True) == branches
@@ -414,3 +419,31 @@ def test_the_clusters_totals_are_asked_once_a_while_and_again_before_a_refusal(
     monkeypatch.setattr(ray_backend, "CLUSTER_TTL_S", 0.0)
     executor.check(compute.Resources(gpus=1))
     assert len(asked) == 4
+
+
+def test_on_a_cluster_of_several_nodes_a_ray_job_is_sent_only_once_written(
+    embedded_lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another node may see the shared state folder late (NFS caches a file's absence), so on
+    such a cluster nothing goes to Ray before the job exists: a job refused while its
+    bookkeeping is written was never sent at all."""
+    import ray
+
+    from compute.backends import ray as ray_backend
+
+    real = ray.cluster_resources()
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {**real, "node:192.0.2.99": 1.0})
+    monkeypatch.setattr(ray_backend, "_cluster", [])
+    sent: list[object] = []
+    task = ray_backend._task
+    monkeypatch.setattr(ray_backend, "_task", lambda *a: sent.append(a) or task(*a))
+    lake = embedded_lake
+    _seed(lake)
+    lake.tag("release", "main")
+    with pytest.raises(store.errors.AmbiguousNameError, match="release"):
+        compute.submit(
+            touch, {"path": str(tmp_path / "x")}, lake=lake, output_branch="release", backend="ray"
+        )
+    assert sent == [] and compute.jobs(lake) == []
+    job = compute.submit(touch, {"path": str(tmp_path / "y")}, lake=lake, backend="ray")
+    assert job.wait(timeout=JOB_WAIT_S) == "ran" and len(sent) == 1

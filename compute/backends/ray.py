@@ -158,6 +158,9 @@ class RayExecutor:
                 log_to_driver=False,
             )
 
+    #: Whether the cluster was one node when :meth:`check` last asked (see :meth:`send`).
+    single_node = False
+
     def check(self, resources: Resources) -> None:
         """Refuse what the cluster does not have, from its totals as last asked (at most
         :data:`CLUSTER_TTL_S` ago; asked again before a refusal, so a cluster that grew is seen).
@@ -168,6 +171,7 @@ class RayExecutor:
         cluster = _cluster_resources(fresh=False)
         if _lacking(resources, cluster) is not None:
             cluster = _cluster_resources(fresh=True)
+        self.single_node = _node_count(cluster) == 1
         lacking = _lacking(resources, cluster)
         if lacking is not None:
             what, asked, have = lacking
@@ -179,11 +183,13 @@ class RayExecutor:
         self, folder: JobFolder, spec: JobSpec, prepare: Callable[[StatusRecord], None]
     ) -> Watcher:
         """Send the job's first attempt to Ray, then write its bookkeeping (``prepare``) while
-        Ray starts it: the attempt waits for the job's spec before it does anything. A job with
-        an environment is prepared first (its environment is built before the attempt anyway).
-        When ``prepare`` raises, the attempt is cancelled."""
+        Ray starts it: the attempt waits for the job's spec before it does anything. When
+        ``prepare`` raises, the attempt is cancelled. Prepared first, then launched: a job with
+        an environment (built before the attempt anyway), and any job on a cluster of more than
+        one node, whose shared state folder another node may see late (NFS caches a file's
+        absence for seconds, which a waiting attempt would then wait out)."""
         watcher = _watcher()
-        if not spec.environment.is_default:
+        if not spec.environment.is_default or not self.single_node:
             prepare(watcher.first_record())
             return self.launch(folder, spec)
         job = watcher.send(folder, spec)
@@ -235,6 +241,11 @@ def _cluster_resources(fresh: bool) -> dict[str, float]:
     with _cluster_lock:
         _cluster[:] = [(key, now, totals)]
     return totals
+
+
+def _node_count(cluster: dict[str, float]) -> float:
+    """How many nodes the cluster's totals name (each has a ``node:<address>`` resource of 1)."""
+    return sum(v for k, v in cluster.items() if k.startswith("node:") and "__" not in k)
 
 
 def _lacking(resources: Resources, cluster: dict[str, float]) -> tuple[str, float, float] | None:
