@@ -375,3 +375,49 @@ def test_a_compute_submit_from_an_unchanged_project_starts_no_git(
     (repo / "pkg" / "added.py").write_text("a = 1\n")
     _, checkout = PendingSnapshot(repo).finish(tmp_path / "code")
     assert (checkout / "pkg" / "added.py").read_text() == "a = 1\n"
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        pytest.param(lambda d: (d / "pyvenv.cfg").write_text("home = /usr\n"), id="pyvenv.cfg"),
+        pytest.param(lambda d: (d / "conda-meta").mkdir(), id="empty conda-meta folder"),
+        pytest.param(lambda d: (d / "CACHEDIR.TAG").write_text("Signature: x\n"), id="cachedir"),
+    ],
+)
+def test_non_code_folder_verdicts_are_reused_until_a_marker_appears(
+    lister: Lister, repo: Path, monkeypatch: pytest.MonkeyPatch, marker: Callable[[Path], None]
+) -> None:
+    lister.settle(repo)
+    judged: list[str] = []
+    real = snapshot.non_code_folder
+
+    def spy(path: str, own: frozenset[str] | None = None) -> bool:
+        judged.append(path)
+        return real(path, own)
+
+    monkeypatch.setattr(snapshot, "non_code_folder", spy)
+    lister.spawned.clear()
+    again = snapshot.listing(repo, cache_dir=lister.cache)
+    # Nothing changed: no git process, and no folder looked at for markers again.
+    assert lister.spawned == [] and judged == []
+    assert again == snapshot.listing(repo)
+    assert "pkg/sub/deep.py" in [f.path for f in again.files]
+    marker(repo / "pkg" / "sub")
+    # The folder's modification time moved: the verdicts are made again, and agree with an
+    # uncached listing (Lister.listing compares).
+    names = [f.path for f in lister.settle(repo).files]
+    assert judged and not any(n.startswith("pkg/sub/") for n in names)
+    assert "pkg/model.py" in names
+
+
+def test_reused_verdicts_follow_flowlakes_own_folders(
+    lister: Lister, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lister.settle(repo)
+    # The compute state folder moved into the project: a folder no file of which changed.
+    monkeypatch.setenv("FLOWLAKE_COMPUTE_DIR", str(repo / "pkg" / "sub"))
+    got, _ = lister.listing(repo)
+    # git's answer is still taken from the cache (git status may run: the files differ).
+    assert [args[0] for args in lister.last] in ([], ["status"])
+    assert [f.path for f in got.files] == ["pkg/model.py", "pkg/notes.py", "train.py"]

@@ -37,7 +37,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tracking import localcache
 
@@ -56,15 +56,32 @@ Git = Callable[..., str | None]
 
 
 @dataclass(frozen=True)
+class Kept:
+    """Which listed names the code snapshot keeps once folders that are never code are left
+    out (:func:`tracking.snapshot.non_code_folder`), relative to the folder it lists from, and
+    flowlake's own folders (real paths) they were judged against.
+
+    Valid as long as the entry it is stored with: every folder holding a listed name is one
+    the entry stamps, and a marker file created in or removed from a folder changes its
+    modification time.
+    """
+
+    own: tuple[str, ...]
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class GitAnswer:
     """What the two commands said: the work tree's top, the index path (as ``--git-path``
     prints it, relative to the folder), ``HEAD``'s commit id ("" before the first commit) and
-    the ``ls-files`` output (NUL-separated names)."""
+    the ``ls-files`` output (NUL-separated names); and, when the snapshot stored it with the
+    answer, the names it kept (not part of what git said, so not compared)."""
 
     top: str
     index: str
     commit: str
     listed: str
+    kept: Kept | None = field(default=None, compare=False)
 
 
 class _Uncacheable(Exception):
@@ -95,7 +112,22 @@ def load(cache_dir: str, cwd: str, spec: str) -> GitAnswer | None:
                 return None
     except (OSError, ValueError, TypeError):
         return None
-    return GitAnswer(*answer)
+    top, index, commit, listed = answer
+    return GitAnswer(top, index, commit, listed, kept=_kept(entry.get("kept")))
+
+
+def _kept(value: object) -> Kept | None:
+    if not (isinstance(value, list) and len(value) == 2):
+        return None
+    own, names = value
+    if not (
+        isinstance(own, list)
+        and isinstance(names, list)
+        and all(isinstance(n, str) for n in own)
+        and all(isinstance(n, str) for n in names)
+    ):
+        return None
+    return Kept(tuple(own), tuple(names))
 
 
 def store(
@@ -110,6 +142,7 @@ def store(
     started_ns: int,
     racy_window_ns: int,
     git: Git,
+    kept: Kept | None = None,
 ) -> bool:
     """Keep ``answer`` for ``cwd`` and ``spec`` when it can be checked later (see the module);
     returns whether it was kept.
@@ -121,6 +154,9 @@ def store(
         started_ns: ``time.time_ns()`` before the git commands started; anything modified
             within ``racy_window_ns`` before it makes the answer unsafe to keep.
         git: runs a git command in ``cwd`` and returns its output, or None.
+        kept: the names the snapshot kept of this answer, judged after the git commands
+            started (a marker file created since then changes a stamped folder's modification
+            time within the racy window, and the entry is not kept).
     """
     try:
         reads, stamps = _dependencies(cwd, spec, answer, git_dir, common_dir, ignored, git)
@@ -130,11 +166,13 @@ def store(
     for stamp in stamps.values():
         if stamp is not None and max(stamp[3], stamp[4]) >= horizon:
             return False
-    entry = {
+    entry: dict[str, object] = {
         "answer": [answer.top, answer.index, answer.commit, answer.listed],
         "reads": [[p, c] for p, c in reads.items()],
         "stamps": [[p, s] for p, s in stamps.items()],
     }
+    if kept is not None:
+        entry["kept"] = [list(kept.own), list(kept.names)]
     localcache.store(_entry_path(cache_dir, cwd, spec), entry)
     return True
 

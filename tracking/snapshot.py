@@ -11,6 +11,7 @@ is not copied into each run's snapshot, nested deeper each time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -259,7 +260,8 @@ class PendingListing:
                 known.listed,
                 cache_dir,
                 held,
-            )
+                known.kept,
+            )[0]
         rev_out, listed = _finish(self._rev), _finish(self._listing)
         # ls-files failing too means no work tree: asking rev-parse again would only say so.
         if rev_out is None and listed is not None:  # a repository without commits yet
@@ -284,7 +286,7 @@ class PendingListing:
             else None
         )
         try:
-            code = _list(
+            code, kept = _list(
                 self._root, self._cwd, self._spec, (top, index, commit), listed, cache_dir, held
             )
         except BaseException:
@@ -303,6 +305,7 @@ class PendingListing:
                 started_ns=self._started_ns,
                 racy_window_ns=RACY_WINDOW_NS,
                 git=lambda *args: _git(self._cwd, *args),
+                kept=kept,
             )
         return code
 
@@ -322,18 +325,33 @@ def _list(
     listed: str | None,
     cache_dir: str | None,
     held: Collection[str],
-) -> CodeListing:
+    kept: gitlisting.Kept | None = None,
+) -> tuple[CodeListing, gitlisting.Kept | None]:
+    """The listing, and (inside a work tree) the listed names kept outside non-code folders.
+
+    ``kept``: what an earlier listing of the same unchanged work tree kept (see
+    :class:`gitlisting.Kept`), used instead of looking at every folder again when it was
+    judged against the same flowlake folders.
+    """
     top, index, commit = rev
     dirty: bool | None = None
     walk_truncated = False
     lstats: dict[str, os.stat_result | None] = {}
+    judged: gitlisting.Kept | None = None
     if top:
         base = top if root is None else cwd
-        names = [n for n in (listed or "").split("\0") if n]
-        if root is not None:
-            prefix = os.path.relpath(os.path.realpath(cwd), top).replace(os.sep, "/")
-            names = [n[len(prefix) + 1 :] for n in names] if prefix != "." else names
-        names = _outside_non_code_folders(base, names)
+        own = _flowlake_folders()
+        own_key = tuple(sorted(own))
+        if kept is not None and kept.own == own_key:
+            judged = kept
+            names = list(kept.names)
+        else:
+            names = [n for n in (listed or "").split("\0") if n]
+            if root is not None:
+                prefix = os.path.relpath(os.path.realpath(cwd), top).replace(os.sep, "/")
+                names = [n[len(prefix) + 1 :] for n in names] if prefix != "." else names
+            names = _outside_non_code_folders(base, names, own)
+            judged = gitlisting.Kept(own_key, tuple(names))
         lstats = _lstat_all(base, names)
         stats = {n: (st.st_size, st.st_mtime_ns) if st else (-1, -1) for n, st in lstats.items()}
         dirty = _dirty(cwd, top, spec, commit, os.path.join(cwd, index), stats, cache_dir)
@@ -353,14 +371,15 @@ def _list(
         )
     files, stamps, truncated = _read_files(base, sorted(names), known, frozenset(held), lstats)
     if hashes_path:
-        fresh = {
-            f.path: [f.size, stamps[f.path][0], stamps[f.path][1], f.sha256]
-            for f in files
-            if _settled((f.size, stamps[f.path][0]))
-        }
+        horizon = time.time_ns() - RACY_WINDOW_NS
+        fresh = {}
+        for f in files:
+            mtime_ns, ino = stamps[f.path]
+            if 0 <= mtime_ns < horizon:
+                fresh[f.path] = [f.size, mtime_ns, ino, f.sha256]
         if fresh != known:
             localcache.store(hashes_path, fresh)
-    return CodeListing(
+    code = CodeListing(
         root=base,
         git_commit=commit.strip() or None,
         git_dirty=dirty,
@@ -368,6 +387,7 @@ def _list(
         truncated=truncated or walk_truncated,
         skipped=tuple(skipped),
     )
+    return code, judged
 
 
 def _utf8_names(names: list[str]) -> tuple[list[str], list[str]]:
@@ -396,9 +416,11 @@ RACY_WINDOW_NS = 2_000_000_000
 
 def _lstat_all(base: str, names: list[str]) -> dict[str, os.stat_result | None]:
     out: dict[str, os.stat_result | None] = {}
+    lstat = os.lstat
+    prefix = base if base.endswith("/") else base + "/"  # names are relative and "/"-separated
     for name in names:
         try:
-            out[name] = os.lstat(os.path.join(base, name))
+            out[name] = lstat(prefix + name)
         except OSError:
             out[name] = None
     return out
@@ -428,7 +450,8 @@ def _dirty(
         except OSError:
             return None
         # A file that is gone is as much a value as any size and time (and never racy).
-        if not all(s == (-1, -1) or _settled(s) for s in stats.values()) or (
+        horizon = time.time_ns() - RACY_WINDOW_NS
+        if not all(0 <= m < horizon or (s, m) == (-1, -1) for s, m in stats.values()) or (
             stamp != "none" and not _settled((st.st_size, st.st_mtime_ns))
         ):
             return None
@@ -477,10 +500,11 @@ def _read_files(
     stamps: dict[str, tuple[int, int]] = {}
     total = 0
     truncated = False
+    prefix = root if root.endswith("/") else root + "/"  # names are relative, "/"-separated
     for name in names:
         if not _is_source(name):
             continue
-        full = os.path.join(root, name)
+        full = prefix + name
         try:
             st = lstats.get(name) or os.lstat(full)
             if not stat.S_ISREG(st.st_mode):
@@ -515,8 +539,11 @@ def _read_files(
     return files, stamps, truncated
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _is_source(name: str) -> bool:
-    """Whether a listed file is one the snapshot keeps (by suffix, outside skipped folders)."""
+    """Whether a listed file is one the snapshot keeps (by suffix, outside skipped folders).
+
+    Remembered per name: a project's names repeat with every run."""
     parts = name.split("/")
     return (
         not any(p in SKIP_DIRS for p in parts[:-1]) and os.path.splitext(name)[1] in SOURCE_SUFFIXES
@@ -547,11 +574,11 @@ def _flowlake_folders() -> frozenset[str]:
     return frozenset(os.path.realpath(p) for p in found)
 
 
-def _outside_non_code_folders(base: str, names: list[str]) -> list[str]:
+def _outside_non_code_folders(base: str, names: list[str], own: frozenset[str]) -> list[str]:
     """``names`` (relative to ``base``, ``/``-separated) less those inside a folder that
-    :func:`non_code_folder` or :data:`SKIP_DIRS` leaves out; each folder is looked at once."""
+    :func:`non_code_folder` (``own``: flowlake's folders) or :data:`SKIP_DIRS` leaves out; each
+    folder is looked at once."""
     verdicts: dict[str, bool] = {}
-    own = _flowlake_folders()
 
     def excluded(folder: str) -> bool:
         known = verdicts.get(folder)
