@@ -268,3 +268,37 @@ def test_a_forked_child_publishes_batches_with_threads_of_its_own(tmp_path: Path
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung publishing a batch")
     objects.close()
+
+
+def test_temporary_files_never_take_over_an_existing_name_and_stay_durable(
+    tmp_path: Path, syscalls: SyscallLog
+) -> None:
+    from store.backends.embedded import objects as objects_module
+
+    objects = ObjectStore(_local_fs(), str(tmp_path / "objects"))
+    temps = tmp_path / "objects" / "tmp"
+    # Names a killed process with this very pid and thread left behind: skipped, untouched.
+    counter = objects_module._temp_counter
+    upcoming = next(counter) + 1
+    for n in range(upcoming, upcoming + 3):
+        (temps / f"{os.getpid()}-{threading.get_ident()}-{n}").write_bytes(b"left over")
+    with objects.batch():
+        first = objects.put_bytes(b"first object" * 500)
+        second = objects.put_bytes(b"second object" * 500)
+    assert sorted(p.read_bytes() for p in temps.iterdir()) == [b"left over"] * 3
+    for p in temps.iterdir():
+        p.unlink()
+    # The temporary folder removed under the store: made again.
+    temps.rmdir()
+    third = objects.put_bytes(b"third object" * 500)
+    for stored, data in ((first, b"first object"), (second, b"second object")):
+        assert objects.get_bytes(stored.address) == data * 500
+    assert objects.get_bytes(third.address) == b"third object" * 500
+    assert os.listdir(temps) == []
+    # Each object's bytes were fsynced under their temporary name before it was renamed.
+    renames = [(i, e) for i, e in enumerate(syscalls.events) if e[0] == "replace"]
+    assert len(renames) == 3
+    for at, (_, src, dst) in renames:
+        assert ("fsync", src) in syscalls.events[:at], f"{dst} renamed before its bytes were synced"
+    renames = [e for _, e in renames]
+    assert all(os.stat(dst).st_mode & 0o777 == 0o600 for _, _, dst in renames)
