@@ -238,3 +238,29 @@ def test_a_branch_created_with_writes_holds_them_uncommitted(lake: store.Lake) -
         lake.branch("never", writes=[("../up.txt", b"x")])
     with pytest.raises(errors.BranchNotFoundError):
         lake.get_branch("never")
+
+
+def test_staged_rows_alone_are_read_in_the_order_a_sort_gives(
+    embedded_lake: store.Lake,
+) -> None:
+    import pyarrow.compute as pc
+
+    work = embedded_lake.branch("work")
+    paths = ["z.txt", "Z.txt", "a-b", "a/b", "ä.txt", "a\U0001f600", "a\uffff", "é/x", "a.txt"]
+    for path in paths:
+        work.write_bytes(path, path.encode())
+    work.write_bytes("a.txt", b"again")  # the newer staging of a path wins
+    work.delete("z.txt")
+    backend = embedded_lake.backend
+    with backend.refs.read() as conn:  # type: ignore[attr-defined]
+        (stored_name,) = conn.execute("SELECT DISTINCT branch FROM staging").fetchone()
+    staged, _ = backend._staged_table(stored_name)  # type: ignore[attr-defined]
+    got = staged.column("path").to_pylist()
+    order = pc.sort_indices(staged, [("path", "ascending")])
+    assert got == staged.take(order).column("path").to_pylist() == sorted(set(got))
+    assert sorted(got) == sorted(paths)
+    commit = work.commit("all")
+    listed = sorted(o.path for o in work.list())
+    assert listed == sorted(p for p in paths if p != "z.txt")
+    assert work.head().id == commit.id and work.read_bytes("a.txt") == b"again"
+    assert work.read_bytes("ä.txt") == "ä.txt".encode()

@@ -605,6 +605,10 @@ class EmbeddedBackend(Backend):
         :data:`rangecodec.ENTRY_SCHEMA`, sorted by unique path, the newest staging of each path
         winning (a null checksum is a deletion); and the highest staged seq read."""
         rows, batches, top = self.refs.staged(branch, prefix)
+        if rows and not batches:
+            # Rows alone are unique per path (one per branch and path) and come sorted by it
+            # (SQLite's binary order of UTF-8 is Arrow's order of strings): no sort to make.
+            return _rows_table([change for _, change in rows]), top
         parts: list[tuple[int, pa.Table]] = []
         for batch in batches:
             table = self._batch_table(batch)
