@@ -381,6 +381,13 @@ def test_ls_and_diff_fold_flowlake_records_unless_asked(lake_dir: Path, tmp_path
     assert "run.parquet" in ok(lake_dir, "diff", "main", "exp", "-a", env_width=300).stdout
     paths = {c["path"] for c in ok_json(lake_dir, "diff", "main", "exp")["changes"]}
     assert paths == {"data/a.csv", *records}
+    with store.open(lake_dir, namespace="user:tester") as lake:
+        lake.get_branch("exp").write_bytes("_flowlake/note.txt", b"x")
+        lake.get_branch("exp").commit("only a record")
+    only_records = ok(lake_dir, "diff", "exp~1", "exp").stdout
+    assert "no changes from exp~1 to exp outside _flowlake/" in only_records
+    assert "+ 1 change in flowlake records" in only_records
+    assert "1 object, " in ok(lake_dir, "ls", "data/", "--ref", "exp").stdout
 
 
 def test_version_prints_the_installed_distribution_version() -> None:

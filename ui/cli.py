@@ -305,7 +305,7 @@ def diff_command(
     if shown:
         console.print(render.changes_table(shown, title))
     else:
-        console.print(Text(f"no {title}" + (" to data" if hidden else ""), style="dim"))
+        console.print(Text(f"no {title}" + (" outside _flowlake/" if hidden else ""), style="dim"))
     if hidden:
         console.print(internal.folded_line(hidden, "changes"))
 

@@ -47,7 +47,8 @@ def ls_command(
     console = render.stdout()
     console.print(render.objects_table(shown, ref))
     total = sum(info.size for info in shown)
-    console.print(Text(f"{len(shown)} objects, {render.human_size(total)}", style="dim"))
+    noun = "object" if len(shown) == 1 else "objects"
+    console.print(Text(f"{len(shown)} {noun}, {render.human_size(total)}", style="dim"))
     if hidden:
         console.print(internal.folded_line(hidden, "objects"))
 
