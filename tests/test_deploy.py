@@ -236,6 +236,42 @@ def test_promote_merges_the_pinned_commit_and_production_follows(lake: store.Lak
     assert tracking.deployment(lake, "production").commit == promotion.merge_commit
 
 
+def test_compare_of_a_promoted_candidate_is_against_production_before_its_promotion(
+    lake: store.Lake,
+) -> None:
+    candidate_branch(lake)
+    dep = tracking.deploy(lake, "cand", branch="lr", deployed_at=T0)
+    rng = np.random.default_rng(2)
+    prod = tracking.deployment(lake, "production")
+    log_stream(prod, rng.normal(0.8, 0.05, 200))
+    log_stream(dep, rng.normal(0.9, 0.05, 200))
+    before = lake.resolve("main")
+    promotion = tracking.promote(lake, "cand", now=T0 + timedelta(days=5))
+    # production's points after the promotion are of the promoted model: never the baseline
+    after = tracking.deployment(lake, "production")
+    after.log_metric("accuracy", 0.0, timestamp=datetime.now(UTC) + timedelta(days=1))
+    after.close()
+    result = tracking.compare(lake, "cand")
+    assert result.baseline == "production" and result.baseline_commit == before
+    assert result.note is not None and "'cand' was promoted at" in result.note
+    assert result.window_end == tracking.deployment(lake, "cand").record.ended_at
+    seen = {r.metric: (r.n_baseline, r.baseline) for r in promotion.gate.comparison.metrics}
+    assert {r.metric: (r.n_baseline, r.baseline) for r in result.metrics} == seen
+
+
+def test_compare_with_production_restarted_by_a_promotion_names_the_promotion(
+    lake: store.Lake,
+) -> None:
+    candidate_branch(lake)
+    tracking.deploy(lake, "old", branch="lr", deployed_at=T0)
+    tracking.deploy(lake, "cand", branch="lr", deployed_at=T0)
+    tracking.undeploy(lake, "old")
+    tracking.promote(lake, "cand", force=True)
+    with pytest.raises(tracking.NoOverlapError, match="the promotion of 'cand' at") as info:
+        tracking.compare(lake, "old")
+    assert "--baseline NAME" in str(info.value)
+
+
 def test_promote_refuses_a_closed_gate_and_changes_nothing(lake: store.Lake) -> None:
     candidate_branch(lake)
     dep = tracking.deploy(lake, "cand", branch="lr", deployed_at=T0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,8 @@ class Comparison:
         segments: one row per metric and segment present on both sides.
         sample_ratio: the traffic check; when it flags a mismatch, do not trust the verdicts.
         timeline: the cumulative difference per day, per metric compared on its mean.
+        note: what the baseline stands for when it is not what its name serves now (a promoted
+            candidate against ``production``: production before that promotion), else None.
     """
 
     candidate: str
@@ -108,6 +110,7 @@ class Comparison:
     segments: tuple[MetricComparison, ...]
     sample_ratio: SampleRatio
     timeline: tuple[TimelinePoint, ...]
+    note: str | None = None
 
     @property
     def regressions(self) -> tuple[MetricComparison, ...]:
@@ -160,6 +163,11 @@ def compare(
     measurements of a model it served before are never compared. Right after a promotion
     production has no points yet, and every metric is ``not enough data``.
 
+    A candidate that was *promoted* is production's model since its promotion, so against
+    ``production`` it is compared with what production served before that promotion: from the
+    promotion before it (or the beginning) to its own, the comparison its promotion gate saw
+    (``Comparison.note`` says so).
+
     Args:
         lake: the lake.
         name: the candidate deployment.
@@ -183,7 +191,8 @@ def compare(
 
     Raises:
         DeploymentNotFoundError: no such deployment.
-        NoOverlapError: the two were never live at the same time (or not after ``since``).
+        NoOverlapError: the two were never live at the same time (or not after ``since``); the
+            message names the promotion that restarted production's window when that is why.
         InvalidArgumentError: a bad mode, alpha, statistic or direction, or comparing a
             deployment with itself.
         NotInstalledError: scipy is missing (install ``flowlake[stats]``).
@@ -203,7 +212,10 @@ def compare(
             )
     cand = deployments_api.deployment(lake, name).record
     base = deployments_api.deployment(lake, baseline).record
-    start, end = _window(cand, base, since, now or datetime.now(UTC))
+    note = None
+    if base.is_production and cand.status == "promoted" and cand.merge_commit is not None:
+        base, note = _production_before(lake, cand)
+    start, end = _window(lake, cand, base, since, now or datetime.now(UTC))
     con = duckdb.connect(":memory:")
     try:
         _build(con, lake, [cand.name, base.name])
@@ -255,6 +267,7 @@ def compare(
         segments=tuple(_adjusted(st, segments, alpha)),
         sample_ratio=st.sample_ratio(counts, expected_ratio),
         timeline=tuple(timeline),
+        note=note,
     )
 
 
@@ -383,7 +396,11 @@ def _statistics() -> Any:
 
 
 def _window(
-    cand: DeploymentRecord, base: DeploymentRecord, since: datetime | None, now: datetime
+    lake: Lake,
+    cand: DeploymentRecord,
+    base: DeploymentRecord,
+    since: datetime | None,
+    now: datetime,
 ) -> tuple[datetime | None, datetime]:
     starts = [
         s
@@ -397,11 +414,59 @@ def _window(
     start = max(starts) if starts else None
     end = min(cand.ended_at or now, base.ended_at or now)
     if start is not None and end <= start:
-        raise NoOverlapError(
+        message = (
             f"{cand.name!r} (live {_span(cand, now)}) and {base.name!r} (live {_span(base, now)}) "
             + ("were never live at the same time" if since is None else f"overlap before {since}")
         )
+        if since is None and base.is_production and base.deployed_at is not None:
+            message += _restarted_by(lake, base.deployed_at)
+        raise NoOverlapError(message)
     return start, end
+
+
+def _production_before(lake: Lake, promoted: DeploymentRecord) -> tuple[DeploymentRecord, str]:
+    """Production as it was until ``promoted`` was promoted: from the promotion before it (None:
+    the beginning) to that promotion, serving the first parent of its merge commit."""
+    until = deployments_api._utc(promoted.ended_at) if promoted.ended_at else None
+    earlier = [
+        deployments_api._utc(r.ended_at)
+        for r in deployments_api.deployments(lake)
+        if r.status == "promoted"
+        and r.merge_commit is not None
+        and r.ended_at is not None
+        and until is not None
+        and deployments_api._utc(r.ended_at) < until
+    ]
+    assert promoted.merge_commit is not None  # the caller checked
+    parents = lake.commit(promoted.merge_commit).parents
+    record = replace(
+        deployments_api.deployment(lake, layout.PRODUCTION).record,
+        commit=parents[0] if parents else promoted.merge_commit,
+        deployed_at=max(earlier) if earlier else None,
+        ended_at=until,
+    )
+    when = until.isoformat(timespec="seconds") if until else "?"
+    note = (
+        f"{promoted.name!r} was promoted at {when} and is production's model since; "
+        f"baseline: what production served before that promotion (the comparison its gate saw)"
+    )
+    return record, note
+
+
+def _restarted_by(lake: Lake, restart: datetime) -> str:
+    """Why production's window starts where it does: the promotion at ``restart``."""
+    restart = deployments_api._utc(restart)
+    by = [
+        r.name
+        for r in deployments_api.deployments(lake)
+        if r.status == "promoted" and r.ended_at and deployments_api._utc(r.ended_at) == restart
+    ]
+    who = f"the promotion of {by[0]!r}" if by else "a promotion"
+    return (
+        f"; production's window restarts at each promotion, and {who} at "
+        f"{restart.isoformat(timespec='seconds')} started it; compare against a deployment "
+        f"live at the same time instead (baseline=NAME, flowlake compare --baseline NAME)"
+    )
 
 
 def _span(record: DeploymentRecord, now: datetime) -> str:

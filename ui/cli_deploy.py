@@ -145,6 +145,8 @@ def print_comparison(result: Comparison, out: Console | None = None) -> None:
             f" vs {result.baseline}, {start} to {_when(result.window_end)}",
         )
     )
+    if result.note:
+        out.print(Text(result.note, "yellow"))
     out.print(
         Text(
             f"{mode}; {int((1 - result.alpha) * 100)}% intervals; p adjusted by "
