@@ -5,8 +5,9 @@ Started by a supervisor (:mod:`compute.supervise`) as
 going to the job's log, or forked by it (:func:`run_forked`), which saves an interpreter start.
 It runs the user's callable or command in the checkout of the code snapshot, and then either
 commits and merges the attempt's tracking run (success) or records it failed. The lake is
-opened, and the run (its branch from the pinned input commit, its record and tags) started,
-when the job's code first asks for them through :func:`compute.context`, else when the code
+opened (and the job's output branch created at the pinned input commit, when it is new), and
+the run (its branch from the pinned input commit, its record and tags) started, when the job's
+code first asks for them through :func:`compute.context`, else when the code
 returns: neither the store's imports (pyarrow) nor the tracking package nor the run's first
 writes delay the code's first line. A lake the job cannot open fails the attempt then, with
 nothing merged. What it
@@ -155,6 +156,7 @@ class AttemptVersioning:
                 )
                 try:
                     check_job_identity(lake.backend, spec.principal, spec.perimeter)
+                    ensure_output_branch(lake, spec)
                 except BaseException:
                     lake.close()
                     raise
@@ -207,6 +209,23 @@ class AttemptVersioning:
             json.dumps({"run_id": run.id, "run_branch": run.run_branch}).encode(),
         )
         return run
+
+
+def ensure_output_branch(lake: Lake, spec: JobSpec) -> None:
+    """Create the job's output branch at its input commit unless it exists (the submitter
+    checked the name but left creating it to the attempt, off the way to the job's first
+    line). Idempotent: the jobs of a sweep racing to create one branch all end up using it,
+    wherever it is by then, as a branch that existed at submit is used.
+
+    Raises:
+        StoreError: the branch cannot be created (say, a tag of that name appeared since).
+    """
+    from store.errors import BranchNotFoundError
+
+    try:
+        lake.get_branch(spec.output_branch)
+    except BranchNotFoundError:
+        lake.branch(spec.output_branch, source=spec.input_commit, exist_ok=True)
 
 
 def main(job_dir: str, attempt: int, offset: int) -> int:

@@ -3,9 +3,10 @@
 Everything that can be wrong with a submission (backend, resources, input ref, arguments,
 command) is checked before anything is created: a refused job leaves no branch, folder or run.
 A backend that can (Ray) is sent the job as soon as nothing can refuse it any more, and the
-job's bookkeeping (its output branch, payload, status and spec) is written while the backend
-starts it; the job's code waits for the spec, which is written last, and a failure in between
-withdraws the job and leaves nothing of it (see :class:`compute.backends.SendsEarly`).
+job's bookkeeping (its payload, status and spec) is written while the backend starts it; the
+job's code waits for the spec, which is written last, and a failure in between withdraws the
+job and leaves nothing of it (see :class:`compute.backends.SendsEarly`). The job's output
+branch, when new, is checked here and created by the job's attempt when it first opens the lake.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from compute.model import PYTHON_NAMES, Environment, JobSpec, JobStatus, Resourc
 from compute.state import LAKEFS_SCHEME, JobStore, StatusRecord, write_atomic
 from store.errors import BranchNotFoundError, InvalidArgumentError, UnsupportedOperationError
 from store.lake import Lake
-from store.names import check_new_branch_name, parse_branch
+from store.names import BranchName, check_new_branch_name, parse_branch
+from store.refs import refuse_branch_clashes
 
 #: A command job without a name is named after its command line, cut to this many characters.
 DEFAULT_NAME_LENGTH = 80
@@ -65,7 +67,8 @@ def submit(
             with the job's interpreter).
         input_ref: a branch, tag or commit; resolved to a commit id now.
         output_branch: where a successful job's outputs are merged; created from the input
-            commit when absent (default ``job-<job id prefix>``).
+            commit when absent (default ``job-<job id prefix>``), by the job's attempt when it
+            first opens the lake (checked here: a name it could not create is refused now).
         resources: GPUs, CPUs, memory (default one CPU).
         environment: packages to run with (default: the submitter's interpreter as it is).
         backend: ``local`` or ``ray``.
@@ -84,6 +87,9 @@ def submit(
         ResourceError: negative resources, or more than the machine or cluster has.
         RefNotFoundError: ``input_ref`` does not exist.
         InvalidNameError: a malformed ``output_branch``.
+        AmbiguousNameError: a new ``output_branch`` named like a tag, or like a branch of
+            production or another namespace.
+        PermissionDeniedError: the lake's policy forbids creating or writing ``output_branch``.
         NotInstalledError: the backend's extra is missing, or (local backend) ``environment``
             names packages and uv is not installed.
         PolicyLimitError: the job asks for more than the lake's perimeter allows (GPUs, CPUs,
@@ -148,7 +154,7 @@ def submit(
     payload = pickle_payload(fn, args or {}, _snapshot_root(checkout)) if fn is not None else None
     existing = _existing_branch(lake, target)
     if existing is None:
-        check_new_branch_name(parsed.short)  # the rest of a new name's checks: lake.branch
+        _check_new_branch(lake, parsed)
     spec = JobSpec(
         job_id=job_id,
         name=name or _default_name(fn, argv),
@@ -174,11 +180,9 @@ def submit(
     folder = jobs.new_folder(job_id)
 
     def prepare(record: StatusRecord) -> None:
-        """The job's bookkeeping: its output branch, payload, status and log, then its spec
-        (atomically, last: a folder without one is not a job yet, and the job's code waits for
-        it)."""
-        if existing is None:
-            lake.branch(target, source=input_commit, exist_ok=True)
+        """The job's bookkeeping: its payload, status and log, then its spec (atomically, last:
+        a folder without one is not a job yet, and the job's code waits for it). The output
+        branch is the attempt's to create (:func:`compute.runner.ensure_output_branch`)."""
         if payload is not None:
             folder.payload_file.write_bytes(payload)
         folder.write_status(record, first=True)
@@ -247,6 +251,21 @@ def _existing_branch(lake: Lake, name: str) -> str | None:
         return lake.get_branch(name).name
     except BranchNotFoundError:
         return None
+
+
+def _check_new_branch(lake: Lake, name: BranchName) -> None:
+    """Refuse now, reading only, what creating the output branch ``name`` would refuse later
+    (the job's attempt creates it when it first opens the lake): a malformed name, one a tag,
+    production or another namespace answers to, one the lake's policy forbids writing.
+
+    Raises:
+        InvalidNameError, AmbiguousNameError, PermissionDeniedError, ScopeError.
+    """
+    check_new_branch_name(name.short)
+    refuse_branch_clashes(lake.backend, name)
+    check_write = getattr(lake.backend, "check_write", None)  # a lake under a policy
+    if check_write is not None:
+        check_write(name.backend_name(), "create branch")
 
 
 def _snapshot_root(checkout: Path) -> str:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ import store
 from compute.backends import local_forkserver
 from compute.leases import Ledger
 from store.errors import (
+    AmbiguousNameError,
     InvalidArgumentError,
     InvalidNameError,
     NotInstalledError,
@@ -274,6 +276,83 @@ def test_a_job_that_never_asks_for_its_run_is_still_recorded_and_merged(
     assert b"working" in log
 
 
+def waits_for_file(path: str) -> str:
+    print("waiting", flush=True)
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return "done"
+
+
+def test_a_new_output_branch_is_created_by_the_attempt_when_it_opens_the_lake(
+    embedded_lake: store.Lake, tmp_path: Path
+) -> None:
+    """Creating the output branch (a durable commit) is off the way to the job's first line:
+    the attempt creates it at the pinned input commit when it first opens the lake."""
+    lake = embedded_lake
+    v1 = _seed(lake)
+    go = tmp_path / "go"
+    job = compute.submit(waits_for_file, {"path": str(go)}, lake=lake, output_branch="late")
+    _wait_for(lambda: "waiting" in job.logs())
+    assert "late" not in {b.name.rsplit("/", 1)[-1] for b in lake.branches()}
+    assert [j.id for j in compute.jobs(lake)] == [job.id]  # listed at once all the same
+    _seed(lake, b"v2")  # main moves on: the branch still starts at the pinned commit
+    go.touch()
+    assert job.wait(timeout=JOB_WAIT_S) == "done"
+    assert lake.resolve("late") == job.output_commit
+    assert v1 in {c.id for c in lake.log("late")}
+    assert lake.read_bytes("data/x.txt", ref="late") == b"v1"
+
+
+def test_jobs_of_a_sweep_racing_to_create_one_new_output_branch_all_merge_into_it(
+    embedded_lake: store.Lake,
+) -> None:
+    lake = embedded_lake
+    _seed(lake)
+    jobs = compute.map(
+        returns_before_asking_for_its_run, [{}, {}, {}], lake=lake, output_branch="swept"
+    )
+    assert [job.wait(timeout=JOB_WAIT_S) for job in jobs] == ["done"] * 3
+    merges = {job.output_commit for job in jobs}
+    assert len(merges) == 3 and lake.resolve("swept") in merges
+    assert merges <= {c.id for c in lake.log("swept")}
+
+
+def test_ensure_output_branch_uses_a_branch_made_meanwhile_and_creates_a_missing_one(
+    embedded_lake: store.Lake,
+) -> None:
+    from compute.runner import ensure_output_branch
+
+    lake = embedded_lake
+    v1 = _seed(lake)
+    spec = compute.model.JobSpec(
+        job_id="0" * 32,
+        name=None,
+        backend="local",
+        lake_location=str(lake.location),
+        namespace=lake.namespace,
+        user=lake.user,
+        input_ref="main",
+        input_commit=v1,
+        output_branch=f"{lake.namespace}/made",
+        kind="callable",
+        command=(),
+        code_snapshot="x",
+        resources=compute.Resources(),
+        environment=compute.Environment(),
+        retries=0,
+        timeout=None,
+        submitted_at=0.0,
+        submitter_python=sys.executable,
+    )
+    ensure_output_branch(lake, spec)
+    assert lake.resolve("made") == v1
+    other = lake.branch("made2", source="main")
+    other.write_bytes("y", b"1")
+    moved = other.commit("moved").id
+    ensure_output_branch(lake, replace(spec, output_branch=f"{lake.namespace}/made2"))
+    assert lake.resolve("made2") == moved  # an existing branch is used as it is
+
+
 def test_a_failed_attempt_is_retried_as_a_new_run(embedded_lake: store.Lake) -> None:
     _seed(embedded_lake)
     job = compute.submit(fail_first_attempt, lake=embedded_lake, retries=1, output_branch="r")
@@ -378,6 +457,21 @@ def test_each_submit_snapshots_the_git_work_tree_as_it_is_then(
 
 
 # -- bad input ----------------------------------------------------------------------------------
+
+
+def test_a_new_output_branch_named_like_a_tag_or_production_is_refused_at_submit(
+    lake: store.Lake,
+) -> None:
+    """The attempt creates a new output branch; what would refuse creating it is checked at
+    submit, so the job is refused there and nothing is created."""
+    _seed(lake)
+    lake.tag("release", "main")
+    branches = lake.branches(all_namespaces=True)
+    for name, message in (("release", "release"), ("main", "main")):
+        with pytest.raises(AmbiguousNameError, match=message):
+            compute.submit(fail_first_attempt, lake=lake, output_branch=f"{lake.namespace}/{name}")
+    assert lake.branches(all_namespaces=True) == branches
+    assert compute.jobs(lake) == []
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from test_policy_enforce import install_policy, reopen
 import compute
 import store
 import tracking
-from store.errors import TokenError
+from store.errors import PermissionDeniedError, TokenError
 from store.policy import api
 from store.policy.enforce import META_PERIMETER, META_PRINCIPAL, perimeter_of
 
@@ -79,6 +79,21 @@ def test_a_job_acts_in_the_perimeter_its_lake_was_opened_with(
     assert {c[META_PERIMETER] for c in commits} == {perimeter}
     assert {c[META_PRINCIPAL] for c in commits} == {principal}
     submitter.close()
+
+
+def test_a_new_output_branch_the_policy_forbids_is_refused_at_submit(
+    embedded_lake: store.Lake,
+) -> None:
+    """The job's attempt creates a new output branch; a perimeter that may not write it is
+    refused at submit, before anything is created."""
+    install_policy(embedded_lake)
+    staging = store.open(embedded_lake.location, perimeter="staging")
+    branches = staging.branches(all_namespaces=True)
+    with pytest.raises(PermissionDeniedError, match="create branch"):
+        compute.submit(report, lake=staging, output_branch="production/release-candidate")
+    assert staging.branches(all_namespaces=True) == branches
+    assert compute.jobs(staging) == []
+    staging.close()
 
 
 def _files_holding(secret: bytes, *roots: Path) -> list[str]:

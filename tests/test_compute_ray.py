@@ -325,11 +325,26 @@ def touch(path: str) -> str:
     return "ran"
 
 
-def test_a_ray_job_refused_after_it_was_sent_never_runs_and_leaves_nothing(
+def _failing_bookkeeping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make writing a job's first status fail (a full disk, say): its bookkeeping fails after
+    every check passed."""
+    from compute.state import JobFolder
+
+    write_status = JobFolder.write_status
+
+    def failing(self: JobFolder, record: object, *, first: bool = False) -> None:
+        if first:
+            raise OSError(28, "No space left on device")
+        write_status(self, record, first=first)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(JobFolder, "write_status", failing)
+
+
+def test_a_ray_job_whose_bookkeeping_fails_after_it_was_sent_never_runs_and_leaves_nothing(
     embedded_lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The output branch is created after the task went to Ray: when that fails (here its name
-    clashes with a tag), the task is withdrawn before the job's code runs, and no job exists."""
+    """The job's bookkeeping is written after the task went to Ray: when that fails, the task
+    is withdrawn before the job's code runs, and no job, folder or branch exists."""
     from compute.backends import ray as ray_backend
     from compute.state import JobStore
 
@@ -338,22 +353,47 @@ def test_a_ray_job_refused_after_it_was_sent_never_runs_and_leaves_nothing(
     monkeypatch.setattr(ray_backend, "_task", lambda *a: sent.append(a) or task(*a))
     lake = embedded_lake
     _seed(lake)
-    lake.tag("release", "main")
     branches = lake.branches(all_namespaces=True)
     marker = tmp_path / "ran.txt"
-    with pytest.raises(store.errors.AmbiguousNameError, match="release"):
-        compute.submit(
-            touch, {"path": str(marker)}, lake=lake, output_branch="release", backend="ray"
-        )
+    with monkeypatch.context() as failing:
+        _failing_bookkeeping(failing)
+        with pytest.raises(OSError, match="No space left"):
+            compute.submit(
+                touch, {"path": str(marker)}, lake=lake, output_branch="out", backend="ray"
+            )
     assert len(sent) == 1  # it was sent (the cluster is one node), then withdrawn
     assert compute.jobs(lake) == []
     assert list((JobStore.for_location(str(lake.location)).root / "jobs").iterdir()) == []
-    assert lake.branches(all_namespaces=True) == branches
     # The next job runs (in the same warm worker) while the withdrawn one never does.
     job = compute.submit(touch, {"path": str(tmp_path / "next.txt")}, lake=lake, backend="ray")
     assert job.wait(timeout=JOB_WAIT_S) == "ran"
     time.sleep(0.5)
     assert not marker.exists()
+    names = {b.name for b in lake.branches(all_namespaces=True)}
+    assert not any(n.rsplit("/", 1)[-1] == "out" for n in names)
+    assert {b.name for b in branches} <= names
+
+
+def test_a_new_ray_output_branch_named_like_a_tag_is_refused_before_anything_is_sent(
+    embedded_lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attempt creates a new output branch, but whatever would refuse creating it is
+    checked at submit, before the task goes to Ray."""
+    from compute.backends import ray as ray_backend
+
+    sent: list[object] = []
+    task = ray_backend._task
+    monkeypatch.setattr(ray_backend, "_task", lambda *a: sent.append(a) or task(*a))
+    lake = embedded_lake
+    _seed(lake)
+    lake.tag("release", "main")
+    branches = lake.branches(all_namespaces=True)
+    with pytest.raises(store.errors.AmbiguousNameError, match="release"):
+        compute.submit(
+            touch, {"path": str(tmp_path / "x")}, lake=lake, output_branch="release", backend="ray"
+        )
+    assert sent == [] and compute.jobs(lake) == []
+    assert lake.branches(all_namespaces=True) == branches
 
 
 def test_an_attempt_waits_for_its_spec_and_gives_up_on_a_withdrawn_job(tmp_path: Path) -> None:
@@ -439,11 +479,10 @@ def test_on_a_cluster_of_several_nodes_a_ray_job_is_sent_only_once_written(
     monkeypatch.setattr(ray_backend, "_task", lambda *a: sent.append(a) or task(*a))
     lake = embedded_lake
     _seed(lake)
-    lake.tag("release", "main")
-    with pytest.raises(store.errors.AmbiguousNameError, match="release"):
-        compute.submit(
-            touch, {"path": str(tmp_path / "x")}, lake=lake, output_branch="release", backend="ray"
-        )
+    with monkeypatch.context() as failing:
+        _failing_bookkeeping(failing)
+        with pytest.raises(OSError, match="No space left"):
+            compute.submit(touch, {"path": str(tmp_path / "x")}, lake=lake, backend="ray")
     assert sent == [] and compute.jobs(lake) == []
     job = compute.submit(touch, {"path": str(tmp_path / "y")}, lake=lake, backend="ray")
     assert job.wait(timeout=JOB_WAIT_S) == "ran" and len(sent) == 1
