@@ -36,3 +36,16 @@ def test_the_readme_python_examples_run_in_order_as_written(
             raise AssertionError(f"README python block {number} fails:\n{block}") from exc
     lake = namespace["lake"]
     assert lake.read_bytes("models/clf.bin", ref="v1") == b"weights"  # type: ignore[attr-defined]
+
+
+def test_readme_names_every_extra_in_pyproject() -> None:
+    """A newcomer learns from the README which extra each part needs: every extra is listed."""
+    import tomllib
+
+    extras = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    text = README.read_text()
+    missing = [name for name in extras if name != "all" and f"`[{name}]`" not in text]
+    assert not missing, f"README's install table lacks {missing}"
+    assert "'.[all]'" in text
