@@ -485,9 +485,20 @@ class Lake:
         Returns:
             How many objects were removed.
 
+        Args:
+            retention: a non-negative :class:`datetime.timedelta` (a number is refused, never
+                taken as seconds).
+            exclusive_objects: see above.
+
         Raises:
+            InvalidArgumentError: ``retention`` is not a timedelta, or is negative.
             SharedObjectsError: the objects are external and ``exclusive_objects`` is false.
         """
+        if not isinstance(retention, timedelta):
+            raise InvalidArgumentError(
+                f"retention must be a datetime.timedelta (e.g. timedelta(hours=6)), "
+                f"not {type(retention).__name__} {retention!r}"
+            )
         if CAP_GC not in self.backend.capabilities:
             raise UnsupportedOperationError("this backend collects garbage server-side")
         if retention < timedelta(0):

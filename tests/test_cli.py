@@ -269,6 +269,21 @@ def test_fsck_and_gc_on_a_healthy_lake(lake_dir: Path, exp: str, tmp_path: Path)
     assert ok(lake_dir, "cat", "x", "--ref", exp).stdout_bytes == b"x" * 100_000
 
 
+@pytest.mark.parametrize("retention", ["6", "1.5", "6 hours", "-1h"])
+def test_gc_retention_without_a_unit_is_refused_naming_the_forms(
+    lake_dir: Path, retention: str
+) -> None:
+    message = fails(lake_dir, "gc", "--retention", retention, code=2)
+    assert "90s, 30m, 6h, 7d or 1w" in " ".join(message.split())
+
+
+@pytest.mark.parametrize(("retention", "seconds"), [("0", 0), ("90s", 90), ("1w", 604800)])
+def test_gc_retention_takes_a_unit_or_a_bare_zero(
+    lake_dir: Path, retention: str, seconds: int
+) -> None:
+    assert ok_json(lake_dir, "gc", "--retention", retention)["retention_seconds"] == seconds
+
+
 def test_fsck_reports_a_corrupted_object(lake_dir: Path, exp: str, tmp_path: Path) -> None:
     data = bytes(range(256)) * 400
     ok(lake_dir, "put", str(write(tmp_path / "w", data)), "w.bin", "-b", exp, "-m", "w")

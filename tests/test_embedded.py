@@ -219,3 +219,11 @@ def test_a_child_forked_during_a_write_does_not_keep_gc_out(embedded_lake: store
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+
+
+@pytest.mark.parametrize("retention", [6, 6.0, "6h", None])
+def test_gc_refuses_a_retention_that_is_not_a_timedelta(
+    lake: store.Lake, retention: object
+) -> None:
+    with pytest.raises(errors.InvalidArgumentError, match="retention must be a datetime.timedelta"):
+        lake.gc(retention)  # type: ignore[arg-type]

@@ -118,16 +118,18 @@ def parse_metadata(items: list[str] | None) -> dict[str, str]:
 
 
 def parse_retention(text: str) -> timedelta:
-    """``"6h"`` -> 6 hours; units s, m, h, d, w (seconds when none).
+    """``"6h"`` -> 6 hours: a number and a unit, s, m, h, d or w (``"0"`` alone is allowed: zero
+    is zero in every unit). A bare number is refused, never taken as seconds.
 
     Raises:
-        typer.BadParameter: not a number with an optional unit.
+        typer.BadParameter: not a number with a unit.
     """
+    forms = "use a number and a unit: 90s, 30m, 6h, 7d or 1w"
     match = _DURATION.fullmatch(text.strip())
     if not match:
-        raise typer.BadParameter(
-            f"{text!r} is not a duration; use e.g. 90s, 30m, 6h, 7d", param_hint="--retention"
-        )
+        raise typer.BadParameter(f"{text!r} is not a duration; {forms}", param_hint="--retention")
+    if not match[2] and float(match[1]) != 0:
+        raise typer.BadParameter(f"{text!r} has no unit; {forms}", param_hint="--retention")
     return timedelta(seconds=float(match[1]) * _SECONDS[match[2]])
 
 
@@ -416,7 +418,8 @@ def fsck_command(lake: LakeOption = DEFAULT_LAKE, as_json: JsonOption = False) -
 @app.command("gc")
 def gc_command(
     retention: Annotated[
-        str, typer.Option(help="Keep unreachable data younger than this (90s, 30m, 6h, 7d).")
+        str,
+        typer.Option(help="Keep unreachable data younger than this (90s, 30m, 6h, 7d, 1w)."),
     ] = "6h",
     exclusive_objects: Annotated[
         bool,
