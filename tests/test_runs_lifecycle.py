@@ -791,3 +791,20 @@ def test_a_runs_parquet_bytes_are_the_bytes_write_table_stores(embedded_lake: st
     branch.write_table("t.parquet", table)
     assert branch.read_bytes("t.parquet") == parquet_bytes(table)
     assert branch.read_table("t.parquet").equals(table)
+
+
+def test_the_code_manifest_is_the_parquet_of_its_rows(tmp_path: Path) -> None:
+    from tracking import lifecycle
+    from tracking.run import parquet_bytes
+
+    files = tuple(
+        snapshot.ListedFile(f"pkg/m{i}.py", i, hashlib.sha256(bytes([i])).hexdigest(), None)
+        for i in range(5)
+    ) + (snapshot.ListedFile("ä/ü.py", 3, "0" * 64, b"abc"),)
+    code = snapshot.CodeListing(str(tmp_path), None, None, files, False)
+    items = dict(lifecycle._code_items("f" * 32, code, frozenset()))
+    rows = [{"run_id": "f" * 32, "path": f.path, "size": f.size, "sha256": f.sha256} for f in files]
+    expected = parquet_bytes(pa.Table.from_pylist(rows, schema=layout.CODE_SCHEMA))
+    assert items[layout.run_file("f" * 32, layout.CODE_FILE)] == expected
+    assert items[layout.code_blob("0" * 64)] == b"abc"  # the one file whose bytes were read
+    assert len(items) == 2

@@ -341,10 +341,19 @@ def _code_items(
     """The snapshot's files content-addressed (but those in ``held``, hashes of files the run
     branch holds already; :func:`snapshot.listing` read only the others), and its manifest by
     name."""
-    rows = [
-        {"run_id": run_id, "path": f.path, "size": f.size, "sha256": f.sha256} for f in code.files
+    files = code.files
+    # Column by column: the same table as from rows (one chunk each), without a dict per file.
+    columns = [
+        [run_id] * len(files),
+        [f.path for f in files],
+        [f.size for f in files],
+        [f.sha256 for f in files],
     ]
-    manifest = run_module.parquet_bytes(pa.Table.from_pylist(rows, schema=layout.CODE_SCHEMA))
+    table = pa.Table.from_arrays(
+        [pa.array(c, type=t) for c, t in zip(columns, layout.CODE_SCHEMA.types, strict=True)],
+        schema=layout.CODE_SCHEMA,
+    )
+    manifest = run_module.parquet_bytes(table)
     blobs = {
         layout.code_blob(f.sha256): f.data
         for f in code.files
