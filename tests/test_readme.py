@@ -49,3 +49,21 @@ def test_readme_names_every_extra_in_pyproject() -> None:
     missing = [name for name in extras if name != "all" and f"`[{name}]`" not in text]
     assert not missing, f"README's install table lacks {missing}"
     assert "'.[all]'" in text
+
+
+def test_the_readme_python_api_example_reverts_the_commit_its_comment_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``c`` stays the "train v1" commit through the block: the revert and the read by commit id
+    prefix act on it, not on a later commit that reused the name."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLOWLAKE_LAKE", raising=False)
+    block = python_blocks()[0]
+    assert "lake.revert(b.name, c.id)" in block
+    namespace: dict[str, object] = {}
+    exec(compile(block, "README.md python block 0", "exec"), namespace)
+    lake, b, c = namespace["lake"], namespace["b"], namespace["c"]
+    assert c.message == "train v1"  # type: ignore[attr-defined]
+    assert lake.read_bytes("models/clf.bin", ref=c.id[:12]) == b"weights"  # type: ignore[attr-defined]
+    assert not lake.exists("models/clf.bin", b.name)  # type: ignore[attr-defined]
+    assert lake.exists("step.json", b.name)  # type: ignore[attr-defined]
