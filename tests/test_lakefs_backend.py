@@ -44,6 +44,7 @@ from store.errors import (  # noqa: E402
     InvalidArgumentError,
     LakeNotFoundError,
     NothingToCommitError,
+    NotInstalledError,
     ObjectNotFoundError,
     ProtectedBranchError,
     RefNotFoundError,
@@ -312,6 +313,39 @@ def test_missing_package_says_which_extra(tmp_path: Path) -> None:
     ).stdout
     assert out.startswith("NotInstalledError")
     assert "pip install 'flowlake[lakefs]'" in out
+
+
+def test_missing_lakefs_package_is_one_clean_sentence_from_store_open(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['lakefs'] = None\n"
+        "import store\n"
+        "try:\n"
+        "    store.open('lakefs://repo', endpoint='http://127.0.0.1:1')\n"
+        "except ImportError as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == (
+        "NotInstalledError the lakeFS backend needs the 'lakefs' and 'lakefs-sdk' packages: "
+        "pip install 'flowlake[lakefs]'"
+    )
+
+
+def test_a_backend_missing_a_plain_package_names_it_and_the_extra_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from store import backends
+
+    monkeypatch.setitem(backends.REGISTRY, "fake", ("flowlake_no_such_module:make", "fake"))
+    with pytest.raises(NotInstalledError) as info:
+        backends.load_backend("fake")
+    assert str(info.value) == (
+        "backend 'fake' needs the package 'flowlake_no_such_module', which is not installed: "
+        "pip install 'flowlake[fake]'"
+    )
 
 
 # -- commits ---------------------------------------------------------------------------------

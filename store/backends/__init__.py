@@ -31,9 +31,14 @@ def load_backend(name: str, **kwargs: Any) -> Backend:
     module_name, _, attr = target.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
+    except NotInstalledError:
+        raise  # the backend's own message already names its packages and extra
     except ImportError as exc:
         hint = f"pip install 'flowlake[{extra}]'" if extra else "reinstall flowlake"
-        raise NotInstalledError(f"backend {name!r} needs {exc.name or exc}: {hint}") from exc
+        missing = repr(exc.name) if exc.name else f"a package ({exc})"
+        raise NotInstalledError(
+            f"backend {name!r} needs the package {missing}, which is not installed: {hint}"
+        ) from exc
     for part in attr.split("."):
         obj = getattr(obj, part)
     backend: Backend = obj(**kwargs)
