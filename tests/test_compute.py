@@ -459,6 +459,41 @@ def test_each_submit_snapshots_the_git_work_tree_as_it_is_then(
 # -- bad input ----------------------------------------------------------------------------------
 
 
+def test_a_job_spec_round_trips_through_its_json() -> None:
+    import dataclasses
+
+    spec = compute.model.JobSpec(
+        job_id="0" * 32,
+        name="n",
+        backend="ray",
+        lake_location="/lake",
+        namespace="user:a",
+        user="a",
+        input_ref="main",
+        input_commit="c" * 64,
+        output_branch="user:a/o",
+        kind="command",
+        command=("python", "x.py"),
+        code_snapshot="s",
+        resources=compute.Resources(gpus=1, cpus=2, memory="4GiB"),
+        environment=compute.Environment(
+            pypi={"humanize": "4.9.0"},
+            index_url="https://pypi.example/simple",
+            extra_index_urls=("https://more.example/simple",),
+        ),
+        retries=2,
+        timeout=5.0,
+        submitted_at=1.5,
+        submitter_python=sys.executable,
+        perimeter="staging",
+        principal="user:a",
+    )
+    as_dict = dataclasses.asdict(spec)
+    as_dict["command"] = list(spec.command)
+    assert json.loads(spec.to_json()) == json.loads(json.dumps(as_dict))
+    assert compute.model.JobSpec.from_json(spec.to_json()) == spec
+
+
 def test_a_new_output_branch_named_like_a_tag_or_production_is_refused_at_submit(
     lake: store.Lake,
 ) -> None:

@@ -51,7 +51,7 @@ class SendsEarly(Protocol):
         self, folder: JobFolder, spec: JobSpec, prepare: Callable[[StatusRecord], None]
     ) -> Any:
         """Send the job (its folder exists, empty), then call ``prepare`` with the job's first
-        status record to write the job's output branch, payload, status and, last, its spec;
+        status record to write the job's payload, status and, last, its spec;
         returns what :meth:`Executor.launch` returns. The job's code must not start before the
         spec exists. When ``prepare`` raises, the job is withdrawn (never runs, writes nothing)
         and the error is raised.
