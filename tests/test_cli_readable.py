@@ -57,6 +57,38 @@ def test_jobs_at_80_columns_shows_whole_ids_and_times(
         assert any(f"{submitted:%Y-%m-%d %H:%M:%S}" in line for line in lines), result.stdout
 
 
+@pytest.mark.parametrize("columns", [80, 200])
+def test_jobs_at_any_width_cut_no_id_time_or_token_inside_a_word(
+    columns: int, embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(LocalExecutor, "launch", lambda self, folder, spec: None)
+    jobs = [
+        compute.submit(noop, lake=embedded_lake, name=f"a rather long job name number {i}")
+        for i in range(2)
+    ]
+    result = CliRunner().invoke(
+        app, ["jobs", "--lake", str(embedded_lake.location)], env={"COLUMNS": str(columns)}
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns
+    words = {w for line in lines for w in line.split()}
+    for i, job in enumerate(jobs):
+        submitted = datetime.fromtimestamp(job.spec.submitted_at, UTC)
+        whole = [
+            job.id[:12],
+            f"{submitted:%Y-%m-%d %H:%M:%S}",
+            "gpus=0 cpus=1",
+            f"{job.spec.input_ref}@{job.spec.input_commit[:12]}",
+            "queued",
+            "local",
+        ]
+        assert all(any(part in line for line in lines) for part in whole), result.stdout
+        assert set(f"a rather long job name number {i}".split()) <= words, result.stdout
+    if columns == 200:  # wide enough: one line per job, every column side by side
+        assert sum(jobs[0].id[:12] in line and "gpus=0" in line for line in lines) == 1
+
+
 def _command_paths(group: Any, ctx: click.Context, prefix: list[str]) -> list[list[str]]:
     paths = [prefix]
     for name in group.list_commands(ctx):

@@ -62,6 +62,41 @@ def test_tables_fit_80_columns_with_short_ids_and_unsplit_times(lake_dir: Path) 
     assert "better" in compared and "sequential" in compared
 
 
+def test_deployments_and_compare_at_80_columns_cut_no_time_number_or_verdict_word(
+    lake_dir: Path,
+) -> None:
+    from dataclasses import replace
+    from io import StringIO
+
+    from rich.console import Console
+
+    from ui.cli_deploy import comparison_table, interval, num, pvalue
+
+    lake = store.open(lake_dir)
+    tracking.deploy(lake, "avery-logistic-regression", branch="a-rather-long-candidate-branch-name")
+    tracking.promote(lake, "cand", force=True)
+    listing = run_cli(lake_dir, "deployments")
+    assert max(len(line) for line in listing.splitlines()) <= 80
+    for record in tracking.deployments(lake):
+        assert record.commit[:12] in listing and record.status in listing
+        if record.deployed_at is not None:
+            assert f"{record.deployed_at:%Y-%m-%d %H:%M}" in listing, listing
+    base = tracking.compare(lake, "avery-logistic-regression", baseline="cand").metrics[0]
+    rows = [
+        replace(base, metric="malignant_miss", segment=s, verdict="not significant")
+        for s in ("large", "small")
+    ]
+    out = Console(width=80, file=StringIO(), color_system=None)
+    out.print(comparison_table(rows, "by segment", 80))
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for row in rows:
+        cells = (num(row.baseline), num(row.candidate), interval(row), pvalue(row.adjusted_p))
+        assert all(cell in text for cell in cells), text
+        assert f"malignant_miss/{row.segment}" in text, text
+    assert {"not", "significant"} <= set(text.split()), text
+
+
 def test_json_outputs_equal_the_python_api(lake_dir: Path) -> None:
     listed = json.loads(run_cli(lake_dir, "deployments", "--json"))
     assert [d["name"] for d in listed] == ["production", "cand"]

@@ -198,31 +198,59 @@ def jobs_command(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    cells = [
+        {
+            "id": row["id"][:12],
+            "name": row["name"] or "",
+            "status": row["status"],
+            "backend": row["backend"],
+            "resources": f"gpus={row['resources']['gpus']} cpus={row['resources']['cpus']:g}",
+            "input": f"{row['input_ref']}@{row['input_commit'][:12]}",
+            "run": (row["run_id"] or "")[:12],
+            "submitted": row["submitted_at"][:19].replace("T", " "),
+        }
+        for row in rows
+    ]
+    render.stdout().print(_jobs_table(cells, f"jobs on {lake}", render.stdout().width))
+
+
+#: Columns of ``flowlake jobs``; every one but the name is an id, a time or a token, never split.
+_JOB_COLUMNS = ("id", "name", "status", "backend", "resources", "input", "run", "submitted")
+
+
+def _jobs_table(cells: list[dict[str, str]], title: str, width: int) -> Table:
+    """One row per job. When every column fits ``width`` they are side by side; otherwise the
+    id, status, backend and submit time keep their columns and the name, resources, input and
+    run stack in one ``job`` column, each on its own line (wrapped between words only)."""
     table = Table(
-        title=f"jobs on {lake}",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        padding=(0, 1, 0, 0),
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0)
     )
-    for column in ("id", "name", "status", "backend", "resources", "input", "run", "submitted"):
-        if column in ("id", "status", "backend", "run", "submitted"):
+    natural = {c: max([len(c), *(len(cell[c]) for cell in cells)]) for c in _JOB_COLUMNS}
+    # a one-space rule and one space of padding between columns, an edge each side
+    if sum(natural.values()) + 2 * (len(_JOB_COLUMNS) - 1) + 2 <= width:
+        for column in _JOB_COLUMNS:
             render.unbroken_column(table, column)
-        else:
-            table.add_column(column, overflow="fold")
-    for row in rows:
-        res = row["resources"]
+        for cell in cells:
+            table.add_row(*(_job_cell(cell, c) for c in _JOB_COLUMNS))
+        return table
+    kept = ("id", "status", "backend", "submitted")
+    for column in kept[:-1]:
+        render.unbroken_column(table, column)
+    table.add_column("job")
+    render.unbroken_column(table, "submitted")
+    for cell in cells:
+        lines = [cell["name"], cell["resources"], f"input {cell['input']}"]
+        lines += [f"run {cell['run']}"] if cell["run"] else []
+        job = Text("\n").join(Text(line, "bold" if i == 0 else "") for i, line in enumerate(lines))
         table.add_row(
-            row["id"][:12],
-            Text(row["name"] or ""),
-            Text(row["status"], style=_STATUS_STYLE.get(row["status"], "")),
-            row["backend"],
-            f"gpus={res['gpus']} cpus={res['cpus']:g}",
-            f"{row['input_ref']}@{row['input_commit'][:12]}",
-            (row["run_id"] or "")[:12],
-            row["submitted_at"][:19].replace("T", " "),
+            cell["id"], _job_cell(cell, "status"), cell["backend"], job, cell["submitted"]
         )
-    render.stdout().print(table)
+    return table
+
+
+def _job_cell(cell: dict[str, str], column: str) -> Text:
+    style = _STATUS_STYLE.get(cell[column], "") if column == "status" else ""
+    return Text(cell[column], style)
 
 
 def logs_command(

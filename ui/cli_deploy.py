@@ -90,11 +90,13 @@ def deployments_command(
         pad_edge=False,
         padding=(0, 1, 0, 0),
     )
-    table.add_column("name", no_wrap=True, overflow="ellipsis", min_width=10, max_width=16)
-    table.add_column("branch", no_wrap=True, overflow="ellipsis", max_width=20)
-    table.add_column("commit", no_wrap=True, min_width=12)
-    table.add_column("status", no_wrap=True, min_width=8)
-    table.add_column("deployed", no_wrap=True, min_width=16)
+    # Names and branches give way first (cut with an ellipsis, wrappable so the table can narrow
+    # them); ids, statuses and times are never split.
+    table.add_column("name", overflow="ellipsis", min_width=10, max_width=25)
+    table.add_column("branch", overflow="ellipsis", min_width=10, max_width=24)
+    render.unbroken_column(table, "commit", min_width=12)
+    render.unbroken_column(table, "status", min_width=8)
+    render.unbroken_column(table, "deployed", min_width=16)
     for r in records:
         style = {"live": "green", "promoted": "cyan", "retired": "dim"}.get(r.status, "")
         table.add_row(
@@ -142,9 +144,11 @@ def print_comparison(result: Comparison, out: Console | None = None) -> None:
     out.print(
         Text.assemble(
             (result.candidate, "bold"),
-            f" vs {result.baseline}, {start} to {_when(result.window_end)}",
+            f" vs {result.baseline}",
         )
     )
+    # The window on a line of its own, so a narrow terminal never splits a date from its time.
+    out.print(f"window: {start} to {_when(result.window_end)}")
     if result.note:
         out.print(Text(result.note, "yellow"))
     out.print(
@@ -165,17 +169,19 @@ def print_comparison(result: Comparison, out: Console | None = None) -> None:
         )
     regressions = [r for r in result.regressions if r.segment is not None]
     if regressions:
-        out.print(comparison_table(regressions, "regressions by segment"))
-    out.print(comparison_table(result.metrics, "metrics"))
+        out.print(comparison_table(regressions, "regressions by segment", out.width))
+    out.print(comparison_table(result.metrics, "metrics", out.width))
     if result.segments and not regressions:
-        out.print(comparison_table(result.segments, "by segment"))
+        out.print(comparison_table(result.segments, "by segment", out.width))
 
 
-def comparison_table(rows: Any, title: str) -> Table:
-    """One row per metric: both values, difference, interval, adjusted p, verdict.
+def comparison_table(rows: Any, title: str, width: int) -> Table:
+    """One row per metric: both values, difference, interval, adjusted p, verdict, to fit
+    ``width`` columns.
 
-    Number columns keep their full width; only the metric name gives way (with an ellipsis)
-    when the terminal is narrow.
+    Number columns keep their full width; when the terminal is narrow the columns close up to
+    one space, the table drops its edges, the verdict wraps between its words, and only then
+    does the metric name give way (with an ellipsis); a number is never cut.
     """
     cells = [
         (
@@ -191,13 +197,29 @@ def comparison_table(rows: Any, title: str) -> Table:
     ]
     headers = ("metric", "base", "cand", "diff", "interval", "adj p", "verdict")
     widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)]
+    longest_word = max([len(w) for c in cells for w in c[-1].split()], default=len(headers[-1]))
+    verdict_min = max(longest_word, len(headers[-1]))
+
+    def fits(gap: int, edges: int, verdict: int) -> bool:
+        # the box draws a one-space rule between columns (plus padding) and an edge each side
+        return sum(widths[:-1]) + verdict + (len(widths) - 1) * gap + edges <= width
+
+    # Too wide: columns close up to one space, the table drops its edges, the verdict wraps
+    # between its words, and only then is the metric name cut (with an ellipsis); numbers never.
+    layouts = [(2, 2, widths[-1]), (1, 2, widths[-1]), (1, 0, widths[-1]), (1, 0, verdict_min)]
+    gap, edges, verdict = next((lay for lay in layouts if fits(*lay)), layouts[-1])
     table = Table(
-        title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0)
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=edges > 0,
+        pad_edge=False,
+        padding=(0, gap - 1, 0, 0),
     )
-    table.add_column("metric", no_wrap=True, overflow="ellipsis", min_width=8, max_width=24)
-    for header, width in zip(headers[1:-1], widths[1:-1], strict=True):
-        table.add_column(header, justify="right", no_wrap=True, min_width=width)
-    table.add_column("verdict", no_wrap=True, min_width=widths[-1])
+    table.add_column("metric", overflow="ellipsis", min_width=8, max_width=24)
+    for header, size in zip(headers[1:-1], widths[1:-1], strict=True):
+        render.unbroken_column(table, header, justify="right", min_width=size)
+    table.add_column("verdict", min_width=verdict_min, max_width=verdict)
     for cell in cells:
         table.add_row(*cell[:-1], Text(cell[-1], VERDICT_STYLE.get(cell[-1], "")))
     return table
