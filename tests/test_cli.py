@@ -207,6 +207,34 @@ def test_get_single_file_into_a_folder(lake_dir: Path, exp: str, tmp_path: Path)
     assert (folder / "a.csv").read_bytes() == b"x,y\n"
 
 
+def test_get_r_of_a_prefix_matching_nothing_fails_naming_prefix_and_ref_and_writes_nothing(
+    lake_dir: Path, exp: str, tmp_path: Path
+) -> None:
+    ok(lake_dir, "put", str(write(tmp_path / "a.png", b"a")), "data/images/a.png", "-b", exp)
+    out = tmp_path / "x"
+    result = flowlake(lake_dir, "get", "-r", "data/image", str(out), "--ref", exp)
+    assert result.exit_code == 1, result.output
+    assert "no objects under 'data/image/' at exp" in " ".join(result.stderr.split())
+    assert "━" not in result.output and "0/0" not in result.output  # no bar before the error
+    assert not out.exists()
+
+
+def test_get_r_of_a_single_object_says_to_drop_r_without_a_bar(
+    lake_dir: Path, exp: str, tmp_path: Path
+) -> None:
+    ok(lake_dir, "put", str(write(tmp_path / "a.png", b"a")), "data/images/a.png", "-b", exp)
+    result = flowlake(lake_dir, "get", "-r", "data/images/a.png", str(tmp_path / "y"), "--ref", exp)
+    assert result.exit_code == 1, result.output
+    assert "is an object, not a folder: copy it without -r" in " ".join(result.stderr.split())
+    assert "0/0" not in result.output and not (tmp_path / "y").exists()
+
+
+def test_ls_of_a_prefix_matching_nothing_says_so_in_one_line(lake_dir: Path, exp: str) -> None:
+    out = ok(lake_dir, "ls", "nosuch/", "--ref", exp).stdout
+    assert out.strip() == f"no objects under 'nosuch/' at {exp}"
+    assert ok_json(lake_dir, "ls", "nosuch/", "--ref", exp) == []
+
+
 # -- history -------------------------------------------------------------------------------------
 
 

@@ -45,6 +45,10 @@ def ls_command(
         return
     shown, hidden = internal.fold(objects, lambda o: o.path, show_all=show_all, prefix=prefix)
     console = render.stdout()
+    if not objects:  # like ls of an empty folder: not an error, but said in words, not a table
+        where = f"under {prefix!r} " if prefix else ""
+        console.print(Text(f"no objects {where}at {ref}", style="dim"))
+        return
     console.print(render.objects_table(shown, ref))
     total = sum(info.size for info in shown)
     noun = "object" if len(shown) == 1 else "objects"

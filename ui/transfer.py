@@ -28,6 +28,7 @@ from rich.progress import (
 
 import store
 from store import folders
+from store.errors import InvalidArgumentError, ObjectNotFoundError
 from store.folders import FolderUpload
 from ui import render
 
@@ -159,10 +160,20 @@ def get_dir(lake: store.Lake, prefix: str, ref: str, local: Path) -> Transferred
     """Export every object in the folder ``prefix`` at ``ref`` into a local folder, with a bar.
 
     Raises:
+        ObjectNotFoundError: nothing is under ``prefix`` at ``ref`` (nothing is written, and no
+            bar is shown).
+        InvalidArgumentError: ``prefix`` is an object, not a folder (checked before the bar).
         StoreError: as :meth:`store.Lake.download_dir` (a clash or a bad name is reported
             before anything is written; on any error no partial file is left).
     """
     entries = lake.list(ref=ref, prefix=folders.folder_prefix(prefix))
+    if not entries:
+        if prefix and lake.exists(prefix, ref):
+            raise InvalidArgumentError(
+                f"{prefix!r} at {ref} is an object, not a folder: copy it without -r"
+            )
+        where = f"under {folders.folder_prefix(prefix)!r} " if prefix else ""
+        raise ObjectNotFoundError(f"no objects {where}at {ref}; nothing copied")
     with file_progress(f"get {prefix or ref}", len(entries)) as advance:
         count = lake.download_dir(local, ref=ref, prefix=prefix, progress=advance)
     return Transferred(count, sum(info.size for info in entries))
