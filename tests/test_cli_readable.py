@@ -89,6 +89,26 @@ def test_jobs_at_any_width_cut_no_id_time_or_token_inside_a_word(
         assert sum(jobs[0].id[:12] in line and "gpus=0" in line for line in lines) == 1
 
 
+def fails_loudly() -> None:
+    print("about to fail", flush=True)
+    raise RuntimeError("boom")
+
+
+def test_logs_follow_exits_1_when_the_followed_job_failed_and_0_when_it_succeeded(
+    embedded_lake: store.Lake,
+) -> None:
+    failed = compute.submit(fails_loudly, lake=embedded_lake, name="fails")
+    fine = compute.submit(noop, lake=embedded_lake, name="fine")
+    where = ["--lake", str(embedded_lake.location)]
+    followed = CliRunner().invoke(app, ["logs", failed.id[:12], "-f", *where])
+    assert followed.exit_code == 1, followed.output
+    assert "about to fail" in followed.stdout
+    assert f"job {failed.id[:12]} failed" in followed.stderr and "boom" in followed.stderr
+    ok = CliRunner().invoke(app, ["logs", fine.id[:12], "-f", *where])
+    assert ok.exit_code == 0, ok.output
+    assert CliRunner().invoke(app, ["logs", failed.id[:12], *where]).exit_code == 0  # no -f
+
+
 def _command_paths(group: Any, ctx: click.Context, prefix: list[str]) -> list[list[str]]:
     paths = [prefix]
     for name in group.list_commands(ctx):

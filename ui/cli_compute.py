@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 import compute
+from compute.state import StatusRecord
 from store.errors import InvalidArgumentError
 from ui import render
 from ui.options import DEFAULT_LAKE, JsonOption, LakeOption, NamespaceOption, open_lake
@@ -143,6 +144,14 @@ def _finish(job: compute.Job, console: Console, as_json: bool) -> None:
                 style="green",
             )
         )
+    _fail_unless_succeeded(job, record)
+
+
+def _fail_unless_succeeded(job: compute.Job, record: StatusRecord | None = None) -> None:
+    """An ended job that did not succeed (failed, cancelled, killed): one red line saying why on
+    standard error, and exit status 1, as ``job.wait()`` raises."""
+    record = record if record is not None else job.record()
+    status = record.effective()
     if status is not compute.JobStatus.SUCCEEDED:
         reason = record.error or (
             "its supervisor process died"
@@ -261,7 +270,11 @@ def logs_command(
     lake: LakeOption = DEFAULT_LAKE,
     namespace: NamespaceOption = None,
 ) -> None:
-    """Print a job's output (stdout and stderr of every attempt)."""
+    """Print a job's output (stdout and stderr of every attempt).
+
+    With -f, exits 1 (saying why on standard error) when the job ended failed, cancelled or
+    killed, like ``flowlake run``; 0 when it succeeded.
+    """
     job = compute.get_job(open_lake(lake, namespace), job_id)
     if not follow:
         sys.stdout.write(job.logs())
@@ -269,6 +282,7 @@ def logs_command(
     for chunk in job.follow():
         sys.stdout.write(chunk)
         sys.stdout.flush()
+    _fail_unless_succeeded(job)
 
 
 def cancel_command(
