@@ -158,7 +158,7 @@ def resolve_base(backend: Backend, namespace: Namespace, base: str) -> Target:
         # No branch and no tag has this name (checked above), so the backend's own lookup
         # can only find a commit.
         return Target(backend.resolve(base))
-    raise RefNotFoundError(f"no branch, tag or commit {shown(base)}")
+    raise RefNotFoundError(f"no branch, tag or commit named {shown(base)}")
 
 
 def _tag(backend: Backend, name: str) -> str | None:

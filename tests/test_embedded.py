@@ -227,3 +227,18 @@ def test_gc_refuses_a_retention_that_is_not_a_timedelta(
 ) -> None:
     with pytest.raises(errors.InvalidArgumentError, match="retention must be a datetime.timedelta"):
         lake.gc(retention)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ref", ["nope", "cafe", "cafe1234", "v9"])
+def test_a_missing_ref_reads_the_same_on_every_path_and_backend(lake: store.Lake, ref: str) -> None:
+    """Whether it looks like a name or a commit id prefix, one wording everywhere."""
+    shown = repr(ref)
+    for call in (
+        lambda: lake.resolve(ref),
+        lambda: lake.read_bytes("x", ref=ref),
+        lambda: lake.list(ref=ref),
+    ):
+        with pytest.raises(errors.RefNotFoundError) as info:
+            call()
+        assert str(info.value).startswith("no branch, tag or commit named "), info.value
+        assert shown in str(info.value) or ref in str(info.value)

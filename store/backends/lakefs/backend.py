@@ -226,7 +226,7 @@ class LakeFSBackend(Backend):
         # lakeFS would also accept its own ref expressions (main~1, main@, main$); flowlake
         # parses those above the backend, so here they are simply names that do not exist.
         if not isinstance(ref, str) or not _REF.match(ref) or ".." in ref:
-            raise RefNotFoundError(f"no branch, tag or commit {ref!r}")
+            raise RefNotFoundError(f"no branch, tag or commit named {ref!r}")
         if _HEX.match(ref) and len(ref) < MIN_COMMIT_PREFIX:
             # lakeFS takes 2 or 3 hex digits as a commit id prefix; flowlake's prefixes have
             # at least MIN_COMMIT_PREFIX digits on every backend, so this is a name or nothing.
@@ -243,7 +243,7 @@ class LakeFSBackend(Backend):
             shown = ", ".join(sorted(matches)[:5])
             raise AmbiguousRefError(f"commit id prefix {ref!r} matches several commits: {shown}")
         if not matches:
-            raise RefNotFoundError(f"no branch, tag or commit {ref!r}")
+            raise RefNotFoundError(f"no branch, tag or commit named {ref!r}")
         return matches.pop()
 
     def _named_commit(self, name: str) -> str:
@@ -252,7 +252,7 @@ class LakeFSBackend(Backend):
             return self.branch_head(name)
         except BranchNotFoundError:
             pass
-        with boundary(RefNotFoundError, f"no branch, tag or commit {name!r}"):
+        with boundary(RefNotFoundError, f"no branch, tag or commit named {name!r}"):
             return str(self._sdk.tags_api.get_tag(self.repository, name).commit_id)
 
     def _reachable_commits_with_prefix(self, prefix: str) -> set[str]:
