@@ -264,3 +264,23 @@ def test_staged_rows_alone_are_read_in_the_order_a_sort_gives(
     assert listed == sorted(p for p in paths if p != "z.txt")
     assert work.head().id == commit.id and work.read_bytes("a.txt") == b"again"
     assert work.read_bytes("ä.txt") == "ä.txt".encode()
+
+
+def test_the_last_write_of_a_path_wins_however_many_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    import pyarrow as pa
+
+    from store.backends.embedded import backend
+
+    rng = random.Random(7)
+    names = ["a", "a/b", "a-b", "ä", "Z", "z/\U0001f600", "é", "a\uffff"]
+    paths = [rng.choice(names) for _ in range(40)]
+    table = pa.table({"path": paths, "checksum": [f"{i:064x}" for i in range(len(paths))]})
+    small = backend._last_write_wins(table)
+    monkeypatch.setattr(backend, "SMALL_SORT_ROWS", 0)  # the Arrow sort of larger tables
+    large = backend._last_write_wins(table)
+    assert small.equals(large)
+    last = {p: f"{i:064x}" for i, p in enumerate(paths)}
+    assert small.column("path").to_pylist() == sorted(last)
+    assert small.column("checksum").to_pylist() == [last[p] for p in sorted(last)]
