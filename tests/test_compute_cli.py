@@ -76,7 +76,9 @@ def test_run_jobs_logs_and_cancel_round_trip(project: Path) -> None:
 
     assert flowlake("cancel", job_id).returncode == 0
     followed = flowlake("logs", job_id, "-f")
-    assert followed.returncode == 0 and "read v1" in followed.stdout
+    # Following a job that ends cancelled exits 1 with the reason, as `run` does (ad7af4a).
+    assert followed.returncode == 1 and "read v1" in followed.stdout
+    assert "cancelled" in followed.stderr
     assert job.status is compute.JobStatus.CANCELLED
 
     missing = flowlake("run", "--", "no-such-program-xyz")
