@@ -253,6 +253,9 @@ class JobSpec:
         principal: who the submitter's lake acts as (``user:<login>`` or ``token:<name>``);
             the job must reopen the lake as the same one. A token's secret is never here:
             it reaches the job only through ``FLOWLAKE_TOKEN`` in its environment.
+        workdir: the folder the job starts in, relative to the snapshot's root (``/``
+            separated; "" for the root): the submitter's folder when it lies inside the project,
+            so ``flowlake run -- python train.py`` from ``src/`` runs ``src/train.py``.
     """
 
     job_id: str
@@ -275,6 +278,7 @@ class JobSpec:
     submitter_python: str
     perimeter: str | None = None
     principal: str | None = None
+    workdir: str = ""
     version: int = SPEC_VERSION
 
     def to_json(self) -> str:

@@ -249,7 +249,10 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
     activate(ctx)
     # The job runs its snapshot: imports resolve there first, relative paths start there.
     sys.path.insert(0, str(checkout))
-    os.chdir(checkout)
+    start = checkout / spec.workdir if spec.workdir else checkout
+    if spec.workdir:  # as Python puts the folder a script was started from first
+        sys.path.insert(1, str(start))
+    os.chdir(start)
     started = time.perf_counter()
     outcome: dict[str, Any] = {}
     try:

@@ -149,9 +149,11 @@ def submit(
     except BaseException:
         pending.close()
         raise
+    root = _snapshot_root(checkout)
+    workdir = _workdir(root, checkout)
     if argv is not None:
-        _check_found(argv, checkout)
-    payload = pickle_payload(fn, args or {}, _snapshot_root(checkout)) if fn is not None else None
+        _check_found(argv, checkout / workdir)
+    payload = pickle_payload(fn, args or {}, root) if fn is not None else None
     existing = _existing_branch(lake, target)
     if existing is None:
         _check_new_branch(lake, parsed)
@@ -176,6 +178,7 @@ def submit(
         submitter_python=sys.executable,
         perimeter=identity.perimeter if identity is not None else None,
         principal=identity.principal if identity is not None else None,
+        workdir=workdir,
     )
     folder = jobs.new_folder(job_id)
 
@@ -274,6 +277,17 @@ def _snapshot_root(checkout: Path) -> str:
     return str(json.loads((checkout.parent / "manifest.json").read_text())["root"])
 
 
+def _workdir(root: str, checkout: Path) -> str:
+    """The submitter's folder relative to the snapshot's root ("" when it is the root or lies
+    outside it), made in the checkout when the snapshot has no file there."""
+    here = os.path.realpath(os.getcwd())
+    rel = os.path.relpath(here, os.path.realpath(root))
+    if rel == "." or rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        return ""
+    (checkout / rel).mkdir(parents=True, exist_ok=True)
+    return rel.replace(os.sep, "/")
+
+
 def _default_name(fn: Callable[..., Any] | None, argv: tuple[str, ...] | None) -> str:
     """A job's name when none is given: what people would call it in a listing."""
     if argv is not None:
@@ -290,17 +304,19 @@ def _check_command(command: Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(command)
 
 
-def _check_found(argv: tuple[str, ...], checkout: Path) -> None:
-    """Raises InvalidArgumentError when the program (or the Python script) is not found."""
+def _check_found(argv: tuple[str, ...], start: Path) -> None:
+    """Raises InvalidArgumentError when the program (or the Python script) is not found from
+    ``start``, the folder of the checkout the job starts in."""
     program = argv[0]
     if program in PYTHON_NAMES:
         if len(argv) >= 2 and not argv[1].startswith("-"):
             script = argv[1]
-            if not (checkout / script).is_file() and not Path(script).is_file():
+            absolute = Path(script).is_absolute() and Path(script).is_file()
+            if not (start / script).is_file() and not absolute:
                 raise InvalidArgumentError(
-                    f"command not found: {script} is not in the code snapshot ({checkout})"
+                    f"command not found: {script} is not in the code snapshot ({start})"
                 )
         return
-    local = checkout / program
+    local = start / program
     if shutil.which(program) is None and not (local.is_file() and os.access(local, os.X_OK)):
         raise InvalidArgumentError(f"command not found: {program}")

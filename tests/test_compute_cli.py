@@ -113,3 +113,29 @@ def test_a_job_without_a_name_is_named_after_its_callable_or_command(project: Pa
     }
     listed = json.loads(flowlake("jobs", "--json").stdout)
     assert sorted(j["name"] for j in listed) == ["python train.py m4", "write_model"]
+
+
+def test_run_from_a_subfolder_of_a_git_project_starts_in_that_folder(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = project / "sub"
+    sub.mkdir()
+    (sub / "train.py").write_text(
+        "import os, compute\n"
+        "ctx = compute.context()\n"
+        "print('cwd', os.path.basename(os.getcwd()), open('params.txt').read())\n"
+        "ctx.branch.write_bytes('out/sub.txt', b'from sub')\n"
+    )
+    (sub / "params.txt").write_text("lr=0.1")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    monkeypatch.chdir(sub)
+
+    done = flowlake("run", "--branch", "sub-res", "--", "python", "train.py")
+    assert done.returncode == 0, done.stderr
+    assert "cwd sub lr=0.1" in done.stdout
+    with store.open(project.parent / "lake") as lake:
+        assert lake.read_bytes("out/sub.txt", ref="sub-res") == b"from sub"
+
+    missing = flowlake("run", "--", "python", "nosuch.py")
+    assert missing.returncode != 0 and "nosuch.py is not in the code snapshot" in missing.stderr
+    assert "Traceback" not in missing.stderr
