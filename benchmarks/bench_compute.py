@@ -7,7 +7,7 @@ Every target is a ratio of things measured side by side in this one run:
 
 * launch overhead, submit to the first line of user code: local job vs a bare ``subprocess``
   start of the same interpreter (aim <= 1.5x plus one commit), and Ray job vs a bare Ray task
-  (aim <= 1.5x);
+  (aim <= 1.5x; after 3 warm-up launches of each, `--launches` pairs interleaved);
 * N tiny jobs through each backend: throughput, and the share of each job's wall time spent on
   versioning (opening the lake, creating the run branch and committing its start; storing the log,
   committing and merging its end), from the runner's own phase timings;
@@ -97,6 +97,10 @@ def _project(tmp: Path) -> Path:
     return project
 
 
+#: Launches of each kind before the measured ones (a Ray worker's first task imports).
+WARMUP_LAUNCHES = 3
+
+
 def job_launch(lake: store.Lake, project: Path, out_dir: Path, backend: str) -> float:
     out = out_dir / f"job-{backend}.txt"
     start = time.time()
@@ -123,10 +127,14 @@ def ray_job_launch(lake: store.Lake, project: Path, out_dir: Path) -> tuple[floa
     return first - start, first - submitted
 
 
-def bare_ray_task(ray: Any) -> float:
-    @ray.remote(num_cpus=1)
-    def stamp() -> float:
-        return time.time()
+def _now() -> float:
+    return time.time()
+
+
+def bare_ray_task(stamp: Any) -> float:
+    """A bare Ray task's launch: ``.remote()`` to its first line (``stamp``: ``_now`` as a Ray
+    remote function, registered once, as a user's task is)."""
+    import ray
 
     start = time.time()
     return float(ray.get(stamp.remote())) - start
@@ -167,6 +175,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--only", choices=("local", "ray"), default=None)
+    parser.add_argument(
+        "--launches", type=int, default=20, help="Ray launches measured (after warm-up)"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="flowlake-bench-compute-"))
     os.environ["FLOWLAKE_LEASE_DIR"] = str(tmp / "leases")
@@ -198,18 +209,30 @@ def main() -> None:
         import ray
 
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
-        bare_ray = median([bare_ray_task(ray) for _ in range(args.repeat)])
+        stamp = ray.remote(num_cpus=1)(_now)
         out_dir = Path(tempfile.mkdtemp(prefix="flowlake-bench-compute-out-"))
         try:
-            launches = [ray_job_launch(lake, project, out_dir) for _ in range(args.repeat)]
+            for _ in range(WARMUP_LAUNCHES):  # workers started, imports done, on both sides
+                bare_ray_task(stamp)
+                ray_job_launch(lake, project, out_dir)
+            # Pairs, interleaved, so that a load that comes and goes weighs on both sides alike.
+            bares, launches = [], []
+            for _ in range(args.launches):
+                bares.append(bare_ray_task(stamp))
+                launches.append(ray_job_launch(lake, project, out_dir))
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
+        bare_ray = median(bares)
         ray_job = median(total for total, _ in launches)
         after_submit = median(part for _, part in launches)
         results["launch_ray"] = {
+            "launches": args.launches,
             "job_s": ray_job,
             "bare_task_s": bare_ray,
             "ratio": ray_job / bare_ray,
+            "ratio_of_pairs_median": median(
+                j / b for (j, _), b in zip(launches, bares, strict=True)
+            ),
             "after_submit_s": after_submit,
             "ratio_after_submit": after_submit / bare_ray,
         }
