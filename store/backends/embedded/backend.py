@@ -762,14 +762,9 @@ class EmbeddedBackend(Backend):
         for _ in range(CAS_ATTEMPTS):
             merge_row: CommitRow | None = None
             with self.objects.batch():
-                written = [
-                    StagedChange(path, self._store_content(path, data)) for path, data in items
-                ]
-                head, changes, top = self._effective_staged(branch, written)
-                if not changes.num_rows:
-                    raise NothingToCommitError(f"branch {branch!r} has no uncommitted changes")
-                tree = self.trees.apply_table(self._commit_row(head).tree, changes)
-                row = self._write_commit(tree, (head,), message, metadata, committer)
+                head, tree, row, top = self._write_staged_commit(
+                    branch, items, message, metadata, committer
+                )
                 dest = self._fast_merge_head(head, dest_branch, tree)
                 if dest is not None:
                     dest_head, dest_top = dest
@@ -823,6 +818,28 @@ class EmbeddedBackend(Backend):
                 return None
         return dest_head, dest_top
 
+    def _write_staged_commit(
+        self,
+        branch: str,
+        items: Sequence[tuple[str, bytes]],
+        message: str,
+        metadata: dict[str, str],
+        committer: str,
+    ) -> tuple[str, str, CommitRow, int]:
+        """Inside a publish batch: store ``items``, and write the commit of the branch's staged
+        changes with them over its head. Returns (head, new tree, commit row, highest staged
+        seq); nothing is moved.
+
+        Raises:
+            NothingToCommitError: nothing would change the head's tree.
+        """
+        written = [StagedChange(path, self._store_content(path, data)) for path, data in items]
+        head, changes, top = self._effective_staged(branch, written)
+        if not changes.num_rows:
+            raise NothingToCommitError(f"branch {branch!r} has no uncommitted changes")
+        tree = self.trees.apply_table(self._commit_row(head).tree, changes)
+        return head, tree, self._write_commit(tree, (head,), message, metadata, committer), top
+
     def _commit(
         self,
         branch: str,
@@ -837,14 +854,9 @@ class EmbeddedBackend(Backend):
         self._check_writable(branch)
         for _ in range(CAS_ATTEMPTS):
             with self.objects.batch():
-                written = [
-                    StagedChange(path, self._store_content(path, data)) for path, data in items
-                ]
-                head, changes, top = self._effective_staged(branch, written)
-                if not changes.num_rows:
-                    raise NothingToCommitError(f"branch {branch!r} has no uncommitted changes")
-                tree = self.trees.apply_table(self._commit_row(head).tree, changes)
-                row = self._write_commit(tree, (head,), message, metadata, committer)
+                head, tree, row, top = self._write_staged_commit(
+                    branch, items, message, metadata, committer
+                )
             if self._advance(branch, head, row, clear_up_to=top):
                 return _to_commit(row)
         raise ConcurrentUpdateError(branch, head, self.refs.head(branch))
