@@ -421,3 +421,138 @@ def test_reused_verdicts_follow_flowlakes_own_folders(
     # git's answer is still taken from the cache (git status may run: the files differ).
     assert [args[0] for args in lister.last] in ([], ["status"])
     assert [f.path for f in got.files] == ["pkg/model.py", "pkg/notes.py", "train.py"]
+
+
+def _stash_untracked(root: Path) -> None:
+    _git(root, "stash", "push", "-q", "-u")
+
+
+def _stash_round_trip(root: Path) -> None:
+    (root / "train.py").write_text("print('changed')\n")
+    _git(root, "stash", "push", "-q", "-u")
+    _git(root, "stash", "pop", "-q")
+
+
+def _git_mv(root: Path) -> None:
+    _git(root, "mv", "pkg/model.py", "pkg/sub/model.py")
+
+
+def _gitignore_in_new_folder(root: Path) -> None:
+    (root / "fresh").mkdir()
+    (root / "fresh" / "a.py").write_text("a = 1\n")
+    (root / "fresh" / "b.py").write_text("b = 1\n")
+    (root / "fresh" / ".gitignore").write_text("b.py\n")
+
+
+def _negation_in_parent(root: Path) -> None:
+    with open(root / ".gitignore", "a") as f:
+        f.write("logs/*\n!logs/run.log.py\n")
+
+
+def _symlinked_folder(root: Path) -> None:
+    outside = root.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "lib.py").write_text("x = 1\n")
+    os.symlink(outside, root / "linked")
+
+
+def _file_becomes_folder(root: Path) -> None:
+    (root / "pkg" / "notes.py").unlink()
+    (root / "pkg" / "notes.py").mkdir()
+    (root / "pkg" / "notes.py" / "inner.py").write_text("i = 1\n")
+
+
+def _checkout_other_branch(root: Path) -> None:
+    _git(root, "checkout", "-q", "-b", "other")
+    _git(root, "rm", "-q", "pkg/model.py")
+    (root / "other.py").write_text("o = 1\n")
+    _git(root, "add", "other.py")
+    _git(root, "commit", "-qm", "other")
+    _git(root, "checkout", "-q", "main")
+    _git(root, "checkout", "-q", "other")
+
+
+def _sparse_checkout(root: Path) -> None:
+    _git(root, "sparse-checkout", "set", "--no-cone", "/train.py")
+
+
+def _untracked_cache(root: Path) -> None:
+    _git(root, "config", "core.untrackedCache", "true")
+    _git(root, "update-index", "--untracked-cache")
+    (root / "pkg" / "sub" / "late.py").write_text("l = 1\n")
+
+
+def _folder_mtime_set_back(root: Path) -> None:
+    """A tool (tar -x, cp -p, rsync -t) puts a folder's old modification time back after its
+    entries changed: the ctime still moves, and the stamp holds it."""
+    folder = root / "pkg" / "sub"
+    before = os.stat(folder)
+    (folder / "restored.py").write_text("r = 1\n")
+    os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def _gitignore_mtime_set_back(root: Path) -> None:
+    ignore = root / "pkg" / ".gitignore"
+    before = os.stat(ignore)
+    ignore.write_text("*.tmm\n")  # same size
+    os.utime(ignore, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (root / "pkg" / "x.tmp").write_text("")
+
+
+def _nested_repository(root: Path) -> None:
+    _git(root / "pkg" / "sub", "init", "-q")
+
+
+PROBES: dict[str, Callable[[Path], None]] = {
+    "git stash -u": _stash_untracked,
+    "git stash and pop": _stash_round_trip,
+    "git mv": _git_mv,
+    "gitignore in a new folder": _gitignore_in_new_folder,
+    "negation rule in the parent gitignore": _negation_in_parent,
+    "symlinked folder": _symlinked_folder,
+    "file replaced by a folder": _file_becomes_folder,
+    "checkout of a branch with other files": _checkout_other_branch,
+    "sparse-checkout set": _sparse_checkout,
+    "core.untrackedCache": _untracked_cache,
+    "folder mtime set back": _folder_mtime_set_back,
+    "gitignore rewritten, mtime set back": _gitignore_mtime_set_back,
+    "nested repository appears": _nested_repository,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROBES))
+def test_everyday_git_operations_are_listed_as_git_lists_them(
+    lister: Lister, repo: Path, name: str
+) -> None:
+    lister.settle(repo)
+    PROBES[name](repo)
+    lister.names(repo)  # compares with an uncached listing and with git's answer
+    lister.settle(repo)
+
+
+def test_a_change_right_after_caching_is_seen(lister: Lister, repo: Path) -> None:
+    lister.settle(repo)
+    (repo / "pkg" / "now.py").write_text("n = 1\n")  # within the same second
+    assert "pkg/now.py" in lister.names(repo)
+
+
+def test_a_branch_moved_while_the_listing_runs_is_not_cached_stale(
+    lister: Lister, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit made by another process after ``git rev-parse`` answered and before the entry
+    is stored: the entry must not pair the old commit with the new ref."""
+    first = _git(repo, "rev-parse", "HEAD").strip()
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "second")
+    second = _git(repo, "rev-parse", "HEAD").strip()
+    real = gitlisting.store
+
+    def store_after_a_commit(*args: object, **kwargs: object) -> bool:
+        _git(repo, "update-ref", "refs/heads/main", first)  # another process moves main
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gitlisting, "store", store_after_a_commit)
+    got = snapshot.listing(repo, cache_dir=lister.cache)
+    assert got.git_commit == second  # what rev-parse said before the move
+    assert lister.stored(repo) is None
+    monkeypatch.setattr(gitlisting, "store", real)
+    assert snapshot.listing(repo, cache_dir=lister.cache).git_commit == first

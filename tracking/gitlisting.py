@@ -23,7 +23,9 @@ reads of tiny files:
 The environment variables that steer git (``GIT_*``, ``HOME``, ``XDG_CONFIG_HOME``, ``PATH``)
 and the folder are the entry's key. An entry is kept only when none of what it checks was
 modified within the racy window before git started (a change in the same clock tick would
-leave the stamps unchanged), the rule git's own untracked cache follows. Not cached: config
+leave the stamps unchanged), the rule git's own untracked cache follows; the files read whole
+(``HEAD``, its ref) are stamped too, so that one rewritten after git answered (another
+process committing while the listing ran) keeps the entry from being stored. Not cached: config
 files that include others, refs kept in a reftable, a ``HEAD`` that is neither a branch nor a
 commit id, trees with more than :data:`MAX_FOLDERS` traversed folders. Like git's untracked
 cache, this relies on the file system updating a folder's modification time when an entry in it
@@ -227,6 +229,10 @@ def _dependencies(
 
     def read(path: str) -> str | None:
         reads[path] = _read(path)
+        if reads[path] != _DIRECTORY:  # a git dir's own time moves with every lock file
+            # Stamped too, so that a file rewritten after git answered (a commit moving the
+            # branch while the listing ran) is within the racy window and the entry is not kept.
+            stamps[path] = _stamp(path)
         return reads[path]
 
     def stamp(path: str) -> Stamp:
