@@ -640,3 +640,93 @@ def test_a_bulk_copy_that_fails_costs_only_time(
     for run, name in zip(runs, ("a", "b"), strict=True):
         found = tracking.sql(embedded_lake, LOOKUP, params=[run.id]).to_pylist()
         assert found[0]["name"] == name
+
+
+_AFTER_RESUME = """
+import sys
+import store, tracking
+lake = store.open(sys.argv[1])
+with tracking.resume_run(lake, sys.argv[2]) as run:
+    run.log_metric("acc", 9.5, step=99)
+    run.set_tag("phase", "resumed")
+lake.close()
+"""
+
+
+def test_a_lookup_after_another_process_resumed_and_ended_the_run_sees_its_new_row(
+    embedded_lake: store.Lake, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    lake = embedded_lake
+    exp = lake.branch("exp").name
+    runs = [_run(lake, exp, name) for name in ("a", "b")]
+
+    def lookup(run_id: str) -> list[dict[str, object]]:
+        found = tracking.sql(lake, "SELECT * FROM runs WHERE run_id = ?", params=[run_id])
+        return _comparable(found.to_pylist())
+
+    def scanned(run_id: str) -> list[dict[str, object]]:
+        full = tracking.sql(lake, "SELECT * FROM runs").to_pylist()
+        return _comparable([r for r in full if r["run_id"] == run_id])
+
+    before = scanned(runs[0].id)  # copies both settled rows
+    assert lookup(runs[0].id) == before
+    done = subprocess.run(
+        [sys.executable, "-c", _AFTER_RESUME, lake.location, runs[0].id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    after = lookup(runs[0].id)
+    assert after != before and after == scanned(runs[0].id)
+    assert tracking.get_run(lake, runs[0].id).end_time == after[0]["end_time"]
+    # The same answer from a process-fresh cache (a new index and run rows database).
+    monkeypatch.setenv("FLOWLAKE_CACHE_DIR", str(os.path.join(tmp_path, "fresh-cache")))
+    assert lookup(runs[0].id) == after
+    assert lookup(runs[1].id) == scanned(runs[1].id)
+
+
+@pytest.mark.parametrize("where", ["this process", "another process"])
+def test_a_lookup_after_the_run_branch_was_deleted_reads_what_a_full_scan_reads(
+    embedded_lake: store.Lake,
+    where: str,
+    tmp_path: os.PathLike[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The row copied for the run branch's head is not read once the branch is gone: the run
+    is then read where it was merged (its target branch), as the full scan reads it."""
+    import subprocess
+    import sys
+
+    lake = embedded_lake
+    exp = lake.branch("exp").name
+    gone, kept = (_run(lake, exp, name) for name in ("gone", "kept"))
+    lookup = "SELECT run_id, name, commit FROM runs WHERE run_id = ?"
+
+    def scanned(run_id: str) -> list[dict[str, object]]:
+        full = tracking.sql(lake, "SELECT run_id, name, commit FROM runs").to_pylist()
+        return [r for r in full if r["run_id"] == run_id]
+
+    before = scanned(gone.id)  # copies both settled rows
+    assert tracking.sql(lake, lookup, params=[gone.id]).to_pylist() == before
+    branch = tracking.get_run(lake, gone.id).run_branch
+    if where == "this process":
+        lake.delete_branch(branch)
+    else:
+        script = "import sys, store; store.open(sys.argv[1]).delete_branch(sys.argv[2])"
+        done = subprocess.run(
+            [sys.executable, "-c", script, lake.location, branch],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+    after = tracking.sql(lake, lookup, params=[gone.id]).to_pylist()
+    assert after != before and after == scanned(gone.id)
+    assert after[0]["commit"] == lake.get_branch(exp).head().id
+    monkeypatch.setenv("FLOWLAKE_CACHE_DIR", str(os.path.join(tmp_path, "fresh-cache")))
+    assert tracking.sql(lake, lookup, params=[gone.id]).to_pylist() == after
+    assert tracking.sql(lake, lookup, params=[kept.id]).to_pylist() == scanned(kept.id)
