@@ -297,3 +297,70 @@ def test_commit_rows_kept_in_memory_are_the_stored_ones_and_go_with_gc(
     embedded_lake.gc(retention=timedelta(0))
     with pytest.raises(errors.RefNotFoundError):
         embedded_lake.commit(commit.id)
+
+
+_OTHER_WRITER = """
+import sys
+import store
+lake = store.open(sys.argv[1])
+dev = lake.get_branch("dev")
+dev.write_bytes(sys.argv[2], b"from the other writer")
+if sys.argv[3] == "commit":
+    dev.commit("the other writer")
+lake.close()
+"""
+
+
+@pytest.mark.parametrize("other", ["commit", "stage"])
+def test_a_commit_merging_never_loses_what_another_process_wrote_on_the_destination_meanwhile(
+    lake_with_dev: store.Lake, monkeypatch: pytest.MonkeyPatch, other: str
+) -> None:
+    """Another process writes to the destination after the combined step looked at it and
+    before its transaction: a commit (the destination moved) leaves the merge to Lake.merge,
+    which keeps both; an uncommitted write stays uncommitted over the merge, as it would
+    after a merge made just before it."""
+    import subprocess
+    import sys
+
+    lake = lake_with_dev
+    backend: Any = lake.backend
+    embedded = backend._inner._inner  # under the error view and the policy layer
+    base = lake.get_branch("dev").head().id
+    work = lake.branch("work", source="dev")
+    work.write_bytes("added/new.bin", b"\x00" * 5000)
+    real = embedded._fast_merge_head
+    ran: list[int] = []
+
+    def then_another_writer(*args: Any) -> Any:
+        found = real(*args)
+        done = subprocess.run(
+            [sys.executable, "-c", _OTHER_WRITER, lake.location, "other.txt", other],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        ran.append(done.returncode)
+        return found
+
+    monkeypatch.setattr(embedded, "_fast_merge_head", then_another_writer)
+    commit, merged = work.commit_merging("finish", writes={"change.txt": b"after"}, into="dev")
+    monkeypatch.setattr(embedded, "_fast_merge_head", real)
+    assert ran == [0] and work.head().id == commit.id
+    dev = lake.get_branch("dev")
+    if other == "commit":
+        theirs = dev.head()
+        assert merged is None and theirs.id != base and theirs.parents == (base,)
+        merged = lake.merge("work", into="dev")
+        assert merged.parents == (theirs.id, commit.id)
+        assert _entries(backend, backend._commit_row(merged.id).tree) == _three_way_entries(
+            backend, base, commit.id, theirs.id
+        )
+    else:
+        assert merged is not None and merged.parents == (base, commit.id)
+        assert dev.head().id == merged.id
+        assert [c.path for c in dev.uncommitted()] == ["other.txt"]
+    assert dev.read_bytes("other.txt") == b"from the other writer"
+    assert dev.read_bytes("change.txt") == b"after"
+    assert dev.read_bytes("added/new.bin") == b"\x00" * 5000
+    assert backend.fsck() == []
