@@ -654,12 +654,14 @@ lake.close()
 
 
 def test_a_lookup_after_another_process_resumed_and_ended_the_run_sees_its_new_row(
-    embedded_lake: store.Lake, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+    lake: store.Lake,
+    lake_access: object,
+    tmp_path: os.PathLike[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import subprocess
     import sys
 
-    lake = embedded_lake
     exp = lake.branch("exp").name
     runs = [_run(lake, exp, name) for name in ("a", "b")]
 
