@@ -364,3 +364,48 @@ def test_a_commit_merging_never_loses_what_another_process_wrote_on_the_destinat
     assert dev.read_bytes("change.txt") == b"after"
     assert dev.read_bytes("added/new.bin") == b"\x00" * 5000
     assert backend.fsck() == []
+
+
+def test_commit_mergings_ending_at_once_into_one_branch_keep_every_commit(
+    lake_with_dev: store.Lake,
+) -> None:
+    """Several threads end their branches into ``dev`` at the same moment: one may merge in
+    the combined step, the others find ``dev`` moved and merge with Lake.merge; ``dev`` ends
+    with every branch's writes and every commit as an ancestor."""
+    import threading
+
+    lake = lake_with_dev
+    works = [lake.branch(f"work{i}", source="dev") for i in range(4)]
+    start = threading.Barrier(len(works))
+    results: dict[int, tuple[str, str]] = {}
+    failures: list[BaseException] = []
+
+    def finish(i: int) -> None:
+        try:
+            work = works[i]
+            work.write_bytes(f"out/{i}.bin", bytes([i]) * 3000)
+            start.wait(timeout=30)
+            commit, merged = work.commit_merging(
+                f"finish {i}", writes={f"record/{i}.txt": b"r"}, into="dev"
+            )
+            if merged is None:
+                merged = lake.merge(work.name, into="dev")
+            results[i] = (commit.id, merged.id)
+        except BaseException as exc:  # re-raised below, in the test's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(len(works))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures, failures
+    dev = lake.get_branch("dev")
+    backend: Any = lake.backend
+    head = dev.head().id
+    for i, (commit, merged) in results.items():
+        assert dev.read_bytes(f"out/{i}.bin") == bytes([i]) * 3000
+        assert dev.read_bytes(f"record/{i}.txt") == b"r"
+        assert backend.merge_base(commit, head) == commit
+        assert backend.merge_base(merged, head) == merged
+    assert len(results) == len(works) and backend.fsck() == []
