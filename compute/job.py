@@ -6,6 +6,7 @@ import json
 import pickle
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 from compute.errors import JobFailedError, JobTimeoutError
@@ -19,11 +20,21 @@ class Job:
     """A submitted job. Build it with :func:`compute.submit`, :func:`compute.get_job` or
     :func:`compute.jobs`; every property reads the job's state from disk, fresh."""
 
-    def __init__(self, folder: JobFolder, handle: Any = None) -> None:
+    def __init__(
+        self, folder: JobFolder, handle: Any = None, written: Future[None] | None = None
+    ) -> None:
         self._folder = folder
         self._spec: JobSpec | None = None
         # The supervisor process or Ray object ref when this process launched the job.
         self._handle = handle
+        # Done once the job's bookkeeping is written (:mod:`compute.bookkeeping`).
+        self._written = written
+
+    def _settle(self) -> None:
+        """Wait until this process has written the job's bookkeeping; raise what writing it
+        raised (the job was then withdrawn, and never ran)."""
+        if self._written is not None:
+            self._written.result()
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, name={self.name!r}, status={self.status.value!r})"
@@ -36,6 +47,7 @@ class Job:
     @property
     def spec(self) -> JobSpec:
         if self._spec is None:
+            self._settle()
             self._spec = self._folder.spec()
         return self._spec
 
@@ -45,6 +57,7 @@ class Job:
 
     def record(self) -> StatusRecord:
         """The job's status record as its supervisor last wrote it."""
+        self._settle()
         self._reap()
         record = self._folder.status()
         if record.status in ("queued", "running") and record.run_id is None:
@@ -133,6 +146,7 @@ class Job:
 
     def logs(self) -> str:
         """Everything the job has printed so far (stdout and stderr of every attempt)."""
+        self._settle()
         try:
             return self._folder.log_file.read_bytes().decode("utf-8", "replace")
         except FileNotFoundError:
@@ -140,6 +154,7 @@ class Job:
 
     def follow(self, poll: float = 0.2) -> Iterator[str]:
         """Yield the job's output as it is printed, until the job ends."""
+        self._settle()
         offset = 0
         while True:
             final = self.status.is_final
@@ -171,9 +186,15 @@ def get_job(location: str, job_id: str) -> Job:
     Raises:
         JobNotFoundError: no such job.
     """
+    from compute.bookkeeping import flush
+
+    flush()
     return Job(JobStore.for_location(location).folder(job_id))
 
 
 def list_jobs(location: str) -> list[Job]:
     """Every job submitted on the lake at ``location``, oldest first."""
+    from compute.bookkeeping import flush
+
+    flush()
     return [Job(f) for f in JobStore.for_location(location).folders()]

@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -119,8 +120,14 @@ class AttemptVersioning:
     """
 
     def __init__(
-        self, spec: JobSpec, folder: JobFolder, attempt: int, gpus: tuple[int, ...]
+        self,
+        spec: JobSpec,
+        folder: JobFolder,
+        attempt: int,
+        gpus: tuple[int, ...],
+        admitted: Callable[[bool], None] | None = None,
     ) -> None:
+        self._admitted = admitted
         self._spec = spec
         self._folder = folder
         self._attempt = attempt
@@ -142,6 +149,8 @@ class AttemptVersioning:
         with self._lock:
             if self._raw_lake is None:
                 began = time.perf_counter()
+                if self._admitted is not None:  # nothing reaches the lake from a withdrawn job
+                    self._admitted(True)
                 import store
                 from store.policy.enforce import check_job_identity
 
@@ -228,15 +237,34 @@ def ensure_output_branch(lake: Lake, spec: JobSpec) -> None:
         lake.branch(spec.output_branch, source=spec.input_commit, exist_ok=True)
 
 
-def main(job_dir: str, attempt: int, offset: int) -> int:
+def main(
+    job_dir: str,
+    attempt: int,
+    offset: int,
+    *,
+    spec: JobSpec | None = None,
+    payload: bytes | None = None,
+    admitted: Callable[[bool], None] | None = None,
+) -> int:
+    """Run attempt ``attempt`` of the job in ``job_dir``; returns 0 when it succeeded and merged.
+
+    Args:
+        spec, payload: the job's spec and pickled payload, when the caller has them (a Ray
+            attempt is sent them); else read from the job's folder.
+        admitted: for a job sent before its bookkeeping was written (a Ray job): raises when
+            the job was withdrawn (its bookkeeping failed). Called with False right before the
+            job's code (a look, no wait), and with True before the attempt first opens the
+            lake (waits until the bookkeeping is written): a withdrawn job writes nothing.
+    """
     _die_with_parent()
     began = time.perf_counter()
     folder = JobFolder(Path(job_dir))
-    spec: JobSpec = folder.spec()
+    if spec is None:
+        spec = folder.spec()
     out = folder.attempt_dir(attempt)
     out.mkdir(parents=True, exist_ok=True)
     gpus = tuple(int(g) for g in os.environ.get("FLOWLAKE_JOB_GPUS", "").split(",") if g)
-    versioning = AttemptVersioning(spec, folder, attempt, gpus)
+    versioning = AttemptVersioning(spec, folder, attempt, gpus, admitted)
     checkout = checkout_dir(folder.path.parent.parent / "code", spec.code_snapshot)
     ctx = JobContext(
         input_commit=spec.input_commit,
@@ -253,6 +281,8 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
     if spec.workdir:  # as Python puts the folder a script was started from first
         sys.path.insert(1, str(start))
     os.chdir(start)
+    if admitted is not None:
+        admitted(False)
     started = time.perf_counter()
     outcome: dict[str, Any] = {}
     try:
@@ -260,7 +290,9 @@ def main(job_dir: str, attempt: int, offset: int) -> int:
             run_command(spec.command)
             result = None
         else:
-            fn, args = pickle.loads(folder.payload_file.read_bytes())
+            fn, args = pickle.loads(
+                payload if payload is not None else folder.payload_file.read_bytes()
+            )
             result = fn(**args)
         import cloudpickle  # loaded after the code: a job of commands never needs it
 

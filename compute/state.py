@@ -9,6 +9,7 @@ overrides the root)::
     jobs/<job_id>/status.json      the job's status, rewritten atomically by its supervisor
     jobs/<job_id>/log.txt          stdout and stderr of every attempt, appended live
     jobs/<job_id>/cancel           present once someone asked to cancel
+    jobs/<job_id>/withdrawn        present when the job's bookkeeping failed after it was sent
     jobs/<job_id>/attempts/<n>/    run.json (the attempt's run id), outcome.json, result.pkl
     code/<snapshot_id>/            a checkout of one code snapshot, shared by every job using it
 
@@ -43,8 +44,14 @@ def state_root(location: str) -> Path:
     else:
         home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
         base = Path(home) / "flowlake" / "compute" / _key(location)
-    (base / "jobs").mkdir(parents=True, exist_ok=True)
+    if base not in _made:  # made once per process: a mkdir is journal work on ext4
+        (base / "jobs").mkdir(parents=True, exist_ok=True)
+        _made.add(base)
     return base
+
+
+#: State folders this process has made (or found) already.
+_made: set[Path] = set()
 
 
 def _key(location: str) -> str:
@@ -128,6 +135,10 @@ class JobFolder:
     def cancel_file(self) -> Path:
         return self.path / "cancel"
 
+    @property
+    def withdrawn_file(self) -> Path:
+        return self.path / "withdrawn"
+
     def attempt_dir(self, attempt: int) -> Path:
         return self.path / "attempts" / str(attempt)
 
@@ -194,8 +205,9 @@ class JobStore:
         raise JobNotFoundError(f"no job {job_id!r} on this lake")
 
     def new_folder(self, job_id: str) -> JobFolder:
+        """The folder of a new job, made (a Ray attempt sent before it may have made it)."""
         path = self.root / "jobs" / job_id
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, exist_ok=True)
         return JobFolder(path)
 
     def folders(self) -> list[JobFolder]:

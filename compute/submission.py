@@ -2,10 +2,13 @@
 
 Everything that can be wrong with a submission (backend, resources, input ref, arguments,
 command) is checked before anything is created: a refused job leaves no branch, folder or run.
-A backend that can (Ray) is sent the job as soon as nothing can refuse it any more, and the
-job's bookkeeping (its payload, status and spec) is written while the backend starts it; the
-job's code waits for the spec, which is written last, and a failure in between withdraws the
-job and leaves nothing of it (see :class:`compute.backends.SendsEarly`). The job's output
+A backend that can (Ray) is sent the job, with its spec and payload in the task's arguments,
+as soon as nothing can refuse it any more; the job's bookkeeping (its folder, payload, status
+and, last, its spec) is then written by this process's background writer
+(:mod:`compute.bookkeeping`) while ``submit`` returns and the backend starts the job. The job's
+code waits for the spec file before it runs, and a failure in between withdraws the job, leaves
+nothing of it, and is raised by the next call on the job (see
+:class:`compute.backends.SendsEarly`). The job's output
 branch, when new, is checked here and created by the job's attempt when it first opens the lake.
 """
 
@@ -24,7 +27,7 @@ from compute.backends import SendsEarly, load_executor
 from compute.code import PendingSnapshot, pickle_payload
 from compute.job import Job
 from compute.model import PYTHON_NAMES, Environment, JobSpec, JobStatus, Resources
-from compute.state import LAKEFS_SCHEME, JobStore, StatusRecord, write_atomic
+from compute.state import LAKEFS_SCHEME, JobFolder, JobStore, StatusRecord, write_atomic
 from store.errors import BranchNotFoundError, InvalidArgumentError, UnsupportedOperationError
 from store.lake import Lake
 from store.names import BranchName, check_new_branch_name, parse_branch
@@ -180,21 +183,25 @@ def submit(
         principal=identity.principal if identity is not None else None,
         workdir=workdir,
     )
-    folder = jobs.new_folder(job_id)
+    spec_json = spec.to_json()
+    folder = JobFolder(jobs.root / "jobs" / job_id)  # made by prepare (or a Ray attempt)
 
     def prepare(record: StatusRecord) -> None:
-        """The job's bookkeeping: its payload, status and log, then its spec (atomically, last:
-        a folder without one is not a job yet, and the job's code waits for it). The output
-        branch is the attempt's to create (:func:`compute.runner.ensure_output_branch`)."""
+        """The job's bookkeeping: its folder, payload, status and log, then its spec
+        (atomically, last: a folder without one is not a job yet, and a Ray attempt sent early
+        runs no user code before it exists). The output branch is the attempt's to create
+        (:func:`compute.runner.ensure_output_branch`)."""
+        jobs.new_folder(job_id)
         if payload is not None:
             folder.payload_file.write_bytes(payload)
         folder.write_status(record, first=True)
         folder.log_file.touch()
-        write_atomic(folder.spec_file, spec.to_json().encode())
+        write_atomic(folder.spec_file, spec_json.encode())
 
+    written = None
     try:
         if isinstance(executor, SendsEarly):
-            handle = executor.send(folder, spec, prepare)
+            handle, written = executor.send(folder, spec, (spec_json, payload), prepare)
         else:
             prepare(StatusRecord(JobStatus.QUEUED.value))
             handle = executor.launch(folder, spec)
@@ -206,7 +213,7 @@ def submit(
         else:  # refused (or failed) before it existed: nothing is left of it
             shutil.rmtree(folder.path, ignore_errors=True)
         raise
-    return Job(folder, handle)
+    return Job(folder, handle, written)
 
 
 def map(  # noqa: A001 - a sweep is a map, as in Ray and concurrent.futures
@@ -271,10 +278,20 @@ def _check_new_branch(lake: Lake, name: BranchName) -> None:
         check_write(name.backend_name(), "create branch")
 
 
-def _snapshot_root(checkout: Path) -> str:
-    import json
+#: The project root of each checkout seen (a snapshot's manifest never changes once written).
+_roots: dict[Path, str] = {}
 
-    return str(json.loads((checkout.parent / "manifest.json").read_text())["root"])
+
+def _snapshot_root(checkout: Path) -> str:
+    root = _roots.get(checkout)
+    if root is None:
+        import json
+
+        root = str(json.loads((checkout.parent / "manifest.json").read_text())["root"])
+        if len(_roots) >= 64:
+            _roots.clear()
+        _roots[checkout] = root
+    return root
 
 
 def _workdir(root: str, checkout: Path) -> str:

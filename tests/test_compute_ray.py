@@ -358,9 +358,13 @@ def test_a_ray_job_whose_bookkeeping_fails_after_it_was_sent_never_runs_and_leav
     with monkeypatch.context() as failing:
         _failing_bookkeeping(failing)
         with pytest.raises(OSError, match="No space left"):
-            compute.submit(
+            # Written after submit returned: raised by submit or by the next call on the job.
+            failed = compute.submit(
                 touch, {"path": str(marker)}, lake=lake, output_branch="out", backend="ray"
             )
+            failed.wait(timeout=JOB_WAIT_S)
+        with pytest.raises(OSError, match="No space left"):
+            failed.status  # noqa: B018 - every later call raises it too
     assert len(sent) == 1  # it was sent (the cluster is one node), then withdrawn
     assert compute.jobs(lake) == []
     assert list((JobStore.for_location(str(lake.location)).root / "jobs").iterdir()) == []
@@ -372,6 +376,52 @@ def test_a_ray_job_whose_bookkeeping_fails_after_it_was_sent_never_runs_and_leav
     names = {b.name for b in lake.branches(all_namespaces=True)}
     assert not any(n.rsplit("/", 1)[-1] == "out" for n in names)
     assert {b.name for b in branches} <= names
+
+
+def test_a_ray_job_is_listed_as_soon_as_submit_returns(
+    embedded_lake: store.Lake, tmp_path: Path
+) -> None:
+    """Its bookkeeping is written in the background, but any listing, here or (once written)
+    in another process, sees a job whose submit has returned."""
+    from compute.state import JobStore
+
+    lake = embedded_lake
+    _seed(lake)
+    job = compute.submit(touch, {"path": str(tmp_path / "ran.txt")}, lake=lake, backend="ray")
+    assert job.id in [j.id for j in compute.jobs(lake)]
+    assert (
+        JobStore.for_location(str(lake.location)).root / "jobs" / job.id / "spec.json"
+    ).is_file()
+    assert compute.get_job(lake, job.id).spec.name == "touch"
+    assert job.wait(timeout=JOB_WAIT_S) == "ran"
+
+
+def test_a_ray_attempt_starts_from_its_arguments_and_opens_the_lake_once_the_job_is_written(
+    embedded_lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attempt is sent the spec and payload: its code starts without waiting for the spec
+    file and never reads it (here written late and unreadable); the attempt opens the lake
+    (and merges) only once the job's bookkeeping is written."""
+    from compute import submission
+
+    lake = embedded_lake
+    _seed(lake)
+    write_atomic = submission.write_atomic
+    written: list[float] = []
+
+    def late_and_unreadable(path: Path, data: bytes) -> None:
+        time.sleep(1.0)
+        write_atomic(path, b'{"not": "a spec"}')
+        written.append(time.time())
+
+    monkeypatch.setattr(submission, "write_atomic", late_and_unreadable)
+    marker = tmp_path / "ran.txt"
+    job = compute.submit(touch, {"path": str(marker)}, lake=lake, backend="ray")
+    assert job.wait(timeout=JOB_WAIT_S) == "ran"
+    assert len(written) == 1 and marker.stat().st_mtime < written[0]
+    record = job.record()
+    assert record.output_commit is not None and record.ended_at is not None
+    assert record.ended_at >= written[0]
 
 
 def test_a_new_ray_output_branch_named_like_a_tag_is_refused_before_anything_is_sent(
@@ -416,6 +466,12 @@ def test_an_attempt_waits_for_its_spec_and_gives_up_on_a_withdrawn_job(tmp_path:
     threading.Timer(0.1, gone.path.rmdir).start()
     with pytest.raises(ComputeError, match="withdrawn"):
         _await_spec(gone)
+
+    marked = JobFolder(tmp_path / "marked")
+    marked.path.mkdir()
+    threading.Timer(0.1, marked.withdrawn_file.touch).start()
+    with pytest.raises(ComputeError, match="withdrawn"):
+        _await_spec(marked)
 
 
 def test_a_start_marker_being_written_reads_as_not_there_yet(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from store.errors import InvalidArgumentError, NotInstalledError
@@ -48,13 +49,22 @@ class SendsEarly(Protocol):
     """An executor that starts a job before its bookkeeping is written, to overlap the two."""
 
     def send(
-        self, folder: JobFolder, spec: JobSpec, prepare: Callable[[StatusRecord], None]
-    ) -> Any:
-        """Send the job (its folder exists, empty), then call ``prepare`` with the job's first
-        status record to write the job's payload, status and, last, its spec;
-        returns what :meth:`Executor.launch` returns. The job's code must not start before the
-        spec exists. When ``prepare`` raises, the job is withdrawn (never runs, writes nothing)
-        and the error is raised.
+        self,
+        folder: JobFolder,
+        spec: JobSpec,
+        inline: tuple[str, bytes | None],
+        prepare: Callable[[StatusRecord], None],
+    ) -> tuple[Any, Future[None]]:
+        """Send the job (``inline``: its spec's JSON and pickled payload, which the job starts
+        from, never waiting for their files), then have ``prepare`` called with the job's first
+        status record, to write the job's folder, payload, status and, last, its spec, now or
+        on this process's background writer (:mod:`compute.bookkeeping`). The job's code must
+        not start before the spec file exists. When ``prepare`` raises, the job is withdrawn
+        (its code never runs, nothing of it is left) and the error is raised, by ``send`` or
+        from the returned future.
+
+        Returns:
+            What :meth:`Executor.launch` returns, and a future done once ``prepare`` returned.
 
         Raises:
             ComputeError: the job could not be started; what ``prepare`` raised.

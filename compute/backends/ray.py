@@ -28,15 +28,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from compute.backends.ray_watch import Prepared, Watcher
+from compute.bookkeeping import settled, write_later
 from compute.errors import ResourceError
 from compute.model import Environment, JobSpec, Resources
 from compute.state import JobFolder, StatusRecord
@@ -49,10 +52,17 @@ FORWARDED_PREFIXES = ("FLOWLAKE_", "LAKECTL_", "FSSPEC_", "AWS_")
 ENV_DIGEST = "FLOWLAKE_RAY_ENV"
 
 
-def _run_attempt(job_dir: str, attempt: int, env: dict[str, str]) -> int:
+def _run_attempt(
+    job_dir: str,
+    attempt: int,
+    env: dict[str, str],
+    spec_json: str | None = None,
+    payload: bytes | None = None,
+) -> int:
     from compute.backends.ray_attempt import run_attempt
 
-    return run_attempt(job_dir, attempt, tuple(int(g) for g in ray.get_gpu_ids()), env)
+    gpus = tuple(int(g) for g in ray.get_gpu_ids())
+    return run_attempt(job_dir, attempt, gpus, env, spec_json, payload)
 
 
 #: A CPU job's attempt: its worker goes on to run later jobs, warm.
@@ -86,8 +96,16 @@ def _runtime_env_vars(env: dict[str, str]) -> dict[str, str]:
     return {ENV_DIGEST: hashlib.sha256(canonical).hexdigest()}
 
 
-def _launch(folder: JobFolder, spec: JobSpec, attempt: int, prepared: Prepared | None) -> Any:
-    """Start attempt ``attempt`` of the job as a Ray task; returns its object ref."""
+def _launch(
+    folder: JobFolder,
+    spec: JobSpec,
+    attempt: int,
+    prepared: Prepared | None,
+    inline: tuple[str, bytes | None] | None = None,
+) -> Any:
+    """Start attempt ``attempt`` of the job as a Ray task; returns its object ref. With
+    ``inline`` (the spec's JSON and the payload) the attempt reads neither from the job's
+    folder, which may not be written yet."""
     env = _forwarded_env()
     env_vars = _runtime_env_vars(env)
     if spec.resources.gpus:
@@ -107,7 +125,10 @@ def _launch(folder: JobFolder, spec: JobSpec, attempt: int, prepared: Prepared |
             prepared.node_id, soft=False
         )
     options["runtime_env"] = runtime_env
-    return _task(options, bool(spec.resources.gpus)).remote(str(folder.path), attempt, env)
+    task = _task(options, bool(spec.resources.gpus))
+    if inline is None:
+        return task.remote(str(folder.path), attempt, env)
+    return task.remote(str(folder.path), attempt, env, *inline)
 
 
 #: How many differently configured attempt tasks :func:`_task` keeps.
@@ -180,28 +201,38 @@ class RayExecutor:
             )
 
     def send(
-        self, folder: JobFolder, spec: JobSpec, prepare: Callable[[StatusRecord], None]
-    ) -> Watcher:
-        """Send the job's first attempt to Ray, then write its bookkeeping (``prepare``) while
-        Ray starts it: the attempt waits for the job's spec before it does anything. When
-        ``prepare`` raises, the attempt is cancelled. Prepared first, then launched: a job with
-        an environment (built before the attempt anyway), and any job on a cluster of more than
+        self,
+        folder: JobFolder,
+        spec: JobSpec,
+        inline: tuple[str, bytes | None],
+        prepare: Callable[[StatusRecord], None],
+    ) -> tuple[Watcher, Future[None]]:
+        """Send the job's first attempt to Ray with its spec and payload as arguments, then
+        have its bookkeeping (``prepare``) written by this process's background writer: the
+        attempt starts without reading any of it, and waits for the spec file only right before
+        the job's code. When ``prepare`` raises, the job is withdrawn (:meth:`Watcher.withdraw`)
+        and its folder removed. Prepared first, then launched, in this thread: a job with an
+        environment (built before the attempt anyway), and any job on a cluster of more than
         one node, whose shared state folder another node may see late (NFS caches a file's
         absence for seconds, which a waiting attempt would then wait out)."""
         watcher = _watcher()
         if not spec.environment.is_default or not self.single_node:
             prepare(watcher.first_record())
-            return self.launch(folder, spec)
-        job = watcher.send(folder, spec)
-        try:
-            # Made here, while Ray starts the attempt, rather than by the attempt.
-            folder.attempt_dir(1).mkdir(parents=True)
-            prepare(job.record)
-        except BaseException:
-            watcher.withdraw(job)
-            raise
-        watcher.admit(job)
-        return watcher
+            return self.launch(folder, spec), settled()
+        job = watcher.send(folder, spec, inline)
+
+        def bookkeeping() -> None:
+            try:
+                # Its attempt's folder first: the attempt, started meanwhile, finds it made.
+                folder.attempt_dir(1).mkdir(parents=True, exist_ok=True)
+                prepare(job.record)
+            except BaseException:
+                watcher.withdraw(job)
+                shutil.rmtree(folder.path, ignore_errors=True)
+                raise
+            watcher.admit(job)
+
+        return watcher, write_later(bookkeeping)
 
     def launch(self, folder: JobFolder, spec: JobSpec) -> Watcher:
         """Start the job whose folder is written (for a job with an environment: once the

@@ -33,16 +33,30 @@ from pathlib import Path
 from typing import Any
 
 from compute.code import checkout_dir
-from compute.model import Environment
+from compute.model import Environment, JobSpec
 from compute.state import JobFolder, write_atomic
 
 #: The attempt's start marker in its attempt folder.
 STARTED_FILE = "started.json"
 
 
-def run_attempt(job_dir: str, attempt: int, gpus: tuple[int, ...], env: Mapping[str, str]) -> int:
+def run_attempt(
+    job_dir: str,
+    attempt: int,
+    gpus: tuple[int, ...],
+    env: Mapping[str, str],
+    spec_json: str | None = None,
+    payload: bytes | None = None,
+) -> int:
     """Run attempt ``attempt`` of the job in ``job_dir`` in this process; returns the runner's
     exit status (0: succeeded and merged).
+
+    With ``spec_json`` (and ``payload`` for a callable) the job was sent before its folder was
+    written (:class:`compute.backends.SendsEarly`): the attempt starts from them without
+    waiting, makes the folders it writes to, looks for the job's ``withdrawn`` marker right
+    before the job's code (not run when it is there), and waits for the spec file (the last of
+    the job's bookkeeping) before it first opens the lake, so a withdrawn job writes nothing
+    there. Without, the job is written already and read from its folder.
 
     ``env`` (the submitter's variables, secrets such as ``FLOWLAKE_TOKEN`` among them) is in the
     worker's ``os.environ`` for the attempt only: the worker keeps none of it for the next job.
@@ -51,7 +65,11 @@ def run_attempt(job_dir: str, attempt: int, gpus: tuple[int, ...], env: Mapping[
     opened, the payload could not be unpickled) is the attempt's failure.
     """
     folder = JobFolder(Path(job_dir))
-    _await_spec(folder)
+    if spec_json is None:
+        _await_spec(folder)
+        spec = folder.spec()
+    else:
+        spec = JobSpec.from_json(spec_json)
     out = folder.attempt_dir(attempt)
     out.mkdir(parents=True, exist_ok=True)
     visible = ",".join(str(g) for g in gpus)
@@ -70,7 +88,6 @@ def run_attempt(job_dir: str, attempt: int, gpus: tuple[int, ...], env: Mapping[
         )
         from compute import runner
 
-        spec = folder.spec()
         checkout = str(checkout_dir(folder.path.parent.parent / "code", spec.code_snapshot))
         with _restored_process_state(checkout), _collected_atexit() as exit_functions:
             os.environ.update(
@@ -80,7 +97,15 @@ def run_attempt(job_dir: str, attempt: int, gpus: tuple[int, ...], env: Mapping[
                 PYTHONUNBUFFERED="1",
             )
             threads = set(threading.enumerate())
-            code = contextvars.copy_context().run(runner.main, job_dir, attempt, offset)
+            code = contextvars.copy_context().run(
+                runner.main,
+                job_dir,
+                attempt,
+                offset,
+                spec=spec,
+                payload=payload,
+                admitted=None if spec_json is None else lambda wait: _admitted(folder, wait),
+            )
             for thread in threading.enumerate():
                 if thread not in threads and not thread.daemon and not _pool_worker(thread):
                     thread.join()
@@ -123,13 +148,14 @@ SPEC_POLL_MAX_S = 0.0005
 
 
 def _await_spec(folder: JobFolder) -> None:
-    """Wait until the job's spec exists, the last of what the submitter writes before the job
-    is one; nothing is written before. Polls with pauses growing from 50 us to
-    :data:`SPEC_POLL_MAX_S`: the spec is usually there already, else due within milliseconds.
+    """Wait until the job's spec file exists, the last of what the submitter writes before the
+    job is one. Polls with pauses growing from 50 us to :data:`SPEC_POLL_MAX_S`: the spec is
+    usually there already, else due within milliseconds.
 
     Raises:
-        ComputeError: the job's folder went away (the submission failed and was undone), or
-            the spec did not come within :data:`SPEC_WAIT_S`.
+        ComputeError: the job was withdrawn (its ``withdrawn`` marker exists, or its folder
+            went away: the submission failed and was undone), or the spec did not come within
+            :data:`SPEC_WAIT_S`.
     """
     if folder.spec_file.is_file():
         return
@@ -138,12 +164,27 @@ def _await_spec(folder: JobFolder) -> None:
     deadline = time.monotonic() + SPEC_WAIT_S
     pause = 0.00005
     while not folder.spec_file.is_file():
-        if not folder.path.is_dir():
+        if not folder.path.is_dir() or folder.withdrawn_file.exists():
             raise ComputeError(f"job {folder.job_id} was withdrawn before it started")
         if time.monotonic() > deadline:
             raise ComputeError(f"job {folder.job_id} got no spec within {SPEC_WAIT_S:g} s")
         time.sleep(pause)
         pause = min(pause * 2, SPEC_POLL_MAX_S)
+
+
+def _admitted(folder: JobFolder, wait: bool) -> None:
+    """For a job sent before its bookkeeping was written: with ``wait``, wait until it is
+    written (:func:`_await_spec`); without, only look whether the job was withdrawn.
+
+    Raises:
+        ComputeError: the job was withdrawn.
+    """
+    if wait:
+        _await_spec(folder)
+    elif folder.withdrawn_file.exists():
+        from compute.errors import ComputeError
+
+        raise ComputeError(f"job {folder.job_id} was withdrawn before it started")
 
 
 def _pool_worker(thread: threading.Thread) -> bool:

@@ -45,8 +45,13 @@ CLOSE_GRACE_S = 10.0
 #: Seconds a stopped or killed attempt's worker gets to be gone before its run is recorded.
 WORKER_EXIT_S = 10.0
 
-#: Launches attempt ``n`` of a job: (folder, spec, attempt, python or None) -> Ray object ref.
-Launch = Callable[[JobFolder, JobSpec, int, "Prepared | None"], Any]
+#: Launches attempt ``n`` of a job: (folder, spec, attempt, environment or None, the spec's JSON
+#: and payload to start from or None) -> Ray object ref.
+Launch = Callable[
+    [JobFolder, JobSpec, int, "Prepared | None", "tuple[str, bytes | None] | None"], Any
+]
+#: Seconds a withdrawn job's attempt gets to end before its folder is removed.
+WITHDRAW_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class _Watched:
     deadline: float | None = None
     why: tuple[JobStatus, str] | None = None
     stop_sent: float | None = field(default=None)
+    #: The first attempt's spec JSON and payload, sent as its arguments (dropped once sent).
+    inline: tuple[str, bytes | None] | None = None
 
 
 class Watcher:
@@ -99,11 +106,12 @@ class Watcher:
         (so that it shows ``killed`` once this process is gone)."""
         return StatusRecord(JobStatus.QUEUED.value, host=socket.gethostname(), pid=os.getpid())
 
-    def send(self, folder: JobFolder, spec: JobSpec) -> _Watched:
-        """Launch the first attempt of the job in ``folder`` now, before its spec is written
-        (the attempt waits for it); :meth:`admit` then supervises it, or :meth:`withdraw`
-        cancels it. Returns the job, whose ``record`` is its first status."""
-        job = _Watched(folder, spec, self.first_record())
+    def send(self, folder: JobFolder, spec: JobSpec, inline: tuple[str, bytes | None]) -> _Watched:
+        """Launch the first attempt of the job in ``folder`` now, with ``inline`` (its spec's
+        JSON and payload) as arguments, before its folder is written (the attempt waits for the
+        spec file right before the job's code); :meth:`admit` then supervises it, or
+        :meth:`withdraw` cancels it. Returns the job, whose ``record`` is its first status."""
+        job = _Watched(folder, spec, self.first_record(), inline=inline)
         self._next_attempt(job)
         return job
 
@@ -114,10 +122,17 @@ class Watcher:
         self._wake.set()
 
     def withdraw(self, job: _Watched) -> None:
-        """Cancel the attempt :meth:`send` launched, whose job was never written: the attempt
-        is still waiting for the spec, or never started, so it ran and wrote nothing."""
+        """Withdraw the job :meth:`send` launched, whose bookkeeping failed: mark it withdrawn
+        (the attempt checks that right before the job's code, as it waits for the spec file),
+        cancel its task, and wait up to :data:`WITHDRAW_WAIT_S` for the task to end, so that
+        the caller may then remove what the attempt wrote (its start marker, the log)."""
+        with contextlib.suppress(Exception):
+            job.folder.path.mkdir(parents=True, exist_ok=True)
+            job.folder.withdrawn_file.touch()
         with contextlib.suppress(Exception):
             ray.cancel(job.ref, force=False)
+        with contextlib.suppress(Exception):
+            ray.wait([job.ref], timeout=WITHDRAW_WAIT_S)
         # Dropped now: the job lives on in the raised error's traceback, and an object ref
         # freed after ray.shutdown() ends the process (Ray's core worker exits on it).
         job.ref = None
@@ -200,6 +215,9 @@ class Watcher:
         """Stop supervising (the submitting process is exiting): end the Ray tasks of the jobs
         still held and record each one, ``cancelled`` when it was asked to be, else ``killed``
         (a started attempt's run on its branch too, with its log)."""
+        from compute.bookkeeping import flush
+
+        flush()  # jobs whose bookkeeping is being written are supervised first
         self._closing.set()
         self._wake.set()
         self._thread.join(timeout=5)
@@ -310,7 +328,8 @@ class Watcher:
         job.attempt += 1
         job.started = job.deadline = job.why = job.stop_sent = None
         job.record = replace(job.record, attempt=job.attempt)
-        job.ref = self._launch(job.folder, job.spec, job.attempt, job.prepared)
+        inline, job.inline = job.inline, None
+        job.ref = self._launch(job.folder, job.spec, job.attempt, job.prepared, inline)
 
     def _notice_start(self, job: _Watched) -> None:
         started = read_started(job.folder.attempt_dir(job.attempt))
