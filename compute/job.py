@@ -124,6 +124,9 @@ class Job:
             JobFailedError: the job failed, timed out, was cancelled or was killed; the message
                 holds the remote traceback.
             JobTimeoutError: ``timeout`` seconds passed first (the job goes on).
+            OSError (or whatever else it was): writing the bookkeeping of a Ray job sent before
+                it was written failed, and the job was withdrawn without running; every call
+                on the job that reads its state raises it.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
