@@ -548,16 +548,11 @@ _ARTIFACT_FIELDS = ("name", "kind", "path", "size", "sha256", "checksum")
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
-    """A table as Parquet bytes, the very bytes :meth:`store.Branch.write_table` writes for it
-    (the same writer and options), encoded in memory: the small tables of a run need no
-    spooled temporary file."""
-    import pyarrow.parquet as pq
+    """A table as Parquet bytes, the very bytes :meth:`store.Branch.write_table` writes for it,
+    encoded in memory: the small tables of a run need no spooled temporary file."""
+    from store.tables import encode_bytes
 
-    from store.tables import to_arrow
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(to_arrow(table), sink)
-    return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]
+    return encode_bytes(table)
 
 
 def _key(key: Any) -> str:
