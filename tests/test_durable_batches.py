@@ -273,12 +273,12 @@ def test_a_forked_child_publishes_batches_with_threads_of_its_own(tmp_path: Path
 def test_temporary_files_never_take_over_an_existing_name_and_stay_durable(
     tmp_path: Path, syscalls: SyscallLog
 ) -> None:
-    from store.backends.embedded import objects as objects_module
+    from store import tempfiles
 
     objects = ObjectStore(_local_fs(), str(tmp_path / "objects"))
     temps = tmp_path / "objects" / "tmp"
     # Names a killed process with this very pid and thread left behind: skipped, untouched.
-    counter = objects_module._temp_counter
+    counter = tempfiles._counter
     upcoming = next(counter) + 1
     for n in range(upcoming, upcoming + 3):
         (temps / f"{os.getpid()}-{threading.get_ident()}-{n}").write_bytes(b"left over")

@@ -17,12 +17,13 @@ The folder is ``$FLOWLAKE_CACHE_DIR``, else ``~/.cache/flowlake``; callers pass 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import threading
 from collections import OrderedDict
 from typing import Any
+
+from store import tempfiles
 
 #: Bumped when the shape of an entry changes; old entries are then simply not found.
 CACHE_VERSION = 1
@@ -32,9 +33,6 @@ MEMO_ENTRIES = 64
 
 _memo: OrderedDict[str, tuple[bytes, Any]] = OrderedDict()
 _memo_lock = threading.Lock()
-#: Temporary names: unique within the process; a name left by a killed process with the same
-#: pid is skipped (``O_EXCL``).
-_temp_counter = itertools.count()
 
 
 def cache_root() -> str:
@@ -91,7 +89,7 @@ def store(path: str, value: Any) -> None:
         pass
     folder = os.path.dirname(path)
     try:
-        fd, tmp = _create_temp(folder)
+        fd, tmp = tempfiles.create(folder, prefix=".tmp-", suffix=".json")
     except OSError:
         return
     try:
@@ -109,20 +107,3 @@ def remove(path: str) -> None:
         _memo.pop(path, None)
     with contextlib.suppress(OSError):
         os.unlink(path)
-
-
-def _create_temp(folder: str) -> tuple[int, str]:
-    """A new file in ``folder`` opened for writing (mode 0o600, as ``mkstemp`` makes it) and its
-    path; the folder is created when missing. Cheaper than ``tempfile.mkstemp``, which draws a
-    random name and checks the folder first."""
-    for _ in range(100):
-        tmp = os.path.join(
-            folder, f".tmp-{os.getpid()}-{threading.get_ident()}-{next(_temp_counter)}.json"
-        )
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), tmp
-        except FileExistsError:
-            continue
-        except FileNotFoundError:
-            os.makedirs(folder, exist_ok=True)
-    raise FileExistsError(f"no free temporary name in {folder}")

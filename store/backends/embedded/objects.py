@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import os
 import tempfile
 import threading
@@ -27,6 +26,7 @@ import fsspec
 import zstandard
 from fsspec.implementations.local import LocalFileSystem
 
+from store import tempfiles
 from store.backends.embedded import layout
 from store.errors import CorruptObjectError, ObjectNotFoundError
 
@@ -212,7 +212,7 @@ class ObjectStore:
                 temp.file.write(blob)
                 temp.finish(addr)
             return
-        fd, tmp_path = _create_temp(self._tmp_dir())
+        fd, tmp_path = tempfiles.create(self._tmp_dir())
         pending.temps[addr] = tmp_path
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
@@ -393,7 +393,7 @@ class _TempWriter:
 
     def __enter__(self) -> _TempWriter:
         if self.store.is_local:
-            fd, self.tmp_path = _create_temp(self.store._tmp_dir())
+            fd, self.tmp_path = tempfiles.create(self.store._tmp_dir())
         else:
             fd, self.tmp_path = tempfile.mkstemp()
         self.file: BinaryIO = os.fdopen(fd, "wb")
@@ -475,39 +475,6 @@ def _make_dirs(directory: str, root: str) -> list[str]:
         os.mkdir(directory)
     gained.append(parent)
     return gained
-
-
-#: Temporary names: unique within the process (pid and thread in the name); a name left by a
-#: killed process with the same pid is skipped (``O_EXCL``).
-_temp_counter = itertools.count()
-
-
-def _create_temp(directory: str) -> tuple[int, str]:
-    """A new file in ``directory`` opened for writing (mode 0o600, as ``mkstemp`` makes it)
-    and its path; the folder is made again when missing.
-
-    As atomic as ``tempfile.mkstemp`` (``O_CREAT | O_EXCL``: never an existing file), without
-    its random names and retries: a batch creates one per object.
-
-    Raises:
-        OSError: the file cannot be created.
-    """
-    prefix = f"{directory}/{os.getpid()}-{threading.get_ident()}-"
-    for attempt in range(100):
-        path = f"{prefix}{next(_temp_counter)}"
-        try:
-            return os.open(path, _TEMP_FLAGS, 0o600), path
-        except FileExistsError:
-            continue
-        except FileNotFoundError:
-            if attempt:
-                raise
-            os.makedirs(directory, exist_ok=True)
-    raise FileExistsError(f"no free temporary name in {directory}")
-
-
-_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-_TEMP_FLAGS |= getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
 def _fsync_path(path: str) -> None:
