@@ -358,6 +358,67 @@ def test_an_empty_run_makes_one_commit_on_its_branch_and_one_merge(
     assert tracking.sql(lake, "SELECT path FROM code").to_pylist() == [{"path": "train.py"}]
 
 
+def test_runs_of_an_unchanged_project_store_one_code_and_one_environment_manifest(
+    lake: store.Lake, tmp_path: Path
+) -> None:
+    exp = lake.branch("exp", source="main")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("print('hi')\n")
+    (project / "util.py").write_text("X = 1\n")
+    runs = []
+    for name in ("first", "second"):
+        with tracking.start_run(
+            lake, branch=exp.name, name=name, code_dir=project, cache_dir=tmp_path / "cache"
+        ) as run:
+            runs.append(run)
+    first, second = runs
+    for file in (layout.CODE_FILE, layout.ENVIRONMENT_FILE):
+        a = lake.stat(layout.run_file(first.id, file), first.output_commit or "")
+        b = lake.stat(layout.run_file(second.id, file), second.output_commit or "")
+        assert a.checksum == b.checksum  # one object, at two paths
+    # Each run's rows carry its own id: in the live view, at the target and at the second
+    # run's output (where both manifests are one object, at two paths).
+    code = "SELECT run_id, path FROM code ORDER BY run_id, path"
+    env = "SELECT run_id, count(*) AS n FROM environment GROUP BY run_id ORDER BY run_id"
+    ids = sorted([first.id, second.id])
+    expected = [{"run_id": r, "path": p} for r in ids for p in ("train.py", "util.py")]
+    for refs in (None, [exp.name], [second.output_commit or ""]):
+        assert tracking.sql(lake, code, refs=refs).to_pylist() == expected
+        counts = tracking.sql(lake, env, refs=refs).to_pylist()
+        assert [c["run_id"] for c in counts] == ids and counts[0]["n"] == counts[1]["n"] > 5
+    one = "SELECT DISTINCT run_id FROM code WHERE run_id = ?"
+    assert tracking.sql(lake, one, params=[second.id]).to_pylist() == [{"run_id": second.id}]
+
+
+def test_manifests_written_with_a_run_id_column_read_as_before(
+    lake: store.Lake, tmp_path: Path
+) -> None:
+    """Lakes written before the manifests lost their ``run_id`` column read the same."""
+    exp = lake.branch("exp", source="main")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("print('hi')\n")
+    with tracking.start_run(
+        lake, branch=exp.name, name="new", code_dir=project, cache_dir=tmp_path / "cache"
+    ) as run:
+        pass
+    code = "SELECT * EXCLUDE (commit) FROM code ORDER BY path"
+    env = "SELECT * EXCLUDE (commit) FROM environment ORDER BY name"
+    before = [tracking.sql(lake, q, refs=[exp.name]).to_pylist() for q in (code, env)]
+    # Rewritten as the code before did: the run id first, the rows' columns after it.
+    old_code = pa.schema([("run_id", pa.string()), *layout.CODE_SCHEMA])
+    old_env = pa.schema([("run_id", pa.string()), *layout.ENVIRONMENT_SCHEMA])
+    for file, schema in ((layout.CODE_FILE, old_code), (layout.ENVIRONMENT_FILE, old_env)):
+        path = layout.run_file(run.id, file)
+        rows = [{"run_id": run.id, **r} for r in exp.read_table(path).to_pylist()]
+        exp.write_table(path, pa.Table.from_pylist(rows, schema=schema))
+    exp.commit("as an older flowlake wrote them")
+    after = [tracking.sql(lake, q, refs=[exp.name]).to_pylist() for q in (code, env)]
+    assert after == before and before[0] and before[0][0]["run_id"] == run.id
+    assert tracking.sql(lake, "SELECT * FROM problems", refs=[exp.name]).num_rows == 0
+
+
 OUTPUT = "SELECT output_commit FROM runs"
 
 
@@ -803,8 +864,11 @@ def test_the_code_manifest_is_the_parquet_of_its_rows(tmp_path: Path) -> None:
     ) + (snapshot.ListedFile("ä/ü.py", 3, "0" * 64, b"abc"),)
     code = snapshot.CodeListing(str(tmp_path), None, None, files, False)
     items = dict(lifecycle._code_items("f" * 32, code, frozenset()))
-    rows = [{"run_id": "f" * 32, "path": f.path, "size": f.size, "sha256": f.sha256} for f in files]
+    rows = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files]
     expected = parquet_bytes(pa.Table.from_pylist(rows, schema=layout.CODE_SCHEMA))
     assert items[layout.run_file("f" * 32, layout.CODE_FILE)] == expected
+    # The same bytes for another run: the manifest names no run.
+    again = dict(lifecycle._code_items("e" * 32, code, frozenset()))
+    assert again[layout.run_file("e" * 32, layout.CODE_FILE)] == expected
     assert items[layout.code_blob("0" * 64)] == b"abc"  # the one file whose bytes were read
     assert len(items) == 2

@@ -46,7 +46,9 @@ if TYPE_CHECKING:
     from store import Lake
 
 #: Bumped when the index's tables or segment contents change meaning; a new version starts empty.
-INDEX_VERSION = 5
+#: 6: the ``code`` and ``environment`` segments hold no ``run_id`` (the views take it from the
+#: run folder, see ``views.FOLDER_RUN_ID_VIEWS``).
+INDEX_VERSION = 6
 #: Compact a view's segments into one when it has more than this many.
 MAX_SEGMENTS = 8
 #: Seconds a compacted segment is kept for queries that were already reading it.

@@ -20,6 +20,15 @@ complete once it is listed. ``run.parquet`` is the run's completion marker: its 
 ``running`` until the run ends, then ``finished``, ``failed`` or ``killed`` with ``end_time`` set;
 it is written after every other file of that session.
 
+The code and environment manifests (``code.parquet``, ``environment.parquet``) hold no run id:
+a file belongs to the run whose folder it is in, so runs with the same files or the same
+packages write byte-identical manifests, which the content-addressed store keeps once. Readers
+take each manifest row's ``run_id`` from the folder (:func:`split_run_path`). Manifests written
+before this (with a ``run_id`` column, always the folder's) read the same way: the column is
+ignored. ``FORMAT_VERSION`` stays 1, since no reader needs to tell the two shapes apart; a
+reader older than this change reports a run-independent manifest as a file lacking ``run_id``
+(the ``problems`` view) rather than misreading it.
+
 A finished run's metric parts may be *compacted* (:mod:`tracking.compaction`) into one part named
 after the range of sequence numbers it replaces; readers read every file under ``metrics/`` the
 same way, so a compacted part reads as the parts it replaced, and a resumed run numbers its next
@@ -119,13 +128,11 @@ ARTIFACTS_SCHEMA = pa.schema(
     ]
 )
 
-ENVIRONMENT_SCHEMA = pa.schema(
-    [("run_id", pa.string()), ("name", pa.string()), ("version", pa.string())]
-)
+#: A run's environment manifest: no run id (see the module docstring), one row per distribution.
+ENVIRONMENT_SCHEMA = pa.schema([("name", pa.string()), ("version", pa.string())])
 
-CODE_SCHEMA = pa.schema(
-    [("run_id", pa.string()), ("path", pa.string()), ("size", pa.int64()), ("sha256", pa.string())]
-)
+#: A run's code manifest: no run id (see the module docstring), one row per snapshot file.
+CODE_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("sha256", pa.string())])
 
 
 def is_run_id(text: str) -> bool:

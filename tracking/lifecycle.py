@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import socket
@@ -173,14 +174,8 @@ def start_run(
     # The record is in it too: at the start it only says "running", so a reader that sees it
     # before the other files of the batch (lakeFS uploads a batch in parallel) sees a live run
     # that has not logged yet. Nothing is committed now; the run's end commits it all.
-    packages = [{"run_id": new_id, "name": n, "version": v} for n, v in env.packages]
     items = [
-        (
-            layout.run_file(new_id, layout.ENVIRONMENT_FILE),
-            run_module.parquet_bytes(
-                pa.Table.from_pylist(packages, schema=layout.ENVIRONMENT_SCHEMA)
-            ),
-        ),
+        (layout.run_file(new_id, layout.ENVIRONMENT_FILE), environment_manifest(env.packages)),
         *run._dirty_files(),
         *run._heartbeat_item(),
     ]
@@ -341,25 +336,45 @@ def _code_items(
     """The snapshot's files content-addressed (but those in ``held``, hashes of files the run
     branch holds already; :func:`snapshot.listing` read only the others), and its manifest by
     name."""
-    files = code.files
-    # Column by column: the same table as from rows (one chunk each), without a dict per file.
-    columns = [
-        [run_id] * len(files),
-        [f.path for f in files],
-        [f.size for f in files],
-        [f.sha256 for f in files],
-    ]
-    table = pa.Table.from_arrays(
-        [pa.array(c, type=t) for c, t in zip(columns, layout.CODE_SCHEMA.types, strict=True)],
-        schema=layout.CODE_SCHEMA,
-    )
-    manifest = run_module.parquet_bytes(table)
+    manifest = code_manifest(tuple((f.path, f.size, f.sha256) for f in code.files))
     blobs = {
         layout.code_blob(f.sha256): f.data
         for f in code.files
         if f.sha256 not in held and f.data is not None
     }
     return [*blobs.items(), (layout.run_file(run_id, layout.CODE_FILE), manifest)]
+
+
+#: Manifests remembered per process (the last few distinct ones: a sweep repeats one).
+MANIFESTS_KEPT = 4
+
+
+@functools.lru_cache(maxsize=MANIFESTS_KEPT)
+def code_manifest(files: tuple[tuple[str, int, str], ...]) -> bytes:
+    """The bytes of a code manifest (``layout.CODE_FILE``) listing ``files``, each ``(path,
+    size in bytes, SHA-256 hex)`` in snapshot order.
+
+    They depend on ``files`` only (the run is the folder the manifest is written to), so runs
+    of an unchanged project write the same bytes, stored once; and, remembered per process for
+    the last :data:`MANIFESTS_KEPT` listings, they are encoded once (~0.4 ms for 200 files).
+    """
+    paths, sizes, digests = zip(*files, strict=True) if files else ((), (), ())
+    columns = [
+        pa.array(paths, pa.string()),
+        pa.array(sizes, pa.int64()),
+        pa.array(digests, pa.string()),
+    ]
+    return run_module.parquet_bytes(pa.Table.from_arrays(columns, schema=layout.CODE_SCHEMA))
+
+
+@functools.lru_cache(maxsize=MANIFESTS_KEPT)
+def environment_manifest(packages: tuple[tuple[str, str], ...]) -> bytes:
+    """The bytes of an environment manifest (``layout.ENVIRONMENT_FILE``) listing ``packages``
+    (``(name, version)`` pairs, as :attr:`environment.Environment.packages`): as
+    :func:`code_manifest`, they depend on ``packages`` only and are encoded once per process."""
+    names, versions = zip(*packages, strict=True) if packages else ((), ())
+    columns = [pa.array(names, pa.string()), pa.array(versions, pa.string())]
+    return run_module.parquet_bytes(pa.Table.from_arrays(columns, schema=layout.ENVIRONMENT_SCHEMA))
 
 
 class _CodeBlobs:

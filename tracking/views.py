@@ -47,15 +47,39 @@ SOURCE_FIELDS = [
     ("commit", pa.string()),
 ]
 
-#: File-backed views: name -> (file in the run folder, schema). ``metrics`` reads every part.
+#: File-backed views whose files hold no run id (a run's manifests, the same bytes for every run
+#: with the same files or packages): name -> the files' schema. A row's ``run_id`` is that of
+#: the run folder its file was found in; the ``run_id`` column of files written before the
+#: manifests lost it (always the folder's) is not read.
+FOLDER_RUN_ID_VIEWS: dict[str, pa.Schema] = {
+    "environment": layout.ENVIRONMENT_SCHEMA,
+    "code": layout.CODE_SCHEMA,
+}
+
+
+def _with_run_id(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([("run_id", pa.string()), *schema])
+
+
+#: File-backed views: name -> (file in the run folder, the view's columns before the source
+#: columns). ``metrics`` reads every part.
 FILE_VIEWS: dict[str, tuple[str, pa.Schema]] = {
     "params": (layout.PARAMS_FILE, layout.KEY_VALUE_SCHEMA),
     "tags": (layout.TAGS_FILE, layout.KEY_VALUE_SCHEMA),
     "artifacts": (layout.ARTIFACTS_FILE, layout.ARTIFACTS_SCHEMA),
-    "environment": (layout.ENVIRONMENT_FILE, layout.ENVIRONMENT_SCHEMA),
-    "code": (layout.CODE_FILE, layout.CODE_SCHEMA),
+    "environment": (layout.ENVIRONMENT_FILE, _with_run_id(layout.ENVIRONMENT_SCHEMA)),
+    "code": (layout.CODE_FILE, _with_run_id(layout.CODE_SCHEMA)),
     "metrics": (layout.METRICS_DIR, layout.METRICS_SCHEMA),
 }
+
+
+def stored_schema(name: str) -> pa.Schema:
+    """The columns the index keeps for the objects of view ``name`` (``runs`` or a file view):
+    the view's own, less ``run_id`` for :data:`FOLDER_RUN_ID_VIEWS`."""
+    if name == "runs":
+        return layout.RUN_SCHEMA
+    return FOLDER_RUN_ID_VIEWS.get(name) or FILE_VIEWS[name][1]
+
 
 RUNS_SCHEMA = pa.schema(
     [
@@ -93,7 +117,12 @@ PLUGGED_VIEWS = {
 VIEW_NAMES = ("runs", *FILE_VIEWS, "commits", "branches", "problems", *PLUGGED_VIEWS)
 
 #: Columns a run file must have to be used (others missing are read as nulls).
-_REQUIRED = {"runs": catalog.RUN_RECORD_REQUIRED, "metrics": ("run_id", "key", "value")}
+_REQUIRED = {
+    "runs": catalog.RUN_RECORD_REQUIRED,
+    "metrics": ("run_id", "key", "value"),
+    "environment": ("name",),
+    "code": ("path",),
+}
 _LIVE_SCHEMA = pa.schema(
     [
         ("_oid", pa.int64()),
@@ -282,10 +311,11 @@ def copy_run_rows(
     if resolved.volatile or "running" in resolved.rows.column("status").to_pylist():
         raise ValueError("only a settled run's rows can be copied")
     schema = layout.RUN_SCHEMA if name == "runs" else FILE_VIEWS[name][1]
-    rows = _sourced_rows(resolved, schema)
+    folder = name in FOLDER_RUN_ID_VIEWS
+    rows = _sourced_rows(resolved, schema, folder)
     if rows is None:  # a segment too large to keep in memory: DuckDB reads it
-        sources = resolved.rows.select(["_oid", *(f for f, _ in SOURCE_FIELDS)])
-        rows = _joined_rows(con, sources, resolved.segments, schema)
+        sources = resolved.rows.select(_source_columns(folder))
+        rows = _joined_rows(con, sources, resolved.segments, schema, folder)
     if name == "runs":
         rows = _settled_runs_columns(rows)
     scopes = pa.repeat(pa.scalar(scope_id, pa.int32()), len(rows))
@@ -316,27 +346,49 @@ def copy_settled_rows(
     if set(resolved.volatile) & scopes.keys() or "running" in picked["status"].to_pylist():
         raise ValueError("only settled runs' rows can be copied")
     ids = pa.array([scopes[ref] for ref in picked["ref"].to_pylist()], pa.int32())
-    sources = picked.select(["_oid", *(f for f, _ in SOURCE_FIELDS)]).append_column("_scope", ids)
+    folder = name in FOLDER_RUN_ID_VIEWS
+    sources = picked.select(_source_columns(folder)).append_column("_scope", ids)
     schema = layout.RUN_SCHEMA if name == "runs" else FILE_VIEWS[name][1]
-    rows = _joined_rows(con, sources, resolved.segments, schema)
+    rows = _joined_rows(con, sources, resolved.segments, schema, folder)
     copied = _settled_runs_columns(rows) if name == "runs" else rows.drop_columns(["_scope"])
     _append_rows(con, name, copied.append_column("_scope", rows["_scope"]), create)
     return len(rows)
 
 
+def _source_columns(folder: bool) -> list[str]:
+    """The resolved rows' columns a copy of a view's rows needs (``folder``: the view takes
+    ``run_id`` from the run folder, see :data:`FOLDER_RUN_ID_VIEWS`)."""
+    return ["_oid", *(["run_id"] if folder else []), *(f for f, _ in SOURCE_FIELDS)]
+
+
+def _data_columns(schema: pa.Schema, folder: bool) -> list[str]:
+    """The SQL of a view's columns (``schema``) over segment rows ``d`` joined to their
+    sources ``s`` (``folder``: ``run_id`` is the source's, see :data:`FOLDER_RUN_ID_VIEWS`)."""
+    return ['s."run_id"' if folder and f.name == "run_id" else f'd."{f.name}"' for f in schema]
+
+
 def _joined_rows(
-    con: duckdb.DuckDBPyConnection, sources: pa.Table, segments: Sequence[str], schema: pa.Schema
+    con: duckdb.DuckDBPyConnection,
+    sources: pa.Table,
+    segments: Sequence[str],
+    schema: pa.Schema,
+    folder: bool = False,
 ) -> pa.Table:
     """The segment rows (``schema``'s columns) of each object in ``sources`` (``_oid`` then
     further columns), followed by that source row's further columns, read by DuckDB on ``con``
-    (which may read the index's segments)."""
-    extra = [sources.schema.field(c) for c in sources.column_names if c != "_oid"]
+    (which may read the index's segments). ``folder``: the view takes ``run_id`` from the run
+    folder (:data:`FOLDER_RUN_ID_VIEWS`), given by the ``run_id`` column of ``sources``."""
+    extra = [
+        sources.schema.field(c)
+        for c in sources.column_names
+        if c != "_oid" and not (folder and c == "run_id")
+    ]
     shape = pa.schema([*schema, *extra])
     if not segments or not sources.num_rows:
         return shape.empty_table()
     con.register("_copy_sources", sources)
     data = f"read_parquet({sql_list(segments)}, hive_partitioning = false)"
-    columns = [f'd."{f.name}"' for f in schema] + [f's."{f.name}"' for f in extra]
+    columns = _data_columns(schema, folder) + [f's."{f.name}"' for f in extra]
     select = f"SELECT {', '.join(columns)} FROM {data} d JOIN _copy_sources s USING (_oid)"
     try:
         return con.sql(select).to_arrow_table().cast(shape)
@@ -355,12 +407,13 @@ def _append_rows(con: duckdb.DuckDBPyConnection, name: str, rows: pa.Table, crea
         con.unregister("_copy_rows")
 
 
-def _sourced_rows(resolved: Resolved, schema: pa.Schema) -> pa.Table | None:
+def _sourced_rows(resolved: Resolved, schema: pa.Schema, folder: bool) -> pa.Table | None:
     """The rows of the objects ``resolved`` names (``schema``'s columns), each with its
     source's ``ref``, ``namespace``, ``branch`` and ``commit``; None when a segment is too
-    large to keep in memory."""
+    large to keep in memory. ``folder``: ``run_id`` is the run folder's (see
+    :data:`FOLDER_RUN_ID_VIEWS`)."""
     pieces = [pa.schema([*schema, *SOURCE_FIELDS]).empty_table()]
-    sources = resolved.rows.select(["_oid", "ref", "namespace", "branch", "commit"]).to_pylist()
+    sources = resolved.rows.select(_source_columns(True)).to_pylist()
     kept = [_segment(path) for path in resolved.segments]
     for source in sources:
         for found in kept:
@@ -370,7 +423,11 @@ def _sourced_rows(resolved: Resolved, schema: pa.Schema) -> pa.Table | None:
             span = spans.get(source["_oid"])
             if span is None:
                 continue
-            piece = table.slice(*span).select(schema.names)
+            piece = table.slice(*span)
+            if folder:
+                run_ids = pa.repeat(pa.scalar(source["run_id"], pa.string()), len(piece))
+                piece = piece.append_column("run_id", run_ids)
+            piece = piece.select(schema.names)
             for field, type_ in SOURCE_FIELDS:
                 piece = piece.append_column(
                     field, pa.repeat(pa.scalar(source[field], type_), len(piece))
@@ -488,11 +545,11 @@ def _resolved(index: Index, runs: _Runs, name: str, *, remember: bool = True) ->
 def _resolve(index: Index, name: str, runs: Sequence[RunFiles]) -> Resolved:
     """Load the objects of ``runs`` that feed view ``name`` into the index (verified, once)
     and say where each one's rows are."""
+    schema = stored_schema(name)
     if name == "runs":
-        schema = layout.RUN_SCHEMA
         entries = [(run, f) for run in runs if (f := run.file(layout.RUN_FILE)) is not None]
     else:
-        relative, schema = FILE_VIEWS[name]
+        relative = FILE_VIEWS[name][0]
         prefix = relative + "/"
         entries = [
             (run, f)
@@ -657,11 +714,13 @@ def _create_joined(
         f"CREATE TABLE _sources_{name} AS SELECT * FROM _arrow_sources_{name} ORDER BY _oid"
     ).fetchall()
     con.unregister(f"_arrow_sources_{name}")
-    columns = ", ".join(f'd."{f.name}"' for f in schema)
+    folder = name in FOLDER_RUN_ID_VIEWS
+    columns = ", ".join(_data_columns(schema, folder))
     if resolved.segments:
         data = f"read_parquet({sql_list(resolved.segments)}, hive_partitioning = false)"
     else:
-        con.register(f"_empty_{name}", pa.schema([*schema, ("_oid", pa.int64())]).empty_table())
+        stored = FOLDER_RUN_ID_VIEWS[name] if folder else schema
+        con.register(f"_empty_{name}", pa.schema([*stored, ("_oid", pa.int64())]).empty_table())
         data = f"_empty_{name}"
     con.execute(
         f"CREATE VIEW {name} AS SELECT {columns}, s.ref, s.namespace, s.branch, s.commit"
