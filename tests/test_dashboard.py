@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from streamlit.testing.v1 import AppTest
+from extras import import_extra
 
 import store
 import tracking
+
+AppTest = import_extra("streamlit.testing.v1", "ui").AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "ui" / "app.py")
 PAGES = ["Compare", "Branches", "Runs", "Diff"]

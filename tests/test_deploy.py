@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import stats
+from extras import import_extra
 
 import store
 import tracking
@@ -24,6 +24,8 @@ from store.errors import (
     InvalidNameError,
     ObjectNotFoundError,
 )
+
+stats = import_extra("scipy.stats", "stats")
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 

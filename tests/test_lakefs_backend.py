@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from extras import import_extra
 from lakefs_server import (
     LakeFSServer,
     client_for,
@@ -27,8 +28,8 @@ from lakefs_server import (
     s3_storage_options,
 )
 
-lakefs_sdk = pytest.importorskip("lakefs_sdk")
-pytest.importorskip("lakefs")
+lakefs_sdk = import_extra("lakefs_sdk", "lakefs")
+import_extra("lakefs", "lakefs")
 
 from store.backends.lakefs.backend import COMMITTER_KEY, LakeFSBackend  # noqa: E402
 from store.backends.lakefs.errors import translate  # noqa: E402

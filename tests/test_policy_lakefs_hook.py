@@ -15,14 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import lakefs
-import lakefs_sdk
 import pytest
+from extras import import_extra
 
 import store
 import tracking
-from store.backends.lakefs import gatehook
 from store.errors import GateFailedError, InvalidArgumentError, PermissionDeniedError
+
+lakefs = import_extra("lakefs", "lakefs")
+lakefs_sdk = import_extra("lakefs_sdk", "lakefs")
+gatehook = import_extra("store.backends.lakefs.gatehook", "lakefs")
 
 POLICY = """\
 version = 1

@@ -6,9 +6,11 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
+from extras import import_extra
 
-from tracking import statistics as st
+stats = import_extra("scipy.stats", "stats")
+
+from tracking import statistics as st  # noqa: E402
 
 
 def samples(shift: float, n: int = 400, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
