@@ -127,9 +127,20 @@ DAMAGES: dict[str, Damage] = {
     ),
     "commits: record column differs": Damage(
         lambda p, ids: sql(p, "UPDATE commits SET record = x'7b7d' WHERE id = ?", ids["second"]),
-        "commit {second}: index disagrees with the stored record (record)",
+        "commit {second}: its record does not hash to its id",
         None,
         gc_refuses=True,
+    ),
+    "commits: record rewritten as another valid record": Damage(
+        lambda p, ids: sql(
+            p,
+            "UPDATE commits SET record = CAST(json_set(CAST(record AS TEXT), '$.message', "
+            "'forged') AS BLOB) WHERE id = ?",
+            ids["second"],
+        ),
+        "commit {second}: its record does not hash to its id",
+        None,
+        gc_refuses=False,
     ),
     "staging: entry not JSON": Damage(
         lambda p, ids: sql(p, "UPDATE staging SET entry = 'nope'"),

@@ -2,9 +2,11 @@
 
 Data flow of a write: the content goes to the object store (atomically, deduplicated by hash)
 or, when tiny, inline into SQLite; then one SQLite transaction stages the entry. A commit applies
-the staged entries to the head's tree (rewriting only touched ranges), stores the commit record
-as an object, and in one transaction moves the head by compare-and-swap and clears exactly the
-staged rows it committed. A crash at any point leaves only unreferenced objects, which gc removes.
+the staged entries to the head's tree (rewriting only touched ranges), then in one transaction
+moves the head by compare-and-swap, inserts the commit record into the refs database's
+``commits`` table (its only home: the commit id is the BLAKE3 hash of the record bytes) and
+clears exactly the staged rows it committed. A crash at any point leaves only unreferenced
+objects, which gc removes.
 """
 
 from __future__ import annotations
@@ -754,7 +756,7 @@ class EmbeddedBackend(Backend):
         The merge commit is the one :meth:`merge` makes when ``dest_branch`` has not moved
         since the merge base: the new commit's tree with parents (destination head, new
         commit). When that does not apply, or the destination moves before the transaction,
-        the commit is made alone (its merge record, if written, is left for gc).
+        the commit is made alone (its merge record, never stored, is dropped).
         """
         if len(items) >= BATCH_FROM or dest_branch == branch:
             return self.commit_writes(branch, items, message, metadata, committer), None
@@ -849,8 +851,8 @@ class EmbeddedBackend(Backend):
         committer: str,
     ) -> Commit:
         """Commit the staged changes with ``items`` written over them, never staging the items:
-        their blobs, the ranges, metarange and commit record share one publish pass, which makes
-        them all durable before the one transaction that moves the head references them."""
+        their blobs, the ranges and the metarange share one publish pass, which makes them all
+        durable before the one transaction that moves the head and inserts the commit record."""
         self._check_writable(branch)
         for _ in range(CAS_ATTEMPTS):
             with self.objects.batch():
@@ -870,8 +872,15 @@ class EmbeddedBackend(Backend):
         committer: str,
         generation: int | None = None,
     ) -> CommitRow:
-        """Store a commit record as an object (before any ref points at it). ``generation``:
-        given when a parent is not in the refs database yet."""
+        """A new commit's record and id, stored nowhere yet: the transaction that moves a head
+        to it inserts it (``RefDB.insert_commit``), so the record and the head move are durable
+        together or not at all. The refs database is the record's only home, as lakeFS keeps
+        commits in its KV store; only ranges and metaranges are objects. The id is the BLAKE3
+        hash of the record bytes (canonical JSON), as it was when records were also objects.
+
+        Args:
+            generation: given when a parent is not in the refs database yet.
+        """
         if generation is None:
             generation = 1 + max((self._commit_row(p).generation for p in parents), default=0)
         record = {
@@ -884,8 +893,7 @@ class EmbeddedBackend(Backend):
             "generation": generation,
         }
         data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
-        stored = self.objects.put_bytes(data, codec=layout.ZSTD)
-        return CommitRow(stored.id, tree, parents, generation, data)
+        return CommitRow(layout.content_id(data), tree, parents, generation, data)
 
     def _advance(
         self, branch: str, expected: str, row: CommitRow, clear_up_to: int | None = -1
@@ -977,10 +985,9 @@ class EmbeddedBackend(Backend):
                     raise NothingToCommitError(
                         f"{source!r} has nothing to merge into {dest_branch!r}"
                     )
-                with self.objects.batch():
-                    row = self._write_commit(
-                        source_tree, (dest_head, source_commit), message, metadata, committer
-                    )
+                row = self._write_commit(
+                    source_tree, (dest_head, source_commit), message, metadata, committer
+                )
                 if self._advance(dest_branch, dest_head, row, clear_up_to=staged_up_to):
                     return _to_commit(row)
                 continue

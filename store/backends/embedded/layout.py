@@ -23,7 +23,7 @@ RAW = ""
 ZSTD = ".zst"
 CODECS = (RAW, ZSTD)
 ID_LENGTH = 64
-#: zstd level of whole in-memory objects (ranges, metaranges, commit records). Level 1 encodes
+#: zstd level of whole in-memory objects (ranges and metaranges). Level 1 encodes
 #: a 300 kB range in 1.2 ms where level 3 takes 2.0 ms, for about 12% more bytes; every commit
 #: rewrites the ranges it touches, so this is on the path of every commit. The level is not
 #: part of an object's identity (its id hashes the decoded content) and any level decodes.

@@ -34,10 +34,11 @@ BATCH_S = 0.5
 def check(backend: EmbeddedBackend) -> list[str]:
     """Verify the refs database, every commit reachable from a ref, its tree and every blob.
 
-    Index rows are compared with the hashed commit records they stand for (tree, parents,
-    generation, bytes), and the ancestry is walked along both. Damage of any kind (an unreadable
-    table, a row with impossible values, a missing row) becomes a problem line, never an
-    exception.
+    A commit's record lives in its index row only (lakes written before that also hold it as
+    an object, which is no longer read): the record must hash to the commit id, and the row's
+    tree, parents and generation columns must agree with it; the ancestry is walked along both.
+    Damage of any kind (an unreadable table, a row with impossible values, a missing row, a
+    record that does not hash to its id) becomes a problem line, never an exception.
 
     Returns:
         One line per problem; an empty list means the lake is healthy.
@@ -82,7 +83,7 @@ def _guarded(problems: list[str], read: Callable[[], T], default: T) -> T:
 
 def _walk_commits(backend: EmbeddedBackend, start: str, trees: dict[str, set[str]]) -> list[str]:
     """Check each commit reachable from ``start`` and not yet in ``trees``, adding it there
-    with the trees its index row and its stored record name."""
+    with the trees its index columns and its record name."""
     problems: list[str] = []
     stack = [start]
     while stack:
@@ -94,36 +95,34 @@ def _walk_commits(backend: EmbeddedBackend, start: str, trees: dict[str, set[str
             row = backend.refs.commit(commit_id)
         except RefsDatabaseError as exc:
             problems.append(str(exc))
-            row = None
-        else:
-            if row is None:
-                problems.append(f"missing commit {commit_id}: no index row")
-        try:
-            stored = backend.objects.get_bytes(layout.address(commit_id, layout.ZSTD))
-            record = json.loads(stored)
-            if not isinstance(record, dict):
-                raise ValueError("the stored object is not a commit record")
-        except (StoreError, ValueError) as exc:
-            problems.append(f"commit {commit_id}: {exc}")
-            if row is not None:
-                stack.extend(row.parents)
-                trees[commit_id].add(row.tree)
             continue
-        parents = tuple(record.get("parents", ()))
-        stack.extend(parents)
-        if isinstance(record.get("tree"), str):
-            trees[commit_id].add(record["tree"])
         if row is None:
+            problems.append(f"missing commit {commit_id}: no index row")
             continue
         stack.extend(row.parents)
         trees[commit_id].add(row.tree)
+        if layout.content_id(row.record) != commit_id:
+            # Not the record the id was made from: neither its parents nor its tree are
+            # followed, and the columns cannot be checked against it.
+            problems.append(f"commit {commit_id}: its record does not hash to its id")
+            continue
+        try:
+            record = json.loads(row.record)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            problems.append(f"commit {commit_id}: its record is not a commit record ({exc})")
+            continue
+        parents = tuple(record.get("parents", ()))
+        stack.extend(p for p in parents if isinstance(p, str))
+        if isinstance(record.get("tree"), str):
+            trees[commit_id].add(record["tree"])
         mismatched = [
             column
             for column, indexed, hashed in (
                 ("tree", row.tree, record.get("tree")),
                 ("parents", row.parents, parents),
                 ("generation", row.generation, record.get("generation")),
-                ("record", row.record, stored),
             )
             if indexed != hashed
         ]
@@ -187,7 +186,9 @@ class Reachable:
 
     Roots are branch heads, tags, commits indexed at or after ``fresh_after`` and staged
     changes. A commit's parents and tree are taken from both its index row and the record in
-    that row, so a damaged column cannot hide an object from the marks.
+    that row, so a damaged column cannot hide an object from the marks. Commit records live in
+    their rows, not in objects: a commit object that a lake written before that change holds
+    is never marked, so gc removes it once it is older than the retention.
     """
 
     def __init__(self, backend: EmbeddedBackend, fresh_after: float) -> None:
@@ -237,7 +238,6 @@ class Reachable:
                     "run `flowlake fsck`"
                 ) from None
             self.commits.add(commit_id)
-            self.addresses.add(layout.address(commit_id, layout.ZSTD))
             for tree in trees:
                 self._mark_tree(tree)
             stack.extend(parents)
@@ -260,14 +260,16 @@ class Reachable:
 
 
 def collect(backend: EmbeddedBackend, retention: timedelta, exclusive_objects: bool) -> int:
-    """Delete blobs and commit records unreachable from any ref or uncommitted change.
+    """Delete objects and commit rows unreachable from any ref or uncommitted change (and the
+    commit objects of lakes written when commit records were objects too: their rows hold
+    the same records).
 
     Safe beside live writers whatever the retention (see the module docstring): ``retention``
     is a grace period for unreachable data (undo a reset or a deleted branch), not a guard
     against writers.
 
     Returns:
-        How many blobs were removed.
+        How many objects were removed.
 
     Raises:
         SharedObjectsError: the objects live outside the lake folder and ``exclusive_objects``
