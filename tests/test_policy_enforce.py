@@ -91,6 +91,18 @@ def test_a_lake_without_policy_records_nothing_and_checks_nothing(lake: store.La
     assert ADMIN_BRANCH not in {b.name for b in lake.branches(all_namespaces=True)}
 
 
+def test_a_perimeter_asked_of_a_lake_without_policy_is_refused_but_the_ambient_one_is_not(
+    lake: store.Lake, lake_access: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(
+        InvalidArgumentError, match="perimeter 'nonsense' does not exist.*no policy"
+    ):
+        reopen(lake_access, perimeter="nonsense")
+    # $FLOWLAKE_PERIMETER is set for a team's policed lakes; a lake without one ignores it.
+    monkeypatch.setenv("FLOWLAKE_PERIMETER", "production")
+    assert reopen(lake_access).resolve("main") == lake.resolve("main")
+
+
 def test_staging_cannot_write_production_merge_into_main_or_read_pii(policed: object) -> None:
     staging = reopen(policed, perimeter="staging")
     main = staging.resolve("main")

@@ -129,13 +129,24 @@ def policy_view(
         TokenError: the token is malformed, unknown, revoked, expired or for another perimeter
             (the message names the token, never its secret).
         PermissionDeniedError: the principal may not act in the perimeter.
-        InvalidArgumentError: the perimeter is not one of the policy's.
+        InvalidArgumentError: the perimeter is not one of the policy's, or one is asked for
+            (``perimeter=``, not ``$FLOWLAKE_PERIMETER``, which is ignored there) on a lake
+            without a policy.
         PolicyError: ``main``'s policy file is invalid.
     """
+    asked = perimeter
     perimeter = perimeter or os.environ.get(ENV_PERIMETER) or None
     token = token or os.environ.get(ENV_TOKEN) or None
     ledger = Ledger(backend, clock)
     policy = read_policy(backend, backend.default_branch)
+    if asked and policy is None and token is None:
+        raise InvalidArgumentError(
+            f"perimeter {asked!r} does not exist: the lake at {location or 'this location'} "
+            "has no policy (perimeters are defined in _flowlake/policy.toml on main; "
+            "docs/policy.md); open it without a perimeter"
+        )
+    if policy is None and token is None:
+        perimeter = None  # an ambient $FLOWLAKE_PERIMETER means nothing here
     scopes: tuple[str, ...] = ()
     if token is not None:
         from store.errors import TokenError
