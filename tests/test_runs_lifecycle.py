@@ -475,6 +475,43 @@ def test_output_commit_named_by_a_record_of_an_older_lake_is_kept(lake: store.La
     assert tracking.get_run(lake, run.id).output_commit == run.output_commit
 
 
+def test_an_unchanged_git_project_is_listed_again_without_looking_at_each_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    (project / "train.py").write_text("print('train')\n")
+    (project / "util.py").write_text("X = 1\n")
+    for path in project.glob("*.py"):
+        _age(path)  # settled files: their hashes are cached
+    cache = str(tmp_path / "cache")
+    first = snapshot.listing(project, cache_dir=cache)
+    held = {f.sha256 for f in first.files}
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("looked at each file of an unchanged project")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(snapshot, "_read_files", refuse)
+        again = snapshot.listing(project, cache_dir=cache, held=held)
+    assert [(f.path, f.size, f.sha256) for f in again.files] == [
+        (f.path, f.size, f.sha256) for f in first.files
+    ]
+    assert all(f.data is None for f in again.files)
+    # What changed is seen, and bytes the caller lacks are read.
+    (project / "util.py").write_text("X = 22\n")
+    (project / "new.py").write_text("Y = 1\n")
+    for path in (project / "util.py", project / "new.py"):
+        _age(path, 1800)
+    changed = {f.path: f for f in snapshot.listing(project, cache_dir=cache, held=held).files}
+    assert sorted(changed) == ["new.py", "train.py", "util.py"]
+    assert changed["util.py"].data == b"X = 22\n" and changed["new.py"].data == b"Y = 1\n"
+    assert changed["util.py"].sha256 == hashlib.sha256(b"X = 22\n").hexdigest()
+    assert changed["train.py"].data is None
+    assert all(f.data is not None for f in snapshot.listing(project, cache_dir=cache).files)
+
+
 def test_a_run_reads_and_writes_only_the_code_files_its_starting_commit_lacks(
     lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
