@@ -75,15 +75,19 @@ def flowlake_round(
     return times, run_id
 
 
-def count_syncs(lake: store.Lake, branch: str, cache_dir: str, project: str) -> dict[str, int]:
+def count_syncs(
+    lake: store.Lake, branch: str, cache_dir: str, project: str, lake_dir: str
+) -> dict[str, int]:
     """What one more empty run asks of the disk: fsync calls (objects' files and folders),
-    the parallel waves they are issued in (each waits on the disk about once), and SQLite write
-    transactions (each one more fsync of SQLite's write-ahead log, not counted in ``fsyncs``);
-    and the ``git`` processes it starts."""
+    the parallel waves they are issued in (each waits on the disk about once), SQLite write
+    transactions (each one more fsync of SQLite's write-ahead log, not counted in ``fsyncs``)
+    and the files it adds to the lake's folder at ``lake_dir`` (each a new inode: objects whose
+    content the lake holds already add none); and the ``git`` processes it starts."""
     from store.backends.embedded.objects import ObjectStore
     from store.backends.embedded.refdb import RefDB
 
     counts = {"fsyncs": 0, "fsync_waves": 0, "sqlite_write_transactions": 0, "git_processes": 0}
+    before = _files_under(lake_dir)
     real_popen = subprocess.Popen
 
     class Popen(real_popen):  # type: ignore[type-arg,valid-type,misc]
@@ -116,7 +120,12 @@ def count_syncs(lake: store.Lake, branch: str, cache_dir: str, project: str) -> 
         ObjectStore._sync_all = real_sync_all  # type: ignore[method-assign]
         RefDB.write = real_write  # type: ignore[method-assign]
         subprocess.Popen = real_popen  # type: ignore[misc]
+    counts["new_lake_files"] = _files_under(lake_dir) - before
     return counts
+
+
+def _files_under(folder: str) -> int:
+    return sum(len(files) for _, _, files in os.walk(folder))
 
 
 BASELINE_SCRIPT = textwrap.dedent(
@@ -226,7 +235,7 @@ def main() -> None:
                 if ml_cold is None:
                     ml_cold = out["times"][0]
                 ml += out["times"][1:]
-        syncs = count_syncs(lake, branch, cache_dir, project)
+        syncs = count_syncs(lake, branch, cache_dir, project, os.path.join(tmp, "lake"))
         events = tracking.sql(
             lake, "SELECT event FROM commits WHERE run_id = ?", params=[last]
         ).column("event")
