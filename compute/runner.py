@@ -50,9 +50,18 @@ PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its supervisor dies, so a supervisor killed with
-    SIGKILL never leaves a job running without a lease."""
+    SIGKILL never leaves a job running without a lease. Asked once per process (a forked
+    child is asked again: the setting is not inherited)."""
+    pid = os.getpid()
+    if _asked_to_die == [pid]:
+        return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _asked_to_die[:] = [pid]
+
+
+#: The process that last asked to die with its parent (:func:`_die_with_parent`).
+_asked_to_die: list[int] = []
 
 
 class CommandFailed(Exception):

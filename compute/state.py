@@ -35,23 +35,33 @@ LAKEFS_SCHEME = "lakefs://"
 
 
 def state_root(location: str) -> Path:
-    """The state folder of the lake at ``location`` (created when absent)."""
-    override = os.environ.get("FLOWLAKE_COMPUTE_DIR")
+    """The state folder of the lake at ``location`` (created when absent). Found once per
+    process for each location and the variables that place it (a lake's own folder stays one)."""
+    environ = os.environ
+    override = environ.get("FLOWLAKE_COMPUTE_DIR")
+    key = (location, override, environ.get("XDG_STATE_HOME"), environ.get("HOME"))
+    base = _bases.get(key)
+    if base is not None:
+        return base
     if override:
         base = Path(override) / _key(location)
     elif not location.startswith(LAKEFS_SCHEME) and (Path(location) / "flowlake.json").is_file():
         base = Path(location) / "compute"
     else:
-        home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        home = environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
         base = Path(home) / "flowlake" / "compute" / _key(location)
-    if base not in _made:  # made once per process: a mkdir is journal work on ext4
-        (base / "jobs").mkdir(parents=True, exist_ok=True)
-        _made.add(base)
+    # Made once per process: a mkdir is journal work on ext4.
+    (base / "jobs").mkdir(parents=True, exist_ok=True)
+    if not override and base.name != "compute" and not location.startswith(LAKEFS_SCHEME):
+        return base  # no lake there (yet): one made later has its state inside it
+    if len(_bases) >= 64:
+        _bases.clear()
+    _bases[key] = base
     return base
 
 
-#: State folders this process has made (or found) already.
-_made: set[Path] = set()
+#: The state folder of each (location, FLOWLAKE_COMPUTE_DIR, XDG_STATE_HOME, HOME) seen, made.
+_bases: dict[tuple[str, str | None, str | None, str | None], Path] = {}
 
 
 def _key(location: str) -> str:

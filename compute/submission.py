@@ -152,14 +152,17 @@ def submit(
     except BaseException:
         pending.close()
         raise
-    root = _snapshot_root(checkout)
-    workdir = _workdir(root, checkout)
+    root, real_root = _snapshot_root(checkout)
+    workdir = _workdir(real_root, checkout)
     if argv is not None:
         _check_found(argv, checkout / workdir)
     payload = pickle_payload(fn, args or {}, root) if fn is not None else None
-    existing = _existing_branch(lake, target)
+    # A default name is a fresh job id's, which no branch or tag has (48 random bits): only a
+    # name the user gave is looked up and checked for clashes (the attempt's creating the
+    # branch would still refuse one, failing the job).
+    existing = _existing_branch(lake, target) if output_branch else None
     if existing is None:
-        _check_new_branch(lake, parsed)
+        _check_new_branch(lake, parsed, clashes=output_branch is not None)
     spec = JobSpec(
         job_id=job_id,
         name=name or _default_name(fn, argv),
@@ -183,7 +186,6 @@ def submit(
         principal=identity.principal if identity is not None else None,
         workdir=workdir,
     )
-    spec_json = spec.to_json()
     folder = JobFolder(jobs.root / "jobs" / job_id)  # made by prepare (or a Ray attempt)
 
     def prepare(record: StatusRecord) -> None:
@@ -196,12 +198,12 @@ def submit(
             folder.payload_file.write_bytes(payload)
         folder.write_status(record, first=True)
         folder.log_file.touch()
-        write_atomic(folder.spec_file, spec_json.encode())
+        write_atomic(folder.spec_file, spec.to_json().encode())
 
     written = None
     try:
         if isinstance(executor, SendsEarly):
-            handle, written = executor.send(folder, spec, (spec_json, payload), prepare)
+            handle, written = executor.send(folder, spec, (spec, payload), prepare)
         else:
             prepare(StatusRecord(JobStatus.QUEUED.value))
             handle = executor.launch(folder, spec)
@@ -263,42 +265,48 @@ def _existing_branch(lake: Lake, name: str) -> str | None:
         return None
 
 
-def _check_new_branch(lake: Lake, name: BranchName) -> None:
+def _check_new_branch(lake: Lake, name: BranchName, *, clashes: bool = True) -> None:
     """Refuse now, reading only, what creating the output branch ``name`` would refuse later
     (the job's attempt creates it when it first opens the lake): a malformed name, one a tag,
-    production or another namespace answers to, one the lake's policy forbids writing.
+    production or another namespace answers to (unless not ``clashes``), one the lake's policy
+    forbids writing.
 
     Raises:
         InvalidNameError, AmbiguousNameError, PermissionDeniedError, ScopeError.
     """
     check_new_branch_name(name.short)
-    refuse_branch_clashes(lake.backend, name)
+    if clashes:
+        refuse_branch_clashes(lake.backend, name)
     check_write = getattr(lake.backend, "check_write", None)  # a lake under a policy
     if check_write is not None:
         check_write(name.backend_name(), "create branch")
 
 
-#: The project root of each checkout seen (a snapshot's manifest never changes once written).
-_roots: dict[Path, str] = {}
+#: The project root of each checkout seen, and its real path (a snapshot's manifest never
+#: changes once written).
+_roots: dict[Path, tuple[str, str]] = {}
 
 
-def _snapshot_root(checkout: Path) -> str:
-    root = _roots.get(checkout)
-    if root is None:
+def _snapshot_root(checkout: Path) -> tuple[str, str]:
+    """The project root the checkout was snapshotted from, and its real path."""
+    known = _roots.get(checkout)
+    if known is None:
         import json
 
         root = str(json.loads((checkout.parent / "manifest.json").read_text())["root"])
+        known = (root, os.path.realpath(root))
         if len(_roots) >= 64:
             _roots.clear()
-        _roots[checkout] = root
-    return root
+        _roots[checkout] = known
+    return known
 
 
-def _workdir(root: str, checkout: Path) -> str:
-    """The submitter's folder relative to the snapshot's root ("" when it is the root or lies
-    outside it), made in the checkout when the snapshot has no file there."""
-    here = os.path.realpath(os.getcwd())
-    rel = os.path.relpath(here, os.path.realpath(root))
+def _workdir(real_root: str, checkout: Path) -> str:
+    """The submitter's folder relative to the snapshot's root (given by its real path; "" when
+    it is the root or lies outside it), made in the checkout when the snapshot has no file
+    there."""
+    here = os.getcwd()  # the kernel's answer: a real path already
+    rel = os.path.relpath(here, real_root)
     if rel == "." or rel == os.pardir or rel.startswith(os.pardir + os.sep):
         return ""
     (checkout / rel).mkdir(parents=True, exist_ok=True)

@@ -542,3 +542,29 @@ def test_on_a_cluster_of_several_nodes_a_ray_job_is_sent_only_once_written(
     assert sent == [] and compute.jobs(lake) == []
     job = compute.submit(touch, {"path": str(tmp_path / "y")}, lake=lake, backend="ray")
     assert job.wait(timeout=JOB_WAIT_S) == "ran" and len(sent) == 1
+
+
+def test_an_attempt_packed_by_another_flowlake_version_is_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    """The attempt's one argument carries the spec's version: a worker whose flowlake reads
+    another refuses it, naming both, before it touches the job's folder."""
+    import pickle
+
+    from compute.backends.ray_attempt import pack, run_packed
+    from compute.model import SPEC_VERSION
+
+    message = pack(str(tmp_path / "job"), 1, {"FLOWLAKE_X": "1"})
+    version, job_dir, attempt, env, spec, payload = pickle.loads(message)
+    assert (version, job_dir, attempt, env, spec, payload) == (
+        SPEC_VERSION,
+        str(tmp_path / "job"),
+        1,
+        {"FLOWLAKE_X": "1"},
+        None,
+        None,
+    )
+    other = pickle.dumps((SPEC_VERSION + 1, job_dir, attempt, env, spec, payload))
+    with pytest.raises(store.errors.InvalidArgumentError, match="different flowlake versions"):
+        run_packed(other, ())
+    assert not (tmp_path / "job").exists()

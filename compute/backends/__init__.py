@@ -52,10 +52,10 @@ class SendsEarly(Protocol):
         self,
         folder: JobFolder,
         spec: JobSpec,
-        inline: tuple[str, bytes | None],
+        inline: tuple[JobSpec, bytes | None],
         prepare: Callable[[StatusRecord], None],
     ) -> tuple[Any, Future[None]]:
-        """Send the job (``inline``: its spec's JSON and pickled payload, which the job starts
+        """Send the job (``inline``: its spec and pickled payload, which the job starts
         from, never waiting for their files), then have ``prepare`` called with the job's first
         status record, to write the job's folder, payload, status and, last, its spec, now or
         on this process's background writer (:mod:`compute.bookkeeping`). The job's code must

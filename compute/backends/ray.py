@@ -38,6 +38,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from compute.backends.ray_attempt import pack
 from compute.backends.ray_watch import Prepared, Watcher
 from compute.bookkeeping import settled, write_later
 from compute.errors import ResourceError
@@ -52,17 +53,11 @@ FORWARDED_PREFIXES = ("FLOWLAKE_", "LAKECTL_", "FSSPEC_", "AWS_")
 ENV_DIGEST = "FLOWLAKE_RAY_ENV"
 
 
-def _run_attempt(
-    job_dir: str,
-    attempt: int,
-    env: dict[str, str],
-    spec_json: str | None = None,
-    payload: bytes | None = None,
-) -> int:
-    from compute.backends.ray_attempt import run_attempt
+def _run_attempt(message: bytes) -> int:
+    from compute.backends.ray_attempt import run_packed
 
     gpus = tuple(int(g) for g in ray.get_gpu_ids())
-    return run_attempt(job_dir, attempt, gpus, env, spec_json, payload)
+    return run_packed(message, gpus)
 
 
 #: A CPU job's attempt: its worker goes on to run later jobs, warm.
@@ -83,9 +78,11 @@ def _prepare(environment: Environment, env: dict[str, str]) -> tuple[str, str, s
 
 def _forwarded_env() -> dict[str, str]:
     """The submitter's variables a job needs (secrets among them: never put in ``runtime_env``)."""
+    environ = os.environ
+    # Names first, values only of the few forwarded: items() encodes and decodes every pair.
     return {
-        k: v
-        for k, v in os.environ.items()
+        k: environ[k]
+        for k in list(environ)
         if k.startswith(FORWARDED_PREFIXES) and not k.startswith("FLOWLAKE_RAY_")
     }
 
@@ -101,53 +98,72 @@ def _launch(
     spec: JobSpec,
     attempt: int,
     prepared: Prepared | None,
-    inline: tuple[str, bytes | None] | None = None,
+    inline: tuple[JobSpec, bytes | None] | None = None,
 ) -> Any:
     """Start attempt ``attempt`` of the job as a Ray task; returns its object ref. With
-    ``inline`` (the spec's JSON and the payload) the attempt reads neither from the job's
-    folder, which may not be written yet."""
+    ``inline`` (the spec and the payload) the attempt reads neither from the job's folder, which
+    may not be written yet.
+
+    The task gets one argument, the attempt's whole message pickled into one ``bytes``
+    (:func:`compute.backends.ray_attempt.pack`): Ray serialises and ships each argument of a
+    task on its own, and one ready ``bytes`` is the cheapest for it to send.
+    """
     env = _forwarded_env()
+    gpu = bool(spec.resources.gpus)
+    if prepared is None:
+        task = _task(spec, env, gpu)
+    else:  # on the node its environment was built on: not worth keeping
+        options = _options(spec, env, gpu)
+        options["runtime_env"]["py_executable"] = prepared.python
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+            prepared.node_id, soft=False
+        )
+        task = (_gpu_attempt if gpu else _attempt).options(**options)
+    spec_sent, payload = inline if inline is not None else (None, None)
+    return task.remote(pack(str(folder.path), attempt, env, spec_sent, payload))
+
+
+def _options(spec: JobSpec, env: dict[str, str], gpu: bool) -> dict[str, Any]:
+    """The attempt task's Ray options for ``spec`` run with ``env``."""
     env_vars = _runtime_env_vars(env)
-    if spec.resources.gpus:
+    if gpu:
         # A worker of their own: never one where a CPU job may have initialised CUDA already.
         env_vars["FLOWLAKE_RAY_WORKER"] = "gpu"
-    runtime_env: dict[str, Any] = {"env_vars": env_vars}
     options: dict[str, Any] = {
         "num_gpus": spec.resources.gpus,
         "num_cpus": spec.resources.cpus,
         "name": f"flowlake:{spec.name or spec.job_id[:12]}",
+        "runtime_env": {"env_vars": env_vars},
     }
     if spec.resources.memory_bytes:
         options["memory"] = spec.resources.memory_bytes
-    if prepared is not None:
-        runtime_env["py_executable"] = prepared.python
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-            prepared.node_id, soft=False
-        )
-    options["runtime_env"] = runtime_env
-    task = _task(options, bool(spec.resources.gpus))
-    if inline is None:
-        return task.remote(str(folder.path), attempt, env)
-    return task.remote(str(folder.path), attempt, env, *inline)
+    return options
 
 
 #: How many differently configured attempt tasks :func:`_task` keeps.
 TASK_CACHE_SIZE = 64
-_tasks: dict[str, Any] = {}
+_tasks: dict[tuple[Any, ...], Any] = {}
 _tasks_lock = threading.Lock()
 
 
-def _task(options: dict[str, Any], gpu: bool) -> Any:
-    """The attempt task with ``options``: Ray checks a task's options and ``runtime_env`` each
-    time they are given, so jobs launched alike reuse the configured task."""
-    base = _gpu_attempt if gpu else _attempt
-    if "scheduling_strategy" in options:  # a node of its own: not worth keeping
-        return base.options(**options)
-    key = json.dumps([gpu, options], sort_keys=True)
+def _task(spec: JobSpec, env: dict[str, str], gpu: bool) -> Any:
+    """The attempt task configured for ``spec`` and ``env``: Ray checks a task's options and
+    ``runtime_env`` each time they are given, so jobs launched alike reuse the configured
+    task (keyed by what the options are made of, so a launch builds none of them)."""
+    resources = spec.resources
+    key = (
+        gpu,
+        resources.gpus,
+        resources.cpus,
+        resources.memory_bytes,
+        spec.name or spec.job_id[:12],
+        tuple(sorted(env.items())),
+    )
     with _tasks_lock:
         task = _tasks.get(key)
-        if task is None:
-            task = base.options(**options)
+    if task is None:
+        task = (_gpu_attempt if gpu else _attempt).options(**_options(spec, env, gpu))
+        with _tasks_lock:
             if len(_tasks) >= TASK_CACHE_SIZE:
                 del _tasks[next(iter(_tasks))]
             _tasks[key] = task
@@ -204,10 +220,10 @@ class RayExecutor:
         self,
         folder: JobFolder,
         spec: JobSpec,
-        inline: tuple[str, bytes | None],
+        inline: tuple[JobSpec, bytes | None],
         prepare: Callable[[StatusRecord], None],
     ) -> tuple[Watcher, Future[None]]:
-        """Send the job's first attempt to Ray with its spec and payload as arguments, then
+        """Send the job's first attempt to Ray with its spec and payload in its argument, then
         have its bookkeeping (``prepare``) written by this process's background writer: the
         attempt starts without reading any of it, and waits for the spec file only right before
         the job's code. When ``prepare`` raises, the job is withdrawn (:meth:`Watcher.withdraw`)

@@ -24,6 +24,7 @@ import contextvars
 import io
 import json
 import os
+import pickle
 import socket
 import sys
 import threading
@@ -33,11 +34,43 @@ from pathlib import Path
 from typing import Any
 
 from compute.code import checkout_dir
-from compute.model import Environment, JobSpec
+from compute.model import SPEC_VERSION, Environment, JobSpec
 from compute.state import JobFolder, write_atomic
 
 #: The attempt's start marker in its attempt folder.
 STARTED_FILE = "started.json"
+
+
+def pack(
+    job_dir: str,
+    attempt: int,
+    env: Mapping[str, str],
+    spec: JobSpec | None = None,
+    payload: bytes | None = None,
+) -> bytes:
+    """The Ray task's one argument for attempt ``attempt`` (see :func:`run_attempt` for the
+    parts), pickled with the spec's version, which :func:`run_packed` checks."""
+    return pickle.dumps(
+        (SPEC_VERSION, job_dir, attempt, dict(env), spec, payload),
+        protocol=pickle.HIGHEST_PROTOCOL,
+    )
+
+
+def run_packed(message: bytes, gpus: tuple[int, ...]) -> int:
+    """:func:`run_attempt` with the parts :func:`pack` put in ``message``.
+
+    Raises:
+        InvalidArgumentError: the submitter's flowlake writes another version of the spec.
+    """
+    version, job_dir, attempt, env, spec, payload = pickle.loads(message)
+    if version != SPEC_VERSION:
+        from store.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            f"job spec version {version} is not {SPEC_VERSION}; "
+            "submitter and runner run different flowlake versions"
+        )
+    return run_attempt(job_dir, attempt, gpus, env, spec, payload)
 
 
 def run_attempt(
@@ -45,13 +78,13 @@ def run_attempt(
     attempt: int,
     gpus: tuple[int, ...],
     env: Mapping[str, str],
-    spec_json: str | None = None,
+    spec: JobSpec | None = None,
     payload: bytes | None = None,
 ) -> int:
     """Run attempt ``attempt`` of the job in ``job_dir`` in this process; returns the runner's
     exit status (0: succeeded and merged).
 
-    With ``spec_json`` (and ``payload`` for a callable) the job was sent before its folder was
+    With ``spec`` (and ``payload`` for a callable) the job was sent before its folder was
     written (:class:`compute.backends.SendsEarly`): the attempt starts from them without
     waiting, makes the folders it writes to, looks for the job's ``withdrawn`` marker right
     before the job's code (not run when it is there), and waits for the spec file (the last of
@@ -65,21 +98,29 @@ def run_attempt(
     opened, the payload could not be unpickled) is the attempt's failure.
     """
     folder = JobFolder(Path(job_dir))
-    if spec_json is None:
+    sent_early = spec is not None
+    if spec is None:
         _await_spec(folder)
         spec = folder.spec()
-    else:
-        spec = JobSpec.from_json(spec_json)
     out = folder.attempt_dir(attempt)
     out.mkdir(parents=True, exist_ok=True)
     visible = ",".join(str(g) for g in gpus)
-    with environ_applied(env), _log_as_output(folder.log_file) as offset:
+    job_env = {
+        **env,
+        "CUDA_VISIBLE_DEVICES": visible,
+        "FLOWLAKE_JOB_GPUS": visible,
+        "FLOWLAKE_JOB_ID": spec.job_id,
+        "PYTHONUNBUFFERED": "1",
+    }
+    # The environment is put back by environ_applied, once the job's threads and exit functions
+    # are done: what the job changed in it goes with what the attempt set.
+    with environ_applied(job_env), _log_as_output(folder.log_file) as offset:
         _write_started(
             out / STARTED_FILE,
             json.dumps(
                 {
                     "pid": os.getpid(),
-                    "host": socket.gethostname(),
+                    "host": _hostname(),
                     "gpus": list(gpus),
                     "offset": offset,
                     "time": time.time(),
@@ -90,12 +131,6 @@ def run_attempt(
 
         checkout = str(checkout_dir(folder.path.parent.parent / "code", spec.code_snapshot))
         with _restored_process_state(checkout), _collected_atexit() as exit_functions:
-            os.environ.update(
-                CUDA_VISIBLE_DEVICES=visible,
-                FLOWLAKE_JOB_GPUS=visible,
-                FLOWLAKE_JOB_ID=spec.job_id,
-                PYTHONUNBUFFERED="1",
-            )
             threads = set(threading.enumerate())
             code = contextvars.copy_context().run(
                 runner.main,
@@ -104,7 +139,7 @@ def run_attempt(
                 offset,
                 spec=spec,
                 payload=payload,
-                admitted=None if spec_json is None else lambda wait: _admitted(folder, wait),
+                admitted=(lambda wait: _admitted(folder, wait)) if sent_early else None,
             )
             for thread in threading.enumerate():
                 if thread not in threads and not thread.daemon and not _pool_worker(thread):
@@ -113,6 +148,16 @@ def run_attempt(
                 with contextlib.suppress(Exception):
                     function()
     return code
+
+
+#: This host's name, asked once per process.
+_host: list[str] = []
+
+
+def _hostname() -> str:
+    if not _host:
+        _host.append(socket.gethostname())
+    return _host[0]
 
 
 def _write_started(path: Path, data: bytes) -> None:
@@ -244,24 +289,24 @@ def environ_applied(env: Mapping[str, str]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _restored_process_state(checkout: str) -> Iterator[None]:
-    """Undo, after the block, what a job changes in the process that the next job would see."""
+    """Undo, after the block, what a job changes in the process that the next job would see
+    (its environment variables are :func:`environ_applied`'s to put back): ``sys.path``,
+    ``sys.argv``, the working folder, and every module imported from ``checkout``, the job's
+    code snapshot (compared by file after the job, not by a copy of ``sys.modules`` taken
+    before it: no module of the snapshot was loaded before, the last job's were dropped)."""
     path = list(sys.path)
     argv = list(sys.argv)
     cwd = os.getcwd()
-    environ = dict(os.environ)
-    modules = set(sys.modules)
     try:
         yield
     finally:
         sys.path[:] = path
         sys.argv[:] = argv
         os.chdir(cwd)
-        os.environ.clear()
-        os.environ.update(environ)
         prefix = checkout.rstrip(os.sep) + os.sep
-        for name in [n for n in sys.modules if n not in modules]:
-            origin = getattr(sys.modules.get(name), "__file__", None) or ""
-            if origin.startswith(prefix):
+        for name, module in list(sys.modules.items()):
+            origin = getattr(module, "__file__", None) or ""
+            if isinstance(origin, str) and origin.startswith(prefix):
                 del sys.modules[name]
 
 

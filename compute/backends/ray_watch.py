@@ -45,10 +45,10 @@ CLOSE_GRACE_S = 10.0
 #: Seconds a stopped or killed attempt's worker gets to be gone before its run is recorded.
 WORKER_EXIT_S = 10.0
 
-#: Launches attempt ``n`` of a job: (folder, spec, attempt, environment or None, the spec's JSON
-#: and payload to start from or None) -> Ray object ref.
+#: Launches attempt ``n`` of a job: (folder, spec, attempt, environment or None, the spec and
+#: payload to start from or None) -> Ray object ref.
 Launch = Callable[
-    [JobFolder, JobSpec, int, "Prepared | None", "tuple[str, bytes | None] | None"], Any
+    [JobFolder, JobSpec, int, "Prepared | None", "tuple[JobSpec, bytes | None] | None"], Any
 ]
 #: Seconds a withdrawn job's attempt gets to end before its folder is removed.
 WITHDRAW_WAIT_S = 10.0
@@ -77,8 +77,8 @@ class _Watched:
     deadline: float | None = None
     why: tuple[JobStatus, str] | None = None
     stop_sent: float | None = field(default=None)
-    #: The first attempt's spec JSON and payload, sent as its arguments (dropped once sent).
-    inline: tuple[str, bytes | None] | None = None
+    #: The first attempt's spec and payload, sent in its argument (dropped once sent).
+    inline: tuple[JobSpec, bytes | None] | None = None
 
 
 class Watcher:
@@ -106,9 +106,11 @@ class Watcher:
         (so that it shows ``killed`` once this process is gone)."""
         return StatusRecord(JobStatus.QUEUED.value, host=socket.gethostname(), pid=os.getpid())
 
-    def send(self, folder: JobFolder, spec: JobSpec, inline: tuple[str, bytes | None]) -> _Watched:
-        """Launch the first attempt of the job in ``folder`` now, with ``inline`` (its spec's
-        JSON and payload) as arguments, before its folder is written (the attempt waits for the
+    def send(
+        self, folder: JobFolder, spec: JobSpec, inline: tuple[JobSpec, bytes | None]
+    ) -> _Watched:
+        """Launch the first attempt of the job in ``folder`` now, with ``inline`` (its spec and
+        payload) in its argument, before its folder is written (the attempt waits for the
         spec file right before the job's code); :meth:`admit` then supervises it, or
         :meth:`withdraw` cancels it. Returns the job, whose ``record`` is its first status."""
         job = _Watched(folder, spec, self.first_record(), inline=inline)
