@@ -180,7 +180,8 @@ def store(
 
 
 def _entry_path(cache_dir: str, cwd: str, spec: str) -> str:
-    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("GIT_") or k in _ENV)
+    # Names first, values only of the few kept: items() encodes and decodes every pair.
+    env = sorted((k, os.environ[k]) for k in list(os.environ) if k.startswith("GIT_") or k in _ENV)
     key = json.dumps([cwd, spec, env], ensure_ascii=True)
     return localcache.entry_path(cache_dir, "git-listing", _digest(key))
 
