@@ -416,7 +416,7 @@ def test_a_one_run_lookup_over_segments_too_large_to_keep_returns_the_full_scans
     monkeypatch.setattr(views, "SEGMENT_CACHE_ROWS", 0)
     monkeypatch.setattr(views, "_segment_cache", type(views._segment_cache)())
     run = _run(embedded_lake, embedded_lake.branch("exp").name)
-    for view in ("runs", "metrics", "params"):
+    for view in ("runs", "metrics", "params", "environment"):  # environment: run_id from path
         pinned = tracking.sql(
             embedded_lake, f"SELECT * FROM {view} WHERE run_id = ?", params=[run.id]
         )
