@@ -25,14 +25,15 @@ from store.errors import InvalidArgumentError
 # a job's runner imports this module, before the job's first line, for checkout_dir alone.
 
 if TYPE_CHECKING:
-    from tracking.snapshot import CodeSnapshot
+    from tracking.snapshot import CodeListing, CodeSnapshot
 
 MANIFEST = "manifest.json"
 FILES = "files"
 
 
-def snapshot_id(code: CodeSnapshot) -> str:
-    """A content hash of the snapshot (its files, paths and git commit)."""
+def snapshot_id(code: CodeSnapshot | CodeListing) -> str:
+    """A content hash of the snapshot (its files, paths and git commit); a listing whose files
+    were not all read has its snapshot's id."""
     import hashlib
 
     h = hashlib.sha256()
@@ -40,6 +41,14 @@ def snapshot_id(code: CodeSnapshot) -> str:
     for f in code.files:
         h.update(f"{f.path}\0{f.sha256}\0".encode())
     return h.hexdigest()[:32]
+
+
+#: Per state code folder, in this process: the hashes of the files of the last checkout made
+#: or found there. A snapshot does not read again a file whose hash is among them and which the
+#: local cache vouches is unchanged (see :meth:`PendingSnapshot.finish`).
+_held: dict[Path, frozenset[str]] = {}
+#: Code folders remembered in :data:`_held` (all are dropped past this).
+MAX_HELD_FOLDERS = 8
 
 
 class PendingSnapshot:
@@ -57,6 +66,7 @@ class PendingSnapshot:
         from tracking import localcache
         from tracking.snapshot import PendingListing
 
+        self._code_dir = code_dir
         self._listing = PendingListing(code_dir, cache_dir=localcache.cache_root())
 
     def close(self) -> None:
@@ -70,13 +80,28 @@ class PendingSnapshot:
         It uses the local cache as a tracking run's snapshot does (:mod:`tracking.localcache`,
         :func:`tracking.snapshot.capture`): ``git status`` is not run again while ``HEAD``, the
         git index and every listed file's size and modification time are unchanged, and a settled
-        file whose size, modification time and inode are unchanged keeps its recorded hash.
-        Every file is still read, so the checkout holds what the work tree holds now.
+        file whose size, modification time and inode are unchanged keeps its recorded hash. Such
+        a file is not read again when the last checkout this process made or found under
+        ``code_root`` holds its hash (:func:`tracking.snapshot.listing`'s ``held``): when the
+        snapshot's checkout exists, nothing is read; when it does not, the project is listed
+        again with every file read, and checked out from those bytes.
         """
         from tracking import localcache
+        from tracking.snapshot import PendingListing
 
-        code = self._listing.finish(cache_dir=localcache.cache_root()).snapshot()
-        return _check_out(code_root, code)
+        cache_dir = localcache.cache_root()
+        listed = self._listing.finish(cache_dir=cache_dir, held=_held.get(code_root, ()))
+        if any(f.data is None for f in listed.files):
+            sid = snapshot_id(listed)
+            if (code_root / sid / MANIFEST).is_file():
+                return sid, code_root / sid / FILES
+            listed = PendingListing(self._code_dir, cache_dir=cache_dir).finish(cache_dir=cache_dir)
+        code = listed.snapshot()
+        found = _check_out(code_root, code)
+        if len(_held) >= MAX_HELD_FOLDERS and code_root not in _held:
+            _held.clear()
+        _held[code_root] = frozenset(f.sha256 for f in code.files)
+        return found
 
 
 def take_snapshot(code_root: Path, code_dir: str | os.PathLike[str] | None) -> tuple[str, Path]:

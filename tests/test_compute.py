@@ -17,6 +17,7 @@ import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -454,6 +455,55 @@ def test_each_submit_snapshots_the_git_work_tree_as_it_is_then(
     assert snap() == dirty
     (project / "train.py").write_text("LR = 0.1\n")
     assert snap() == clean
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_an_unchanged_project_is_not_read_again_and_a_missing_checkout_is_made_from_the_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submit lists files the cache vouches for without their bytes when the last checkout
+    holds them; a checkout that is gone is written again from the work tree's bytes."""
+    from compute.code import PendingSnapshot
+    from tracking import snapshot
+
+    monkeypatch.setenv("FLOWLAKE_CACHE_DIR", str(tmp_path / "cache"))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("LR = 0.1\n")
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    for argv in (["init", "-q"], ["add", "train.py"], ["commit", "-q", "-m", "one"]):
+        subprocess.run(["git", *argv], cwd=project, check=True, env=env)
+    old = time.time() - 3600
+    for i, path in enumerate((project / "train.py", project / ".git" / "index")):
+        os.utime(path, (old + i, old + i))  # older than the racy window: the cache is used
+    unread: list[list[str]] = []
+    finish = snapshot.PendingListing.finish
+
+    def spy(self: snapshot.PendingListing, **kwargs: Any) -> snapshot.CodeListing:
+        listed = finish(self, **kwargs)
+        unread.append([f.path for f in listed.files if f.data is None])
+        return listed
+
+    monkeypatch.setattr(snapshot.PendingListing, "finish", spy)
+    root = tmp_path / "state"
+    for _ in range(2):  # the first submit reads the file; the cache settles after it
+        sid, checkout = PendingSnapshot(project).finish(root)
+    unread.clear()
+    assert PendingSnapshot(project).finish(root) == (sid, checkout)
+    assert unread == [["train.py"]]
+    shutil.rmtree(root / sid)
+    unread.clear()
+    assert PendingSnapshot(project).finish(root) == (sid, checkout)
+    assert unread == [["train.py"], []]  # listed again, every file read
+    assert (checkout / "train.py").read_text() == "LR = 0.1\n"
 
 
 # -- bad input ----------------------------------------------------------------------------------
