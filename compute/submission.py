@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,20 @@ from store.refs import refuse_branch_clashes
 
 #: A command job without a name is named after its command line, cut to this many characters.
 DEFAULT_NAME_LENGTH = 80
+#: :func:`submit`'s options with their defaults, for :func:`map` (which takes the same).
+_SUBMIT_DEFAULTS: dict[str, Any] = {
+    "command": None,
+    "input_ref": "main",
+    "output_branch": None,
+    "resources": None,
+    "environment": None,
+    "backend": "local",
+    "retries": 0,
+    "timeout": None,
+    "code_dir": None,
+    "address": None,
+}
+_SUBMIT_OPTIONS = frozenset(_SUBMIT_DEFAULTS)
 
 
 def submit(
@@ -101,6 +116,97 @@ def submit(
         TokenError: the lake acts as a machine token that ``FLOWLAKE_TOKEN`` does not hold
             (a job gets its token only from the environment, never from a file).
     """
+    return _launch(
+        _checked(
+            fn,
+            args,
+            lake=lake,
+            command=command,
+            input_ref=input_ref,
+            output_branch=output_branch,
+            resources=resources,
+            environment=environment,
+            backend=backend,
+            retries=retries,
+            timeout=timeout,
+            name=name,
+            code_dir=code_dir,
+            address=address,
+        )
+    )
+
+
+def map(  # noqa: A001 - a sweep is a map, as in Ray and concurrent.futures
+    fn: Callable[..., Any],
+    args_list: Iterable[dict[str, Any]],
+    *,
+    lake: Lake,
+    name: str | None = None,
+    **options: Any,
+) -> list[Job]:
+    """Submit ``fn(**args)`` once per item of ``args_list`` (a sweep); same options as
+    :func:`submit`. The input ref is resolved once, so every job of the sweep reads the same
+    commit even if the ref moves meanwhile, and every item is checked (arguments pickled,
+    resources, output branch) before the first job is launched: a refused sweep launches none.
+
+    Raises:
+        As :func:`submit`.
+    """
+    items = list(args_list)
+    if not items:
+        raise InvalidArgumentError("map needs at least one set of arguments")
+    for item in items:
+        if not isinstance(item, dict):
+            raise InvalidArgumentError(f"each item of a sweep is a dict of arguments, not {item!r}")
+    unknown = set(options) - _SUBMIT_OPTIONS
+    if unknown:
+        raise InvalidArgumentError(f"map got unknown options: {', '.join(sorted(unknown))}")
+    settings = {**_SUBMIT_DEFAULTS, **options}
+    pinned = lake.resolve(settings["input_ref"])  # one commit for the whole sweep
+    checked = [
+        _checked(
+            fn,
+            item,
+            lake=lake,
+            name=name or ",".join(f"{k}={v}" for k, v in item.items()),
+            pinned=pinned,
+            **settings,
+        )
+        for item in items
+    ]
+    return [_launch(job) for job in checked]
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A job that passed every check of :func:`submit`: nothing of it exists yet."""
+
+    spec: JobSpec
+    payload: bytes | None
+    executor: Any
+    jobs: JobStore
+
+
+def _checked(
+    fn: Callable[..., Any] | None,
+    args: dict[str, Any] | None,
+    *,
+    lake: Lake,
+    command: Sequence[str] | None,
+    input_ref: str,
+    output_branch: str | None,
+    resources: Resources | None,
+    environment: Environment | None,
+    backend: str,
+    retries: int,
+    timeout: float | None,
+    name: str | None,
+    code_dir: str | os.PathLike[str] | None,
+    address: str | None,
+    pinned: str | None = None,
+) -> _Checked:
+    """:func:`submit`'s checks, its input commit (``pinned``, else ``input_ref`` resolved),
+    code snapshot, payload and spec; raises as :func:`submit` does, having created nothing."""
     if (fn is None) == (command is None):
         raise InvalidArgumentError("give a callable or command=[...], not both and not neither")
     if fn is not None and not callable(fn):
@@ -143,7 +249,7 @@ def submit(
             from compute.envs import uv_binary
 
             uv_binary()  # a missing uv is refused here, before anything is created
-        input_commit = lake.resolve(input_ref)
+        input_commit = lake.resolve(input_ref) if pinned is None else pinned
         job_id = uuid.uuid4().hex
         target = output_branch or f"job-{job_id[:12]}"
         parsed = parse_branch(target, _namespace(lake))
@@ -186,6 +292,13 @@ def submit(
         principal=identity.principal if identity is not None else None,
         workdir=workdir,
     )
+    return _Checked(spec, payload, executor, jobs)
+
+
+def _launch(checked: _Checked) -> Job:
+    """Create a checked job's bookkeeping and hand it to its backend."""
+    spec, payload, executor, jobs = checked.spec, checked.payload, checked.executor, checked.jobs
+    job_id = spec.job_id
     folder = JobFolder(jobs.root / "jobs" / job_id)  # made by prepare (or a Ray attempt)
 
     def prepare(record: StatusRecord) -> None:
@@ -216,34 +329,6 @@ def submit(
             shutil.rmtree(folder.path, ignore_errors=True)
         raise
     return Job(folder, handle, written)
-
-
-def map(  # noqa: A001 - a sweep is a map, as in Ray and concurrent.futures
-    fn: Callable[..., Any],
-    args_list: Iterable[dict[str, Any]],
-    *,
-    lake: Lake,
-    name: str | None = None,
-    **options: Any,
-) -> list[Job]:
-    """Submit ``fn(**args)`` once per item of ``args_list`` (a sweep); same options as
-    :func:`submit`. Every item is checked before the first job is submitted.
-
-    Raises:
-        As :func:`submit`.
-    """
-    items = list(args_list)
-    if not items:
-        raise InvalidArgumentError("map needs at least one set of arguments")
-    for item in items:
-        if not isinstance(item, dict):
-            raise InvalidArgumentError(f"each item of a sweep is a dict of arguments, not {item!r}")
-    lake.resolve(options.get("input_ref", "main"))
-    jobs = []
-    for item in items:
-        label = name or ",".join(f"{k}={v}" for k, v in item.items())
-        jobs.append(submit(fn, item, lake=lake, name=label, **options))
-    return jobs
 
 
 def _location(lake: Lake) -> str:

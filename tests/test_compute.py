@@ -318,6 +318,39 @@ def test_jobs_of_a_sweep_racing_to_create_one_new_output_branch_all_merge_into_i
     assert merges <= {c.id for c in lake.log("swept")}
 
 
+def test_a_sweep_pins_one_commit_for_all_its_jobs_while_main_moves(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = embedded_lake
+    v1 = _seed(lake)
+    resolve = lake.resolve
+    moving = []
+
+    def resolve_then_main_moves(ref: str) -> str:
+        found = resolve(ref)
+        if not moving:  # another writer moves main after each resolve, mid-sweep
+            moving.append(found)
+            _seed(lake, f"moved after {found[:8]}".encode())
+            moving.clear()
+        return found
+
+    monkeypatch.setattr(lake, "resolve", resolve_then_main_moves)
+    jobs = compute.map(returns_before_asking_for_its_run, [{}, {}, {}], lake=lake)
+    monkeypatch.undo()
+    assert {job.spec.input_commit for job in jobs} == {v1}
+    assert [job.wait(timeout=JOB_WAIT_S) for job in jobs] == ["done"] * 3
+
+
+def test_a_sweep_with_one_bad_item_launches_none_of_its_jobs(embedded_lake: store.Lake) -> None:
+    import threading
+
+    _seed(embedded_lake)
+    items = [{}, {"lock": threading.Lock()}]
+    with pytest.raises(InvalidArgumentError, match="lock"):
+        compute.map(returns_before_asking_for_its_run, items, lake=embedded_lake)
+    assert compute.jobs(embedded_lake) == []
+
+
 def test_ensure_output_branch_uses_a_branch_made_meanwhile_and_creates_a_missing_one(
     embedded_lake: store.Lake,
 ) -> None:
