@@ -321,9 +321,9 @@ def test_a_damaged_deployment_metric_part_is_an_error_never_wrong_numbers(
     embedded_lake: store.Lake,
 ) -> None:
     candidate_branch(embedded_lake)
-    log_stream(
-        tracking.deploy(embedded_lake, "cand", branch="lr", deployed_at=T0), np.full(40, 0.5)
-    )
+    # Enough points for a part over the embedded store's inline limit: a file to damage.
+    values = np.random.default_rng(0).uniform(0.4, 0.6, 3000)
+    log_stream(tracking.deploy(embedded_lake, "cand", branch="lr", deployed_at=T0), values)
     ref = "production/deploy-cand"
     parts = [
         info.path

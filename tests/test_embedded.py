@@ -52,6 +52,23 @@ def test_duckdb_reads_committed_parquet_in_place(embedded_lake: store.Lake) -> N
     assert duckdb.sql(f"SELECT sum(x) FROM read_parquet('{path}')").fetchall() == [(49995000,)]
 
 
+def test_a_small_user_table_keeps_a_file_while_flowlakes_own_small_records_stay_inline(
+    embedded_lake: store.Lake,
+) -> None:
+    branch = embedded_lake.branch("exp")
+    table = pa.table({"x": [1, 2, 3]})
+    branch.write_table("data/t.parquet", table)
+    branch.write_table("_flowlake/runs/r/run.parquet", table)
+    for ref in (branch.name, branch.commit("small tables").id):
+        located = embedded_lake.locate("data/t.parquet", ref=ref)
+        assert located is not None and duckdb.sql(
+            f"SELECT sum(x) FROM read_parquet('{located}')"
+        ).fetchall() == [(6,)]
+        assert embedded_lake.locate("_flowlake/runs/r/run.parquet", ref=ref) is None
+        assert embedded_lake.read_table("_flowlake/runs/r/run.parquet", ref=ref) == table
+    assert embedded_lake.fsck() == []
+
+
 def test_corrupted_object_is_detected_on_read_and_by_fsck(embedded_lake: store.Lake) -> None:
     branch = embedded_lake.branch("exp")
     branch.write_bytes("m.bin", os.urandom(50_000))

@@ -36,12 +36,16 @@ def test_flipped_bit_in_a_metric_part_raises_rather_than_returning_a_wrong_value
     embedded_lake: store.Lake,
 ) -> None:
     exp = embedded_lake.branch("exp")
-    run = _run(embedded_lake, exp.name)
+    # Enough points for a part over the embedded store's inline limit (8 KiB): a file of its
+    # own, not bytes inside a range object (whose own hash covers them).
+    with tracking.start_run(embedded_lake, branch=exp.name, snapshot_code=False) as run:
+        for step in range(2000):
+            run.log_metric("acc", VALUES[step % len(VALUES)] + step, step=step)
     local = embedded_lake.locate(layout.metrics_part(run.id, 0), exp.name)
     assert local is not None and os.path.isfile(local)
     with open(local, "rb") as f:
         blob = bytearray(f.read())
-    at = bytes(blob).find(struct.pack("<d", VALUES[7]))
+    at = bytes(blob).find(struct.pack("<d", VALUES[7] + 7))
     assert at >= 0
     blob[at + 7] ^= 0x01
     os.chmod(local, 0o644)

@@ -12,7 +12,6 @@ from the data they serve. ``production`` exists in every lake and follows ``main
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import math
 import threading
@@ -32,7 +31,7 @@ from store.errors import (
     NothingToCommitError,
     ObjectNotFoundError,
 )
-from tracking import buffer, points
+from tracking import buffer, exits, points
 from tracking import deployment_layout as layout
 from tracking.deployment_errors import DeploymentNotFoundError, DeploymentStateError
 from tracking.errors import InvalidMetricError
@@ -240,7 +239,7 @@ class Deployment:
         flusher, self._flusher = self._flusher, None
         if flusher is not None:
             flusher.stop()
-            atexit.unregister(self.close)
+            exits.unregister(self.close)
         self.flush()
 
     def __enter__(self) -> Deployment:
@@ -262,7 +261,7 @@ class Deployment:
                     math.inf,
                 )
                 self._flusher.start()
-                atexit.register(self.close)
+                exits.register(self.close)
 
     def _check_live(self) -> None:
         if self._record.status != "live":

@@ -9,7 +9,6 @@ and merged into the branch the run was started on; on an exception it is committ
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import hashlib
 import io
@@ -24,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 import pyarrow as pa
 
 from store.errors import InvalidArgumentError, NothingToCommitError
-from tracking import buffer, layout, points
+from tracking import buffer, exits, layout, points
 from tracking.errors import ParamChangedError, RunStateError
 from tracking.model import Artifact
 
@@ -454,7 +453,7 @@ class Run:
             heartbeat_interval,
         )
         self._flusher.start()
-        atexit.register(self._end_at_exit)
+        exits.register(self._end_at_exit)
 
     def _end_at_exit(self) -> None:
         if not self._ended:
@@ -488,7 +487,7 @@ class Run:
         self._ended = True
         self._append = self._closed_append
         self._replace_append(self._closed_append)
-        atexit.unregister(self._end_at_exit)
+        exits.unregister(self._end_at_exit)
         if self._flusher is not None:
             self._flusher.stop()
         with self._write_lock:

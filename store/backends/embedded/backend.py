@@ -65,7 +65,14 @@ from store.errors import (
 from store.model import Change, ChangeKind, Commit, MergeStrategy, ObjectInfo
 
 REFS_FILE = "refs.db"
+#: Contents up to this size are kept inline (in the staging rows, then in the ranges), not as
+#: objects: no file to create, fsync and rename for them.
 INLINE_MAX = 8 << 10
+#: flowlake's own records (runs, deployments, the policy ledger) live under this prefix and are
+#: only ever read through ``open_read``/``read_many``, never opened in place, so they are kept
+#: inline when small even when they are Parquet files (an empty tracking run's record then
+#: creates no object file at its start).
+RECORDS_PREFIX = "_flowlake/"
 #: Up to this many rows, a table of writes is ordered by path in Python (see _last_write_wins).
 SMALL_SORT_ROWS = 256
 #: A ``put_many`` of at least this many objects is staged as one batch object (one row in the
@@ -432,7 +439,7 @@ class EmbeddedBackend(Backend):
 
     def _store_content(self, path: str, data: bytes) -> Entry:
         mtime = time.time_ns()
-        if len(data) <= INLINE_MAX and not data.startswith(layout.PARQUET_MAGIC):
+        if _kept_inline(path, data):
             return Entry(path, layout.content_id(data), len(data), mtime, None, data)
         stored = self.objects.put_bytes(data)
         return Entry(path, stored.id, stored.size, mtime, stored.address)
@@ -473,9 +480,12 @@ class EmbeddedBackend(Backend):
         contents = [data for _, data in items]
         data = pa.array(contents, pa.binary(), memory_pool=POOL)
         sizes = pc.binary_length(data, memory_pool=POOL).cast(pa.int64())
-        small = pc.and_not(
+        small = pc.and_(
             pc.less_equal(sizes, INLINE_MAX),
-            pc.starts_with(data, layout.PARQUET_MAGIC.decode(), memory_pool=POOL),
+            pc.or_(
+                pc.starts_with(paths, RECORDS_PREFIX, memory_pool=POOL),
+                pc.invert(pc.starts_with(data, layout.PARQUET_MAGIC.decode(), memory_pool=POOL)),
+            ),
         )
         digest = blake3.blake3
         large = pc.indices_nonzero(pc.invert(small)).to_pylist()
@@ -1062,6 +1072,16 @@ def _holds_objects(settings: config.LakeConfig) -> bool:
             return any(e.name != "tmp" and e.is_dir() for e in entries)
     except FileNotFoundError:
         return False
+
+
+def _kept_inline(path: str, data: bytes) -> bool:
+    """Whether a content is kept inline rather than as an object: it is small, and it is not a
+    Parquet file that a reader may open in place (:meth:`EmbeddedBackend.local_path`, which
+    DuckDB and pyarrow use) unless it is one of flowlake's own records (:data:`RECORDS_PREFIX`).
+    """
+    return len(data) <= INLINE_MAX and (
+        path.startswith(RECORDS_PREFIX) or not data.startswith(layout.PARQUET_MAGIC)
+    )
 
 
 def _checksum(entry: Entry | None) -> str | None:

@@ -1,0 +1,69 @@
+"""Ending what a process left open (runs, deployments) while the process can still write.
+
+Python calls ``atexit`` functions only after ``threading`` has shut the thread pools down, and
+``concurrent.futures`` refuses new work from then on: a final write that needs a pool fails
+there (s3fs resolves hosts and opens connections through one, so an embedded lake whose objects
+are on S3 could not flush a run left open). A hook registered here is called earlier, from
+``threading``'s own exit list, which runs before those pools shut down (the list is CPython's,
+``threading._register_atexit``; where it is missing, only ``atexit`` calls the hook).
+
+The hook is registered with ``atexit`` too, by attribute, so that code which collects a job's
+``atexit`` functions to call when the job ends (a warm Ray worker does not exit: see
+``compute.backends.ray_attempt``) still finds it. A hook called once is unregistered from both.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures.thread  # noqa: F401  # its exit hook must be registered before ours
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+
+_lock = threading.Lock()
+#: Hooks in registration order (called newest first, as ``atexit`` does). A list compared with
+#: ``==``, as ``atexit`` compares: a bound method is a new object at each attribute access.
+_hooks: list[Callable[[], object]] = []
+_installed = False
+
+
+def register(hook: Callable[[], object]) -> None:
+    """Call ``hook`` once when the interpreter exits (unless :func:`unregister`-ed first)."""
+    global _installed
+    with _lock:
+        _hooks.append(hook)
+        if not _installed:
+            _installed = _install()
+    atexit.register(hook)
+
+
+def unregister(hook: Callable[[], object]) -> None:
+    """Forget ``hook`` (every registration of it, as ``atexit.unregister`` does)."""
+    with _lock:
+        _hooks[:] = [h for h in _hooks if h != hook]
+    atexit.unregister(hook)
+
+
+def _install() -> bool:
+    register_early = getattr(threading, "_register_atexit", None)
+    if register_early is None:
+        return False
+    try:
+        register_early(_call_all)
+    except RuntimeError:  # the interpreter is shutting down already: atexit alone calls them
+        return False
+    return True
+
+
+def _call_all() -> None:
+    with _lock:
+        hooks = _hooks[::-1]
+        _hooks.clear()
+    for hook in hooks:
+        atexit.unregister(hook)
+        try:
+            hook()
+        except Exception:
+            print(f"Exception ignored in flowlake's exit hook {hook!r}:", file=sys.stderr)
+            traceback.print_exc()
