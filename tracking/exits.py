@@ -10,12 +10,23 @@ are on S3 could not flush a run left open). A hook registered here is called ear
 The hook is registered with ``atexit`` too, by attribute, so that code which collects a job's
 ``atexit`` functions to call when the job ends (a warm Ray worker does not exit: see
 ``compute.backends.ray_attempt``) still finds it. A hook called once is unregistered from both.
+
+Two things keep the early call as safe as ``atexit`` was:
+
+- ``threading``'s exit list runs before Python joins the threads the program left running, so
+  the hooks first wait for those threads (a thread still logging to a run must finish before the
+  run ends, as it did under ``atexit``); only the thread pools' own workers are not waited for,
+  as they stop only once their exit hooks, which follow ours, have run.
+- A forked child inherits the list, and ``multiprocessing`` children call it when they finish
+  (``atexit`` they skip): a child forgets the parent's hooks at the fork, so it never ends the
+  parent's runs or deployments.
 """
 
 from __future__ import annotations
 
 import atexit
 import concurrent.futures.thread  # noqa: F401  # its exit hook must be registered before ours
+import os
 import sys
 import threading
 import traceback
@@ -45,6 +56,40 @@ def unregister(hook: Callable[[], object]) -> None:
     atexit.unregister(hook)
 
 
+def _forget_in_child() -> None:
+    """After a fork, in the child: the runs and deployments open are the parent's, not ours."""
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    hooks = _hooks[:]
+    _hooks.clear()
+    for hook in hooks:
+        atexit.unregister(hook)
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _is_pool_thread(thread: threading.Thread) -> bool:
+    """Whether ``thread`` belongs to a ``concurrent.futures`` executor: it stops only when the
+    executor's exit hook (called after ours) tells it to, so waiting for it would never end."""
+    target = getattr(thread, "_target", None)
+    modules = (type(thread).__module__, getattr(target, "__module__", None) or "")
+    return any(module.startswith("concurrent.futures") for module in modules)
+
+
+def _wait_for_program_threads() -> None:
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if (
+            thread is current
+            or thread is threading.main_thread()
+            or thread.daemon
+            or _is_pool_thread(thread)
+        ):
+            continue
+        thread.join()
+
+
 def _install() -> bool:
     register_early = getattr(threading, "_register_atexit", None)
     if register_early is None:
@@ -57,6 +102,9 @@ def _install() -> bool:
 
 
 def _call_all() -> None:
+    if not _hooks:
+        return
+    _wait_for_program_threads()
     with _lock:
         hooks = _hooks[::-1]
         _hooks.clear()

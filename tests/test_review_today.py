@@ -1,0 +1,78 @@
+"""Faults found reviewing the day's changes to the embedded store and tracking."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import store
+import tracking
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+_FORKS_A_CHILD = """
+    import multiprocessing, sys, store, tracking
+    lake = store.open(sys.argv[1])
+    run = tracking.start_run(lake, branch="main", name="parent", snapshot_code=False)
+    child = multiprocessing.get_context("fork").Process(target=print)
+    child.start()
+    child.join()
+    print(run.id, child.exitcode, flush=True)
+    run.log_metric("loss", 0.5, step=0)
+    run.end()
+"""
+
+
+def test_a_forked_child_that_finishes_leaves_the_parents_run_open(
+    embedded_lake: store.Lake,
+) -> None:
+    location = embedded_lake.location
+    proc = _python(_FORKS_A_CHILD, location)
+    assert proc.returncode == 0, proc.stderr
+    run_id, exitcode = proc.stdout.split()
+    assert exitcode == "0"
+    lake = store.open(location)
+    assert tracking.get_run(lake, run_id).status == "finished"
+    assert tracking.get_metric_history(lake, run_id, "loss").column("value").to_pylist() == [0.5]
+
+
+_LOGS_FROM_A_THREAD = """
+    import sys, threading, time, store, tracking
+    lake = store.open(sys.argv[1])
+    run = tracking.start_run(lake, branch="main", name="threaded", snapshot_code=False)
+
+    def log() -> None:
+        for step in range(10):
+            time.sleep(0.02)
+            run.log_metric("loss", 1.0 / (step + 1), step=step)
+
+    threading.Thread(target=log).start()
+    print(run.id, flush=True)
+    # The main thread returns at once; the run is left open for the exit hook.
+"""
+
+
+def test_a_run_left_open_ends_only_after_the_programs_threads_finish_logging(
+    embedded_lake: store.Lake,
+) -> None:
+    location = embedded_lake.location
+    proc = _python(_LOGS_FROM_A_THREAD, location)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    lake = store.open(location)
+    run_id = proc.stdout.strip()
+    assert tracking.get_run(lake, run_id).status == "finished"
+    steps = tracking.get_metric_history(lake, run_id, "loss").column("step").to_pylist()
+    assert steps == list(range(10))
