@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 import store
 import tracking
+from store.errors import RefsDatabaseError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,3 +82,43 @@ def test_a_run_left_open_ends_only_after_the_programs_threads_finish_logging(
     assert tracking.get_run(lake, run_id).status == "finished"
     steps = tracking.get_metric_history(lake, run_id, "loss").column("step").to_pylist()
     assert steps == list(range(10))
+
+
+def _damage_commit_record(path: Path, damage: Callable[[bytes], bytes]) -> str:
+    """Commit twice on ``dev`` of a new lake at ``path``, then replace the first commit's
+    record in its row (its only copy) with ``damage(record)``; returns that commit's id."""
+    lake = store.open(path)
+    dev = lake.branch("dev")
+    first = dev.commit("first", writes={"a.txt": b"a"})
+    dev.commit("second", writes={"b.txt": b"b"})
+    lake.close()
+    conn = sqlite3.connect(path / "refs.db")
+    with conn:
+        (record,) = conn.execute("SELECT record FROM commits WHERE id = ?", (first.id,)).fetchone()
+        conn.execute("UPDATE commits SET record = ? WHERE id = ?", (damage(record), first.id))
+    conn.close()
+    return first.id
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda _: b"not json",
+        lambda _: b"",
+        lambda _: b'{"message": "first"}',
+        lambda _: b"[]",
+        lambda record: record.replace(b'"first"', b'"forged"'),
+    ],
+    ids=["not-json", "empty", "fields-missing", "not-an-object", "altered"],
+)
+def test_a_damaged_commit_record_reads_as_a_refs_database_error_not_as_the_commit(
+    tmp_path: Path, damage: Callable[[bytes], bytes]
+) -> None:
+    commit_id = _damage_commit_record(tmp_path / "lake", damage)
+    lake = store.open(tmp_path / "lake")
+    with pytest.raises(RefsDatabaseError, match=commit_id):
+        lake.commit(commit_id)
+    with pytest.raises(RefsDatabaseError, match="flowlake fsck"):
+        list(lake.log("dev"))
+    assert any(commit_id in problem for problem in lake.fsck())
+    lake.close()

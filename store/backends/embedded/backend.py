@@ -1094,15 +1094,29 @@ def _info(entry: Entry) -> ObjectInfo:
 
 
 def _to_commit(row: CommitRow) -> Commit:
-    record = json.loads(row.record)
-    return Commit(
-        id=row.id,
-        message=record["message"],
-        metadata=record["metadata"],
-        parents=tuple(record["parents"]),
-        timestamp=datetime.fromisoformat(record["timestamp"]),
-        committer=record["committer"],
+    """The commit a row holds.
+
+    Raises:
+        RefsDatabaseError: the row's record is not the one its id was made from (its only
+            copy: there is no commit object to fall back on), or is not a commit record.
+    """
+    damaged = RefsDatabaseError(
+        f"commit {row.id}: the record in its index row is damaged; run `flowlake fsck`"
     )
+    if layout.content_id(row.record) != row.id:
+        raise damaged
+    try:
+        record = json.loads(row.record)
+        return Commit(
+            id=row.id,
+            message=record["message"],
+            metadata=record["metadata"],
+            parents=tuple(record["parents"]),
+            timestamp=datetime.fromisoformat(record["timestamp"]),
+            committer=record["committer"],
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise damaged from exc
 
 
 def _overlay(
