@@ -909,3 +909,36 @@ def test_the_code_manifest_is_the_parquet_of_its_rows(tmp_path: Path) -> None:
     assert again[layout.run_file("e" * 32, layout.CODE_FILE)] == expected
     assert items[layout.code_blob("0" * 64)] == b"abc"  # the one file whose bytes were read
     assert len(items) == 2
+
+
+def test_the_open_runs_of_a_process_are_flushed_by_one_shared_thread(
+    embedded_lake: store.Lake,
+) -> None:
+    import threading
+
+    exp = embedded_lake.branch("exp")
+    runs = [
+        tracking.start_run(embedded_lake, branch=exp.name, snapshot_code=False, flush_interval=0.1)
+        for _ in range(3)
+    ]
+    try:
+        for step, run in enumerate(runs):
+            run.log_metric("x", float(step), step=step)
+        flushers = [t for t in threading.enumerate() if t.name.startswith("flowlake-flusher")]
+        assert len(flushers) == 1
+        deadline = time.monotonic() + 30
+        while True:  # each run's point reaches its branch without end(): the thread flushed it
+            flushed = [
+                tracking.get_metric_history(embedded_lake, run.id, "x").column("step").to_pylist()
+                for run in runs
+            ]
+            if flushed == [[0], [1], [2]] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert flushed == [[0], [1], [2]]
+    finally:
+        for run in runs:
+            run.end()
+    assert tracking.sql(
+        embedded_lake, "SELECT count(*) AS n FROM runs WHERE status = 'finished'"
+    ).column("n").to_pylist() == [3]

@@ -9,7 +9,9 @@ items, so a point appended while a flush runs stays for the next one.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Callable
 
 import pyarrow as pa
@@ -67,12 +69,15 @@ def to_table(run_id: str, points: list[Point]) -> pa.Table:
     )
 
 
-class Flusher(threading.Thread):
+class Flusher:
     """Calls ``flush`` every ``interval`` seconds or when ``pressing()`` says the buffer is big,
-    and ``beat`` every ``heartbeat_interval`` seconds, until stopped.
+    and ``beat`` every ``heartbeat_interval`` seconds, from :meth:`start` until :meth:`stop`.
 
-    A failing flush is kept in :attr:`error` and retried on the next tick; the run's final
-    flush re-raises it if it still fails.
+    Every flusher of a process is served by one daemon thread, the process's :class:`_Ticker`,
+    so starting and ending a run or a deployment starts and joins no thread (a thread per run
+    cost more than a millisecond of an empty run on a busy machine); the flushers of one process
+    take their turns. A failing flush is kept in :attr:`error` and retried on the next tick;
+    the run's final flush re-raises it if it still fails.
     """
 
     POLL_S = 0.05
@@ -85,29 +90,41 @@ class Flusher(threading.Thread):
         interval: float,
         heartbeat_interval: float,
     ) -> None:
-        super().__init__(name="flowlake-run-flusher", daemon=True)
         self._flush, self._beat, self._pressing = flush, beat, pressing
         self._interval, self._heartbeat_interval = interval, heartbeat_interval
-        self._stop_event = threading.Event()
+        # Held while the ticker runs this flusher's actions: stop() waits on it.
+        self._running = threading.Lock()
+        self._stopped = False
+        self._last_flush = self._last_beat = 0.0
         self.error: BaseException | None = None
 
+    def start(self) -> None:
+        """Start calling ``flush`` and ``beat`` from the process's ticker thread."""
+        self._last_flush = self._last_beat = time.monotonic()
+        _TICKER.add(self)
+
     def stop(self) -> None:
-        """Ask the thread to stop and wait for it (its current flush completes first)."""
-        self._stop_event.set()
-        if self.is_alive():
-            self.join()
+        """Stop the calls and wait for one in progress (its current flush completes first).
 
-    def run(self) -> None:
-        import time
+        Called from one of this flusher's own actions, it does not wait for itself.
+        """
+        self._stopped = True
+        _TICKER.discard(self)
+        if _TICKER.is_ticker_thread():
+            return
+        with self._running:
+            pass
 
-        last_flush = last_beat = time.monotonic()
-        while not self._stop_event.wait(self.POLL_S):
-            now = time.monotonic()
-            if now - last_flush >= self._interval or self._pressing():
-                last_flush = now
+    def tick(self, now: float) -> None:
+        """Called by the ticker every :attr:`POLL_S` seconds: flush and beat when due."""
+        with self._running:
+            if self._stopped:
+                return
+            if now - self._last_flush >= self._interval or self._pressing():
+                self._last_flush = now
                 self._guard(self._flush)
-            if now - last_beat >= self._heartbeat_interval:
-                last_beat = now
+            if now - self._last_beat >= self._heartbeat_interval:
+                self._last_beat = now
                 self._guard(self._beat)
 
     def _guard(self, action: Callable[[], None]) -> None:
@@ -116,3 +133,66 @@ class Flusher(threading.Thread):
             self.error = None
         except Exception as exc:  # kept and re-raised by the run's final flush
             self.error = exc
+
+
+class _Ticker:
+    """The one daemon thread of a process that ticks every started :class:`Flusher`.
+
+    It starts with the first flusher and ends once none has been left for :attr:`IDLE_S`
+    seconds (the next start makes a new one); a forked child starts its own.
+    """
+
+    IDLE_S = 5.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flushers: list[Flusher] = []
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, flusher: Flusher) -> None:
+        with self._lock:
+            self._flushers.append(flusher)
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="flowlake-flusher", daemon=True
+                )
+                self._thread.start()
+
+    def discard(self, flusher: Flusher) -> None:
+        with self._lock:
+            self._flushers = [f for f in self._flushers if f is not flusher]
+
+    def is_ticker_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _run(self) -> None:
+        idle_since: float | None = None
+        while True:
+            time.sleep(Flusher.POLL_S)
+            now = time.monotonic()
+            with self._lock:
+                flushers = list(self._flushers)
+                if not flushers:
+                    idle_since = now if idle_since is None else idle_since
+                    if now - idle_since >= self.IDLE_S:
+                        self._thread = None  # the next add() starts a new thread
+                        return
+                    continue
+            idle_since = None
+            for flusher in flushers:
+                try:
+                    flusher.tick(now)
+                except Exception as exc:  # one flusher's fault must not stop the others'
+                    flusher.error = exc
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's thread and lock are not this process's."""
+        self._lock = threading.Lock()
+        self._flushers = []
+        self._thread = None
+
+
+_TICKER = _Ticker()
+os.register_at_fork(after_in_child=_TICKER._after_fork)
