@@ -122,3 +122,29 @@ def test_a_damaged_commit_record_reads_as_a_refs_database_error_not_as_the_commi
         list(lake.log("dev"))
     assert any(commit_id in problem for problem in lake.fsck())
     lake.close()
+
+
+@pytest.mark.parametrize("damaged", ["head", "middle"])
+def test_fsck_walks_past_a_commit_row_with_damaged_columns_along_its_record(
+    tmp_path: Path, damaged: str
+) -> None:
+    path = tmp_path / "lake"
+    lake = store.open(path)
+    dev = lake.branch("dev")
+    first = dev.commit("first", writes={"big.bin": os.urandom(20_000)})
+    middle = dev.commit("middle", writes={"big.bin": os.urandom(20_000)})
+    head = dev.commit("head", writes={"other.txt": b"x"})
+    old_blob = lake.locate("big.bin", first.id)
+    lake.close()
+    assert old_blob is not None
+    os.remove(old_blob)  # held only by the first commit's tree
+    target = head.id if damaged == "head" else middle.id
+    conn = sqlite3.connect(path / "refs.db")
+    with conn:
+        conn.execute("UPDATE commits SET parents = 'not json' WHERE id = ?", (target,))
+    conn.close()
+    problems = store.open(path).fsck()
+    assert any(target in p and "damaged" in p for p in problems), problems
+    assert not any("points at missing commit" in p for p in problems), problems
+    # The blob lost from a tree only reachable past the damaged row is reported too.
+    assert any("big.bin" in p and "missing" in p for p in problems), problems

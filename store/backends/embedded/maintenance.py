@@ -10,7 +10,6 @@ exclusive lock every write has either finished (and its references are seen) or 
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import Callable
@@ -58,7 +57,11 @@ def check(backend: EmbeddedBackend) -> list[str]:
     roots += [(f"tag {name!r}", c) for name, c in tags.items()]
     trees: dict[str, set[str]] = {}
     for name, commit_id in roots:
-        if _guarded(problems, functools.partial(refs.commit, commit_id), None) is None:
+        try:
+            missing = refs.commit(commit_id) is None
+        except RefsDatabaseError:
+            missing = False  # a damaged row: the walk says so, and follows its record
+        if missing:
             problems.append(f"{name} points at missing commit {commit_id!r}")
             continue
         problems += _walk_commits(backend, commit_id, trees)
@@ -95,6 +98,9 @@ def _walk_commits(backend: EmbeddedBackend, start: str, trees: dict[str, set[str
             row = backend.refs.commit(commit_id)
         except RefsDatabaseError as exc:
             problems.append(str(exc))
+            # The record is the commit's only copy: when it still hashes to the id, its
+            # parents and tree are walked, so damage further down is reported too.
+            stack.extend(_record_links(backend, commit_id, trees[commit_id]))
             continue
         if row is None:
             problems.append(f"missing commit {commit_id}: no index row")
@@ -132,6 +138,27 @@ def _walk_commits(backend: EmbeddedBackend, start: str, trees: dict[str, set[str
                 f"({', '.join(mismatched)})"
             )
     return problems
+
+
+def _record_links(backend: EmbeddedBackend, commit_id: str, trees: set[str]) -> list[str]:
+    """The parents a damaged row's record names, adding the tree it names to ``trees``; none
+    when the record cannot be read or does not hash to ``commit_id``."""
+    try:
+        data = backend.refs.commit_record(commit_id)
+    except RefsDatabaseError:
+        return []
+    if data is None or layout.content_id(data) != commit_id:
+        return []
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return []
+    if not isinstance(record, dict):
+        return []
+    if isinstance(record.get("tree"), str):
+        trees.add(record["tree"])
+    parents = record.get("parents")
+    return [p for p in parents if isinstance(p, str)] if isinstance(parents, list) else []
 
 
 def _check_tree(

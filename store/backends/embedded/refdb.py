@@ -252,6 +252,13 @@ class RefDB:
         )
         return _commit_row(row) if row else None
 
+    def commit_record(self, commit_id: str) -> bytes | None:
+        """The record column of a commit's row alone, whatever its other columns hold (fsck
+        follows a record that hashes to its id past a row whose columns are damaged); None
+        when there is no row or the column holds no bytes."""
+        row = self._one("SELECT record FROM commits WHERE id = ?", (commit_id,))
+        return row[0] if row and isinstance(row[0], bytes) else None
+
     def commits_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
         upper = prefix + "\uffff"
         rows = self._all(
