@@ -514,3 +514,20 @@ def test_cli_runs_and_sql(lake: store.Lake, lake_location: str) -> None:
     env = {"FLOWLAKE_LAKE": lake_location, "FLOWLAKE_USER": "tester"}
     out = cli.invoke(runs_app, ["sql", "SELECT count(*) AS n FROM runs", "--json"], env=env)
     assert out.exit_code == 0 and json.loads(out.output) == {"n": 2}
+
+
+def test_a_run_whose_branch_was_deleted_after_its_merge_is_read_from_where_it_merged(
+    lake: store.Lake,
+) -> None:
+    exp = lake.branch("exp")
+    with tracking.start_run(lake, branch=exp.name, name="kept", snapshot_code=False) as run:
+        run.log_metric("loss", 0.5, step=1)
+        run.log_param("lr", "0.1")
+    lake.delete_branch(run.run_branch)
+    assert tracking.get_run(lake, run.id).status == "finished"
+    assert tracking.get_metric_history(lake, run.id, "loss").column("step").to_pylist() == [1]
+    assert tracking.sql(
+        lake, "SELECT status FROM runs WHERE run_id = ?", params=[run.id]
+    ).to_pylist() == [{"status": "finished"}]
+    with pytest.raises(tracking.RunNotFoundError):
+        tracking.get_run(lake, "0" * 32)

@@ -334,7 +334,9 @@ def run_source(lake: Lake, run_id: str, index: Index | None = None) -> Source:
     """The run's own branch as a source.
 
     With ``index``, the branch the run was last seen on is tried first (two lookups instead of
-    listing every branch of the lake); the full search follows when it is gone.
+    listing every branch of the lake); the full search follows when it is gone. A run whose own
+    branch was deleted is read from the first branch holding its record, as the live view
+    reads it.
 
     Raises:
         RunNotFoundError: no such run.
@@ -346,5 +348,24 @@ def run_source(lake: Lake, run_id: str, index: Index | None = None) -> Source:
             return Source(branch.name, branch.namespace, branch.name, branch.head().id, branch.name)
         except (BranchNotFoundError, RefNotFoundError, ValueError):
             pass
-    branch = find_run_branch(lake, run_id)
+    try:
+        branch = find_run_branch(lake, run_id)
+    except RunNotFoundError:
+        merged = _holding_branch(lake, run_id)
+        if merged is None:
+            raise
+        return merged
     return Source(branch.name, branch.namespace, branch.name, branch.head().id, branch.name)
+
+
+def _holding_branch(lake: Lake, run_id: str) -> Source | None:
+    """The first branch, production first, other than run branches, that holds the run's
+    record: where the live view reads a run whose own branch was deleted after its merge."""
+    path = layout.run_file(run_id, layout.RUN_FILE)
+    for info in lake.branches(all_namespaces=True):
+        if _own_run(info.name) is not None:
+            continue
+        with contextlib.suppress(ObjectNotFoundError, PermissionDeniedError, RefNotFoundError):
+            lake.stat(path, ref=info.name)
+            return _live_source(info)
+    return None
