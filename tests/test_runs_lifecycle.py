@@ -942,3 +942,39 @@ def test_the_open_runs_of_a_process_are_flushed_by_one_shared_thread(
     assert tracking.sql(
         embedded_lake, "SELECT count(*) AS n FROM runs WHERE status = 'finished'"
     ).column("n").to_pylist() == [3]
+
+
+_DIES = textwrap.dedent(
+    """
+    import sys, store, tracking
+    lake = store.open(sys.argv[1])
+    run = tracking.start_run(lake, branch=sys.argv[2], name="dies", snapshot_code=False)
+    run.log_metric("loss", 0.5, step=0)
+    print(run.id, flush=True)
+    raise KeyboardInterrupt if sys.argv[3] == "ctrl-c" else ValueError("boom")
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("how", "status", "error"),
+    [("raise", "failed", "ValueError: boom"), ("ctrl-c", "killed", "KeyboardInterrupt")],
+)
+def test_a_run_left_open_by_a_script_that_dies_of_an_exception_is_not_merged_as_finished(
+    embedded_lake: store.Lake, how: str, status: str, error: str
+) -> None:
+    exp = embedded_lake.branch("exp", source="main")
+    before = exp.head().id
+    proc = subprocess.run(
+        [sys.executable, "-c", _DIES, str(embedded_lake.location), exp.name, how],
+        env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and "Exception ignored" not in proc.stderr, proc.stderr
+    record = tracking.get_run(embedded_lake, proc.stdout.strip())
+    assert (record.status, record.error) == (status, error)
+    assert embedded_lake.resolve(exp.name) == before  # nothing merged
+    steps = tracking.get_metric_history(embedded_lake, record.run_id, "loss")
+    assert steps.column("step").to_pylist() == [0]

@@ -39,6 +39,10 @@ _hooks: list[Callable[[], object]] = []
 _installed = False
 
 
+#: The exception the main thread died of, when nothing caught it (see :func:`uncaught`).
+_uncaught: list[BaseException] = []
+
+
 def register(hook: Callable[[], object]) -> None:
     """Call ``hook`` once when the interpreter exits (unless :func:`unregister`-ed first)."""
     global _installed
@@ -46,7 +50,31 @@ def register(hook: Callable[[], object]) -> None:
         _hooks.append(hook)
         if not _installed:
             _installed = _install()
+            _watch_uncaught()
     atexit.register(hook)
+
+
+def uncaught() -> BaseException | None:
+    """The exception the process is exiting with, when its main thread raised one that nothing
+    caught (seen by ``sys.excepthook``, watched from the first :func:`register`); else None.
+
+    A hook uses it to end a run left open as failed (or killed, on ``KeyboardInterrupt``)
+    rather than finished. An exception an interactive shell reports (IPython, the REPL) is not
+    the process's end and is not seen; neither is one when the program replaced
+    ``sys.excepthook`` after the first run started.
+    """
+    return _uncaught[-1] if _uncaught else None
+
+
+def _watch_uncaught() -> None:
+    previous = sys.excepthook
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: object) -> None:
+        if not getattr(sys, "ps1", None):  # the REPL reports and goes on: not the end
+            _uncaught.append(value)
+        previous(kind, value, tb)  # type: ignore[arg-type]
+
+    sys.excepthook = excepthook
 
 
 def unregister(hook: Callable[[], object]) -> None:

@@ -456,8 +456,17 @@ class Run:
         exits.register(self._end_at_exit)
 
     def _end_at_exit(self) -> None:
-        if not self._ended:
+        """End a run the process left open: failed (killed on Ctrl-C) when the process dies of
+        an uncaught exception, else finished, as the ``with`` block would have ended it."""
+        if self._ended:
+            return
+        exc = exits.uncaught()
+        if exc is None:
             self.end("finished")
+        elif isinstance(exc, KeyboardInterrupt):
+            self.end("killed", error="KeyboardInterrupt")
+        else:
+            self.end("failed", error=f"{type(exc).__name__}: {exc}")
 
     def _check_active(self) -> None:
         if self._ended:
