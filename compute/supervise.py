@@ -84,7 +84,9 @@ def supervise(
         record = replace(record, gpus=tuple(gpus), started_at=time.time())
         for attempt in range(1, spec.retries + 2):
             if folder.cancel_requested():
-                return _final(folder, record, JobStatus.CANCELLED, error="cancelled")
+                return _final(
+                    folder, record, JobStatus.CANCELLED, error="cancelled between attempts"
+                )
             record = replace(record, attempt=attempt)
             status, outcome = _attempt(folder, spec, record, attempt, python, fork)
             record = replace(
@@ -222,7 +224,7 @@ def _attempt(
                 replace(record, status="running", runner_pid=child.pid, run_id=run_id)
             )
         if why is None and folder.cancel_requested():
-            why = (JobStatus.CANCELLED, "cancelled")
+            why = (JobStatus.CANCELLED, "cancelled while running (flowlake cancel)")
             _stop(child)
         elif why is None and deadline is not None and time.monotonic() > deadline:
             why = (JobStatus.FAILED, f"timed out after {spec.timeout:g} s")

@@ -232,7 +232,12 @@ class Watcher:
                 if job.why is None:
                     queued = job.started is None and job.attempt <= 1
                     job.why = (
-                        (JobStatus.CANCELLED, "cancelled while queued" if queued else "cancelled")
+                        (
+                            JobStatus.CANCELLED,
+                            "cancelled while queued"
+                            if queued
+                            else "cancelled while running (flowlake cancel)",
+                        )
                         if job.folder.cancel_requested()
                         else (JobStatus.KILLED, "its submitting process exited")
                     )
@@ -283,7 +288,12 @@ class Watcher:
         if not done:
             if job.why is None and folder.cancel_requested():
                 queued = job.started is None and job.attempt == 1
-                job.why = (JobStatus.CANCELLED, "cancelled while queued" if queued else "cancelled")
+                job.why = (
+                    JobStatus.CANCELLED,
+                    "cancelled while queued"
+                    if queued
+                    else "cancelled while running (flowlake cancel)",
+                )
                 self._stop(job)
             elif job.why is None and job.deadline is not None and time.monotonic() > job.deadline:
                 job.why = (JobStatus.FAILED, f"timed out after {job.spec.timeout:g} s")
@@ -304,7 +314,7 @@ class Watcher:
             if not folder.cancel_requested():
                 self._next_attempt(job)
                 return False
-            status, outcome = JobStatus.CANCELLED, {"error": "cancelled"}
+            status, outcome = JobStatus.CANCELLED, {"error": "cancelled between attempts"}
         self._final(job, status, outcome.get("error"), outcome.get("traceback"))
         return True
 
