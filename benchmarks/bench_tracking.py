@@ -190,7 +190,11 @@ def bench_verify_cost(lake: store.Lake, points: int, repeat: int = 7) -> dict[st
     part = layout.metrics_part(run.id, 0)
     ref = run.run_branch
     local = lake.locate(part, ref)
-    assert local is not None and os.path.isfile(local), "needs an embedded lake"
+    if local is None or not os.path.isfile(local):
+        raise SystemExit(
+            f"--verify-cost {points}: the part is not a file of its own (an embedded lake keeps "
+            "flowlake's records of 8 KiB or less inline): use more points, e.g. 100000"
+        )
 
     def in_place() -> None:
         pq.ParquetFile(local).read(use_threads=False)
