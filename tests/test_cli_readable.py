@@ -157,3 +157,34 @@ def test_gc_says_how_many_scratch_branches_it_kept_and_why_and_lists_them_whole(
         )
         assert listed.exit_code == 0, listed.output
         assert any(tx.name.rpartition("/")[2] in line for line in listed.stdout.splitlines())
+
+
+def test_branch_list_counts_tracking_run_branches_on_one_line_unless_asked(
+    embedded_lake: store.Lake,
+) -> None:
+    import tracking
+
+    lake = embedded_lake
+    where = ["--lake", str(lake.location)]
+    exp = lake.branch("exp")
+    runs = [
+        tracking.start_run(lake, branch=exp.name, snapshot_code=False, merge=False)
+        for _ in range(3)
+    ]
+    for run in runs:
+        run.end()
+    lake.branch("run-notes")  # named like one, but not a run's: listed
+
+    def listed(*flags: str) -> click.testing.Result:
+        result = CliRunner().invoke(app, ["branch", "list", *flags, *where])
+        assert result.exit_code == 0, result.output
+        return result
+
+    default = listed().stdout
+    assert "exp" in default and "run-notes" in default
+    assert not any(run.id in default for run in runs)
+    assert "+ 3 run branches of tracking runs (--runs lists them)" in default
+    every = listed("--runs").stdout
+    assert all(run.id[:12] in every for run in runs) and "+ 3" not in every
+    names = {b["name"] for b in json.loads(listed("--json").stdout)}
+    assert {run.run_branch for run in runs} <= names

@@ -203,18 +203,27 @@ def branch_list(
             "--include-scratch", help="Also transactions' scratch branches (hidden otherwise)."
         ),
     ] = False,
+    runs: Annotated[
+        bool,
+        typer.Option("--runs", help="Also tracking runs' own branches (counted otherwise)."),
+    ] = False,
     lake: LakeOption = DEFAULT_LAKE,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List branches of your namespace and production (every namespace with --all)."""
+    """List branches of your namespace and production (every namespace with --all); the
+    branches of tracking runs are counted on one line unless --runs (--json lists them)."""
     with open_lake(lake, namespace) as opened:
         branches = opened.branches(all_namespaces=all_namespaces, include_scratch=include_scratch)
         current = opened.namespace
     if as_json:
         render.emit_json([render.branch_json(info) for info in branches])
         return
-    render.stdout().print(render.branches_table(branches, current))
+    shown = branches if runs else [b for b in branches if not internal.is_run_branch(b.name)]
+    out = render.stdout()
+    out.print(render.branches_table(shown, current))
+    if len(shown) < len(branches):
+        out.print(internal.folded_runs_line(len(branches) - len(shown)))
 
 
 @branch_app.command("delete")

@@ -1,10 +1,13 @@
-"""flowlake's own records in listings: what ``ls`` and ``diff`` fold away unless asked.
+"""flowlake's own records in listings: what ``ls``, ``diff`` and ``branch list`` fold away
+unless asked.
 
 Runs, code snapshots, the policy, tokens and the audit log live under ``_flowlake/`` on the
 same branches as the data they describe (``tracking.layout``, ``store.policy``). In a listing
 meant for a person they drown the data (one run adds a dozen entries), so the human output of
 ``ls`` and ``diff`` counts them on one line instead; ``--all`` lists them, and ``--json`` always
 does (scripts get everything). A prefix that itself starts with ``_flowlake`` shows them too.
+Tracking runs' own branches (``run-<run id>``, one per run: a sweep makes hundreds) are folded
+from ``branch list`` the same way (``--runs`` lists them).
 """
 
 from __future__ import annotations
@@ -39,3 +42,18 @@ def folded_line(hidden: int, what: str) -> Text:
     return Text(
         f"+ {hidden} {noun} in flowlake records under {ROOT} (--all lists them)", style="dim"
     )
+
+
+def is_run_branch(name: str) -> bool:
+    """Whether ``name`` (full or short) is a tracking run's own branch, ``run-<run id>``."""
+    from tracking import layout
+
+    short = name.rpartition("/")[2]
+    prefix = layout.RUN_BRANCH_PREFIX
+    return short.startswith(prefix) and layout.is_run_id(short[len(prefix) :])
+
+
+def folded_runs_line(hidden: int) -> Text:
+    """The line that stands for ``hidden`` folded run branches."""
+    noun = "run branches" if hidden != 1 else "run branch"
+    return Text(f"+ {hidden} {noun} of tracking runs (--runs lists them)", style="dim")
