@@ -68,6 +68,56 @@ class CommandFailed(Exception):
     """The job's command exited with a non-zero status."""
 
 
+class FunctionExited(Exception):
+    """The job's function called ``sys.exit`` (raised ``SystemExit``) instead of returning."""
+
+
+def exit_status(code: object) -> tuple[int, str | None]:
+    """How Python ends a process on ``SystemExit(code)``: its exit status and the message it
+    prints on stderr (None: prints nothing). ``None`` is status 0, an int is that status, and
+    anything else (``sys.exit("bad things")``) is printed and gives status 1."""
+    if code is None:
+        return 0, None
+    if isinstance(code, int):
+        return int(code), None
+    return 1, str(code)
+
+
+def describe_exit(what: str, status: int, message: str | None) -> str:
+    """``python train.py exited with status 1: bad things``."""
+    return f"{what} exited with status {status}" + (f": {message}" if message else "")
+
+
+def _exited(exc: SystemExit) -> tuple[int, str | None]:
+    """Print ``exc``'s message on stderr as Python would on its way out; its exit status and
+    message."""
+    status, message = exit_status(exc.code)
+    if message is not None:
+        sys.stdout.flush()
+        print(message, file=sys.stderr)
+    return status, message
+
+
+def call_function(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+    """``fn(**args)``; a ``SystemExit`` from it (any status, 0 and None included: a job's
+    function ends by returning) is printed as Python prints it and becomes :class:`FunctionExited`.
+
+    Raises:
+        FunctionExited: ``fn`` called ``sys.exit``.
+    """
+    try:
+        return fn(**args)
+    except SystemExit as exc:
+        status, message = _exited(exc)
+        what = f"{getattr(fn, '__qualname__', None) or repr(fn)}()"
+        if status == 0:
+            raise FunctionExited(
+                f"{what} called sys.exit({exc.code!r}) instead of returning (a job's function "
+                "succeeds by returning its result)"
+            ) from None
+        raise FunctionExited(describe_exit(what, status, message)) from None
+
+
 def run_command(argv: tuple[str, ...]) -> None:
     """Run a command job: ``python script.py ...`` / ``python -m mod ...`` in this process (so
     :func:`compute.context` works in it), anything else as a child process.
@@ -89,9 +139,10 @@ def run_command(argv: tuple[str, ...]) -> None:
                 runpy.run_module(target, run_name="__main__", alter_sys=True)
             else:
                 runpy.run_path(target, run_name="__main__")
-        except SystemExit as exc:
-            if exc.code not in (None, 0):
-                raise CommandFailed(f"{' '.join(argv)} exited with status {exc.code}") from None
+        except SystemExit as exc:  # as ``python train.py`` ends: message on stderr, status
+            status, message = _exited(exc)
+            if status != 0:
+                raise CommandFailed(describe_exit(" ".join(argv), status, message)) from None
         return
     command = list(argv)
     if command[0] in PYTHON_NAMES:
@@ -302,7 +353,7 @@ def main(
             fn, args = pickle.loads(
                 payload if payload is not None else folder.payload_file.read_bytes()
             )
-            result = fn(**args)
+            result = call_function(fn, args)
         import cloudpickle  # loaded after the code: a job of commands never needs it
 
         payload = cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
@@ -310,7 +361,7 @@ def main(
         import traceback
 
         text = traceback.format_exc()
-        if isinstance(exc, CommandFailed):
+        if isinstance(exc, CommandFailed | FunctionExited):  # said on stderr already
             text = ""
         else:
             print(text, file=sys.stderr, end="")

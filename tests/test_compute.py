@@ -91,6 +91,60 @@ def write_half_then_raise() -> None:
     raise ValueError("boom at half")
 
 
+def exit_with(code: object) -> None:
+    print("working")
+    sys.exit(code)
+
+
+#: ``sys.exit(arg)`` as the command script below and :func:`exit_with` call it.
+EXIT_SCRIPT = (
+    "import sys\n"
+    "arg = sys.argv[1]\n"
+    "print('working')\n"
+    "sys.exit(None if arg == 'None' else int(arg) if arg.isdigit() else arg)\n"
+)
+
+
+def check_sys_exit_jobs(lake: store.Lake, project: Path, backend: str) -> None:
+    """Commands and functions that call ``sys.exit`` end as ``python`` would end: a message
+    on stderr (in the job's log, no traceback) and status 1, an int is the status, and 0 or
+    None is success for a command; a function must return, so any ``sys.exit`` fails it."""
+    (project / "train.py").write_text(EXIT_SCRIPT)
+    said = {"bad things": "exited with status 1: bad things", "3": "exited with status 3"}
+    jobs = {}
+    for arg in ("bad things", "3", "0", "None"):
+        jobs["command", arg] = compute.submit(
+            command=["python", "train.py", arg], lake=lake, code_dir=project, backend=backend
+        )
+        code = None if arg == "None" else int(arg) if arg.isdigit() else arg
+        jobs["function", arg] = compute.submit(
+            exit_with, {"code": code}, lake=lake, code_dir=project, backend=backend
+        )
+    for (kind, arg), job in jobs.items():
+        if kind == "command" and arg in ("0", "None"):
+            assert job.wait(timeout=JOB_WAIT_S) is None
+            continue
+        with pytest.raises(compute.JobFailedError) as failed:
+            job.wait(timeout=JOB_WAIT_S)
+        if arg in said:
+            who = "python train.py " + arg if kind == "command" else "exit_with()"
+            assert f"{who} {said[arg]}" in str(failed.value)
+        else:
+            assert f"exit_with() called sys.exit({arg if arg == 'None' else 0})" in str(
+                failed.value
+            )
+        lines = job.logs().splitlines()
+        assert "working" in lines and "Traceback (most recent call last):" not in lines
+        assert ("bad things" in lines) == (arg == "bad things")
+        assert _run(lake, job.run_id)["status"] == "failed"
+
+
+def test_jobs_that_call_sys_exit_end_as_python_would(
+    embedded_lake: store.Lake, tmp_path: Path
+) -> None:
+    check_sys_exit_jobs(embedded_lake, tmp_path, "local")
+
+
 def write_then_sleep(seconds: float) -> None:
     ctx = compute.context()
     ctx.branch.write_bytes("out/partial.txt", b"partial")

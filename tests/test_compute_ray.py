@@ -20,6 +20,7 @@ from test_compute import (
     _run,
     _seed,
     _wait_for,
+    check_sys_exit_jobs,
     fail_first_attempt,
     humanize_version,
     leaves_a_thread_and_an_atexit_hook,
@@ -75,6 +76,12 @@ def test_a_ray_job_reads_its_pinned_commit_and_merges_atomically(
         failing.wait(timeout=JOB_WAIT_S)
     assert lake.resolve("sweep") == before
     assert _run(lake, failing.run_id)["status"] == "failed"
+
+
+def test_ray_jobs_that_call_sys_exit_end_as_python_would(
+    embedded_lake: store.Lake, tmp_path: Path
+) -> None:
+    check_sys_exit_jobs(embedded_lake, tmp_path, "ray")
 
 
 def test_a_ray_job_sees_the_gpus_ray_gave_it_in_a_worker_of_its_own(
