@@ -116,6 +116,23 @@ def test_promote_asks_then_moves_main(lake_dir: Path) -> None:
     assert store.open(lake_dir).resolve("main") != before
 
 
+@pytest.mark.parametrize("name", ["cand", "production"])
+def test_promote_of_a_deployment_not_live_is_refused_before_comparing_or_asking(
+    lake_dir: Path, name: str
+) -> None:
+    if name == "cand":
+        run_cli(lake_dir, "promote", "cand", "--yes")
+    main = store.open(lake_dir).resolve("main")
+    said = "is promoted, not live" if name == "cand" else "production is main already"
+    for extra in ([], ["--yes"], ["--json", "--yes"]):
+        result = CliRunner().invoke(
+            app, ["promote", name, *extra, "--lake", str(lake_dir)], input="y\n"
+        )
+        assert result.exit_code == 1 and said in result.output
+        assert "gate" not in result.output and "merge" not in result.output
+        assert store.open(lake_dir).resolve("main") == main
+
+
 def test_promote_json_without_yes_is_a_usage_error_and_changes_nothing(lake_dir: Path) -> None:
     before = store.open(lake_dir).resolve("main")
     result = CliRunner().invoke(app, ["promote", "cand", "--json", "--lake", str(lake_dir)])

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+import store
 import tracking
 from tracking.deployment_compare import Comparison, Gate, MetricComparison
 from ui import render
@@ -267,6 +268,7 @@ def promote_command(
             "--json cannot ask for confirmation: pass --yes to promote", param_hint="--json"
         )
     opened = open_lake(lake, namespace)
+    _check_promotable(opened, name)
     outcome = tracking.check_promotion(opened, name)
     if not as_json:
         print_gate(outcome)
@@ -290,6 +292,23 @@ def promote_command(
         return
     merged = render.short(promotion.merge_commit) if promotion.merge_commit else "(already in)"
     render.stdout().print(Text.assemble(("promoted ", "green"), (name, "bold"), f": main {merged}"))
+
+
+def _check_promotable(lake: store.Lake, name: str) -> None:
+    """Refuse, before the comparison and the question, what :func:`tracking.promote` would
+    refuse after them: production, or a deployment no longer live (promoted or retired).
+
+    Raises:
+        DeploymentStateError: as :func:`tracking.promote` says it.
+        DeploymentNotFoundError: no such deployment.
+    """
+    record = tracking.deployment(lake, name).record
+    if record.is_production:
+        raise tracking.DeploymentStateError(
+            "production is main already; promote a branch deployment"
+        )
+    if record.status != "live":
+        raise tracking.DeploymentStateError(f"deployment {name!r} is {record.status}, not live")
 
 
 def print_gate(outcome: Gate) -> None:
