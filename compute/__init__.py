@@ -84,9 +84,18 @@ def get_job(lake: Lake, job_id: str) -> Job:
     return _get(_location(lake), job_id)
 
 
-def jobs(lake: Lake) -> list[Job]:
-    """Every job submitted on ``lake`` from any process of this machine, oldest first."""
+def jobs(lake: Lake, limit: int | None = None) -> list[Job]:
+    """Every job submitted on ``lake`` from any process of this machine, oldest first; with
+    ``limit``, only the newest ``limit`` of them (still oldest first).
+
+    Raises:
+        InvalidArgumentError: ``limit`` is not a whole number >= 1.
+    """
     from compute.job import list_jobs
     from compute.submission import _location
+    from store.errors import InvalidArgumentError
 
-    return list_jobs(_location(lake))
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidArgumentError(f"limit must be a whole number >= 1, got {limit!r}")
+    found = list_jobs(_location(lake))
+    return found[-limit:] if limit is not None else found

@@ -25,7 +25,6 @@ PYTHON_NAMES = ("python", "python3", f"python{sys.version_info.major}.{sys.versi
 SPEC_VERSION = 1
 
 _UNITS = {
-    "": 1,
     "b": 1,
     "k": 1000,
     "kb": 1000,
@@ -68,7 +67,7 @@ def parse_memory(value: int | str | None) -> int:
     """Bytes from ``4GiB``, ``512MB``, ``1e9``-style integers or None (0: no reservation).
 
     Raises:
-        ResourceError: negative, or not a size.
+        ResourceError: negative, not a size, or a string without a unit (``"4"``).
     """
     if value is None:
         return 0
@@ -82,6 +81,11 @@ def parse_memory(value: int | str | None) -> int:
         raise ResourceError(f"memory must be a size such as '4GiB', not {value!r}")
     match = _MEMORY.match(value)
     unit = match.group(2).lower() if match else ""
+    if match is not None and not unit:  # 4 what? bytes are rarely meant; say which form
+        raise ResourceError(
+            f"memory {value!r} has no unit: give a size such as '{value.strip()}GiB' or "
+            f"'{value.strip()}MiB' (or bytes as an int)"
+        )
     if match is None or unit not in _UNITS:
         raise ResourceError(f"memory {value!r} is not a size such as '512MiB' or '4GiB'")
     return int(float(match.group(1)) * _UNITS[unit])
@@ -164,6 +168,7 @@ class Environment:
                 raise InvalidArgumentError(f"{name!r} is not a package name")
             if not isinstance(spec, str) or any(c in spec for c in "\n\r;#@ "):
                 raise InvalidArgumentError(f"{spec!r} is not a version spec for {name}")
+            _check_version_spec(name, spec)
         object.__setattr__(self, "pypi", dict(sorted(self.pypi.items())))
         if isinstance(self.extra_index_urls, str) or not isinstance(
             self.extra_index_urls, list | tuple
@@ -189,6 +194,24 @@ class Environment:
     def __hash__(self) -> int:
         return hash((tuple(self.pypi.items()), self.index_urls(), self.image))
 
+    @classmethod
+    def as_recorded(cls, fields: dict[str, Any]) -> Environment:
+        """The environment a job spec recorded, checked again; one that no longer passes
+        (a version spec refused since the job was submitted, say ``"=="``: that job failed
+        building it) is kept as recorded, so its job stays listable."""
+        try:
+            return cls(**fields)
+        except InvalidArgumentError:
+            recorded = object.__new__(cls)
+            for name in cls.__dataclass_fields__:
+                value = fields.get(name, cls.__dataclass_fields__[name].default)
+                if name == "pypi":
+                    value = dict(fields.get("pypi") or {})
+                elif name == "extra_index_urls":
+                    value = tuple(value)
+                object.__setattr__(recorded, name, value)
+            return recorded
+
     @property
     def is_default(self) -> bool:
         """Whether the job simply uses the submitter's interpreter."""
@@ -213,16 +236,43 @@ class Environment:
 
     def requirements(self) -> list[str]:
         """The spec as requirement lines: ``{"a": "1.7.*"}`` -> ``["a==1.7.*"]``."""
-        out = []
-        for name, spec in self.pypi.items():
-            text = spec.strip()
-            if not text or text == "*":
-                out.append(name)
-            elif text[0].isdigit():
-                out.append(f"{name}=={text}")
-            else:
-                out.append(f"{name}{text}")
-        return out
+        return [name + _specifier(spec) for name, spec in self.pypi.items()]
+
+
+def _specifier(spec: str) -> str:
+    """A version spec as a requirement line writes it: ``"1.7.*"`` -> ``"==1.7.*"``,
+    ``"*"`` -> ``""``."""
+    text = spec.strip()
+    if not text or text == "*":
+        return ""
+    return f"=={text}" if text[0].isdigit() else text
+
+
+def _check_version_spec(name: str, spec: str) -> None:
+    """Refuse a spec that no installer can parse (``"=="``, ``"=1"``, ``"~=1"``) at submit,
+    rather than in the job's environment build.
+
+    Raises:
+        InvalidArgumentError: names the requirement and what is wrong with it.
+    """
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    why = None
+    try:  # its message names the bad part ("Invalid specifier: '=='")
+        SpecifierSet(_specifier(spec))
+    except InvalidSpecifier as exc:
+        why = str(exc)
+    if why is None:
+        try:  # stricter, as installers are (">=1,,<2" is refused)
+            Requirement(name + _specifier(spec))
+        except InvalidRequirement as exc:
+            why = str(exc).splitlines()[0]
+    if why is not None:
+        raise InvalidArgumentError(
+            f"requirement {name + _specifier(spec)!r} does not parse: {why} (a version spec is "
+            "such as '==4.9.0', '1.7.*', '>=1,<2' or '' for any)"
+        )
 
 
 @dataclass(frozen=True)
@@ -300,7 +350,7 @@ class JobSpec:
                 "submitter and runner run different flowlake versions"
             )
         data["resources"] = Resources(**data["resources"])
-        data["environment"] = Environment(**data["environment"])
+        data["environment"] = Environment.as_recorded(data["environment"])
         data["command"] = tuple(data["command"])
         return cls(**data)
 

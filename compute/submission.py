@@ -155,9 +155,11 @@ def map(  # noqa: A001 - a sweep is a map, as in Ray and concurrent.futures
     items = list(args_list)
     if not items:
         raise InvalidArgumentError("map needs at least one set of arguments")
-    for item in items:
+    for number, item in enumerate(items, 1):
         if not isinstance(item, dict):
-            raise InvalidArgumentError(f"each item of a sweep is a dict of arguments, not {item!r}")
+            raise InvalidArgumentError(
+                f"item {number} of the sweep: each item is a dict of arguments, not {item!r}"
+            )
     unknown = set(options) - _SUBMIT_OPTIONS
     if unknown:
         raise InvalidArgumentError(f"map got unknown options: {', '.join(sorted(unknown))}")
@@ -170,9 +172,10 @@ def map(  # noqa: A001 - a sweep is a map, as in Ray and concurrent.futures
             lake=lake,
             name=name or ",".join(f"{k}={v}" for k, v in item.items()),
             pinned=pinned,
+            item=f"item {number} of the sweep",
             **settings,
         )
-        for item in items
+        for number, item in enumerate(items, 1)
     ]
     return [_launch(job) for job in checked]
 
@@ -204,9 +207,11 @@ def _checked(
     code_dir: str | os.PathLike[str] | None,
     address: str | None,
     pinned: str | None = None,
+    item: str | None = None,
 ) -> _Checked:
     """:func:`submit`'s checks, its input commit (``pinned``, else ``input_ref`` resolved),
-    code snapshot, payload and spec; raises as :func:`submit` does, having created nothing."""
+    code snapshot, payload and spec; raises as :func:`submit` does, having created nothing.
+    ``item`` names ``args`` among a sweep's (``"item 2 of the sweep"``) in errors about them."""
     if (fn is None) == (command is None):
         raise InvalidArgumentError("give a callable or command=[...], not both and not neither")
     if fn is not None and not callable(fn):
@@ -214,7 +219,11 @@ def _checked(
     if args is not None and (
         not isinstance(args, dict) or not all(isinstance(k, str) for k in args)
     ):
-        raise InvalidArgumentError("args must be a dict of keyword arguments")
+        raise InvalidArgumentError(
+            f"{item}: args must be a dict of keyword arguments"
+            if item
+            else "args must be a dict of keyword arguments"
+        )
     argv = _check_command(command)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise InvalidArgumentError(f"retries must be a whole number >= 0, got {retries!r}")
@@ -262,7 +271,12 @@ def _checked(
     workdir = _workdir(real_root, checkout)
     if argv is not None:
         _check_found(argv, checkout / workdir)
-    payload = pickle_payload(fn, args or {}, root) if fn is not None else None
+    try:
+        payload = pickle_payload(fn, args or {}, root) if fn is not None else None
+    except InvalidArgumentError as exc:
+        if item is None:
+            raise
+        raise InvalidArgumentError(f"{item}: {exc}") from None
     # A default name is a fresh job id's, which no branch or tag has (48 random bits): only a
     # name the user gave is looked up and checked for clashes (the attempt's creating the
     # branch would still refuse one, failing the job).

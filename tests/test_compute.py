@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -399,9 +400,13 @@ def test_a_sweep_with_one_bad_item_launches_none_of_its_jobs(embedded_lake: stor
     import threading
 
     _seed(embedded_lake)
-    items = [{}, {"lock": threading.Lock()}]
-    with pytest.raises(InvalidArgumentError, match="lock"):
+    items = [{}, {"lock": threading.Lock()}, {}]
+    with pytest.raises(
+        InvalidArgumentError, match=r"^item 2 of the sweep: argument 'lock' \(lock\) cannot be"
+    ):
         compute.map(returns_before_asking_for_its_run, items, lake=embedded_lake)
+    with pytest.raises(InvalidArgumentError, match="^item 3 of the sweep: each item is a dict"):
+        compute.map(returns_before_asking_for_its_run, [{}, {}, 7], lake=embedded_lake)
     assert compute.jobs(embedded_lake) == []
 
 
@@ -674,11 +679,43 @@ def test_bad_input_is_refused_at_submit_and_creates_nothing(
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"gpus": -1}, {"cpus": -0.5}, {"memory": "-4GiB"}, {"memory": "4 potatoes"}]
+    "kwargs",
+    [{"gpus": -1}, {"cpus": -0.5}, {"memory": "-4GiB"}, {"memory": "4 potatoes"}, {"memory": "4"}],
 )
 def test_negative_or_malformed_resources_are_refused(kwargs: dict) -> None:
     with pytest.raises(compute.ResourceError):
         compute.Resources(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        ("==", "'humanize=='"),
+        ("=1", "'humanize=1'"),
+        ("~=1", "'humanize~=1'"),
+        (">=1,,<2", "'humanize>=1,,<2'"),
+        ("<=1.*", "'humanize<=1.*'"),
+        ("1.*.2", "'humanize==1.*.2'"),
+    ],
+)
+def test_a_version_spec_that_does_not_parse_is_refused_naming_the_requirement(
+    spec: str, named: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"requirement {re.escape(named)} does not"):
+        compute.Environment(pypi={"humanize": spec})
+
+
+def test_a_job_recorded_with_a_spec_refused_since_still_loads() -> None:
+    recorded = {
+        "pypi": {"humanize": "=="},
+        "index_url": None,
+        "extra_index_urls": [],
+        "image": None,
+    }
+    env = compute.Environment.as_recorded(recorded)
+    assert env.pypi == {"humanize": "=="} and env.requirements() == ["humanize=="]
+    good = compute.Environment.as_recorded({"pypi": {"humanize": "4.9.0"}})
+    assert good == compute.Environment(pypi={"humanize": "4.9.0"})
 
 
 def test_context_outside_a_job_says_so() -> None:

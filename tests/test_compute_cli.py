@@ -115,6 +115,51 @@ def test_a_job_without_a_name_is_named_after_its_callable_or_command(project: Pa
     assert sorted(j["name"] for j in listed) == ["python train.py m4", "write_model"]
 
 
+def test_jobs_limit_lists_only_the_newest_jobs(project: Path) -> None:
+    lake = store.open(project.parent / "lake")
+    first = compute.submit(command=["python", "train.py", "a"], lake=lake)
+    first.wait(timeout=120)
+    second = compute.submit(command=["python", "train.py", "b"], lake=lake)
+    second.wait(timeout=120)
+    listed = json.loads(flowlake("jobs", "--json", "--limit", "1").stdout)
+    assert [j["id"] for j in listed] == [second.id]
+    assert [j.id for j in compute.jobs(lake, limit=5)] == [first.id, second.id]
+    assert flowlake("jobs", "--limit", "0").returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (["--pypi", "humanize=="], "requirement 'humanize==' does not parse"),
+        (["--pypi", "humanize>=1,,<2"], "requirement 'humanize>=1,,<2' does not parse"),
+        (["--backend", "rey"], "unknown compute backend 'rey'"),
+        (["--memory", "lots"], "memory 'lots' is not a size"),
+        (["--memory", "4"], "memory '4' has no unit: give a size such as '4GiB'"),
+        (["--gpus", "-1"], "gpus must be a whole number >= 0"),
+    ],
+)
+def test_a_bad_option_value_of_run_is_a_usage_error_and_creates_nothing(
+    project: Path, option: list[str], said: str
+) -> None:
+    lake = store.open(project.parent / "lake")
+    branches = lake.branches(all_namespaces=True)
+    done = flowlake(
+        "run",
+        *option,
+        "--branch",
+        "new-out",
+        "--",
+        "python",
+        "train.py",
+        "x",
+        env={"COLUMNS": "300"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert said in " ".join(done.stderr.replace("│", " ").split())
+    assert lake.branches(all_namespaces=True) == branches
+    assert compute.jobs(lake) == []
+
+
 def test_run_from_a_subfolder_of_a_git_project_starts_in_that_folder(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

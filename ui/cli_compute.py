@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 import compute
+from compute.backends import EXECUTORS
 from compute.state import StatusRecord
 from store.errors import InvalidArgumentError
 from ui import render
@@ -87,6 +88,15 @@ def run_command(
     error, so that standard output is only the job's JSON.
     """
     environment = parse_pypi(pypi, index_url)
+    try:
+        resources = compute.Resources(gpus=gpus, cpus=cpus, memory=memory or 0)
+    except compute.ResourceError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--gpus / --cpus / --memory") from None
+    if backend not in EXECUTORS:
+        raise typer.BadParameter(
+            f"unknown compute backend {backend!r}; choose one of {', '.join(sorted(EXECUTORS))}",
+            param_hint="--backend",
+        )
     if detach and backend == "ray":
         raise typer.BadParameter(
             "Ray tasks end with the process that submitted them; drop --detach for ray",
@@ -98,7 +108,7 @@ def run_command(
         lake=opened,
         input_ref=input_ref,
         output_branch=branch,
-        resources=compute.Resources(gpus=gpus, cpus=cpus, memory=memory or 0),
+        resources=resources,
         environment=environment,
         backend=backend,
         retries=retries,
@@ -197,13 +207,16 @@ _STATUS_STYLE = {
 
 
 def jobs_command(
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Only the newest this many jobs.")
+    ] = None,
     lake: LakeOption = DEFAULT_LAKE,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List the jobs submitted on this lake from any process of this machine."""
+    """List the jobs submitted on this lake from any process of this machine, oldest first."""
     opened = open_lake(lake, namespace)
-    rows = [_job_json(job) for job in compute.jobs(opened)]
+    rows = [_job_json(job) for job in compute.jobs(opened, limit=limit)]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
