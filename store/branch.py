@@ -103,8 +103,14 @@ class Branch:
         return self._put(path, io.BytesIO(bytes(data)))
 
     def write_file(self, path: str, source: str | os.PathLike[str] | IO[bytes]) -> ObjectInfo:
-        """Stream a local file or a binary file object to ``path``; never all in memory."""
+        """Stream a local file or a binary file object to ``path``; never all in memory.
+
+        Raises:
+            LakeFolderError: the local file lies in a lake folder (nothing is read).
+        """
         if isinstance(source, str | os.PathLike):
+            own = folders.own_lake_folders(self.lake.location)
+            folders.LakeFolders(own).refuse([source], "import")
             with open(source, "rb") as f:
                 return self._put(path, f)
         if not hasattr(source, "read"):
@@ -164,7 +170,9 @@ class Branch:
         followed only when its target lies inside the folder. Links leaving it, dangling links,
         link loops and special files (fifos, sockets, devices) are skipped, listed in the
         result's ``skipped`` and announced with a :class:`store.folders.SkippedPathsWarning`.
-        With ``follow_symlinks`` every link is followed (loops are still skipped).
+        With ``follow_symlinks`` every link is followed (loops are still skipped). Lake folders
+        met on the way (this lake's, or any holding ``flowlake.json`` and ``refs.db``) are left
+        out, as git leaves out ``.git``, and listed in the result's ``lake_folders``.
 
         Args:
             progress: called with the number of files written after each write or batch.
@@ -175,11 +183,13 @@ class Branch:
         Raises:
             InvalidPathError: a file's name is not a valid lake path (nothing is written).
             NotADirectoryError: ``local_dir`` is not a folder.
+            LakeFolderError: ``local_dir`` is a lake folder or lies in one (nothing is written).
             BranchNotFoundError, ProtectedBranchError.
         """
         if prefix:
             validate_path(prefix.rstrip("/"))
-        found = folders.scan(local_dir, follow_symlinks=follow_symlinks)
+        own = folders.own_lake_folders(self.lake.location)
+        found = folders.scan(local_dir, follow_symlinks=follow_symlinks, own_lakes=own)
         result = folders.upload(self._backend, self.backend_name, found, prefix, progress)
         if result.skipped:
             shown = "; ".join(f"{s.path}: {s.reason}" for s in result.skipped[:5])

@@ -64,6 +64,11 @@ class PathClashError(StoreError, FileExistsError):
     (``d/a`` and ``d/a/b``), or a local file where a folder must go (or the reverse)."""
 
 
+class LakeFolderError(InvalidArgumentError):
+    """A local path to import from or export to lies in a lake folder (one holding
+    ``flowlake.json`` and ``refs.db``): a lake's own files are never read or written as data."""
+
+
 class AmbiguousRefError(StoreError, ValueError):
     """A commit id prefix matches more than one commit."""
 

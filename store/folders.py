@@ -5,6 +5,10 @@ links that point outside it, dangling links and special files are skipped and re
 Export (:func:`export`) treats a prefix as a folder, checks every name before it writes, writes
 each file through a unique temporary name and renames them into place only when all are
 written, so an export that fails leaves no half-written file behind.
+
+Neither ever touches a lake folder (one holding ``flowlake.json`` and ``refs.db``), as git never
+imports ``.git``: an import skips lake folders it meets and refuses to start in one; an export
+into one is refused before anything is written (:class:`~store.errors.LakeFolderError`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from store.backend import Backend
 from store.errors import (
     InvalidArgumentError,
     InvalidPathError,
+    LakeFolderError,
     ObjectNotFoundError,
     PathClashError,
 )
@@ -37,6 +42,10 @@ CHUNK = 4 << 20
 #: Prefix and suffix of the temporary files an export writes before renaming them into place.
 TMP_PREFIX = ".flowlake-"
 TMP_SUFFIX = ".part"
+
+#: The files that make a local folder an embedded lake: its configuration and its refs database
+#: (``store.backends.embedded``). Both must be there: a data folder may hold a ``flowlake.json``.
+LAKE_MARKERS = ("flowlake.json", "refs.db")
 
 
 class SkippedPathsWarning(UserWarning):
@@ -71,10 +80,12 @@ class Skipped:
 
 @dataclass(frozen=True)
 class LocalFolder:
-    """What :func:`scan` found: the files to import, sorted by ``rel``, and what it skipped."""
+    """What :func:`scan` found: the files to import, sorted by ``rel``, what it skipped, and
+    the lake folders it left out (``rel`` paths, sorted)."""
 
     files: tuple[LocalFile, ...]
     skipped: tuple[Skipped, ...]
+    lake_folders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,14 +96,75 @@ class FolderUpload:
         files: how many objects were written.
         bytes: their total size in bytes.
         skipped: local paths left out (links, special files), sorted by path.
+        lake_folders: lake folders left out (paths relative to the imported folder, sorted);
+            flowlake's own files are never imported, as git never imports ``.git``.
     """
 
     files: int
     bytes: int
     skipped: tuple[Skipped, ...] = ()
+    lake_folders: tuple[str, ...] = ()
 
 
-def scan(local_dir: str | os.PathLike[str], follow_symlinks: bool = False) -> LocalFolder:
+def is_lake_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder holding an embedded lake (both :data:`LAKE_MARKERS`)."""
+    return all(os.path.isfile(os.path.join(path, name)) for name in LAKE_MARKERS)
+
+
+class LakeFolders:
+    """Finds the lake folder holding a local path, remembering every folder it has looked at.
+
+    Args:
+        own: folders to treat as lake folders whatever they hold (the open lake's root).
+    """
+
+    def __init__(self, own: Iterable[str | os.PathLike[str]] = ()) -> None:
+        self._own = {os.path.realpath(path) for path in own}
+        self._memo: dict[str, str | None] = {}
+
+    def holding(self, path: str | os.PathLike[str]) -> str | None:
+        """The lake folder that is ``path`` or one of its ancestors (links resolved), or None."""
+        current = os.path.realpath(path)
+        walked: list[str] = []
+        while True:
+            if current in self._memo:
+                found = self._memo[current]
+                break
+            walked.append(current)
+            if current in self._own or is_lake_folder(current):
+                found = current
+                break
+            parent = os.path.dirname(current)
+            if parent == current:
+                found = None
+                break
+            current = parent
+        for folder in walked:
+            self._memo[folder] = found
+        return found
+
+    def refuse(self, paths: Iterable[str | os.PathLike[str]], action: str) -> None:
+        """Raise LakeFolderError naming the lake folder when one of ``paths`` lies in one.
+
+        Raises:
+            LakeFolderError: ``action`` (``"export to"``, ``"import"``) would touch a lake's own
+                files; the message names the path and the lake folder.
+        """
+        for path in paths:
+            lake = self.holding(path)
+            if lake is not None:
+                where = "is" if os.path.realpath(path) == lake else "lies in"
+                raise LakeFolderError(
+                    f"cannot {action} {os.fspath(path)!r}: it {where} the lake folder {lake!r}; "
+                    "a lake's own files are never read or written as data"
+                )
+
+
+def scan(
+    local_dir: str | os.PathLike[str],
+    follow_symlinks: bool = False,
+    own_lakes: Iterable[str | os.PathLike[str]] = (),
+) -> LocalFolder:
     """Every regular file under ``local_dir``, and what was skipped.
 
     Without ``follow_symlinks`` a symbolic link is followed only when its target lies inside
@@ -100,14 +172,23 @@ def scan(local_dir: str | os.PathLike[str], follow_symlinks: bool = False) -> Lo
     With ``follow_symlinks`` every link is followed. Either way dangling links, links that lead
     back into a folder being walked (loops), fifos, sockets and devices are skipped.
 
+    Lake folders (see :func:`is_lake_folder`; ``own_lakes`` count as lake folders too) are never
+    walked: one met on the way, or a link to one, is left out and listed in ``lake_folders``; a
+    link to something inside one is skipped.
+
     Raises:
         NotADirectoryError: ``local_dir`` is not a folder.
+        LakeFolderError: ``local_dir`` is a lake folder or lies in one (nothing is read).
     """
     root = os.path.realpath(os.fspath(local_dir))
     if not os.path.isdir(root):
         raise NotADirectoryError(f"{os.fspath(local_dir)!r} is not a folder")
+    lakes = LakeFolders(own_lakes)
+    lakes.refuse([local_dir], "import")
+    own_keys = _folder_keys(own_lakes)
     files: list[LocalFile] = []
     skipped: list[Skipped] = []
+    lake_folders: list[str] = []
     top = os.stat(root)
     # Each pending folder carries the (device, inode) of the folders above it: a link to one
     # of those is a loop.
@@ -120,11 +201,21 @@ def scan(local_dir: str | os.PathLike[str], follow_symlinks: bool = False) -> Lo
             for entry in entries:
                 rel = f"{rel_folder}{entry.name}"
                 if entry.is_symlink():
-                    _scan_link(entry, rel, root, follow_symlinks, above, files, skipped, pending)
+                    lake = lakes.holding(entry.path) if _resolves(entry.path) else None
+                    if lake is None:
+                        found = (files, skipped, pending)
+                        _scan_link(entry, rel, root, follow_symlinks, above, *found)
+                    elif lake == os.path.realpath(entry.path):
+                        lake_folders.append(rel)
+                    else:
+                        skipped.append(Skipped(rel, f"link into the lake folder {lake!r}"))
                     continue
                 info = entry.stat(follow_symlinks=False)
                 if stat.S_ISDIR(info.st_mode):
                     key = (info.st_dev, info.st_ino)
+                    if key in own_keys or is_lake_folder(entry.path):
+                        lake_folders.append(rel)
+                        continue
                     pending.append((entry.path, rel + "/", above | {key}, linked))
                 elif stat.S_ISREG(info.st_mode):
                     files.append(LocalFile(rel, entry.path, info.st_size, linked))
@@ -132,7 +223,26 @@ def scan(local_dir: str | os.PathLike[str], follow_symlinks: bool = False) -> Lo
                     skipped.append(Skipped(rel, "not a regular file"))
     files.sort(key=lambda f: f.rel)
     skipped.sort(key=lambda s: s.path)
-    return LocalFolder(tuple(files), tuple(skipped))
+    return LocalFolder(tuple(files), tuple(skipped), tuple(sorted(lake_folders)))
+
+
+def _folder_keys(folders: Iterable[str | os.PathLike[str]]) -> frozenset[tuple[int, int]]:
+    """The (device, inode) of each existing folder among ``folders``."""
+    keys = set()
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            info = os.stat(folder)
+            keys.add((info.st_dev, info.st_ino))
+    return frozenset(keys)
+
+
+def _resolves(path: str) -> bool:
+    """Whether the link at ``path`` leads to something (not dangling, not a loop of links)."""
+    try:
+        os.stat(path)
+    except OSError:
+        return False
+    return True
 
 
 def _scan_link(
@@ -206,7 +316,7 @@ def upload(
     if batch:
         backend.put_many(branch, batch)
         _tick(progress, len(batch))
-    return FolderUpload(len(planned), total, folder.skipped)
+    return FolderUpload(len(planned), total, folder.skipped, folder.lake_folders)
 
 
 def _open_local(local: LocalFile) -> BinaryIO:
@@ -230,6 +340,7 @@ def export(
     prefix: str,
     local_dir: str | os.PathLike[str],
     progress: Callable[[int], None] | None = None,
+    own_lakes: Iterable[str | os.PathLike[str]] = (),
 ) -> int:
     """Write the objects under the folder ``prefix`` to ``local_dir``; returns the count.
 
@@ -243,6 +354,8 @@ def export(
             local file or folder of the other kind is in the way.
         InvalidArgumentError: ``prefix`` names an object and no folder.
         InvalidPathError: an object's name cannot be a local path.
+        LakeFolderError: ``local_dir``, or a folder a file would go to, is a lake folder or
+            lies in one (``own_lakes`` count as lake folders too).
         CorruptObjectError, ObjectNotFoundError: as :meth:`Backend.open_read`.
         OSError: the local disk refused a write.
     """
@@ -254,6 +367,10 @@ def export(
     _check_clashes([info.path for info in chosen])
     root = Path(local_dir)
     targets = [root.joinpath(*rel.split("/")) for rel in rels]
+    # Every folder a file goes to, not only local_dir: exporting "" into a project folder
+    # would otherwise overwrite lake/refs.db with an object of that name.
+    parents = sorted({target.parent for target in targets} - {root})
+    LakeFolders(own_lakes).refuse([root, *parents], "export to")
     _check_local(root, targets)
     taken = {os.path.abspath(t) for t in targets}
     written: list[tuple[str, Path]] = []
@@ -280,6 +397,11 @@ def export(
                 made.rmdir()
         raise
     return len(chosen)
+
+
+def own_lake_folders(location: str) -> tuple[str, ...]:
+    """The local lake folder of a lake opened at ``location``: none for a URL (lakeFS)."""
+    return () if "://" in location else (location,)
 
 
 def _refuse_object_as_folder(backend: Backend, ref: str, path: str) -> None:

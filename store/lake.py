@@ -452,15 +452,21 @@ class Lake:
     ) -> int:
         """Export the objects in the folder ``prefix`` at ``ref`` into a local folder; returns
         the count. ``"data"`` is the folder ``data/`` (never ``data2/``); see
-        :func:`store.folders.export` for what is checked before anything is written.
+        :func:`store.folders.export` for what is checked before anything is written. A
+        destination in a lake folder (this lake's, or any other one:
+        :func:`store.folders.is_lake_folder`) is refused before anything is written.
 
         Raises:
+            LakeFolderError: the export would write into a lake folder.
             PathClashError, InvalidPathError, CorruptObjectError, RefNotFoundError, OSError.
         """
+        own = folders.own_lake_folders(self.location)
         with self._reading(ref) as target:
             folder = folders.folder_prefix(validate_prefix(prefix))
             entries = self.backend.list_objects(target, folder)
-            return folders.export(self.backend, target, entries, prefix, local_dir, progress)
+            return folders.export(
+                self.backend, target, entries, prefix, local_dir, progress, own_lakes=own
+            )
 
     # -- maintenance -----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from conftest import LakeAccess
 from typer.testing import CliRunner
 
 import store
-from store.errors import InvalidArgumentError, PathClashError
+from store.errors import InvalidArgumentError, LakeFolderError, PathClashError
 from store.folders import SkippedPathsWarning
 from ui.cli import app
 
@@ -180,6 +180,24 @@ def test_export_refuses_a_local_folder_where_a_file_goes(lake: store.Lake, tmp_p
     with pytest.raises(PathClashError, match="local folder"):
         lake.download_dir(out, ref=branch.name, prefix="d")
     assert files_under(out) == {}
+
+
+def test_an_embedded_lake_folder_is_never_imported_nor_exported_into(
+    lake: store.Lake, tmp_path: Path
+) -> None:
+    store.open(tmp_path / "project" / "other-lake").close()
+    write(tmp_path / "project" / "data.csv", b"1")
+    before = files_under(tmp_path / "project" / "other-lake")
+    branch = lake.branch("exp")
+    result = branch.upload_dir(tmp_path / "project", prefix="p")
+    assert (result.files, result.lake_folders) == (1, ("other-lake",))
+    assert [info.path for info in branch.list()] == ["p/data.csv"]
+    branch.commit("project")
+    with pytest.raises(LakeFolderError, match="other-lake"):
+        lake.download_dir(tmp_path / "project" / "other-lake" / "x", ref=branch.name)
+    with pytest.raises(LakeFolderError, match="other-lake"):
+        branch.upload_dir(tmp_path / "project" / "other-lake")
+    assert files_under(tmp_path / "project" / "other-lake") == before
 
 
 # -- the CLI -------------------------------------------------------------------------------------

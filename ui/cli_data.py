@@ -110,17 +110,20 @@ def put_command(
     """Write a local file, a folder or standard input to a branch (uncommitted unless -m).
 
     With -r, links that leave the folder, dangling links and special files are skipped and
-    listed (a warning on standard error; "skipped" in --json).
+    listed (a warning on standard error; "skipped" in --json). Lake folders inside the folder
+    are never imported (one dim line each); a folder inside a lake is refused.
     """
     local = Path(source)
     target = _put_target(source, local, dest, recursive)
     skipped: tuple[Skipped, ...] = ()
+    lake_folders: tuple[str, ...] = ()
     with open_lake(lake, namespace) as opened:
         handle = opened.get_branch(branch)
         if recursive:
             upload = transfer.put_dir(handle, local, target, follow_symlinks=follow_symlinks)
             moved = transfer.Transferred(upload.files, upload.bytes)
             skipped = upload.skipped
+            lake_folders = tuple(os.path.join(source, rel) for rel in upload.lake_folders)
         elif source == STDIN:
             info = handle.write_file(target, typer.get_binary_stream("stdin"))
             moved = transfer.Transferred(1, info.size)
@@ -137,11 +140,12 @@ def put_command(
                 "bytes": moved.bytes,
                 "commit": render.commit_json(commit) if commit else None,
                 "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
+                "skipped_lake_folders": list(lake_folders),
             }
         )
-        _warn_skipped(skipped)
+        _warn_skipped(skipped, lake_folders)
         return
-    _warn_skipped(skipped)
+    _warn_skipped(skipped, lake_folders)
     console = render.stdout()
     what = _files(moved.files) if recursive else target
     console.print(
@@ -151,11 +155,16 @@ def put_command(
         console.print(render.commit_line("committed", commit))
 
 
-def _warn_skipped(skipped: tuple[Skipped, ...]) -> None:
-    """Tell standard error which local paths ``put -r`` left out, and why."""
+def _warn_skipped(skipped: tuple[Skipped, ...], lake_folders: tuple[str, ...] = ()) -> None:
+    """Tell standard error which local paths ``put -r`` left out, and why.
+
+    Lake folders get one quiet line each: leaving them out is expected, as git leaves out .git.
+    """
+    err = render.stderr()
+    for folder in lake_folders:
+        err.print(Text(f"skipped the lake folder {folder}", style="dim"))
     if not skipped:
         return
-    err = render.stderr()
     err.print(Text(f"warning: skipped {len(skipped)} path(s):", style="yellow"))
     for item in skipped:
         err.print(Text(f"  {item.path}: {item.reason}", style="yellow"))

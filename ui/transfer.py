@@ -121,7 +121,8 @@ def put_dir(
     """
     if not local.is_dir():
         raise NotADirectoryError(f"{local} is not a folder")
-    total = len(folders.scan(local, follow_symlinks=follow_symlinks).files)
+    own = folders.own_lake_folders(branch.lake.location)
+    total = len(folders.scan(local, follow_symlinks=follow_symlinks, own_lakes=own).files)
     with file_progress(f"put {local}", total) as advance, warnings.catch_warnings():
         warnings.simplefilter("ignore", folders.SkippedPathsWarning)
         return branch.upload_dir(
@@ -136,8 +137,10 @@ def get_file(lake: store.Lake, path: str, ref: str, local: Path) -> Transferred:
     file), renamed over ``local`` once complete and removed on any error.
 
     Raises:
+        LakeFolderError: ``local`` lies in a lake folder (nothing is written).
         StoreError: as :meth:`store.Lake.open`; OSError when the file cannot be written.
     """
+    folders.LakeFolders(folders.own_lake_folders(lake.location)).refuse([local], "export to")
     size = lake.stat(path, ref).size
     fd, tmp = tempfile.mkstemp(
         prefix=folders.TMP_PREFIX, suffix=folders.TMP_SUFFIX, dir=local.parent
@@ -163,9 +166,12 @@ def get_dir(lake: store.Lake, prefix: str, ref: str, local: Path) -> Transferred
         ObjectNotFoundError: nothing is under ``prefix`` at ``ref`` (nothing is written, and no
             bar is shown).
         InvalidArgumentError: ``prefix`` is an object, not a folder (checked before the bar).
+        LakeFolderError: ``local`` is a lake folder or lies in one (checked before the bar).
         StoreError: as :meth:`store.Lake.download_dir` (a clash or a bad name is reported
             before anything is written; on any error no partial file is left).
     """
+    # Checked before the bar too; download_dir also checks every folder a file goes to.
+    folders.LakeFolders(folders.own_lake_folders(lake.location)).refuse([local], "export to")
     entries = lake.list(ref=ref, prefix=folders.folder_prefix(prefix))
     if not entries:
         if prefix and lake.exists(prefix, ref):

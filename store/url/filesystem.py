@@ -24,6 +24,7 @@ from fsspec.spec import AbstractFileSystem
 from fsspec.utils import isfilelike, stringify_path
 
 import store
+from store import folders
 from store.branch import Branch
 from store.errors import (
     BranchNotFoundError,
@@ -464,13 +465,19 @@ class FlowlakeFileSystem(AbstractFileSystem):  # type: ignore[misc]
         outfile: Any = None,
         **kwargs: Any,
     ) -> None:
-        """Copy one object to a local file, which appears whole or not at all."""
+        """Copy one object to a local file, which appears whole or not at all.
+
+        Raises:
+            LakeFolderError: ``lpath`` lies in a lake folder (nothing is written).
+        """
         url = _url(rpath)
         target = self._target(url.ref)
         if isfilelike(lpath):
             with self._stream(target, self._object_path(url)) as stream:
                 _copy(stream, lpath, callback)
             return
+        own = folders.own_lake_folders(self.lake.location)
+        folders.LakeFolders(own).refuse([os.fspath(lpath)], "export to")
         try:
             stream = self._stream(target, self._object_path(url))
         except (ObjectNotFoundError, IsADirectoryError):
