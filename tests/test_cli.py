@@ -539,3 +539,25 @@ def test_demo_without_scikit_learn_names_the_extra(
     assert result.exit_code == 1
     assert "flowlake[demo]" in result.stderr
     assert not (tmp_path / "demo").exists()
+
+
+def error_line(lake_dir: Path, *args: str) -> str:
+    """Run a command that must fail with 1; its standard error as one line (rich wraps it)."""
+    return " ".join(fails(lake_dir, *args).split())
+
+
+def test_runs_refuses_an_unknown_status_or_branch_as_runs_compact_does(lake_dir: Path) -> None:
+    assert "running, finished, failed, killed, stale" in error_line(
+        lake_dir, "runs", "--status", "bogus"
+    )
+    assert "branch 'nope' does not exist" in error_line(lake_dir, "runs", "--branch", "nope")
+    assert "branch 'nope' does not exist" in error_line(
+        lake_dir, "runs", "compact", "--branch", "nope"
+    )
+    assert "limit must be an int >= 0" in error_line(lake_dir, "runs", "--limit", "-1")
+    assert ok_json(lake_dir, "runs", "--branch", "main", "--status", "stale") == []
+
+
+def test_sql_on_a_misspelt_view_suggests_the_view(lake_dir: Path) -> None:
+    err = error_line(lake_dir, "sql", "SELECT * FROM runz")
+    assert "runz does not exist" in err and "closest to 'runz': runs" in err

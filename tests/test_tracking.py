@@ -6,9 +6,11 @@ Every test uses the public store API only, so it runs on each backend of the ``l
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from typer.testing import CliRunner
 
 import store
 import tracking
-from store.errors import RefNotFoundError, StoreError
+from store.errors import BranchNotFoundError, InvalidArgumentError, RefNotFoundError, StoreError
 from tracking import buffer, layout, liveness
 from ui.cli_tracking import runs_app
 
@@ -531,3 +533,101 @@ def test_a_run_whose_branch_was_deleted_after_its_merge_is_read_from_where_it_me
     ).to_pylist() == [{"status": "finished"}]
     with pytest.raises(tracking.RunNotFoundError):
         tracking.get_run(lake, "0" * 32)
+
+
+def test_search_runs_refuses_an_unknown_status_naming_the_valid_ones(lake: store.Lake) -> None:
+    with pytest.raises(InvalidArgumentError, match="'bogus'.*running, finished, failed, killed"):
+        tracking.search_runs(lake, status="bogus")
+    with pytest.raises(InvalidArgumentError, match="limit must be an int >= 0"):
+        tracking.search_runs(lake, limit=-1)
+    assert tracking.search_runs(lake, status="stale").num_rows == 0
+
+
+def test_search_runs_refuses_a_branch_that_does_not_exist_yet_finds_a_deleted_branchs_runs(
+    lake: store.Lake,
+) -> None:
+    with pytest.raises(BranchNotFoundError, match="branch 'nope' does not exist"):
+        tracking.search_runs(lake, branch="nope")
+    exp = lake.branch("exp")
+    assert tracking.search_runs(lake, branch="exp").num_rows == 0  # exists, no run yet
+    with _start(lake, exp.name, "kept") as run:
+        run.log_metric("loss", 0.5)
+    lake.delete_branch(exp.name)
+    assert tracking.search_runs(lake, branch=exp.name).column("run_id").to_pylist() == [run.id]
+    # Another filter leaving no row does not turn the deleted branch into an unknown one.
+    assert tracking.search_runs(lake, branch=exp.name, status="failed").num_rows == 0
+
+
+def _lake_functions() -> list[str]:
+    """Every public tracking function whose first parameter is ``lake``."""
+    found = []
+    for name in tracking.__all__:
+        function = getattr(tracking, name)
+        if inspect.isfunction(function):
+            parameters = list(inspect.signature(function).parameters)
+            if parameters[:1] == ["lake"]:
+                found.append(name)
+    return found
+
+
+def test_the_public_tracking_functions_taking_a_lake_are_all_checked() -> None:
+    assert {"sql", "search_runs", "get_run", "get_metric_history", "start_run", "resume_run"} | {
+        "lineage",
+        "deploy",
+        "compact",
+        "promote",
+    } <= set(_lake_functions())
+
+
+@pytest.mark.parametrize("name", _lake_functions())
+def test_a_public_tracking_function_given_no_lake_names_itself_and_what_it_got(
+    name: str, embedded_lake: store.Lake
+) -> None:
+    function = getattr(tracking, name)
+    required = [
+        p
+        for p in list(inspect.signature(function).parameters.values())[1:]
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    others = ["x"] * len(required)
+    with pytest.raises(
+        InvalidArgumentError, match=rf"^tracking\.{name} takes a Lake .* str '\./lake'$"
+    ):
+        function("./lake", *others)
+    with pytest.raises(
+        InvalidArgumentError, match=r"not Branch\('main'\) \(its \.lake is the Lake\)"
+    ):
+        function(embedded_lake.get_branch("main"), *others)
+
+
+@pytest.mark.parametrize(
+    ("typo", "closest"),
+    [("runz", "runs"), ("metric", "metrics"), ("Paramz", "params"), ("branch", "branches")],
+)
+def test_a_query_on_an_unknown_table_names_the_closest_views_keeping_duckdbs_message(
+    embedded_lake: store.Lake, typo: str, closest: str
+) -> None:
+    with pytest.raises(tracking.QueryError) as err:
+        tracking.sql(embedded_lake, f"SELECT * FROM runs JOIN {typo} USING (run_id)")
+    message = str(err.value)
+    assert f"Table with name {typo} does not exist" in message
+    assert f"flowlake views closest to {typo!r}: {closest}" in message
+
+
+def test_a_query_on_a_table_like_no_view_lists_every_view(embedded_lake: store.Lake) -> None:
+    with pytest.raises(tracking.QueryError, match="no view 'xyzzy'; its views: runs, params"):
+        tracking.sql(embedded_lake, "SELECT * FROM xyzzy")
+
+
+def test_lineage_of_neither_a_run_id_nor_a_ref_says_what_it_traces(lake: store.Lake) -> None:
+    for target in ("nope", "lr=0.1", "main~5", "x~y"):
+        with pytest.raises(
+            RefNotFoundError, match=rf"run id .* or a ref .*{re.escape(repr(target))} is neither"
+        ):
+            tracking.lineage(lake, target)
+    with pytest.raises(tracking.RunNotFoundError, match="no run 0{32} in this lake"):
+        tracking.lineage(lake, "0" * 32)
+    for bad in ("", None, 5):
+        with pytest.raises(InvalidArgumentError, match="takes a run id or a ref"):
+            tracking.lineage(lake, bad)  # type: ignore[arg-type]

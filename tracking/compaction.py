@@ -53,6 +53,7 @@ from store.errors import (
     ObjectNotFoundError,
 )
 from tracking import catalog, layout, views
+from tracking.lake_argument import require_lake
 
 if TYPE_CHECKING:
     from store import Branch, Lake, ObjectInfo
@@ -140,13 +141,15 @@ def compact(
 
     Raises:
         BranchNotFoundError: ``branch`` does not exist (nothing is changed).
-        InvalidArgumentError: ``min_parts`` or ``retries`` out of range.
+        InvalidArgumentError: ``lake`` is not a Lake, or ``min_parts`` or ``retries`` out of
+            range.
         DirtyBranchError: ``branch`` (not a run's own branch) has uncommitted changes, which a
             compaction would have to merge over; commit or reset them first.
         ConflictError: other commits kept conflicting after ``retries`` retries; the branch is
             as it was.
         CorruptObjectError: a part's bytes do not match its hash.
     """
+    require_lake(lake, "tracking.compact")
     if isinstance(min_parts, bool) or not isinstance(min_parts, int) or min_parts < 2:
         raise InvalidArgumentError(f"min_parts must be an int >= 2, got {min_parts!r}")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:

@@ -23,6 +23,7 @@ from tracking import deployment_registry as deployments_api
 from tracking import deployment_views
 from tracking.catalog import Source
 from tracking.deployment_errors import DeploymentStateError, GateClosedError, NoOverlapError
+from tracking.lake_argument import require_lake
 
 if TYPE_CHECKING:
     from store import Lake
@@ -193,10 +194,11 @@ def compare(
         DeploymentNotFoundError: no such deployment.
         NoOverlapError: the two were never live at the same time (or not after ``since``); the
             message names the promotion that restarted production's window when that is why.
-        InvalidArgumentError: a bad mode, alpha, statistic or direction, or comparing a
-            deployment with itself.
+        InvalidArgumentError: ``lake`` is not a Lake, a bad mode, alpha, statistic or direction,
+            or comparing a deployment with itself.
         NotInstalledError: scipy is missing (install ``flowlake[stats]``).
     """
+    require_lake(lake, "tracking.compare")
     st = _statistics()
     if mode not in ("sequential", "fixed"):
         raise InvalidArgumentError(f"mode must be 'sequential' or 'fixed', not {mode!r}")
@@ -323,6 +325,7 @@ def check_promotion(
 ) -> Gate:
     """The gate :func:`promote` would apply now (options as :func:`compare`). Raises as
     :func:`compare`."""
+    require_lake(lake, "tracking.check_promotion")
     return gate(compare(lake, name, baseline, **options))
 
 
@@ -352,7 +355,9 @@ def promote(
         DirtyBranchError: ``main`` has uncommitted changes; nothing changed.
         DeploymentStateError: the deployment is production or not live.
         DeploymentNotFoundError: no such deployment.
+        InvalidArgumentError: ``lake`` is not a Lake.
     """
+    require_lake(lake, "tracking.promote")
     record = deployments_api.deployment(lake, name).record
     if record.is_production:
         raise DeploymentStateError("production is main already; promote a branch deployment")

@@ -35,6 +35,7 @@ from tracking import buffer, exits, points
 from tracking import deployment_layout as layout
 from tracking.deployment_errors import DeploymentNotFoundError, DeploymentStateError
 from tracking.errors import InvalidMetricError
+from tracking.lake_argument import require_lake
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -312,7 +313,9 @@ def deploy(
         AlreadyExistsError: a deployment of that name exists (live, promoted or retired).
         BranchNotFoundError: no such branch.
         ObjectNotFoundError: ``model`` is not a file or folder at the pinned commit.
+        InvalidArgumentError: ``lake`` is not a Lake.
     """
+    require_lake(lake, "tracking.deploy")
     _check_name(name)
     if name == layout.PRODUCTION:
         raise InvalidNameError("'production' is the deployment of main; pick another name")
@@ -355,7 +358,9 @@ def deployment(lake: Lake, name: str) -> Deployment:
     Raises:
         DeploymentNotFoundError: no such deployment.
         InvalidNameError: not a deployment name.
+        InvalidArgumentError: ``lake`` is not a Lake.
     """
+    require_lake(lake, "tracking.deployment")
     _check_name(name)
     record = _read_record(lake, name)
     if name == layout.PRODUCTION:
@@ -371,7 +376,12 @@ def deployment(lake: Lake, name: str) -> Deployment:
 
 
 def deployments(lake: Lake, include_retired: bool = True) -> list[DeploymentRecord]:
-    """Every deployment, production first, then by deploy time (newest first)."""
+    """Every deployment, production first, then by deploy time (newest first).
+
+    Raises:
+        InvalidArgumentError: ``lake`` is not a Lake.
+    """
+    require_lake(lake, "tracking.deployments")
     out = [deployment(lake, layout.PRODUCTION).record]
     out += [r for r in _branch_records(lake) if include_retired or r.status == "live"]
     epoch = datetime.min.replace(tzinfo=UTC)
@@ -384,7 +394,9 @@ def undeploy(lake: Lake, name: str) -> DeploymentRecord:
     Raises:
         DeploymentNotFoundError: no such deployment.
         DeploymentStateError: it is production, or not live.
+        InvalidArgumentError: ``lake`` is not a Lake.
     """
+    require_lake(lake, "tracking.undeploy")
     current = deployment(lake, name).record
     if current.is_production:
         raise DeploymentStateError("production cannot be undeployed; it follows main")

@@ -20,6 +20,7 @@ from store.policy.enforce import perimeter_of
 from tracking import catalog, environment, layout, liveness, localcache, snapshot
 from tracking import run as run_module
 from tracking.errors import RunNotFoundError, RunStateError
+from tracking.lake_argument import require_lake
 from tracking.run import Run
 
 if TYPE_CHECKING:
@@ -86,8 +87,9 @@ def start_run(
     Raises:
         BranchNotFoundError: ``branch`` does not exist.
         RunNotFoundError: ``run_id`` names no run.
-        InvalidArgumentError: bad intervals.
+        InvalidArgumentError: ``lake`` is not a Lake, or bad intervals.
     """
+    require_lake(lake, "tracking.start_run")
     if run_id is not None:
         return resume_run(
             lake,
@@ -208,7 +210,9 @@ def resume_run(
     Raises:
         RunNotFoundError: no run branch for ``run_id`` in any namespace.
         RunStateError: the run is still running in a live process.
+        InvalidArgumentError: ``lake`` is not a Lake, or bad intervals.
     """
+    require_lake(lake, "tracking.resume_run")
     _check_intervals(flush_interval, heartbeat_interval)
     run_branch = catalog.find_run_branch(lake, run_id)
     head = run_branch.head().id

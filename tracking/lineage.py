@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from store.errors import RefNotFoundError
+from store.errors import InvalidArgumentError, RefNotFoundError
 from tracking import layout, views
 from tracking.errors import RunNotFoundError
 from tracking.index import Index
+from tracking.lake_argument import require_lake
 from tracking.model import Artifact, Lineage, RunRecord
 from tracking.query import run_query
 
@@ -25,9 +26,16 @@ def lineage(lake: Lake, target: str) -> Lineage:
     runs that started from it (``used_by``) or from a descendant (``downstream_runs``).
 
     Raises:
-        RunNotFoundError: ``target`` looks like a run id but no such run exists.
-        RefNotFoundError: ``target`` is neither a run id nor a ref.
+        RunNotFoundError: ``target`` looks like a run id but no such run (nor ref) exists.
+        RefNotFoundError: ``target`` is neither a run id nor a ref; the message says what
+            ``lineage`` takes.
+        InvalidArgumentError: ``lake`` is not a Lake, or ``target`` is not a non-empty string.
     """
+    require_lake(lake, "tracking.lineage")
+    if not isinstance(target, str) or not target:
+        raise InvalidArgumentError(
+            f"tracking.lineage takes a run id or a ref as a non-empty string, not {target!r}"
+        )
     with Index(lake) as index:
         return _lineage(lake, index, target)
 
@@ -43,10 +51,13 @@ def _lineage(lake: Lake, index: Index, target: str) -> Lineage:
     else:
         try:
             commit = lake.resolve(target)
-        except RefNotFoundError:
+        except (RefNotFoundError, ValueError) as exc:
             if layout.is_run_id(target):
-                raise RunNotFoundError(f"no run {target} in this lake") from None
-            raise
+                raise RunNotFoundError(f"no run {target} in this lake, nor a ref") from None
+            raise RefNotFoundError(
+                f"tracking.lineage traces a run id (32 lowercase hex digits) or a ref (branch, "
+                f"tag, commit id or prefix, ref~N); {target!r} is neither: {exc}"
+            ) from None
         made_by = lake.commit(commit).metadata.get("tracking.run_id")
         run = runs.get(made_by) if made_by else None
     others = [r for r in runs.values() if run is None or r.run_id != run.run_id]

@@ -11,13 +11,14 @@ error.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import json
 import re
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import duckdb
 import pyarrow as pa
@@ -26,7 +27,8 @@ from store.errors import InvalidArgumentError, StoreError
 from tracking import catalog, connections, history, layout, views
 from tracking.errors import QueryError, RunNotFoundError
 from tracking.index import Index, Resolved
-from tracking.model import RunRecord
+from tracking.lake_argument import require_lake
+from tracking.model import RunRecord, RunStatus
 
 if TYPE_CHECKING:
     from store import Lake
@@ -69,9 +71,11 @@ def sql(
         QueryError: the query is not a single SELECT, DuckDB rejects it (its message), or it
             ran longer than ``timeout``.
         RefNotFoundError: a ref does not resolve.
-        InvalidArgumentError: both ``ref`` and ``refs`` given, or a bad ``timeout``.
+        InvalidArgumentError: ``lake`` is not a Lake, both ``ref`` and ``refs`` given, or a
+            bad ``timeout``.
         CorruptObjectError: a run file's stored bytes do not match its hash.
     """
+    require_lake(lake, "tracking.sql")
     if ref is not None and refs is not None:
         raise InvalidArgumentError("give ref or refs, not both")
     if not isinstance(query, str) or not query.strip():
@@ -309,10 +313,29 @@ def _execute(
     except duckdb.InterruptException:
         raise QueryError(f"the query ran longer than its timeout ({timeout} s)") from None
     except duckdb.Error as exc:
-        raise QueryError(_message(exc)) from None
+        raise QueryError(_message(exc) + _view_hint(exc)) from None
     finally:
         if timer is not None:
             timer.cancel()
+
+
+#: DuckDB's words for a table that is not there; its own candidate is one of its catalog
+#: tables, since views are built only for the view names a query mentions.
+_UNKNOWN_TABLE = re.compile(r"Table with name (\S+) does not exist")
+
+
+def _view_hint(exc: duckdb.Error) -> str:
+    """For a query naming a table that does not exist: a line naming the flowlake views
+    closest to that name (all of them when none is close); else ``""``."""
+    found = _UNKNOWN_TABLE.search(str(exc)) if isinstance(exc, duckdb.CatalogException) else None
+    if found is None:
+        return ""
+    name = found.group(1).strip("\"'")
+    views_list = ", ".join(views.VIEW_NAMES)
+    close = difflib.get_close_matches(name.lower(), views.VIEW_NAMES, n=3)
+    if not close:
+        return f"\nflowlake has no view {name!r}; its views: {views_list}"
+    return f"\nflowlake views closest to {name!r}: {', '.join(close)} (all: {views_list})"
 
 
 #: A kept one-run view with at most this many rows is copied into DuckDB's memory when it is
@@ -366,7 +389,9 @@ def get_run(lake: Lake, run_id: str) -> RunRecord:
 
     Raises:
         RunNotFoundError: no such run.
+        InvalidArgumentError: ``lake`` is not a Lake.
     """
+    require_lake(lake, "tracking.get_run")
     with Index(lake) as index:
         row = views.run_record(lake, index, run_id)
     if row is None:
@@ -383,8 +408,9 @@ def get_metric_history(lake: Lake, run_id: str, key: str) -> pa.Table:
 
     Raises:
         RunNotFoundError: no such run.
-        InvalidArgumentError: ``key`` is not a string.
+        InvalidArgumentError: ``lake`` is not a Lake or ``key`` is not a string.
     """
+    require_lake(lake, "tracking.get_metric_history")
     return history.metric_history(lake, run_id, key)
 
 
@@ -402,13 +428,33 @@ def search_runs(
             production's) or written on it.
         status: ``running``, ``finished``, ``failed``, ``killed`` or ``stale``.
         name: a substring of the run name (case-insensitive).
-        limit: at most this many rows.
+        limit: at most this many rows (>= 0).
+
+    Raises:
+        InvalidArgumentError: ``lake`` is not a Lake, ``status`` is not a run status (the
+            valid ones are named), ``branch`` or ``name`` is not a string, or ``limit`` is not
+            an int >= 0.
+        BranchNotFoundError: ``branch`` does not exist and no run was started on or written to
+            a branch of that name (a deleted branch's runs are still found by its full name).
     """
+    require_lake(lake, "tracking.search_runs")
+    for label, value in (("branch", branch), ("name", name)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidArgumentError(f"{label} must be a string, got {value!r}")
+    if status is not None and status not in RUN_STATUSES:
+        raise InvalidArgumentError(
+            f"unknown run status {status!r}: give one of {', '.join(RUN_STATUSES)}"
+        )
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise InvalidArgumentError(f"limit must be an int >= 0, got {limit!r}")
     clauses, values = [], []
+    missing: StoreError | None = None
     if branch is not None:
         full = branch
-        with contextlib.suppress(StoreError, ValueError):
+        try:
             full = lake.get_branch(branch).name
+        except StoreError as exc:
+            missing = exc  # a deleted branch's runs still name it: refused only if none do
         clauses.append("(target_branch = ? OR run_branch = ? OR target_branch = ?)")
         values += [full, full, branch]
     if status is not None:
@@ -423,9 +469,34 @@ def search_runs(
         f"input_commit, output_commit FROM runs {where}ORDER BY start_time DESC"
     )
     if limit is not None:
-        query += f" LIMIT {int(limit)}"
+        query += f" LIMIT {limit}"
     with Index(lake) as index:
-        return run_query(lake, query, views.scope(lake, index, None), values, index=index)
+        scope = views.scope(lake, index, None)
+        found = run_query(lake, query, scope, values, index=index)
+        if (
+            missing is not None
+            and not found.num_rows
+            and not _names_a_run_branch(lake, index, scope, branch)
+        ):
+            raise missing
+        return found
+
+
+#: Every status a run can show in the ``runs`` view.
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
+
+
+def _names_a_run_branch(lake: Lake, index: Index, scope: views.Scope, branch: str | None) -> bool:
+    """Whether some run of ``scope`` was started on or written to ``branch`` (whatever the
+    other filters), so that an empty answer about a deleted branch is not called an error."""
+    found = run_query(
+        lake,
+        "SELECT 1 FROM runs WHERE target_branch = ? OR run_branch = ? LIMIT 1",
+        scope,
+        [branch, branch],
+        index=index,
+    )
+    return found.num_rows > 0
 
 
 def _check_single_select(query: str) -> None:
