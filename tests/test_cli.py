@@ -119,7 +119,7 @@ def test_branch_list_at_80_columns_keeps_names_and_namespaces_whole(lake_dir: Pa
     run_branch = "run-7a93d13852f54606821421d826a047a5"
     ok(lake_dir, "branch", "create", run_branch, "--namespace", "user:avery")
     result = CliRunner().invoke(
-        app, ["branch", "list", "--all", "--lake", str(lake_dir)], env={"COLUMNS": "80"}
+        app, ["branch", "list", "--all", "--runs", "--lake", str(lake_dir)], env={"COLUMNS": "80"}
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
