@@ -52,6 +52,25 @@ def _seed(lake: store.Lake, text: bytes = b"v1") -> str:
     return lake.merge(branch.name, into="main").id
 
 
+def _git_project(tmp_path: Path) -> Path:
+    """A git project with one committed file, train.py."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("LR = 0.1\n")
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    for argv in (["init", "-q"], ["add", "train.py"], ["commit", "-q", "-m", "one"]):
+        subprocess.run(["git", *argv], cwd=project, check=True, env=env)
+    return project
+
+
 def _run(lake: store.Lake, run_id: str | None) -> dict:
     """A run's record as the run wrote it on its own branch."""
     assert run_id is not None
@@ -506,20 +525,7 @@ def test_each_submit_snapshots_the_git_work_tree_as_it_is_then(
 
     # The submitter caches git status (tracking.localcache): a later change must still show.
     monkeypatch.setenv("FLOWLAKE_CACHE_DIR", str(tmp_path / "cache"))
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "train.py").write_text("LR = 0.1\n")
-    env = {
-        **os.environ,
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-    }
-    for argv in (["init", "-q"], ["add", "train.py"], ["commit", "-q", "-m", "one"]):
-        subprocess.run(["git", *argv], cwd=project, check=True, env=env)
+    project = _git_project(tmp_path)
     root = tmp_path / "state"
     root.mkdir()
     old = time.time() - 3600
@@ -559,20 +565,7 @@ def test_an_unchanged_project_is_not_read_again_and_a_missing_checkout_is_made_f
     from tracking import snapshot
 
     monkeypatch.setenv("FLOWLAKE_CACHE_DIR", str(tmp_path / "cache"))
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "train.py").write_text("LR = 0.1\n")
-    env = {
-        **os.environ,
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-    }
-    for argv in (["init", "-q"], ["add", "train.py"], ["commit", "-q", "-m", "one"]):
-        subprocess.run(["git", *argv], cwd=project, check=True, env=env)
+    project = _git_project(tmp_path)
     old = time.time() - 3600
     for i, path in enumerate((project / "train.py", project / ".git" / "index")):
         os.utime(path, (old + i, old + i))  # older than the racy window: the cache is used

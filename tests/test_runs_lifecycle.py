@@ -329,6 +329,14 @@ def test_a_claim_left_by_a_crashed_resumer_names_its_remedy(lake: store.Lake) ->
     assert lake.tags() == {}
 
 
+def _one_file_project(tmp_path: Path, source: str) -> Path:
+    """A project folder holding one file, train.py, with ``source``."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text(source)
+    return project
+
+
 # -- what an empty run costs -----------------------------------------------------------------
 
 
@@ -336,9 +344,7 @@ def test_an_empty_run_makes_one_commit_on_its_branch_and_one_merge(
     lake: store.Lake, tmp_path: Path
 ) -> None:
     exp = lake.branch("exp", source="main")
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "train.py").write_text("print('hi')\n")
+    project = _one_file_project(tmp_path, "print('hi')\n")
     with tracking.start_run(
         lake, branch=exp.name, name="empty", code_dir=project, cache_dir=tmp_path / "cache"
     ) as run:
@@ -362,9 +368,7 @@ def test_runs_of_an_unchanged_project_store_one_code_and_one_environment_manifes
     lake: store.Lake, tmp_path: Path
 ) -> None:
     exp = lake.branch("exp", source="main")
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "train.py").write_text("print('hi')\n")
+    project = _one_file_project(tmp_path, "print('hi')\n")
     (project / "util.py").write_text("X = 1\n")
     runs = []
     for name in ("first", "second"):
@@ -396,9 +400,7 @@ def test_manifests_written_with_a_run_id_column_read_as_before(
 ) -> None:
     """Lakes written before the manifests lost their ``run_id`` column read the same."""
     exp = lake.branch("exp", source="main")
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "train.py").write_text("print('hi')\n")
+    project = _one_file_project(tmp_path, "print('hi')\n")
     with tracking.start_run(
         lake, branch=exp.name, name="new", code_dir=project, cache_dir=tmp_path / "cache"
     ) as run:
@@ -516,9 +518,7 @@ def test_a_run_reads_and_writes_only_the_code_files_its_starting_commit_lacks(
     lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     exp = lake.branch("exp", source="main")
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "train.py").write_text("print('train')\n")
+    project = _one_file_project(tmp_path, "print('train')\n")
     (project / "util.py").write_text("X = 1\n")
     for path in project.iterdir():
         _age(path)  # settled files: their hashes are cached
@@ -575,9 +575,7 @@ def test_a_run_reads_and_writes_only_the_code_files_its_starting_commit_lacks(
 def test_a_start_that_fails_leaves_no_git_command_of_its_snapshot_running(
     lake: store.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "train.py").write_text("print('train')\n")
+    project = _one_file_project(tmp_path, "print('train')\n")
     _git(project, "init", "-q")
     started: list[subprocess.Popen[bytes]] = []
     real_spawn = snapshot._spawn
@@ -733,9 +731,7 @@ def test_code_files_known_at_a_commit_are_one_entry_per_commit_and_the_old_one_g
 
     lake = embedded_lake
     exp = lake.branch("exp", source="main")
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "train.py").write_text("print('train')\n")
+    project = _one_file_project(tmp_path, "print('train')\n")
     _age(project / "train.py")
     cache = tmp_path / "cache"
     folder = Path(localcache.entry_path(str(cache), "code-blobs", "0")).parent
