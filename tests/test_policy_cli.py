@@ -105,6 +105,34 @@ def test_token_commands_never_print_the_secret_again(
     ]
 
 
+@pytest.mark.parametrize("expires", ["30x", "30", "1y", "0d", "400d", ""])
+def test_token_create_refuses_a_bad_expires_as_a_usage_error_naming_the_option(
+    policed_lake: Path, monkeypatch: pytest.MonkeyPatch, expires: str
+) -> None:
+    monkeypatch.setenv("FLOWLAKE_PERIMETER", "production")
+    code, out = flowlake(
+        policed_lake, "token", "create", "--name", "ci", "--perimeter", "production",
+        "--expires", expires,
+    )  # fmt: skip
+    assert code == 2, out
+    assert "--expires" in out and "lifetime" in out
+    assert api.list_tokens(store.open(policed_lake)) == []
+
+
+@pytest.mark.parametrize("spelling", ["90s", "1.5h"])
+def test_token_expires_takes_every_unit_gc_retention_takes(
+    policed_lake: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    create_token(
+        policed_lake, monkeypatch,
+        "token", "create", "--name", "ci", "--perimeter", "production", "--expires", spelling,
+    )  # fmt: skip
+    retention = CliRunner().invoke(
+        app, ["gc", "--retention", spelling, "--lake", str(policed_lake)]
+    )
+    assert retention.exit_code == 0, retention.output
+
+
 def test_staging_cannot_create_tokens_from_the_cli(policed_lake: Path) -> None:
     code, out = flowlake(policed_lake, "token", "create", "--name", "x", "--perimeter", "staging")
     assert code != 0 and "needs the production perimeter" in out

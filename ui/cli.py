@@ -5,7 +5,6 @@ Store errors become one red line on standard error and exit status 1; bad usage 
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from datetime import timedelta
 from enum import StrEnum
@@ -18,7 +17,8 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 import store
-from store.errors import LakeNotFoundError, StoreError
+from store.durations import parse_duration
+from store.errors import InvalidArgumentError, LakeNotFoundError, StoreError
 from store.model import MergeStrategy
 from ui import help as _help  # noqa: F401 - flags show no <bool> in --help
 from ui import internal, render
@@ -38,9 +38,6 @@ from ui.options import (
     ShowAllOption,
     open_lake,
 )
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class FlowlakeGroup(TyperGroup):
@@ -118,19 +115,15 @@ def parse_metadata(items: list[str] | None) -> dict[str, str]:
 
 
 def parse_retention(text: str) -> timedelta:
-    """``"6h"`` -> 6 hours: a number and a unit, s, m, h, d or w (``"0"`` alone is allowed: zero
-    is zero in every unit). A bare number is refused, never taken as seconds.
+    """``"6h"`` -> 6 hours, spelled as :func:`store.durations.parse_duration` reads it.
 
     Raises:
         typer.BadParameter: not a number with a unit.
     """
-    forms = "use a number and a unit: 90s, 30m, 6h, 7d or 1w"
-    match = _DURATION.fullmatch(text.strip())
-    if not match:
-        raise typer.BadParameter(f"{text!r} is not a duration; {forms}", param_hint="--retention")
-    if not match[2] and float(match[1]) != 0:
-        raise typer.BadParameter(f"{text!r} has no unit; {forms}", param_hint="--retention")
-    return timedelta(seconds=float(match[1]) * _SECONDS[match[2]])
+    try:
+        return parse_duration(text)
+    except InvalidArgumentError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--retention") from None
 
 
 # -- lake --------------------------------------------------------------------------------------

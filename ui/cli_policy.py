@@ -15,8 +15,9 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from store.errors import InvalidArgumentError
 from store.policy import api
-from store.policy.tokens import SCOPES, TokenRecord
+from store.policy.tokens import SCOPES, TokenRecord, parse_lifetime
 from ui import render
 from ui.options import (
     DEFAULT_LAKE,
@@ -59,7 +60,9 @@ def token_create_command(
     perimeter_for: Annotated[
         str, typer.Option("--perimeter", help="The one perimeter the token acts in.")
     ],
-    expires: Annotated[str, typer.Option("--expires", help="Lifetime: 90m, 12h, 30d, 2w.")] = "30d",
+    expires: Annotated[
+        str, typer.Option("--expires", help="Lifetime, at most 366d: 90s, 30m, 12h, 30d, 2w.")
+    ] = "30d",
     scope: Annotated[
         list[str] | None,
         typer.Option(
@@ -75,6 +78,10 @@ def token_create_command(
 
     Needs the production perimeter (FLOWLAKE_PERIMETER=production).
     """
+    try:  # a usage error (exit 2) before the lake is opened, as gc's --retention is
+        parse_lifetime(expires)
+    except InvalidArgumentError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--expires") from None
     scopes = tuple(s.strip() for text in scope or () for s in text.split(",") if s.strip())
     opened = open_lake(lake, None, None)
     secret, record = api.create_token(opened, name, perimeter_for, expires, scopes)

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from store.durations import parse_duration
 from store.errors import InvalidArgumentError, TokenError
 
 PREFIX = "flk_"
@@ -40,8 +41,6 @@ SCOPES: dict[str, str] = {
     "approve": "record approvals ('flowlake approve')",
     "admin": "change the policy (with promote) and revoke tokens",
 }
-_DURATION = re.compile(r"(\d{1,6})([mhdw])")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 @dataclass(frozen=True)
@@ -75,17 +74,16 @@ class TokenRecord:
 
 
 def parse_lifetime(text: str) -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``2w`` as a duration of at most a year.
+    """``90s``, ``90m``, ``12h``, ``30d``, ``2w`` (:func:`store.durations.parse_duration`) as a
+    duration above zero and at most a year.
 
     Raises:
         InvalidArgumentError: another spelling, zero, or longer than 366 days.
     """
-    found = _DURATION.fullmatch(text.strip())
-    if found is None:
-        raise InvalidArgumentError(
-            f"token lifetime {text!r} is not a number followed by m, h, d or w (e.g. 30d)"
-        )
-    lifetime = timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
+    try:
+        lifetime = parse_duration(text)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"token lifetime: {exc}") from None
     if not timedelta(0) < lifetime <= MAX_LIFETIME:
         raise InvalidArgumentError(f"token lifetime {text!r} must be above 0 and at most 366d")
     return lifetime
