@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,3 +190,30 @@ def test_branch_list_counts_tracking_run_branches_on_one_line_unless_asked(
     assert all(run.id[:12] in every for run in runs) and "+ 3" not in every
     names = {b["name"] for b in json.loads(listed("--json").stdout)}
     assert {run.run_branch for run in runs} <= names
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["runs", "--help"], ["branch", "list"], ["branch", "list", "--json"]],
+    ids=["help", "sub-help", "table", "json"],
+)
+def test_output_into_a_closed_pipe_ends_quietly_with_141_as_head_would_leave_it(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """``flowlake ... | head -1``: the reader is gone once head has its line. The read end is
+    closed before flowlake starts, so every write meets the broken pipe, whatever the timing."""
+    store.open(tmp_path / "lake").close()
+    flowlake = Path(sys.executable).with_name("flowlake")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [str(flowlake), *args, *(["--lake", str(tmp_path / "lake")] if "list" in args else [])],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")

@@ -1,10 +1,15 @@
 """The ``flowlake`` command: a typer app over the public store API.
 
-Store errors become one red line on standard error and exit status 1; bad usage exits 2 (typer).
+Store errors become one red line on standard error and exit status 1; bad usage exits 2 (typer);
+a closed pipe (``flowlake ... | head``) ends the command quietly with status 141.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import traceback
 from collections import Counter
 from datetime import timedelta
 from enum import StrEnum
@@ -39,13 +44,58 @@ from ui.options import (
     open_lake,
 )
 
+#: The exit status of a command whose reader went away (``flowlake ... | head``): 128 + SIGPIPE,
+#: what a shell reports for a writer the pipe's signal ended.
+BROKEN_PIPE_EXIT = 141
+
+
+def _stdout_gone() -> typer.Exit:
+    """The reader of standard output left: point it at /dev/null, so the flush at exit cannot
+    fail again and print a traceback, and end quietly (as ``ls | head`` does)."""
+    with contextlib.suppress(OSError, ValueError):  # not a real file (a test's buffer)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return typer.Exit(BROKEN_PIPE_EXIT)
+
+
+def _rich_broken_pipe(exc: SystemExit) -> bool:
+    """Whether ``exc`` is rich's ``Console.on_broken_pipe`` ending the program."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and frames[-1].name == "on_broken_pipe"
+
 
 class FlowlakeGroup(TyperGroup):
-    """The command group; translates store and local file errors at the CLI boundary."""
+    """The command group; translates store and local file errors at the CLI boundary, and ends
+    quietly when standard output's reader goes away."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as exc:
+            # rich (help, tables) already silenced stdout on a broken pipe, but exits 1: the
+            # status of a failed command. Say what happened instead.
+            if _rich_broken_pipe(exc):
+                raise SystemExit(BROKEN_PIPE_EXIT) from None
+            raise
+        finally:
+            # Output still buffered (print() into a pipe) is written only now.
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                raise SystemExit(_stdout_gone().exit_code) from None
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:  # --help and --version print while the context is made
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:
+            raise _stdout_gone() from None
 
     def invoke(self, ctx: Any) -> Any:  # the Context base class typer passes is private
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            raise _stdout_gone() from None
         except (StoreError, OSError) as exc:
             render.error_line(str(exc) or type(exc).__name__)
             raise typer.Exit(1) from None
