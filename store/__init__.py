@@ -97,6 +97,41 @@ __all__ = [
 ]
 
 
+#: The keyword options ``store.open`` passes on to each backend's factory (checked here, where
+#: they are known, so a typo is named instead of failing inside the backend).
+_BACKEND_OPTIONS: dict[str, frozenset[str]] = {
+    "embedded": frozenset({"objects", "storage_options", "create"}),
+    "lakefs": frozenset(
+        {
+            "endpoint",
+            "access_key_id",
+            "secret_access_key",
+            "create",
+            "storage_namespace",
+            "gateway_paths",
+            "verify_reads",
+        }
+    ),
+}
+
+
+def _refuse_file_in_path(location: str) -> None:
+    """Refuse an embedded lake location that is a file, or lies under one.
+
+    Raises:
+        InvalidArgumentError: ``location`` or its nearest existing parent is not a folder.
+    """
+    path = os.path.abspath(location)
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+    if not os.path.isdir(path):
+        where = "is" if path == os.path.abspath(location) else f"lies under {path}, which is"
+        raise InvalidArgumentError(f"lake location {location} {where} a file, not a lake folder")
+
+
 def current_user() -> str:
     """The login flowlake acts as: ``FLOWLAKE_USER``, else the operating-system user.
 
@@ -133,9 +168,13 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
         token: a machine token's secret (default ``$FLOWLAKE_TOKEN``); never logged or stored.
         **options: backend options. Embedded: ``objects`` (fsspec URL of the object location),
             ``storage_options``, ``create``. lakeFS: ``endpoint``, ``access_key_id``,
-            ``secret_access_key``, ``create``, ``storage_namespace``.
+            ``secret_access_key``, ``create``, ``storage_namespace``, ``gateway_paths``,
+            ``verify_reads``.
 
     Raises:
+        InvalidArgumentError: an unknown option, an empty or non-string ``perimeter`` or
+            ``token``, or an embedded location that is (or lies under) a file; nothing is
+            created.
         InvalidNameError: bad namespace or login.
         LakeNotFoundError: no lake there and ``create=False``.
         NotInstalledError: the backend's extra is not installed.
@@ -148,14 +187,27 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
     text = os.fspath(location)
     if not isinstance(text, str) or not text:
         raise InvalidArgumentError("lake location must be a non-empty path or URL")
+    for name, value in (("perimeter", perimeter), ("token", token)):
+        if value is not None and (not isinstance(value, str) or not value):
+            # A token's value is a secret even when mistyped: name only its type.
+            given = repr(value) if name == "perimeter" else type(value).__name__
+            raise InvalidArgumentError(f"{name} must be a non-empty string, not {given}")
+    kind = "lakefs" if text.startswith(LAKEFS_SCHEME) else "embedded"
+    unknown = sorted(set(options) - _BACKEND_OPTIONS[kind])
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"for {kind} lakes; accepted: {', '.join(sorted(_BACKEND_OPTIONS[kind]))}"
+        )
     from store.backends import load_backend
     from store.lake import Lake
     from store.policy.enforce import policy_view
 
-    if text.startswith(LAKEFS_SCHEME):
+    if kind == "lakefs":
         repository = text[len(LAKEFS_SCHEME) :].strip("/")
         backend = load_backend("lakefs", repository=repository, **options)
     else:
+        _refuse_file_in_path(text)
         backend = load_backend("embedded", path=text, **options)
     try:  # the policy's one enforcement point sits under every handle (docs/policy.md)
         view = policy_view(backend, user, perimeter, token, location=text)

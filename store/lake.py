@@ -285,7 +285,20 @@ class Lake:
         return self.backend.get_commit(self.resolve(ref))
 
     def log(self, ref: str = "main", limit: int | None = None) -> list[Commit]:
-        """Commits reachable from ``ref``, newest first."""
+        """Commits reachable from ``ref``, newest first.
+
+        Args:
+            ref: where to start.
+            limit: at most this many commits (an int >= 1), or None for all.
+
+        Raises:
+            InvalidArgumentError: ``limit`` is not None or an int >= 1 (a bool is refused).
+            RefNotFoundError: nothing answers to ``ref``.
+        """
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            raise InvalidArgumentError(f"limit must be None or an int >= 1, not {limit!r}")
         out: list[Commit] = []
         for commit in self.backend.log(self.resolve(ref)):
             if limit is not None and len(out) >= limit:

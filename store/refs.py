@@ -158,7 +158,17 @@ def resolve_base(backend: Backend, namespace: Namespace, base: str) -> Target:
         # No branch and no tag has this name (checked above), so the backend's own lookup
         # can only find a commit.
         return Target(backend.resolve(base))
-    raise RefNotFoundError(f"no branch, tag or commit named {shown(base)}")
+    raise RefNotFoundError(f"no branch, tag or commit named {shown(base)}{_git_hint(base)}")
+
+
+def _git_hint(base: str) -> str:
+    """A hint for a ref written in git syntax flowlake does not have (``main^``, ``HEAD``)."""
+    if base == "HEAD" or base.startswith("HEAD^"):
+        return "; flowlake has no HEAD: name the branch (for example 'main')"
+    if "^" in base:
+        parent = base.partition("^")[0] or "main"
+        return f"; flowlake has no '^': it writes the parent as {shown(parent + '~1')}"
+    return ""
 
 
 def _tag(backend: Backend, name: str) -> str | None:

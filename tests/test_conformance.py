@@ -412,3 +412,79 @@ class TestBadInput:
         with pytest.raises(errors.InvalidArgumentError):
             branch.write_table("t.parquet", [1, 2, 3])
         assert branch.uncommitted() == []
+
+    @pytest.mark.parametrize("limit", [0, -1, 2.5, "5", True])
+    def test_log_limit_must_be_none_or_an_int_of_at_least_one(
+        self, lake: store.Lake, limit: object
+    ) -> None:
+        with pytest.raises(errors.InvalidArgumentError, match=f"limit .*{limit!r}"):
+            lake.log("main", limit=limit)  # type: ignore[arg-type]
+
+    def test_log_limit_keeps_the_newest_commits(self, lake: store.Lake) -> None:
+        branch = committed(lake, "exp", {"a": b"1"})
+        assert [c.id for c in branch.log(limit=1)] == [branch.head().id]
+
+    @pytest.mark.parametrize(
+        ("ref", "hint"),
+        [
+            ("main^", "writes the parent as 'main~1'"),
+            ("main^2", "writes the parent as 'main~1'"),
+            ("HEAD", "name the branch"),
+            ("HEAD~1", "name the branch"),
+        ],
+    )
+    def test_git_style_refs_are_not_found_with_a_hint(
+        self, lake: store.Lake, ref: str, hint: str
+    ) -> None:
+        with pytest.raises(
+            errors.RefNotFoundError, match="no branch, tag or commit named "
+        ) as info:
+            lake.log(ref)
+        assert hint in str(info.value)
+
+
+_LOCATIONS = {"embedded": "lake", "lakefs": "lakefs://repo"}
+
+
+@pytest.mark.parametrize("kind", sorted(_LOCATIONS))
+def test_an_unknown_open_option_is_named_with_the_accepted_ones(tmp_path, kind: str) -> None:
+    location = _LOCATIONS[kind] if kind == "lakefs" else str(tmp_path / "lake")
+    with pytest.raises(errors.InvalidArgumentError, match="unknown option 'perimetr'") as info:
+        store.open(location, perimetr="x")
+    assert "create" in str(info.value)
+    assert not (tmp_path / "lake").exists()
+
+
+@pytest.mark.parametrize("kind", sorted(_LOCATIONS))
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("perimeter", ""), ("perimeter", 5), ("token", ""), ("token", 5), ("token", b"s3cret")],
+)
+def test_perimeter_and_token_must_be_non_empty_strings(
+    tmp_path, kind: str, argument: str, value: object
+) -> None:
+    location = _LOCATIONS[kind] if kind == "lakefs" else str(tmp_path / "lake")
+    with pytest.raises(
+        errors.InvalidArgumentError, match=f"{argument} must be a non-empty"
+    ) as info:
+        store.open(location, **{argument: value})
+    assert "s3cret" not in str(info.value)
+    assert not (tmp_path / "lake").exists()
+
+
+def test_the_checked_open_options_are_exactly_what_each_backend_takes() -> None:
+    import inspect
+
+    from store import _BACKEND_OPTIONS
+    from store.backends.embedded.backend import EmbeddedBackend
+    from store.backends.lakefs.backend import LakeFSBackend
+
+    def keywords(function: object, *skip: str) -> set[str]:
+        parameters = inspect.signature(function).parameters.values()  # type: ignore[arg-type]
+        plain = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return {p.name for p in parameters if p.kind in plain and p.name not in skip}
+
+    assert _BACKEND_OPTIONS["embedded"] == keywords(EmbeddedBackend.open, "path")
+    lakefs = keywords(LakeFSBackend.from_config, "repository")
+    lakefs |= keywords(LakeFSBackend.__init__, "self", "client", "repository")
+    assert _BACKEND_OPTIONS["lakefs"] == lakefs

@@ -330,3 +330,30 @@ def test_fsspec_get_into_a_lake_folder_is_refused(project: Path) -> None:
         fs.get("flowlake://exp/y/", str(project / "lake" / "objects" / "zz"), recursive=True)
     fs.lake.close()
     assert_lake_intact(project / "lake", before)
+
+
+@pytest.mark.parametrize("where", ["afile", "afile/lake"])
+def test_a_file_as_lake_location_is_refused_naming_it_and_nothing_is_created(
+    tmp_path: Path, where: str
+) -> None:
+    (tmp_path / "afile").write_bytes(b"data")
+    with pytest.raises(errors.InvalidArgumentError, match="is a file, not a lake folder"):
+        store.open(tmp_path / where)
+    assert os.listdir(tmp_path) == ["afile"]
+    assert (tmp_path / "afile").read_bytes() == b"data"
+
+
+def test_cli_init_on_a_file_exits_1_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from ui.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_bytes(b"data")
+    result = CliRunner().invoke(app, ["init", "--lake", "./afile"])
+    assert result.exit_code == 1, result.stdout
+    assert "./afile is a file, not a lake folder" in result.stderr
+    assert "Traceback" not in result.stderr and "Errno" not in result.stderr
+    assert os.listdir(tmp_path) == ["afile"]
