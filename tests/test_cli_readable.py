@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import compute
 import store
+import tracking
 from compute.backends.local import LocalExecutor
 from ui.cli import app
 
@@ -217,3 +218,34 @@ def test_output_into_a_closed_pipe_ends_quietly_with_141_as_head_would_leave_it(
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "compacting"])
+def test_runs_compact_at_80_columns_keeps_headers_branches_and_commits_whole(
+    embedded_lake: store.Lake, dry_run: bool
+) -> None:
+    branch = embedded_lake.branch("a-rather-long-experiment-branch-name", source="main")
+    for name in ("r0", "r1"):
+        with tracking.start_run(embedded_lake, branch=branch.name, name=name) as run:
+            for step in range(2):
+                run.log_metric("loss", 1.0 / (step + 1), step=step)
+                run.flush()  # one metric part per flush: something to compact
+    where = ["--lake", str(embedded_lake.location)]
+    result = CliRunner().invoke(
+        app,
+        ["runs", "compact", *(["--dry-run"] if dry_run else []), *where],
+        env={"COLUMNS": "80"},
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if line.startswith("branch"))
+    expected = ["branch", "runs", "parts", "points", *([] if dry_run else ["commit"])]
+    assert header.split() == expected, result.stdout
+    names = [b.name for b in embedded_lake.branches() if b.name.rpartition("/")[2] != "main"]
+    assert len(names) == 3  # the experiment branch and the two runs' own branches
+    for name in names:
+        assert any(line.split()[:1] == [name] for line in lines), result.stdout
+    if not dry_run:
+        head = embedded_lake.get_branch(branch.name).head().id
+        assert any(head[:12] in line.split() for line in lines), result.stdout

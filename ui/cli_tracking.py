@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import pyarrow as pa
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -223,25 +224,35 @@ def compact_command(
     # compacted on its own (its own row), but a run is counted once.
     runs = {r.run_id for c in done for r in c.runs}
     branches = sum(1 for c in done if c.runs)
+    # The style of `branch list`: run branches' names are 48 characters and stay whole, so at
+    # 80 columns the table has no borders, the numbers keep their headers whole, and why a run
+    # or branch was left alone (free text) goes below the table instead of in a column.
+    verb = "would compact" if dry_run else "compacted"
+    title = f"{verb}: {len(runs)} run(s) on {branches} branch(es)"  # its own line, not wrapped
     out = Table(
-        title=f"{'would compact' if dry_run else 'compacted'}: {len(runs)} run(s) on "
-        f"{branches} branch(es)",
-        title_justify="left",
+        box=box.SIMPLE_HEAD,  # its one-space column separator is the only padding
+        show_edge=False,
+        pad_edge=False,
+        padding=0,
     )
     render.unbroken_column(out, "branch")
-    for column in ("runs", "parts", "points", "commit", "left alone"):
-        out.add_column(column, overflow="fold")
+    for column in ("runs", "parts", "points"):
+        render.unbroken_column(out, column, justify="right")
+    if not dry_run:  # a dry run commits nothing
+        render.unbroken_column(out, "commit")
+    notes: list[str] = []
     for c in shown:
-        skipped = [f"{run_id[:8]}: {why}" for run_id, why in c.skipped]
-        out.add_row(
-            c.branch,
-            str(len(c.runs)),
-            str(c.parts),
-            str(sum(r.points for r in c.runs)),
-            (c.commit or "")[:12],
-            "; ".join([*([c.left_alone] if c.left_alone else []), *skipped]),
-        )
-    Console().print(out)
+        notes += [f"{c.branch}: {c.left_alone}"] if c.left_alone else []
+        notes += [f"{c.branch}: run {run_id[:8]}: {why}" for run_id, why in c.skipped]
+        row = [c.branch, str(len(c.runs)), str(c.parts), str(sum(r.points for r in c.runs))]
+        out.add_row(*row, *([] if dry_run else [render.short(c.commit or "")]))
+    console = Console()
+    console.print(Text(title))
+    console.print(out)
+    if notes:
+        console.print(Text("left alone:"))
+        for note in notes:
+            console.print(Text(f"  {note}"))
 
 
 #: ``flowlake runs``: lists runs, and holds ``compact``.
