@@ -14,6 +14,7 @@ branch, when new, is checked here and created by the job's attempt when it first
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import sys
@@ -36,20 +37,6 @@ from store.refs import refuse_branch_clashes
 
 #: A command job without a name is named after its command line, cut to this many characters.
 DEFAULT_NAME_LENGTH = 80
-#: :func:`submit`'s options with their defaults, for :func:`map` (which takes the same).
-_SUBMIT_DEFAULTS: dict[str, Any] = {
-    "command": None,
-    "input_ref": "main",
-    "output_branch": None,
-    "resources": None,
-    "environment": None,
-    "backend": "local",
-    "retries": 0,
-    "timeout": None,
-    "code_dir": None,
-    "address": None,
-}
-_SUBMIT_OPTIONS = frozenset(_SUBMIT_DEFAULTS)
 
 
 def submit(
@@ -160,10 +147,11 @@ def map(  # noqa: A001 - a sweep is a map, as in Ray and concurrent.futures
             raise InvalidArgumentError(
                 f"item {number} of the sweep: each item is a dict of arguments, not {item!r}"
             )
-    unknown = set(options) - _SUBMIT_OPTIONS
+    defaults = _submit_defaults()
+    unknown = set(options) - set(defaults)
     if unknown:
         raise InvalidArgumentError(f"map got unknown options: {', '.join(sorted(unknown))}")
-    settings = {**_SUBMIT_DEFAULTS, **options}
+    settings = {**defaults, **options}
     pinned = lake.resolve(settings["input_ref"])  # one commit for the whole sweep
     checked = [
         _checked(
@@ -178,6 +166,16 @@ def map(  # noqa: A001 - a sweep is a map, as in Ray and concurrent.futures
         for number, item in enumerate(items, 1)
     ]
     return [_launch(job) for job in checked]
+
+
+def _submit_defaults() -> dict[str, Any]:
+    """:func:`submit`'s keyword options and their defaults, which :func:`map` takes too (but
+    ``lake`` and ``name``, which it takes itself)."""
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(submit).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("lake", "name")
+    }
 
 
 @dataclass(frozen=True)
