@@ -210,31 +210,12 @@ def _checked(
     """:func:`submit`'s checks, its input commit (``pinned``, else ``input_ref`` resolved),
     code snapshot, payload and spec; raises as :func:`submit` does, having created nothing.
     ``item`` names ``args`` among a sweep's (``"item 2 of the sweep"``) in errors about them."""
-    if (fn is None) == (command is None):
-        raise InvalidArgumentError("give a callable or command=[...], not both and not neither")
-    if fn is not None and not callable(fn):
-        raise InvalidArgumentError(f"{fn!r} is not callable")
-    if args is not None and (
-        not isinstance(args, dict) or not all(isinstance(k, str) for k in args)
-    ):
-        raise InvalidArgumentError(
-            f"{item}: args must be a dict of keyword arguments"
-            if item
-            else "args must be a dict of keyword arguments"
-        )
-    argv = _check_command(command)
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise InvalidArgumentError(f"retries must be a whole number >= 0, got {retries!r}")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
-    ):
-        raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if name is not None and not isinstance(name, str):
-        raise InvalidArgumentError("name must be a string")
+    argv = _check_arguments(fn, args, command, retries, timeout, name, item)
     resources = resources if resources is not None else Resources()
     environment = environment if environment is not None else Environment()
     if not isinstance(resources, Resources) or not isinstance(environment, Environment):
         raise InvalidArgumentError("resources and environment take compute.Resources / Environment")
+    _check_code_dir(code_dir)
     # The snapshot's git commands, when it needs any, run while the job is checked.
     pending = PendingSnapshot(code_dir)
     try:
@@ -269,12 +250,7 @@ def _checked(
     workdir = _workdir(real_root, checkout)
     if argv is not None:
         _check_found(argv, checkout / workdir)
-    try:
-        payload = pickle_payload(fn, args or {}, root) if fn is not None else None
-    except InvalidArgumentError as exc:
-        if item is None:
-            raise
-        raise InvalidArgumentError(f"{item}: {exc}") from None
+    payload = _payload(fn, args, root, item)
     # A default name is a fresh job id's, which no branch or tag has (48 random bits): only a
     # name the user gave is looked up and checked for clashes (the attempt's creating the
     # branch would still refuse one, failing the job).
@@ -305,6 +281,77 @@ def _checked(
         workdir=workdir,
     )
     return _Checked(spec, payload, executor, jobs)
+
+
+def _check_arguments(
+    fn: Callable[..., Any] | None,
+    args: dict[str, Any] | None,
+    command: Sequence[str] | None,
+    retries: int,
+    timeout: float | None,
+    name: str | None,
+    item: str | None,
+) -> tuple[str, ...] | None:
+    """Check what :func:`submit` is given besides the lake, resources and environment;
+    returns the command's argv, if any.
+
+    Raises:
+        InvalidArgumentError: as :func:`submit`.
+    """
+    if (fn is None) == (command is None):
+        raise InvalidArgumentError("give a callable or command=[...], not both and not neither")
+    if fn is not None and not callable(fn):
+        raise InvalidArgumentError(f"{fn!r} is not callable")
+    if args is not None and (
+        not isinstance(args, dict) or not all(isinstance(k, str) for k in args)
+    ):
+        raise InvalidArgumentError(
+            f"{item}: args must be a dict of keyword arguments"
+            if item
+            else "args must be a dict of keyword arguments"
+        )
+    argv = _check_command(command)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise InvalidArgumentError(f"retries must be a whole number >= 0, got {retries!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
+        raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if name is not None and not isinstance(name, str):
+        raise InvalidArgumentError("name must be a string")
+    return argv
+
+
+def _check_code_dir(code_dir: str | os.PathLike[str] | None) -> None:
+    """Raises InvalidArgumentError when ``code_dir`` is given and is not a folder."""
+    if code_dir is None:
+        return
+    try:
+        path = os.fspath(code_dir)
+    except TypeError:
+        raise InvalidArgumentError(f"code_dir must be a folder's path, not {code_dir!r}") from None
+    if not os.path.isdir(path):
+        what = "is not a folder" if os.path.exists(path) else "does not exist"
+        raise InvalidArgumentError(f"code_dir {path} {what}")
+
+
+def _payload(
+    fn: Callable[..., Any] | None, args: dict[str, Any] | None, root: str, item: str | None
+) -> bytes | None:
+    """``fn`` and ``args`` pickled for a job whose code snapshot has root ``root`` (None for
+    a command); an error names the sweep's ``item``.
+
+    Raises:
+        InvalidArgumentError: ``fn`` or an argument cannot be pickled.
+    """
+    if fn is None:
+        return None
+    try:
+        return pickle_payload(fn, args or {}, root)
+    except InvalidArgumentError as exc:
+        if item is None:
+            raise
+        raise InvalidArgumentError(f"{item}: {exc}") from None
 
 
 def _launch(checked: _Checked) -> Job:

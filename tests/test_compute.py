@@ -657,6 +657,9 @@ def test_a_new_output_branch_named_like_a_tag_or_production_is_refused_at_submit
         ({"fn": None, "command": ["python", "missing.py"]}, InvalidArgumentError, "not found"),
         ({"resources": compute.Resources(gpus=5)}, compute.ResourceError, "has 4 GPU"),
         ({"output_branch": "bad name"}, InvalidNameError, "bad name"),
+        ({"code_dir": "/no/such/project"}, InvalidArgumentError, "/no/such/project does not"),
+        ({"code_dir": __file__}, InvalidArgumentError, "is not a folder"),
+        ({"code_dir": 3}, InvalidArgumentError, "code_dir must be a folder's path"),
     ],
 )
 def test_bad_input_is_refused_at_submit_and_creates_nothing(
