@@ -51,6 +51,7 @@ class Lister:
         self.cache = str(cache)
         self.spawned: list[tuple[str, ...]] = []
         self.last: list[tuple[str, ...]] = []  # what the last cached listing started
+        self.held: frozenset[str] = frozenset()  # the files of the last listing
         real = snapshot._spawn
 
         def spawn(cwd: str, *args: str) -> subprocess.Popen[bytes] | None:
@@ -61,12 +62,25 @@ class Lister:
 
     def listing(self, root: Path) -> tuple[snapshot.CodeListing, int]:
         """The cached listing, and how many git processes it started; asserts it is what an
-        uncached listing (fresh git) gives."""
+        uncached listing (fresh git) gives.
+
+        Then lists it again as a caller holding every file of the last listing does (a
+        compute submit, a run whose files are in the lake), with the process's memory of
+        settled listings (:data:`snapshot._settled_listings`) as it was before this listing:
+        asserts a listing remembered before whatever changed since is not taken for it."""
+        remembered = dict(snapshot._settled_listings)
         self.spawned.clear()
         got = snapshot.listing(root, cache_dir=self.cache)
         self.last = list(self.spawned)
         started = len(self.last)
-        assert got == snapshot.listing(root)
+        fresh = snapshot.listing(root)
+        assert got == fresh
+        if self.held:
+            snapshot._settled_listings.clear()
+            snapshot._settled_listings.update(remembered)
+            again = snapshot.listing(root, cache_dir=self.cache, held=self.held)
+            assert _as_held(again, fresh, self.held) == fresh
+        self.held = frozenset(f.sha256 for f in got.files)
         return got, started
 
     def stored(self, root: Path) -> gitlisting.GitAnswer | None:
@@ -91,6 +105,22 @@ class Lister:
         stored = self.stored(root)
         assert stored is None or stored == _fresh(root)
         return [f.path for f in got.files]
+
+
+def _as_held(
+    got: snapshot.CodeListing, fresh: snapshot.CodeListing, held: frozenset[str]
+) -> snapshot.CodeListing:
+    """``got`` with the bytes of ``fresh`` where it left them out: asserts it left out only
+    the bytes of files ``held`` (a caller holding those may not get them read again)."""
+    assert all(f.data is not None or f.sha256 in held for f in got.files)
+    data = {f.path: f.data for f in fresh.files}
+    files = tuple(
+        snapshot.ListedFile(f.path, f.size, f.sha256, data.get(f.path)) if f.data is None else f
+        for f in got.files
+    )
+    return snapshot.CodeListing(
+        got.root, got.git_commit, got.git_dirty, files, got.truncated, got.skipped
+    )
 
 
 def _age_files(root: Path) -> None:
@@ -326,6 +356,59 @@ def test_a_worktree_is_cached_apart_from_its_main_tree(lister: Lister, repo: Pat
     _append(".git/info/exclude", "scratch.py\n")(repo)  # the common dir's, read by both
     assert "scratch.py" not in lister.names(tree)
     lister.settle(tree)
+
+
+def test_an_unchanged_project_is_listed_again_from_memory_with_one_look_at_each_input(
+    lister: Lister, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = frozenset(f.sha256 for f in lister.settle(repo).files)
+    loads: list[str] = []
+    real = gitlisting.load
+
+    def load(*args: str) -> gitlisting.GitAnswer | None:
+        loads.append(args[1])
+        return real(*args)
+
+    monkeypatch.setattr(gitlisting, "load", load)
+    lister.spawned.clear()
+    again = snapshot.listing(repo, cache_dir=lister.cache, held=held)
+    # Neither git nor the cache entry: the remembered listing, once its inputs were looked at.
+    assert lister.spawned == [] and loads == []
+    fresh = snapshot.listing(repo)
+    assert all(f.data is None for f in again.files) and _as_held(again, fresh, held) == fresh
+    # A caller that lacks a file's bytes gets them (listed again, from the cache entry).
+    fewer = frozenset(sorted(held)[1:])
+    lister.spawned.clear()
+    partial = snapshot.listing(repo, cache_dir=lister.cache, held=fewer)
+    assert loads == [str(repo)] and lister.spawned == []
+    assert _as_held(partial, fresh, fewer) == fresh
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda root, mp: mp.setenv("GIT_DIR", str(root / ".git")), id="GIT_DIR"),
+        pytest.param(
+            lambda root, mp: mp.setenv("FLOWLAKE_CACHE_DIR", str(root / "pkg")), id="own folder"
+        ),
+        pytest.param(
+            lambda root, mp: (root / "pkg" / "model.py").write_text("W = 22\n"), id="a file"
+        ),
+        pytest.param(lambda root, mp: (root / "pkg" / "sub" / "deep.py").unlink(), id="removed"),
+    ],
+)
+def test_a_remembered_listing_is_not_used_once_an_input_changed(
+    lister: Lister,
+    repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[Path, pytest.MonkeyPatch], None],
+) -> None:
+    held = frozenset(f.sha256 for f in lister.settle(repo).files)
+    snapshot.listing(repo, cache_dir=lister.cache, held=held)  # remembered
+    change(repo, monkeypatch)
+    got = snapshot.listing(repo, cache_dir=lister.cache, held=held)
+    fresh = snapshot.listing(repo)
+    assert _as_held(got, fresh, held) == fresh
 
 
 def test_nothing_modified_within_the_racy_window_is_cached(tmp_path: Path, repo: Path) -> None:

@@ -84,6 +84,35 @@ class GitAnswer:
     commit: str
     listed: str
     kept: Kept | None = field(default=None, compare=False)
+    #: What a cached answer was checked against (see :func:`unchanged`); None for git's own.
+    witness: Witness | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Witness:
+    """What a cached answer depends on: files read whole with their text, and paths with
+    their :func:`_stamp`; the answer holds while :func:`unchanged` says so."""
+
+    reads: tuple[tuple[str, str | None], ...]
+    stamps: tuple[tuple[str, Stamp], ...]
+
+    def newest_ns(self) -> int:
+        """The latest modification or change time among the stamps (ns; 0 when none)."""
+        return max((max(s[3], s[4]) for _, s in self.stamps if s is not None), default=0)
+
+
+def unchanged(witness: Witness) -> bool:
+    """Whether every file ``witness`` read has the same text and every path the same stamp."""
+    try:
+        for path, content in witness.reads:
+            if _read(path) != content:
+                return False
+        for path, stamp in witness.stamps:
+            if _stamp(path) != stamp:
+                return False
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
 
 
 class _Uncacheable(Exception):
@@ -106,16 +135,16 @@ def load(cache_dir: str, cwd: str, spec: str) -> GitAnswer | None:
     ):
         return None
     try:
-        for path, content in reads:
-            if _read(path) != content:
-                return None
-        for path, stamp in stamps:
-            if _stamp(path) != stamp:
-                return None
-    except (OSError, ValueError, TypeError):
+        witness = Witness(
+            tuple((str(path), content) for path, content in reads),
+            tuple((str(path), stamp) for path, stamp in stamps),
+        )
+    except (ValueError, TypeError):
+        return None
+    if not unchanged(witness):
         return None
     top, index, commit, listed = answer
-    return GitAnswer(top, index, commit, listed, kept=_kept(entry.get("kept")))
+    return GitAnswer(top, index, commit, listed, kept=_kept(entry.get("kept")), witness=witness)
 
 
 def _kept(value: object) -> Kept | None:
@@ -179,10 +208,14 @@ def store(
     return True
 
 
-def _entry_path(cache_dir: str, cwd: str, spec: str) -> str:
+def git_env() -> list[tuple[str, str]]:
+    """The environment variables that change what git reads, sorted: part of an entry's key."""
     # Names first, values only of the few kept: items() encodes and decodes every pair.
-    env = sorted((k, os.environ[k]) for k in list(os.environ) if k.startswith("GIT_") or k in _ENV)
-    key = json.dumps([cwd, spec, env], ensure_ascii=True)
+    return sorted((k, os.environ[k]) for k in list(os.environ) if k.startswith("GIT_") or k in _ENV)
+
+
+def _entry_path(cache_dir: str, cwd: str, spec: str) -> str:
+    key = json.dumps([cwd, spec, git_env()], ensure_ascii=True)
     return localcache.entry_path(cache_dir, "git-listing", _digest(key))
 
 
