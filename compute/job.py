@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import pickle
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import Any
 from compute.errors import JobFailedError, JobTimeoutError
 from compute.model import JobSpec, JobStatus
 from compute.state import JobFolder, JobStore, StatusRecord
+from store.errors import InvalidArgumentError
 
 WAIT_POLL_S = 0.05
 
@@ -120,7 +122,11 @@ class Job:
     def wait(self, timeout: float | None = None) -> Any:
         """Wait for the job to end and return the callable's result (None for commands).
 
+        Args:
+            timeout: seconds to wait at most (0: look once); None waits until the job ends.
+
         Raises:
+            InvalidArgumentError: ``timeout`` is not None nor a number >= 0.
             JobFailedError: the job failed, timed out, was cancelled or was killed; the message
                 holds the remote traceback.
             JobTimeoutError: ``timeout`` seconds passed first (the job goes on).
@@ -128,6 +134,15 @@ class Job:
                 it was written failed, and the job was withdrawn without running; every call
                 on the job that reads its state raises it.
         """
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, numbers.Real)
+            or not timeout >= 0  # NaN too: it would compare as never reached, waiting forever
+        ):
+            raise InvalidArgumentError(
+                f"timeout must be a number of seconds >= 0 or None (wait until the job ends), "
+                f"got {timeout!r}"
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             record = self.record()

@@ -161,7 +161,13 @@ class Ledger:
                 return (
                     request["gpus"] <= len(free_gpus)
                     and request["cpus"] <= free_cpus + 1e-9
-                    and (request["memory"] == 0 or request["memory"] <= free_memory)
+                    # A machine of unknown memory (0) does not limit it, as the submit
+                    # check does not: else a job reserving some would wait forever.
+                    and (
+                        request["memory"] == 0
+                        or capacity.memory == 0
+                        or request["memory"] <= free_memory
+                    )
                 )
 
             older_fits = any(w["since"] < me["since"] and fits(w) for w in waiting)

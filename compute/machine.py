@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ class Capacity:
     Attributes:
         gpus: device ids (as ``CUDA_VISIBLE_DEVICES`` names them).
         cpus: CPU cores.
-        memory: bytes.
+        memory: bytes; 0 when unknown (jobs' memory is then not limited).
     """
 
     gpus: tuple[int, ...]
@@ -119,8 +120,8 @@ def _cpus() -> float:
             value = float(override)
         except ValueError:
             raise ResourceError(f"FLOWLAKE_CPUS={override!r} is not a number") from None
-        if value <= 0:
-            raise ResourceError(f"FLOWLAKE_CPUS={override!r} must be positive")
+        if not (0 < value < math.inf):  # NaN or inf would make every job wait forever
+            raise ResourceError(f"FLOWLAKE_CPUS={override!r} must be a positive, finite number")
         return value
     try:
         return float(len(os.sched_getaffinity(0)))
@@ -131,7 +132,10 @@ def _cpus() -> float:
 def _memory() -> int:
     override = os.environ.get("FLOWLAKE_MEMORY")
     if override:
-        return parse_memory(int(override) if override.isdigit() else override)
+        try:
+            return parse_memory(int(override) if override.isdigit() else override)
+        except ResourceError as exc:  # say where the bad size came from
+            raise ResourceError(f"FLOWLAKE_MEMORY={override!r}: {exc}") from None
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 import sys
 from dataclasses import dataclass, field
@@ -39,7 +40,8 @@ _UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+# ASCII: "\d" would take other scripts' digits ("٤GiB"), which int() reads, too.
+_MEMORY = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$", re.ASCII)
 _INDEX_URL = re.compile(r"^(https?://[^\s/@]+|file://)[^\s@]*$")
 _IMAGE = re.compile(
     r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
@@ -73,21 +75,26 @@ def parse_memory(value: int | str | None) -> int:
         return 0
     if isinstance(value, bool):
         raise ResourceError(f"memory must be a size such as '4GiB', not {value!r}")
-    if isinstance(value, int | float):
-        if value < 0 or not math.isfinite(value):
-            raise ResourceError(f"memory must not be negative, got {value!r}")
+    if isinstance(value, numbers.Real):  # numpy's integers and floats too
+        if not math.isfinite(value) or value < 0:
+            raise ResourceError(f"memory must be a finite number of bytes >= 0, got {value!r}")
         return int(value)
     if not isinstance(value, str):
         raise ResourceError(f"memory must be a size such as '4GiB', not {value!r}")
     match = _MEMORY.match(value)
     unit = match.group(2).lower() if match else ""
+    if match is not None and match.group(1).startswith("-"):
+        raise ResourceError(f"memory must not be negative, got {value!r}")
     if match is not None and not unit:  # 4 what? bytes are rarely meant; say which form
         raise ResourceError(
             f"memory {value!r} has no unit: give a size such as '{value.strip()}GiB' or "
-            f"'{value.strip()}MiB' (or bytes as an int)"
+            f"'{value.strip()}MiB' (or bytes: '{value.strip()}B', or an int)"
         )
     if match is None or unit not in _UNITS:
-        raise ResourceError(f"memory {value!r} is not a size such as '512MiB' or '4GiB'")
+        raise ResourceError(
+            f"memory {value!r} is not a size such as '512MiB' or '4GiB' (units: "
+            "B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+        )
     return int(float(match.group(1)) * _UNITS[unit])
 
 
@@ -109,16 +116,19 @@ class Resources:
     memory: int | str = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
-            raise ResourceError(f"gpus must be a whole number >= 0, got {self.gpus!r}")
+        # numbers.Integral / Real: a sweep's values are often numpy's (np.int64(1)).
+        gpus = self.gpus
+        if isinstance(gpus, bool) or not isinstance(gpus, numbers.Integral) or gpus < 0:
+            raise ResourceError(f"gpus must be a whole number >= 0, got {gpus!r}")
+        object.__setattr__(self, "gpus", int(gpus))
         cpus = self.cpus
         if (
             isinstance(cpus, bool)
-            or not isinstance(cpus, int | float)
+            or not isinstance(cpus, numbers.Real)
             or not math.isfinite(cpus)
             or cpus < 0
         ):
-            raise ResourceError(f"cpus must be a number >= 0, got {cpus!r}")
+            raise ResourceError(f"cpus must be a finite number >= 0, got {cpus!r}")
         object.__setattr__(self, "cpus", float(cpus))
         object.__setattr__(self, "memory", parse_memory(self.memory))
 
@@ -144,7 +154,7 @@ class Environment:
         index_url: the package index (PEP 503 simple API, ``http(s)://`` or ``file://``) the
             packages come from; None: uv's default (PyPI, unless uv's own configuration on the
             building machine says otherwise). When given, uv's ambient index configuration is
-            ignored, so exactly these indexes are used.
+            ignored, so exactly these indexes are used. Requires ``pypi``.
         extra_index_urls: more indexes, after ``index_url`` (requires ``index_url``).
         image: a container image reference (``registry/repository:tag``) the job should run
             in. No compute backend runs container images yet: a job naming one is refused at
@@ -152,7 +162,8 @@ class Environment:
 
     Raises:
         InvalidArgumentError: a malformed name, spec, index URL (credentials in it included:
-            give them to uv through its environment or netrc) or image reference.
+            give them to uv through its environment or netrc) or image reference; one package
+            named twice (names compared as installers do); an index without packages.
     """
 
     pypi: dict[str, str] = field(default_factory=dict)
@@ -169,6 +180,7 @@ class Environment:
             if not isinstance(spec, str) or any(c in spec for c in "\n\r;#@ "):
                 raise InvalidArgumentError(f"{spec!r} is not a version spec for {name}")
             _check_version_spec(name, spec)
+        _refuse_same_package(self.pypi)
         object.__setattr__(self, "pypi", dict(sorted(self.pypi.items())))
         if isinstance(self.extra_index_urls, str) or not isinstance(
             self.extra_index_urls, list | tuple
@@ -177,6 +189,13 @@ class Environment:
         object.__setattr__(self, "extra_index_urls", tuple(self.extra_index_urls))
         if self.extra_index_urls and self.index_url is None:
             raise InvalidArgumentError("extra_index_urls needs index_url (the main index)")
+        if self.index_url is not None and not self.pypi:
+            # Without packages the job runs the submitter's interpreter: the index would be
+            # ignored without a word.
+            raise InvalidArgumentError(
+                f"index_url {self.index_url!r} is where pypi packages come from, and no package "
+                "is named: give pypi={...} too, or leave the index out"
+            )
         for url in self.index_urls():
             if not isinstance(url, str) or not _INDEX_URL.match(url):
                 raise InvalidArgumentError(
@@ -246,6 +265,24 @@ def _specifier(spec: str) -> str:
     if not text or text == "*":
         return ""
     return f"=={text}" if text[0].isdigit() else text
+
+
+def _refuse_same_package(pypi: dict[str, str]) -> None:
+    """Refuse two entries for one distribution (``NumPy`` and ``numpy``, ``a_b`` and ``a-b``:
+    installers compare names normalised), which uv would only refuse in the job's build.
+
+    Raises:
+        InvalidArgumentError: names both entries.
+    """
+    seen: dict[str, str] = {}
+    for name in pypi:
+        key = re.sub(r"[-_.]+", "-", name.split("[", 1)[0]).lower()
+        if key in seen:
+            raise InvalidArgumentError(
+                f"pypi names the package {key!r} twice ({seen[key]!r} and {name!r}): "
+                "give it once, with one version spec"
+            )
+        seen[key] = name
 
 
 def _check_version_spec(name: str, spec: str) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ from store.errors import InvalidArgumentError
 from store.processes import hostname, pid_alive
 
 LAKEFS_SCHEME = "lakefs://"
+#: The fewest characters of a job id that name it.
+MIN_PREFIX = 4
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 
 def state_root(location: str) -> Path:
@@ -199,19 +203,32 @@ class JobStore:
         """The job ``job_id`` names (a full id or a unique prefix of at least 4 characters).
 
         Raises:
-            JobNotFoundError: no such job, or the prefix matches several.
+            InvalidArgumentError: ``job_id`` is not hex digits (case aside).
+            JobNotFoundError: no such job, or the prefix matches several (the message lists
+                them) or is shorter than 4 characters.
         """
-        if not isinstance(job_id, str) or not job_id.isalnum():
-            raise InvalidArgumentError(f"{job_id!r} is not a job id")
+        if not isinstance(job_id, str) or not _HEX.match(job_id):
+            raise InvalidArgumentError(
+                f"{job_id!r} is not a job id (32 hex digits, or a unique prefix of them)"
+            )
+        job_id = job_id.lower()  # ids are printed in lower case; one copied upper is the same
         exact = self.root / "jobs" / job_id
         if (exact / "spec.json").is_file():
             return JobFolder(exact)
-        if len(job_id) >= 4:
-            found = [f for f in self.folders() if f.job_id.startswith(job_id)]
-            if len(found) == 1:
-                return found[0]
-            if len(found) > 1:
-                raise JobNotFoundError(f"job id prefix {job_id!r} matches {len(found)} jobs")
+        found = [f for f in self.folders() if f.job_id.startswith(job_id)]
+        if found and len(job_id) < MIN_PREFIX:
+            raise JobNotFoundError(
+                f"job id prefix {job_id!r} is too short: give at least {MIN_PREFIX} characters"
+            )
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            shown = ", ".join(f.job_id[:12] for f in found[:5])
+            more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+            raise JobNotFoundError(
+                f"job id prefix {job_id!r} matches {len(found)} jobs ({shown}{more}): "
+                "give more characters"
+            )
         raise JobNotFoundError(f"no job {job_id!r} on this lake")
 
     def new_folder(self, job_id: str) -> JobFolder:

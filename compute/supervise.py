@@ -84,9 +84,8 @@ def supervise(
         record = replace(record, gpus=tuple(gpus), started_at=time.time())
         for attempt in range(1, spec.retries + 2):
             if folder.cancel_requested():
-                return _final(
-                    folder, record, JobStatus.CANCELLED, error="cancelled between attempts"
-                )
+                when = "while queued" if attempt == 1 else "between attempts"
+                return _final(folder, record, JobStatus.CANCELLED, error=f"cancelled {when}")
             record = replace(record, attempt=attempt)
             status, outcome = _attempt(folder, spec, record, attempt, python, fork)
             record = replace(

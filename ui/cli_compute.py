@@ -20,7 +20,7 @@ from rich.text import Text
 import compute
 from compute.backends import EXECUTORS
 from compute.state import StatusRecord
-from store.errors import InvalidArgumentError
+from store.errors import InvalidArgumentError, StoreError
 from ui import render
 from ui.options import DEFAULT_LAKE, JsonOption, LakeOption, NamespaceOption, open_lake
 
@@ -39,6 +39,11 @@ def parse_pypi(items: list[str] | None, index_url: str | None = None) -> compute
         if not match:
             raise typer.BadParameter(f"{item!r} is not PKG or PKG==VERSION", param_hint="--pypi")
         pypi[match[1]] = match[2]
+    if index_url is not None and not pypi:
+        raise typer.BadParameter(
+            "--index-url is where --pypi packages come from: give --pypi PKG too, or leave it out",
+            param_hint="--index-url",
+        )
     try:
         return compute.Environment(pypi=pypi, index_url=index_url)
     except InvalidArgumentError as exc:
@@ -214,16 +219,27 @@ def jobs_command(
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List the jobs submitted on this lake from any process of this machine, oldest first."""
+    """List the jobs submitted on this lake from any process of this machine, oldest first.
+
+    A job whose record cannot be read (one written by another flowlake version, say) is left
+    out with a warning on standard error; the others are listed.
+    """
     opened = open_lake(lake, namespace)
-    rows = [_job_json(job) for job in compute.jobs(opened, limit=limit)]
+    rows = []
+    for job in compute.jobs(opened, limit=limit):
+        try:
+            rows.append(_job_json(job))
+        except (StoreError, OSError, ValueError) as exc:
+            render.stderr().print(
+                Text(f"warning: job {job.id[:12]} left out: {exc}", style="yellow")
+            )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     cells = [
         {
             "id": row["id"][:12],
-            "name": row["name"] or "",
+            "name": _printable(row["name"] or ""),
             "status": row["status"],
             "backend": row["backend"],
             "resources": f"gpus={row['resources']['gpus']} cpus={row['resources']['cpus']:g}",
@@ -234,6 +250,16 @@ def jobs_command(
         for row in rows
     ]
     render.stdout().print(_jobs_table(cells, f"jobs on {lake}", render.stdout().width))
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``, ``\\n``): a job's name
+    is anyone's on the machine, and an escape sequence in it must not drive the terminal."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+#: C0 and C1 controls, line separators and the bidirectional overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 #: Columns of ``flowlake jobs``; every one but the name is an id, a time or a token, never split.

@@ -1,0 +1,210 @@
+"""Odd input to the compute layer: refused with an error that names it, never accepted silently
+nor answered with a traceback, and never a job that waits forever.
+
+Fast: no job process is started here (the job folders are written as a submitter writes them).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import compute
+import store
+from compute.leases import Ledger
+from compute.machine import Capacity, detect
+from compute.model import JobSpec, JobStatus
+from compute.state import JobFolder, JobStore, StatusRecord, write_atomic
+from compute.supervise import supervise
+from store.errors import InvalidArgumentError
+from ui.cli import app
+
+
+def _spec(job_id: str, **changes: object) -> JobSpec:
+    fields: dict[str, object] = {
+        "job_id": job_id,
+        "name": "n",
+        "backend": "local",
+        "lake_location": "/lake",
+        "namespace": "user:a",
+        "user": "a",
+        "input_ref": "main",
+        "input_commit": "c" * 64,
+        "output_branch": "user:a/o",
+        "kind": "command",
+        "command": ("python", "x.py"),
+        "code_snapshot": "s",
+        "resources": compute.Resources(),
+        "environment": compute.Environment(),
+        "retries": 0,
+        "timeout": None,
+        "submitted_at": 1.5,
+        "submitter_python": sys.executable,
+        **changes,
+    }
+    return JobSpec(**fields)  # type: ignore[arg-type]
+
+
+def _job_folder(root: Path, job_id: str, spec_json: str) -> JobFolder:
+    """A job folder as the submitter leaves it: status, log, then the spec."""
+    folder = JobStore(root).new_folder(job_id)
+    folder.write_status(StatusRecord(JobStatus.QUEUED.value), first=True)
+    folder.log_file.touch()
+    write_atomic(folder.spec_file, spec_json.encode())
+    return folder
+
+
+# -- resources ----------------------------------------------------------------------------------
+
+
+def test_resources_take_numpy_numbers_as_a_sweep_gives_them() -> None:
+    np = pytest.importorskip("numpy")
+    resources = compute.Resources(gpus=np.int64(2), cpus=np.int32(3), memory=np.int64(1024))
+    assert (resources.gpus, resources.cpus, resources.memory) == (2, 3.0, 1024)
+    assert type(resources.gpus) is int  # the spec's JSON takes it
+    with pytest.raises(compute.ResourceError, match="cpus"):
+        compute.Resources(cpus=np.bool_(True))
+
+
+@pytest.mark.parametrize(
+    ("memory", "message"),
+    [
+        ("-1GiB", "must not be negative, got '-1GiB'"),
+        ("\u0664GiB", "is not a size"),  # an Arabic-Indic 4: int() reads it, a size does not
+        ("4Gi", "units: B, KB"),
+        ("4", r"has no unit: give a size such as '4GiB' or '4MiB' \(or bytes: '4B', or an int\)"),
+        (math.nan, "finite number of bytes"),
+        (-1, "finite number of bytes >= 0, got -1"),
+    ],
+)
+def test_a_memory_size_that_is_not_one_is_refused_naming_it(memory: object, message: str) -> None:
+    with pytest.raises(compute.ResourceError, match=message):
+        compute.Resources(memory=memory)  # type: ignore[arg-type]
+
+
+def test_memory_in_bytes_is_given_with_the_b_unit() -> None:
+    assert compute.Resources(memory="4096B").memory_bytes == 4096
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("FLOWLAKE_CPUS", "nan", "FLOWLAKE_CPUS='nan' must be a positive, finite number"),
+        ("FLOWLAKE_CPUS", "inf", "FLOWLAKE_CPUS='inf' must be a positive, finite number"),
+        ("FLOWLAKE_MEMORY", "-5", "FLOWLAKE_MEMORY='-5': memory must not be negative"),
+        ("FLOWLAKE_MEMORY", "lots", "FLOWLAKE_MEMORY='lots': memory 'lots' is not a size"),
+    ],
+)
+def test_a_machine_override_that_would_queue_every_job_forever_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(compute.ResourceError, match=message):
+        detect()
+
+
+def test_a_machine_of_unknown_memory_grants_a_job_that_reserves_memory(tmp_path: Path) -> None:
+    """Memory 0 is unknown (FLOWLAKE_MEMORY=0, or no sysconf): submit does not check it, so the
+    lease must not make the job wait for memory that is never counted free."""
+    ledger = Ledger(tmp_path)
+    wanted = compute.Resources(memory="1GiB")
+    lease = ledger.acquire("a" * 32, wanted, Capacity(gpus=(), cpus=2.0, memory=0))
+    assert lease is not None and lease.memory == 2**30
+    ledger.release("a" * 32)
+
+
+# -- environments -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pypi", "key"), [({"NumPy": "1", "numpy": "2"}, "numpy"), ({"a_b": "", "A.B[x]": ""}, "a-b")]
+)
+def test_one_package_named_twice_is_refused_at_submit_not_in_the_build(
+    pypi: dict[str, str], key: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"names the package '{key}' twice"):
+        compute.Environment(pypi=pypi)
+
+
+def test_an_index_without_packages_is_refused_rather_than_ignored() -> None:
+    with pytest.raises(InvalidArgumentError, match="no package is named"):
+        compute.Environment(index_url="https://pypi.example.org/simple")
+    result = CliRunner().invoke(
+        app, ["run", "--index-url", "https://pypi.example.org/simple", "--", "python", "x.py"]
+    )
+    assert result.exit_code == 2
+    assert "give --pypi PKG too" in result.output
+
+
+# -- job handles --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", [-1, math.nan, "1", True])
+def test_wait_refuses_a_timeout_that_is_not_seconds(tmp_path: Path, timeout: object) -> None:
+    """NaN used to wait forever, a string raised TypeError and -1 waited 'after -1 s'."""
+    job = compute.Job(JobFolder(tmp_path / "jobs" / ("a" * 32)))
+    with pytest.raises(InvalidArgumentError, match="timeout must be a number of seconds >= 0"):
+        job.wait(timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_a_job_id_prefix_too_short_ambiguous_or_in_upper_case_is_answered_clearly(
+    tmp_path: Path,
+) -> None:
+    store_ = JobStore(tmp_path)
+    first, second = "abcd1" + "0" * 27, "abcd2" + "0" * 27
+    for job_id in (first, second):
+        _job_folder(tmp_path, job_id, _spec(job_id).to_json())
+    with pytest.raises(compute.JobNotFoundError, match="'abc' is too short: give at least 4"):
+        store_.folder("abc")
+    with pytest.raises(compute.JobNotFoundError, match=r"matches 2 jobs \(abcd10000000, abcd2"):
+        store_.folder("abcd")
+    assert store_.folder("ABCD1").job_id == first
+    assert store_.folder(second.upper()).job_id == second
+    with pytest.raises(InvalidArgumentError, match="'zzzz' is not a job id"):
+        store_.folder("zzzz")
+    with pytest.raises(compute.JobNotFoundError, match="no job 'ff' on this lake"):
+        store_.folder("ff")
+
+
+def test_a_job_cancelled_before_its_first_attempt_says_it_was_queued(tmp_path: Path) -> None:
+    job_id = "e" * 32
+    folder = _job_folder(tmp_path, job_id, _spec(job_id).to_json())
+    folder.request_cancel()
+    final = supervise(str(folder.path), gpus=())
+    assert (final.status, final.error) == ("cancelled", "cancelled while queued")
+
+
+# -- flowlake jobs ------------------------------------------------------------------------------
+
+
+def _state_root(lake: store.Lake) -> Path:
+    return JobStore.for_location(os.path.abspath(lake.location)).root
+
+
+def test_jobs_lists_the_others_when_one_job_was_written_by_another_version(
+    embedded_lake: store.Lake,
+) -> None:
+    root = _state_root(embedded_lake)
+    readable, foreign = "1" * 32, "2" * 32
+    _job_folder(root, readable, _spec(readable).to_json())
+    _job_folder(root, foreign, _spec(foreign).to_json().replace('"version": 1', '"version": 99'))
+    where = ["--lake", str(embedded_lake.location)]
+    listed = CliRunner().invoke(app, ["jobs", "--json", *where])
+    assert listed.exit_code == 0, listed.output
+    assert readable in listed.stdout and foreign not in listed.stdout
+    assert f"job {foreign[:12]} left out: job spec version 99" in listed.stderr
+
+
+def test_jobs_shows_control_characters_of_a_name_escaped(embedded_lake: store.Lake) -> None:
+    """A job's name is anyone's on the machine: an escape sequence in it must not reach the
+    terminal of whoever lists jobs."""
+    job_id = "3" * 32
+    _job_folder(_state_root(embedded_lake), job_id, _spec(job_id, name="\x1b[2Jx\ny").to_json())
+    listed = CliRunner().invoke(app, ["jobs", "--lake", str(embedded_lake.location)])
+    assert listed.exit_code == 0, listed.output
+    assert "\x1b" not in listed.stdout and "\\x1b[2Jx\\ny" in listed.stdout
