@@ -365,6 +365,10 @@ def main(
             text = ""
         else:
             print(text, file=sys.stderr, end="")
+            from tracking import exits
+
+            # As if it had ended the program: a run the code left open ends failed, not finished.
+            exits.note_uncaught(exc)
         error = f"{type(exc).__name__}: {exc}"
         run = versioning.run()
         outcome["run_id"] = run.id

@@ -165,6 +165,50 @@ def test_jobs_that_call_sys_exit_end_as_python_would(
     check_sys_exit_jobs(embedded_lake, tmp_path, "local")
 
 
+def open_a_run_then(fail: bool) -> tuple[str, int, str | None]:
+    """Start a run of its own and leave it open, then raise (``fail``) or return its id, the
+    process the code ran in, and the error its exit hooks were left to see when it started."""
+    import tracking
+    from tracking import exits
+
+    seen = exits.uncaught()
+    run = tracking.start_run(compute.context().lake, name="left-open")
+    run.log_metric("loss", 0.5)
+    if fail:
+        raise RuntimeError(f"failed with run {run.id} open in process {os.getpid()}")
+    return run.id, os.getpid(), None if seen is None else repr(seen)
+
+
+def check_runs_left_open(lake: store.Lake, backend: str, project: Path) -> tuple[int, int]:
+    """A run the job's code left open ends as it would in a program: failed, with the error,
+    when the code raised; finished when it returned (also in a warm worker that ran a failing
+    job just before). Returns the processes the two jobs ran in, failing first.
+
+    ``project`` holds no copy of flowlake (as this repository does), so that the jobs run the
+    installed one, as users' jobs do, and a warm worker keeps its modules from job to job."""
+    options: dict[str, Any] = {"lake": lake, "backend": backend, "code_dir": project}
+    failing = compute.submit(open_a_run_then, {"fail": True}, **options)
+    with pytest.raises(compute.JobFailedError, match="failed with run") as failed:
+        failing.wait(timeout=JOB_WAIT_S)
+    left_open = re.search(r"with run (\w+) open in process (\d+)", str(failed.value))
+    assert left_open is not None
+    record = _run(lake, left_open.group(1))
+    assert record["status"] == "failed"
+    assert "RuntimeError: failed with run" in record["error"]
+    fine = compute.submit(open_a_run_then, {"fail": False}, **options)
+    run_id, pid, seen = fine.wait(timeout=JOB_WAIT_S)
+    assert seen is None
+    assert _run(lake, run_id)["status"] == "finished"
+    return int(left_open.group(2)), pid
+
+
+def test_a_run_the_jobs_code_left_open_ends_failed_when_the_code_raised(
+    embedded_lake: store.Lake, tmp_path: Path
+) -> None:
+    _seed(embedded_lake)
+    check_runs_left_open(embedded_lake, "local", tmp_path)
+
+
 def write_then_sleep(seconds: float) -> None:
     ctx = compute.context()
     ctx.branch.write_bytes("out/partial.txt", b"partial")

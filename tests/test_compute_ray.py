@@ -20,6 +20,7 @@ from test_compute import (
     _run,
     _seed,
     _wait_for,
+    check_runs_left_open,
     check_sys_exit_jobs,
     fail_first_attempt,
     humanize_version,
@@ -82,6 +83,17 @@ def test_ray_jobs_that_call_sys_exit_end_as_python_would(
     embedded_lake: store.Lake, tmp_path: Path
 ) -> None:
     check_sys_exit_jobs(embedded_lake, tmp_path, "ray")
+
+
+def test_a_run_a_ray_jobs_code_left_open_ends_failed_when_the_code_raised(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _seed(embedded_lake)
+    # Variables of their own: a pool of warm workers for these two jobs alone, so that the
+    # second runs where the first failed (which must not leave it failing the next job's runs).
+    monkeypatch.setenv("FLOWLAKE_TEST_POOL", os.urandom(8).hex())
+    failed_in, finished_in = check_runs_left_open(embedded_lake, "ray", tmp_path)
+    assert failed_in == finished_in
 
 
 def test_a_ray_job_sees_the_gpus_ray_gave_it_in_a_worker_of_its_own(

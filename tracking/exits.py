@@ -66,6 +66,19 @@ def uncaught() -> BaseException | None:
     return _uncaught[-1] if _uncaught else None
 
 
+def note_uncaught(exc: BaseException) -> None:
+    """Have :func:`uncaught` say ``exc``: the code a job runner ran raised it, and the runner
+    caught it where, run as a program, it would have ended the process (see
+    :mod:`compute.runner`); the hooks then end what that code left open as failed."""
+    _uncaught.append(exc)
+
+
+def forget_uncaught() -> None:
+    """Forget what :func:`note_uncaught` said, once the hooks it was for have run (a warm Ray
+    worker goes on to run the next job)."""
+    _uncaught.clear()
+
+
 def _watch_uncaught() -> None:
     previous = sys.excepthook
 

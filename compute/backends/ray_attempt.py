@@ -147,6 +147,9 @@ def run_attempt(
             for function in reversed(exit_functions):
                 with contextlib.suppress(Exception):
                     function()
+            from tracking import exits
+
+            exits.forget_uncaught()  # the job's own failure, said to its exit functions
     return code
 
 
