@@ -208,3 +208,35 @@ def test_jobs_shows_control_characters_of_a_name_escaped(embedded_lake: store.La
     listed = CliRunner().invoke(app, ["jobs", "--lake", str(embedded_lake.location)])
     assert listed.exit_code == 0, listed.output
     assert "\x1b" not in listed.stdout and "\\x1b[2Jx\\ny" in listed.stdout
+
+
+def test_jobs_cuts_a_long_name_in_the_table_and_keeps_it_whole_in_json(
+    embedded_lake: store.Lake,
+) -> None:
+    """``compute.map`` names a job after its arguments, which may be a large list."""
+    job_id = "4" * 32
+    name = "x=" + str(list(range(20000)))
+    _job_folder(_state_root(embedded_lake), job_id, _spec(job_id, name=name).to_json())
+    where = ["--lake", str(embedded_lake.location)]
+    table = CliRunner().invoke(app, ["jobs", *where])
+    assert table.exit_code == 0, table.output
+    assert len(table.stdout) < 2000 and "x=[0, 1, 2" in table.stdout
+    listed = CliRunner().invoke(app, ["jobs", "--json", *where])
+    assert name in listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (["--timeout", "0"], "--timeout: a positive number of seconds, got 0"),
+        (["--timeout", "nan"], "--timeout: a positive number of seconds, got nan"),
+        (["--retries", "-1"], "'--retries'"),
+    ],
+)
+def test_run_answers_a_bad_timeout_or_retries_as_a_usage_error(
+    option: list[str], said: str
+) -> None:
+    """Exit 2, as every other bad option value of ``flowlake run``, before any lake is opened."""
+    result = CliRunner().invoke(app, ["run", *option, "--", "python", "x.py"])
+    assert result.exit_code == 2
+    assert said in " ".join(result.output.replace("│", " ").split())

@@ -76,7 +76,9 @@ def run_command(
         typer.Option("--index-url", help="The package index --pypi installs from (default PyPI)."),
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="A name for the job.")] = None,
-    retries: Annotated[int, typer.Option("--retries", help="Retries of a failed attempt.")] = 0,
+    retries: Annotated[
+        int, typer.Option("--retries", min=0, help="Retries of a failed attempt.")
+    ] = 0,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds an attempt may run.")
     ] = None,
@@ -93,6 +95,10 @@ def run_command(
     error, so that standard output is only the job's JSON.
     """
     environment = parse_pypi(pypi, index_url)
+    if timeout is not None and not timeout > 0:  # NaN too
+        raise typer.BadParameter(
+            f"a positive number of seconds, got {timeout:g}", param_hint="--timeout"
+        )
     try:
         resources = compute.Resources(gpus=gpus, cpus=cpus, memory=memory or 0)
     except compute.ResourceError as exc:
@@ -239,7 +245,7 @@ def jobs_command(
     cells = [
         {
             "id": row["id"][:12],
-            "name": _printable(row["name"] or ""),
+            "name": _shortened(_printable(row["name"] or "")),
             "status": row["status"],
             "backend": row["backend"],
             "resources": f"gpus={row['resources']['gpus']} cpus={row['resources']['cpus']:g}",
@@ -257,6 +263,15 @@ def _printable(text: str) -> str:
     is anyone's on the machine, and an escape sequence in it must not drive the terminal."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
+
+def _shortened(name: str) -> str:
+    """A name cut to :data:`NAME_WIDTH` characters for the table (``--json`` has it whole): a
+    sweep's item may be named after a large argument."""
+    return name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 1] + "…"
+
+
+#: The most characters of a job's name ``flowlake jobs`` shows.
+NAME_WIDTH = 80
 
 #: C0 and C1 controls, line separators and the bidirectional overrides.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
