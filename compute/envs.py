@@ -152,6 +152,10 @@ def ensure(environment: Environment) -> Path:
     with FileLock(str(root / f"{target.name}.lock")):
         if (target / COMPLETE).is_file():
             return python
+        # Whoever built under this lock before and left a half-built venv was killed mid-build
+        # (SIGKILL skips the cleanup below); none is in use, as only the lock holder builds.
+        for stale in root.glob(f".{target.name}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".{target.name}.{uuid.uuid4().hex[:8]}"
         try:
             _uv("venv", "--quiet", "--python", sys.executable, str(tmp))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,41 @@ def test_run_answers_a_bad_timeout_or_retries_as_a_usage_error(
     result = CliRunner().invoke(app, ["run", *option, "--", "python", "x.py"])
     assert result.exit_code == 2
     assert said in " ".join(result.output.replace("│", " ").split())
+
+
+# -- environments, built ------------------------------------------------------------------------
+
+
+def test_a_half_built_environment_left_by_a_killed_build_is_removed_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A supervisor SIGKILLed while building leaves its temporary venv; the next build of the
+    same environment (under the same lock) removes it rather than leaving it forever."""
+    pytest.importorskip("uv")
+    from compute import envs
+
+    project = tmp_path / "index" / "simple" / "flowlake-probe"
+    project.mkdir(parents=True)
+    filename = "flowlake_probe-0.3-py3-none-any.whl"
+    with zipfile.ZipFile(project / filename, "w") as wheel:  # the least a wheel holds
+        info = "flowlake_probe-0.3.dist-info"
+        wheel.writestr("flowlake_probe.py", "VERSION = '0.3'\n")
+        wheel.writestr(
+            f"{info}/METADATA", "Metadata-Version: 2.1\nName: flowlake-probe\nVersion: 0.3\n"
+        )
+        wheel.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
+        wheel.writestr(f"{info}/RECORD", "")
+    (project / "index.html").write_text(f'<a href="{filename}">{filename}</a>\n')
+    (project.parent / "index.html").write_text('<a href="flowlake-probe/">flowlake-probe</a>\n')
+    monkeypatch.setenv("FLOWLAKE_ENV_CACHE", str(tmp_path / "envs"))
+    environment = compute.Environment(
+        pypi={"flowlake-probe": ""}, index_url=(tmp_path / "index" / "simple").as_uri()
+    )
+    key = envs.env_key(envs.resolve(environment))
+    half = envs.cache_dir() / f".{key}.0badc0de"
+    (half / "lib").mkdir(parents=True)
+    python = envs.ensure(environment)
+    assert python.is_file() and not half.exists()
+    assert sorted(p.name for p in envs.cache_dir().iterdir()) == [key, f"{key}.lock"]
