@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from compute.errors import JobFailedError, JobTimeoutError
+from compute.errors import ComputeError, JobFailedError, JobTimeoutError
 from compute.model import JobSpec, JobStatus
 from compute.state import JobFolder, JobStore, StatusRecord
 from store.errors import InvalidArgumentError
@@ -130,6 +130,8 @@ class Job:
             JobFailedError: the job failed, timed out, was cancelled or was killed; the message
                 holds the remote traceback.
             JobTimeoutError: ``timeout`` seconds passed first (the job goes on).
+            ComputeError: the job succeeded but its result cannot be unpickled here (a class
+                of it is not importable in this process).
             OSError (or whatever else it was): writing the bookkeeping of a Ray job sent before
                 it was written failed, and the job was withdrawn without running; every call
                 on the job that reads its state raises it.
@@ -160,7 +162,14 @@ class Job:
         result_file = self._folder.attempt_dir(record.attempt) / "result.pkl"
         if not result_file.is_file():
             return None
-        return pickle.loads(result_file.read_bytes())
+        try:
+            return pickle.loads(result_file.read_bytes())
+        except Exception as exc:  # unpickling runs any import the result's classes need
+            raise ComputeError(
+                f"job {self.id} succeeded, but its result cannot be loaded in this process: "
+                f"{type(exc).__name__}: {exc} (a class in it may come from a package only the "
+                f"job's environment has); the pickled result is {result_file}"
+            ) from exc
 
     def logs(self) -> str:
         """Everything the job has printed so far (stdout and stderr of every attempt)."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import sys
+import types
 import zipfile
 from pathlib import Path
 
@@ -151,6 +153,27 @@ def test_wait_refuses_a_timeout_that_is_not_seconds(tmp_path: Path, timeout: obj
     job = compute.Job(JobFolder(tmp_path / "jobs" / ("a" * 32)))
     with pytest.raises(InvalidArgumentError, match="timeout must be a number of seconds >= 0"):
         job.wait(timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_a_result_this_process_cannot_unpickle_is_a_clear_error_naming_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that returns an object of a package only its environment has succeeded; wait()
+    says so, rather than raising the unpickler's bare ModuleNotFoundError."""
+    job_id = "5" * 32
+    folder = _job_folder(tmp_path, job_id, _spec(job_id).to_json())
+    only_in_the_job = types.ModuleType("only_in_the_job")
+    exec("class Model:\n    pass\n", only_in_the_job.__dict__)
+    only_in_the_job.Model.__module__ = "only_in_the_job"
+    monkeypatch.setitem(sys.modules, "only_in_the_job", only_in_the_job)
+    folder.attempt_dir(1).mkdir(parents=True)
+    (folder.attempt_dir(1) / "result.pkl").write_bytes(pickle.dumps(only_in_the_job.Model()))
+    monkeypatch.delitem(sys.modules, "only_in_the_job")
+    folder.write_status(StatusRecord(JobStatus.SUCCEEDED.value, attempt=1))
+    job = compute.Job(folder)
+    with pytest.raises(compute.ComputeError, match=f"job {job_id} succeeded, but its result") as e:
+        job.wait(timeout=5)
+    assert "No module named 'only_in_the_job'" in str(e.value)
 
 
 def test_a_job_id_prefix_too_short_ambiguous_or_in_upper_case_is_answered_clearly(
