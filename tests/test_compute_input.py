@@ -134,6 +134,16 @@ def test_one_package_named_twice_is_refused_at_submit_not_in_the_build(
         compute.Environment(pypi=pypi)
 
 
+def test_run_refuses_a_package_given_twice_rather_than_keeping_the_last() -> None:
+    result = CliRunner().invoke(
+        app, ["run", "--pypi", "humanize==4.9.0", "--pypi", "humanize>=4", "--", "python", "x.py"]
+    )
+    assert result.exit_code == 2
+    assert "humanize is given twice (humanize==4.9.0 and humanize>=4)" in " ".join(
+        result.output.replace("│", " ").split()
+    )
+
+
 def test_an_index_without_packages_is_refused_rather_than_ignored() -> None:
     with pytest.raises(InvalidArgumentError, match="no package is named"):
         compute.Environment(index_url="https://pypi.example.org/simple")

@@ -38,6 +38,12 @@ def parse_pypi(items: list[str] | None, index_url: str | None = None) -> compute
         match = _REQUIREMENT.match(item.strip())
         if not match:
             raise typer.BadParameter(f"{item!r} is not PKG or PKG==VERSION", param_hint="--pypi")
+        if match[1] in pypi:  # else the last one would silently win
+            raise typer.BadParameter(
+                f"{match[1]} is given twice ({match[1]}{pypi[match[1]]} and {item.strip()}): "
+                "give it once, with one version spec",
+                param_hint="--pypi",
+            )
         pypi[match[1]] = match[2]
     if index_url is not None and not pypi:
         raise typer.BadParameter(
