@@ -30,7 +30,7 @@ from typing import Any
 from compute.errors import JobNotFoundError
 from compute.model import JobSpec, JobStatus
 from store.errors import InvalidArgumentError
-from store.processes import hostname, pid_alive
+from store.processes import hostname, pid_alive, start_token
 
 LAKEFS_SCHEME = "lakefs://"
 #: The fewest characters of a job id that name it.
@@ -97,6 +97,8 @@ class StatusRecord:
         error: why the job failed (one line), and the remote traceback text.
         gpus: the device ids the job was given.
         started_at, ended_at: unix seconds.
+        pid_start: the supervisor's start token (:func:`store.processes.start_token`), when
+            recorded: a process that has its pid since (a reboot reuses pids) is not it.
     """
 
     status: str
@@ -111,6 +113,7 @@ class StatusRecord:
     gpus: tuple[int, ...] = ()
     started_at: float | None = None
     ended_at: float | None = None
+    pid_start: str | None = None
 
     def effective(self) -> JobStatus:
         """The recorded status, except that a queued or running job whose supervisor is gone
@@ -118,9 +121,15 @@ class StatusRecord:
         status = JobStatus(self.status)
         if status.is_final:
             return status
-        if self.host == hostname() and self.pid is not None and not pid_alive(self.pid):
+        if self.host == hostname() and self.pid is not None and not self._supervisor_alive():
             return JobStatus.KILLED
         return status
+
+    def _supervisor_alive(self) -> bool:
+        assert self.pid is not None
+        if not pid_alive(self.pid):
+            return False
+        return self.pid_start is None or start_token(self.pid) in (self.pid_start, None)
 
 
 class JobFolder:

@@ -26,7 +26,7 @@ from compute import machine
 from compute.leases import Ledger
 from compute.model import JobSpec, JobStatus
 from compute.state import JobFolder, StatusRecord
-from store.processes import hostname
+from store.processes import hostname, start_token
 
 if TYPE_CHECKING:
     import subprocess
@@ -56,7 +56,10 @@ def supervise(
     """
     folder = JobFolder(Path(job_dir))
     spec = folder.spec()
-    record = StatusRecord(JobStatus.QUEUED.value, host=hostname(), pid=os.getpid())
+    pid = os.getpid()
+    record = StatusRecord(
+        JobStatus.QUEUED.value, host=hostname(), pid=pid, pid_start=start_token(pid)
+    )
     folder.write_status(record)
     ledger = Ledger() if gpus is None else None
     try:

@@ -12,6 +12,7 @@ import pickle
 import sys
 import types
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -312,3 +313,15 @@ def test_a_half_built_environment_left_by_a_killed_build_is_removed_by_the_next(
     python = envs.ensure(environment)
     assert python.is_file() and not half.exists()
     assert sorted(p.name for p in envs.cache_dir().iterdir()) == [key, f"{key}.lock"]
+
+
+def test_a_running_job_whose_supervisor_pid_was_reused_shows_killed() -> None:
+    """After a reboot (or long enough), another process may have the supervisor's pid: its
+    start token tells them apart, so the job does not show running forever."""
+    from store.processes import hostname, start_token
+
+    me = os.getpid()
+    running = StatusRecord(JobStatus.RUNNING.value, host=hostname(), pid=me)
+    assert running.effective() is JobStatus.RUNNING  # recorded before start tokens: the pid
+    assert replace(running, pid_start=start_token(me)).effective() is JobStatus.RUNNING
+    assert replace(running, pid_start="1").effective() is JobStatus.KILLED
