@@ -232,6 +232,7 @@ def _attempt(
             why = (JobStatus.FAILED, f"timed out after {spec.timeout:g} s")
             _stop(child)
         time.sleep(POLL_S)
+    _end_group(child.pid)
     outcome_file = out / "outcome.json"
     run_file = out / "run.json"
     if outcome_file.is_file() and why is None:
@@ -269,6 +270,26 @@ def _stop(child: subprocess.Popen[bytes] | _Forked) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pid, signal.SIGKILL)
+
+
+def _end_group(pgid: int) -> None:
+    """End what the attempt's process left running in its process group (a data loader's
+    workers, a background server): the job's lease ends with it, and a leftover must not keep
+    using GPUs the next job is granted. SIGTERM, then SIGKILL after a grace period; nothing to
+    do, and no wait, when the group is empty."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + KILL_GRACE_S
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(POLL_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _end_run(

@@ -325,3 +325,23 @@ def test_a_running_job_whose_supervisor_pid_was_reused_shows_killed() -> None:
     assert running.effective() is JobStatus.RUNNING  # recorded before start tokens: the pid
     assert replace(running, pid_start=start_token(me)).effective() is JobStatus.RUNNING
     assert replace(running, pid_start="1").effective() is JobStatus.KILLED
+
+
+# -- a real job ---------------------------------------------------------------------------------
+
+
+def leaves_a_process_running() -> int:
+    import subprocess
+
+    return subprocess.Popen(["sleep", "300"]).pid  # a data loader's worker, say
+
+
+@pytest.mark.usefixtures("declared_machine")
+def test_what_a_job_leaves_running_ends_with_it(embedded_lake: store.Lake) -> None:
+    """The job's lease (its GPUs) ends with the job: a process it left behind must not go on
+    using them while the next job is granted them."""
+    from store.processes import pid_alive
+
+    job = compute.submit(leaves_a_process_running, lake=embedded_lake)
+    left = job.wait(timeout=90)
+    assert not pid_alive(left)
