@@ -56,7 +56,8 @@ def detect() -> Capacity:
 
 
 def detect_gpus() -> tuple[int, ...]:
-    """GPU ids: ``FLOWLAKE_GPUS``, else NVML, else ``nvidia-smi``, else none."""
+    """GPU ids: ``FLOWLAKE_GPUS``, else NVML, else ``nvidia-smi``, else none; outside a job,
+    only those the submitter's ``CUDA_VISIBLE_DEVICES`` lists, when it lists ids."""
     override = os.environ.get("FLOWLAKE_GPUS")
     if override is not None:
         try:
@@ -68,7 +69,34 @@ def detect_gpus() -> tuple[int, ...]:
         if len(set(ids)) != len(ids) or any(i < 0 for i in ids):
             raise ResourceError(f"FLOWLAKE_GPUS={override!r} lists a negative or repeated id")
         return ids
-    return _hardware_gpus()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    # In a job, flowlake set it to the job's own devices: a job it submits is not bound to them.
+    if visible is None or os.environ.get("FLOWLAKE_JOB_ID"):
+        return _hardware_gpus()
+    return visible_gpus(visible, _hardware_gpus())
+
+
+def visible_gpus(visible: str, hardware: tuple[int, ...]) -> tuple[int, ...]:
+    """The devices of ``hardware`` that ``CUDA_VISIBLE_DEVICES=visible`` leaves visible, so a
+    user given some GPUs of a shared machine has jobs scheduled on those only.
+
+    As CUDA reads it: ids in order, up to the first negative one (``""``, ``"-1"``: none).
+    Entries that are not ids (``GPU-<uuid>``, ``MIG-...``) are not understood here: then every
+    device of ``hardware`` (set ``FLOWLAKE_GPUS`` to choose).
+    """
+    ids: list[int] = []
+    for part in visible.split(","):
+        try:
+            device = int(part.strip())
+        except ValueError:
+            if not part.strip():
+                continue
+            return hardware
+        if device < 0:
+            break
+        if device in hardware and device not in ids:
+            ids.append(device)
+    return tuple(ids)
 
 
 @functools.cache

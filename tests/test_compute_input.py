@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 
 import compute
 import store
+from compute import machine
 from compute.leases import Ledger
-from compute.machine import Capacity, detect
+from compute.machine import Capacity, detect, visible_gpus
 from compute.model import JobSpec, JobStatus
 from compute.state import JobFolder, JobStore, StatusRecord, write_atomic
 from compute.supervise import supervise
@@ -345,3 +346,39 @@ def test_what_a_job_leaves_running_ends_with_it(embedded_lake: store.Lake) -> No
     job = compute.submit(leaves_a_process_running, lake=embedded_lake)
     left = job.wait(timeout=90)
     assert not pid_alive(left)
+
+
+# -- GPUs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("visible", "devices"),
+    [
+        ("2,3", (2, 3)),
+        (" 3 , 1 ", (3, 1)),
+        ("", ()),
+        ("-1", ()),
+        ("0,-1,2", (0,)),  # CUDA stops at the first negative id
+        ("1,1,7", (1,)),  # repeated, and not on this machine
+        ("GPU-5c1d2e3f", (0, 1, 2, 3)),  # not understood here: FLOWLAKE_GPUS chooses
+    ],
+)
+def test_local_jobs_use_only_the_gpus_the_submitter_is_given(
+    visible: str, devices: tuple[int, ...]
+) -> None:
+    """On a shared machine a user given GPUs 2 and 3 (CUDA_VISIBLE_DEVICES=2,3) must not have
+    jobs scheduled on 0 and 1."""
+    assert visible_gpus(visible, (0, 1, 2, 3)) == devices
+
+
+def test_a_job_submitted_from_a_job_is_not_bound_to_its_parents_devices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inside a job flowlake set CUDA_VISIBLE_DEVICES to the job's own devices; a child job
+    bound to them would wait for its parent's lease while the parent waits for it."""
+    monkeypatch.delenv("FLOWLAKE_GPUS", raising=False)
+    monkeypatch.setattr(machine, "_hardware_gpus", lambda: (0, 1, 2, 3))  # a 4-GPU machine
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    assert detect().gpus == (2,)
+    monkeypatch.setenv("FLOWLAKE_JOB_ID", "6" * 32)
+    assert detect().gpus == (0, 1, 2, 3)

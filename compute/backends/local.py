@@ -8,6 +8,7 @@ Supervisors come from a preloaded fork server when one runs (:mod:`.local_forkse
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -30,8 +31,10 @@ class LocalExecutor:
         cap = self.capacity
         if resources.gpus > len(cap.gpus):
             have = f"{len(cap.gpus)} GPU(s)" if cap.gpus else "no GPU"
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            limited = "" if visible is None else f" visible (CUDA_VISIBLE_DEVICES={visible!r})"
             raise ResourceError(
-                f"the job asks for {resources.gpus} GPU(s) but this machine has {have} "
+                f"the job asks for {resources.gpus} GPU(s) but this machine has {have}{limited} "
                 "(FLOWLAKE_GPUS overrides the detection)"
             )
         if resources.cpus > cap.cpus:
