@@ -9,6 +9,7 @@ modification times cannot be set back far enough: a folder's ctime stays recent)
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import time
@@ -408,6 +409,108 @@ def test_a_remembered_listing_is_not_used_once_an_input_changed(
     change(repo, monkeypatch)
     got = snapshot.listing(repo, cache_dir=lister.cache, held=held)
     fresh = snapshot.listing(repo)
+    assert _as_held(got, fresh, held) == fresh
+
+
+def test_a_listing_whose_git_status_failed_is_not_remembered(
+    lister: Lister, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = frozenset(f.sha256 for f in lister.settle(repo).files)
+    model = repo / "pkg" / "model.py"
+    before = model.stat()
+    model.write_text("W = 123\n")  # in place: the cached git answer still holds
+    os.utime(model, ns=(before.st_atime_ns, before.st_mtime_ns - 10**9))
+    with monkeypatch.context() as patched:
+        patched.setattr(snapshot, "GIT_TIMEOUT_S", 1e-6)  # git status times out once
+        timed_out = snapshot.listing(repo, cache_dir=lister.cache, held=held)
+    assert timed_out.git_dirty is None
+    held |= {f.sha256 for f in timed_out.files}
+    got = snapshot.listing(repo, cache_dir=lister.cache, held=held)
+    fresh = snapshot.listing(repo)
+    assert fresh.git_dirty is True and _as_held(got, fresh, held) == fresh
+
+
+def test_a_pending_listing_sees_a_file_edited_before_it_finishes(
+    lister: Lister, repo: Path
+) -> None:
+    held = frozenset(f.sha256 for f in lister.settle(repo).files)
+    pending = snapshot.PendingListing(repo, cache_dir=lister.cache)
+    (repo / "pkg" / "model.py").write_text("W = 77\n")
+    got = pending.finish(cache_dir=lister.cache, held=held)
+    fresh = snapshot.listing(repo)
+    assert _as_held(got, fresh, held) == fresh
+
+
+def test_a_listing_is_not_remembered_under_a_variable_set_after_it_began(
+    lister: Lister, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = tmp_path / "other-config"
+    (other / "git").mkdir(parents=True)
+    (other / "git" / "ignore").write_text("notes.py\n")
+    held = frozenset(f.sha256 for f in lister.settle(repo).files)
+    snapshot._settled_listings.clear()
+    pending = snapshot.PendingListing(repo, cache_dir=lister.cache)  # git's answer, as it was
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(other))
+    pending.finish(cache_dir=lister.cache, held=held)
+    got = snapshot.listing(repo, cache_dir=lister.cache, held=held)
+    fresh = snapshot.listing(repo)
+    assert "pkg/notes.py" not in [f.path for f in fresh.files]
+    assert _as_held(got, fresh, held) == fresh
+
+
+def _edit_keeping_size_and_times(root: Path) -> None:
+    path = root / "pkg" / "model.py"
+    before = path.stat()
+    with open(path, "r+") as f:  # same inode, same size
+        f.write("W = 2\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def _swap_files_of_equal_stats(root: Path) -> None:
+    a, b = root / "pkg" / "model.py", root / "pkg" / "notes.py"
+    before = a.stat()
+    a.rename(root / "swap.tmp")
+    b.rename(a)
+    (root / "swap.tmp").rename(b)
+    for path in (a, b):
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(_edit_keeping_size_and_times, id="edit with the time put back"),
+        pytest.param(_swap_files_of_equal_stats, id="two files of one size swapped"),
+        pytest.param(lambda root: (root / "train.py").chmod(0o755), id="chmod +x"),
+    ],
+)
+def test_a_change_that_keeps_size_and_modification_time_is_seen(
+    lister: Lister, repo: Path, change: Callable[[Path], None]
+) -> None:
+    lister.settle(repo)
+    change(repo)
+    lister.listing(repo)  # compares with an uncached listing (hashes, bytes, git_dirty)
+    lister.listing(repo)
+
+
+def test_a_file_that_could_not_be_read_is_listed_once_it_can_be(
+    lister: Lister, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = frozenset(f.sha256 for f in lister.settle(repo).files)
+    (repo / "pkg" / "notes.py").write_text("n = 2\n")  # read again at the next listing
+
+    def failing(path: object, *args: object, **kwargs: object) -> object:
+        if str(path).endswith("notes.py"):
+            raise OSError(errno.EIO, "Input/output error")
+        return open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(snapshot, "open", failing, raising=False)
+        during = snapshot.listing(repo, cache_dir=lister.cache, held=held)
+    assert "pkg/notes.py" not in [f.path for f in during.files]
+    got = snapshot.listing(repo, cache_dir=lister.cache, held=held)
+    fresh = snapshot.listing(repo)
+    assert "pkg/notes.py" in [f.path for f in fresh.files]
     assert _as_held(got, fresh, held) == fresh
 
 

@@ -226,7 +226,13 @@ class PendingListing:
         self._rev: subprocess.Popen[bytes] | None = None
         self._listing: subprocess.Popen[bytes] | None = None
         self._cached: gitlisting.GitAnswer | None = None
-        self._settled = _settled_listing(cache_dir, self._cwd, self._spec) if cache_dir else None
+        self._settled: _Settled | None = None
+        if cache_dir:
+            # The variables now, as git would see them now: a remembered listing made under
+            # others is not this one (what it was made from is looked at by finish).
+            self._env = _env()
+            settled = _settled_listings.get((cache_dir, self._cwd, self._spec))
+            self._settled = settled if settled is not None and settled.env == self._env else None
         if self._settled is None:
             self._start()
 
@@ -263,9 +269,13 @@ class PendingListing:
         """
         settled = self._settled
         if settled is not None:
-            if cache_dir == self._cache_dir and settled.hashes <= frozenset(held):
+            if (
+                cache_dir == self._cache_dir
+                and settled.hashes <= frozenset(held)
+                and _unchanged_since(settled)
+            ):
                 return settled.listing
-            self._settled = None  # the caller lacks some file's bytes: listed again
+            self._settled = None  # something changed, or the caller lacks some file's bytes
             self._start()
         if self._cached is not None:
             known = self._cached
@@ -279,8 +289,15 @@ class PendingListing:
                 held,
                 known.kept,
             )
-            if cache_dir and cache_dir == self._cache_dir and known.witness and signature:
-                _settle(cache_dir, self._cwd, self._spec, known.witness, signature, code)
+            # Remembered under the variables git's cached answer was taken for, or not at all.
+            if (
+                cache_dir
+                and cache_dir == self._cache_dir
+                and known.witness
+                and signature
+                and _env() == self._env
+            ):
+                _settle(cache_dir, self._cwd, self._spec, self._env, known, signature, code)
             return code
         rev_out, listed = _finish(self._rev), _finish(self._listing)
         # ls-files failing too means no work tree: asking rev-parse again would only say so.
@@ -374,7 +391,7 @@ def _list(
             names = _outside_non_code_folders(base, names, own)
             judged = gitlisting.Kept(own_key, tuple(names))
         lstats = _lstat_all(base, names)
-        stats = {n: (st.st_size, st.st_mtime_ns) if st else (-1, -1) for n, st in lstats.items()}
+        stats = {n: _file_stamp(st) for n, st in lstats.items()}
         dirty = _dirty(cwd, top, spec, commit, os.path.join(cwd, index), stats, cache_dir)
     else:
         base = cwd
@@ -396,14 +413,16 @@ def _list(
     else:
         known = localcache.load(hashes_path) if hashes_path else None
         known = known if isinstance(known, dict) else {}
-        files, stamps, truncated = _read_files(base, names, known, frozenset(held), lstats)
+        files, stamps, truncated, failed = _read_files(base, names, known, frozenset(held), lstats)
+        if failed:  # listed without a file it could not read now: not to be listed so again
+            signature = None
         if hashes_path:
             horizon = time.time_ns() - RACY_WINDOW_NS
             fresh = {}
             for f in files:
-                mtime_ns, ino = stamps[f.path]
+                mtime_ns, ctime_ns, ino = stamps[f.path]
                 if 0 <= mtime_ns < horizon:
-                    fresh[f.path] = [f.size, mtime_ns, ino, f.sha256]
+                    fresh[f.path] = [f.size, mtime_ns, ctime_ns, ino, f.sha256]
             if fresh != known:
                 localcache.store(hashes_path, fresh)
             if signature is not None and len(fresh) == len(files):
@@ -453,30 +472,32 @@ def _env() -> tuple[tuple[str, str], ...]:
     return (*gitlisting.git_env(), *(("\0own", p) for p in sorted(_flowlake_folders())))
 
 
-def _settled_listing(cache_dir: str, cwd: str, spec: str) -> _Settled | None:
-    """The remembered listing of ``cwd`` and ``spec`` when nothing it was made from changed."""
-    settled = _settled_listings.get((cache_dir, cwd, spec))
-    if settled is None or settled.env != _env() or not gitlisting.unchanged(settled.witness):
-        return None
+def _unchanged_since(settled: _Settled) -> bool:
+    """Whether every file and stamp of ``settled``'s witness and every kept name's signature
+    are what they were (the variables are compared by the caller)."""
+    if not gitlisting.unchanged(settled.witness):
+        return False
     names = [entry[0] for entry in settled.signature]
-    if _signature(names, _lstat_all(settled.listing.root, names)) != settled.signature:
-        return None
-    return settled
+    return _signature(names, _lstat_all(settled.listing.root, names)) == settled.signature
 
 
 def _settle(
     cache_dir: str,
     cwd: str,
     spec: str,
-    witness: gitlisting.Witness,
+    env: tuple[tuple[str, str], ...],
+    known: gitlisting.GitAnswer,
     signature: Signature,
     code: CodeListing,
 ) -> None:
-    """Remember ``code`` (made from a cached answer with ``witness``, its names with
-    ``signature``) when every input was settled and no name was skipped."""
+    """Remember ``code`` (made under ``env`` from the cached answer ``known``, its names with
+    ``signature``) when every input was settled, no name was skipped and ``git status``
+    answered (a failed one is asked again next time, as its own cache does)."""
+    witness = known.witness
+    assert witness is not None
     horizon = time.time_ns() - RACY_WINDOW_NS
     newest = max((max(s[2], s[3]) for s in signature), default=0)
-    if code.skipped or max(newest, witness.newest_ns()) >= horizon:
+    if code.skipped or code.git_dirty is None or max(newest, witness.newest_ns()) >= horizon:
         return
     files = tuple(
         f if f.data is None else ListedFile(f.path, f.size, f.sha256, None) for f in code.files
@@ -484,7 +505,7 @@ def _settle(
     if len(_settled_listings) >= MAX_REMEMBERED_PROJECTS:
         _settled_listings.clear()
     _settled_listings[(cache_dir, cwd, spec)] = _Settled(
-        _env(),
+        env,
         witness,
         signature,
         CodeListing(code.root, code.git_commit, code.git_dirty, files, code.truncated),
@@ -591,10 +612,15 @@ def _dirty(
     spec: str,
     commit: str | None,
     index: str,
-    stats: dict[str, tuple[int, int]],
+    stats: dict[str, tuple[int, int, int, int, int]],
     cache_dir: str | None,
 ) -> bool | None:
-    """Whether tracked files differ from ``HEAD``: ``git status``, or its cached answer."""
+    """Whether tracked files differ from ``HEAD``: ``git status``, or its cached answer.
+
+    ``stats``: each listed file's :func:`_file_stamp`. The answer is cached under the work
+    tree, ``HEAD``, the index's size and time, those stamps and git's variables: a file's
+    change time and mode move with any edit, ``chmod`` or swap, whatever its other times say.
+    """
 
     def key() -> str | None:
         try:
@@ -604,14 +630,14 @@ def _dirty(
             stamp = "none"
         except OSError:
             return None
-        # A file that is gone is as much a value as any size and time (and never racy).
+        # A file that is gone is as much a value as any stamp (and never racy).
         horizon = time.time_ns() - RACY_WINDOW_NS
-        if not all(0 <= m < horizon or (s, m) == (-1, -1) for s, m in stats.values()) or (
+        if not all(0 <= f[1] < horizon or f[0] == -1 for f in stats.values()) or (
             stamp != "none" and not _settled((st.st_size, st.st_mtime_ns))
         ):
             return None
-        parts = [top, start, spec, commit or "", stamp]
-        parts += [f"{n}\0{s}\0{m}" for n, (s, m) in sorted(stats.items())]
+        parts = [top, start, spec, commit or "", stamp, repr(gitlisting.git_env())]
+        parts += [f"{n}\0{f}" for n, f in sorted(stats.items())]
         return _digest("\n".join(parts))
 
     before = key() if cache_dir else None
@@ -626,6 +652,14 @@ def _dirty(
     if path and dirty is not None and key() == before:
         localcache.store(path, dirty)
     return dirty
+
+
+def _file_stamp(st: os.stat_result | None) -> tuple[int, int, int, int, int]:
+    """(size, modification and change times in ns, inode, mode) of a listed file; all -1 when
+    it is gone."""
+    if st is None:
+        return (-1, -1, -1, -1, -1)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
 
 
 def _sha256(data: bytes) -> str:
@@ -643,18 +677,20 @@ def _read_files(
     known: dict[str, object],
     held: frozenset[str],
     lstats: dict[str, os.stat_result | None],
-) -> tuple[list[ListedFile], dict[str, tuple[int, int]], bool]:
-    """The source-like files among ``names``, their (mtime, inode), and whether limits dropped
-    any.
+) -> tuple[list[ListedFile], dict[str, tuple[int, int, int]], bool, bool]:
+    """The source-like files among ``names``, their (mtime, ctime, inode), whether limits
+    dropped any, and whether any could not be read (left out).
 
-    A file whose size, mtime and inode match its entry in ``known`` keeps the hash recorded
-    there, and is not read at all when that hash is in ``held``. ``lstats`` holds what
-    ``os.lstat`` said of some names already.
+    A file whose size, modification and change times and inode match its entry in ``known``
+    keeps the hash recorded there, and is not read at all when that hash is in ``held``.
+    ``lstats`` holds what ``os.lstat`` said of some names already. The change time is what an
+    edit that puts the modification time back (``touch -d``, a tool keeping times) cannot put
+    back.
     """
     files: list[ListedFile] = []
-    stamps: dict[str, tuple[int, int]] = {}
+    stamps: dict[str, tuple[int, int, int]] = {}
     total = 0
-    truncated = False
+    truncated = failed = False
     prefix = root if root.endswith("/") else root + "/"  # names are relative, "/"-separated
     for name in names:
         if not _is_source(name):
@@ -668,14 +704,14 @@ def _read_files(
                 truncated = True
                 continue
             if len(files) >= MAX_FILES or total + st.st_size > MAX_TOTAL_BYTES:
-                return files, stamps, True
+                return files, stamps, True, failed
             entry = known.get(name)
             cached = (
-                entry[3]
+                entry[4]
                 if isinstance(entry, list)
-                and len(entry) == 4
-                and entry[:3] == [st.st_size, st.st_mtime_ns, st.st_ino]
-                and isinstance(entry[3], str)
+                and len(entry) == 5
+                and entry[:4] == [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+                and isinstance(entry[4], str)
                 else None
             )
             if cached is not None and cached in held:
@@ -686,12 +722,15 @@ def _read_files(
                 # Not known, or changed since lstat: hash what was read.
                 digest = cached if cached is not None and len(data) == st.st_size else None
                 listed = ListedFile(name, len(data), digest or _sha256(data), data)
-        except OSError:
+        except FileNotFoundError:  # gone since git listed it
+            continue
+        except OSError:  # there, but unreadable now (permissions, I/O)
+            failed = True
             continue
         total += listed.size
         files.append(listed)
-        stamps[name] = (st.st_mtime_ns, st.st_ino)
-    return files, stamps, truncated
+        stamps[name] = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return files, stamps, truncated, failed
 
 
 @functools.lru_cache(maxsize=1 << 16)
