@@ -15,6 +15,8 @@ branch, when new, is checked here and created by the job's attempt when it first
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 import os
 import shutil
 import sys
@@ -139,6 +141,10 @@ def map(  # noqa: A001 - a sweep is a map, as in Ray and concurrent.futures
     Raises:
         As :func:`submit`.
     """
+    if isinstance(args_list, dict | str | bytes) or not isinstance(args_list, Iterable):
+        raise InvalidArgumentError(
+            f"map takes an iterable of argument dicts (one per job), not {args_list!r:.80}"
+        )
     items = list(args_list)
     if not items:
         raise InvalidArgumentError("map needs at least one set of arguments")
@@ -158,7 +164,7 @@ def map(  # noqa: A001 - a sweep is a map, as in Ray and concurrent.futures
             fn,
             item,
             lake=lake,
-            name=name or ",".join(f"{k}={v}" for k, v in item.items()),
+            name=name or ",".join(f"{k}={v}" for k, v in item.items())[:DEFAULT_NAME_LENGTH],
             pinned=pinned,
             item=f"item {number} of the sweep",
             **settings,
@@ -210,7 +216,10 @@ def _checked(
     """:func:`submit`'s checks, its input commit (``pinned``, else ``input_ref`` resolved),
     code snapshot, payload and spec; raises as :func:`submit` does, having created nothing.
     ``item`` names ``args`` among a sweep's (``"item 2 of the sweep"``) in errors about them."""
+    _location(lake)  # a lake, not a path
     argv = _check_arguments(fn, args, command, retries, timeout, name, item)
+    if output_branch is not None and (not isinstance(output_branch, str) or not output_branch):
+        raise InvalidArgumentError(f"output_branch must be a branch name, not {output_branch!r}")
     resources = resources if resources is not None else Resources()
     environment = environment if environment is not None else Environment()
     if not isinstance(resources, Resources) or not isinstance(environment, Environment):
@@ -239,7 +248,7 @@ def _checked(
             uv_binary()  # a missing uv is refused here, before anything is created
         input_commit = lake.resolve(input_ref) if pinned is None else pinned
         job_id = uuid.uuid4().hex
-        target = output_branch or f"job-{job_id[:12]}"
+        target = output_branch if output_branch is not None else f"job-{job_id[:12]}"
         parsed = parse_branch(target, _namespace(lake))
         jobs = JobStore.for_location(_location(lake))
         sid, checkout = pending.finish(jobs.code_root)
@@ -254,7 +263,7 @@ def _checked(
     # A default name is a fresh job id's, which no branch or tag has (48 random bits): only a
     # name the user gave is looked up and checked for clashes (the attempt's creating the
     # branch would still refuse one, failing the job).
-    existing = _existing_branch(lake, target) if output_branch else None
+    existing = _existing_branch(lake, target) if output_branch is not None else None
     if existing is None:
         _check_new_branch(lake, parsed, clashes=output_branch is not None)
     spec = JobSpec(
@@ -272,7 +281,7 @@ def _checked(
         code_snapshot=sid,
         resources=resources,
         environment=environment,
-        retries=retries,
+        retries=int(retries),
         timeout=float(timeout) if timeout is not None else None,
         submitted_at=time.time(),
         submitter_python=sys.executable,
@@ -310,16 +319,44 @@ def _check_arguments(
             if item
             else "args must be a dict of keyword arguments"
         )
+    if fn is not None:
+        _check_binds(fn, args or {}, item)
     argv = _check_command(command)
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
         raise InvalidArgumentError(f"retries must be a whole number >= 0, got {retries!r}")
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+        isinstance(timeout, bool)
+        or not isinstance(timeout, numbers.Real)
+        or not math.isfinite(timeout)
+        or not timeout > 0
     ):
         raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if name is not None and not isinstance(name, str):
-        raise InvalidArgumentError("name must be a string")
+    if name is not None and (
+        not isinstance(name, str) or not name.strip() or any(c < " " for c in name)
+    ):
+        raise InvalidArgumentError(
+            f"name must be a non-empty string without control characters, got {name!r}"
+        )
     return argv
+
+
+def _check_binds(fn: Callable[..., Any], args: dict[str, Any], item: str | None) -> None:
+    """Raises InvalidArgumentError when ``fn(**args)`` could not be called as given (a missing
+    or unknown argument): said now, not by the job's failure. A callable whose signature
+    Python cannot tell (some built-ins) is not checked."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(**args)
+    except TypeError as exc:
+        name = getattr(fn, "__name__", None) or type(fn).__name__
+        signature = signature.replace(return_annotation=inspect.Signature.empty)
+        where = f"{item}: " if item else ""
+        raise InvalidArgumentError(
+            f"{where}{name}{signature} cannot take {args!r:.200}: {exc}"
+        ) from None
 
 
 def _check_code_dir(code_dir: str | os.PathLike[str] | None) -> None:
@@ -391,6 +428,15 @@ def _launch(checked: _Checked) -> Job:
 
 
 def _location(lake: Lake) -> str:
+    """The lake's location as jobs record it.
+
+    Raises:
+        InvalidArgumentError: ``lake`` is not a Lake (a path, say: open it with store.open).
+    """
+    if not isinstance(lake, Lake):
+        raise InvalidArgumentError(
+            f"lake must be a store.Lake (open one with store.open), not {lake!r}"
+        )
     location = lake.location
     return location if location.startswith(LAKEFS_SCHEME) else os.path.abspath(location)
 
@@ -470,6 +516,8 @@ def _check_command(command: Sequence[str] | None) -> tuple[str, ...] | None:
         return None
     if isinstance(command, str) or not all(isinstance(a, str) for a in command) or not command:
         raise InvalidArgumentError("command must be a non-empty list of strings (an argv)")
+    if not command[0].strip():
+        raise InvalidArgumentError(f"command {list(command)!r} names no program to run")
     return tuple(command)
 
 
@@ -487,5 +535,10 @@ def _check_found(argv: tuple[str, ...], start: Path) -> None:
                 )
         return
     local = start / program
-    if shutil.which(program) is None and not (local.is_file() and os.access(local, os.X_OK)):
-        raise InvalidArgumentError(f"command not found: {program}")
+    if shutil.which(program) is not None or (local.is_file() and os.access(local, os.X_OK)):
+        return
+    if local.is_file():
+        raise InvalidArgumentError(
+            f"command {program} is not executable (chmod +x it, or run it with python {program})"
+        )
+    raise InvalidArgumentError(f"command not found: {program}")

@@ -704,6 +704,14 @@ def test_a_new_output_branch_named_like_a_tag_or_production_is_refused_at_submit
         ({"code_dir": "/no/such/project"}, InvalidArgumentError, "/no/such/project does not"),
         ({"code_dir": __file__}, InvalidArgumentError, "is not a folder"),
         ({"code_dir": 3}, InvalidArgumentError, "code_dir must be a folder's path"),
+        ({"output_branch": ""}, InvalidArgumentError, "output_branch must be a branch name"),
+        ({"name": ""}, InvalidArgumentError, "name must be a non-empty string"),
+        ({"name": "a\x1b[2Jb"}, InvalidArgumentError, "without control characters"),
+        ({"args": {"lr": 0.1}}, InvalidArgumentError, r"fail_first_attempt\(\) cannot take"),
+        ({"fn": sleep_quietly}, InvalidArgumentError, "missing a required argument: 'seconds'"),
+        ({"backend": ["local"]}, InvalidArgumentError, "unknown compute backend"),
+        ({"fn": None, "command": [""]}, InvalidArgumentError, "names no program"),
+        ({"timeout": float("nan")}, InvalidArgumentError, "timeout"),
     ],
 )
 def test_bad_input_is_refused_at_submit_and_creates_nothing(
@@ -716,6 +724,42 @@ def test_bad_input_is_refused_at_submit_and_creates_nothing(
         compute.submit(options.pop("fn"), lake=embedded_lake, **options)
     assert embedded_lake.branches(all_namespaces=True) == branches
     assert compute.jobs(embedded_lake) == []
+
+
+def test_what_is_not_a_lake_or_a_sweep_is_refused_naming_it(embedded_lake: store.Lake) -> None:
+    with pytest.raises(InvalidArgumentError, match="lake must be a store.Lake"):
+        compute.submit(fail_first_attempt, lake="./lake")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="lake must be a store.Lake"):
+        compute.jobs(None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="iterable of argument dicts"):
+        compute.map(sleep_quietly, None, lake=embedded_lake)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="iterable of argument dicts"):
+        compute.map(sleep_quietly, {"seconds": 1}, lake=embedded_lake)  # type: ignore[arg-type]
+    assert compute.jobs(embedded_lake) == []
+
+
+def test_a_script_that_is_there_but_not_executable_is_named_so(
+    embedded_lake: store.Lake, tmp_path: Path
+) -> None:
+    _seed(embedded_lake)
+    (tmp_path / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    with pytest.raises(InvalidArgumentError, match="run.sh is not executable"):
+        compute.submit(command=["./run.sh"], lake=embedded_lake, code_dir=tmp_path)
+    assert compute.jobs(embedded_lake) == []
+
+
+def test_numbers_of_other_types_are_taken_for_timeout_and_retries(
+    embedded_lake: store.Lake,
+) -> None:
+    numpy = pytest.importorskip("numpy")
+    _seed(embedded_lake)
+    job = compute.submit(
+        fail_first_attempt,
+        lake=embedded_lake,
+        timeout=numpy.float32(60),
+        retries=numpy.int64(1),
+    )
+    assert job.wait(timeout=JOB_WAIT_S) == 2  # failed once, retried
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from test_compute import (
 
 import compute
 import store
+from store.errors import InvalidArgumentError
 from store.processes import pid_alive
 from tracking import layout
 
@@ -94,6 +95,15 @@ def test_a_run_a_ray_jobs_code_left_open_ends_failed_when_the_code_raised(
     monkeypatch.setenv("FLOWLAKE_TEST_POOL", os.urandom(8).hex())
     failed_in, finished_in = check_runs_left_open(embedded_lake, "ray", tmp_path)
     assert failed_in == finished_in
+
+
+def test_a_ray_job_for_another_cluster_than_the_one_connected_is_refused(
+    embedded_lake: store.Lake,
+) -> None:
+    _seed(embedded_lake)
+    with pytest.raises(InvalidArgumentError, match="connected to the Ray cluster at"):
+        compute.submit(fail_first_attempt, lake=embedded_lake, backend="ray", address="127.0.0.1:9")
+    assert compute.jobs(embedded_lake) == []
 
 
 def test_a_ray_job_sees_the_gpus_ray_gave_it_in_a_worker_of_its_own(

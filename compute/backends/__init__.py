@@ -78,7 +78,7 @@ def load_executor(name: str, **options: Any) -> Executor:
         InvalidArgumentError: no executor of that name.
         NotInstalledError: its extra is not installed (the message names it).
     """
-    if name not in EXECUTORS:
+    if not isinstance(name, str) or name not in EXECUTORS:
         raise InvalidArgumentError(
             f"unknown compute backend {name!r}; choose one of {', '.join(sorted(EXECUTORS))}"
         )

@@ -170,6 +170,9 @@ def _task(spec: JobSpec, env: dict[str, str], gpu: bool) -> Any:
     return task
 
 
+#: The ``address=`` this module last started Ray with in this process.
+_connected_with: list[str | None] = []
+
 _watcher_lock = threading.Lock()
 _watchers: list[Watcher] = []
 
@@ -188,11 +191,32 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None) -> None:
+        """Connect to the cluster at ``address`` (else ``RAY_ADDRESS``, else a local Ray),
+        unless this process is connected already.
+
+        Raises:
+            InvalidArgumentError: ``address`` names another cluster than the one this process
+                is connected to (Ray connects a process to one cluster).
+        """
         if not ray.is_initialized():
             ray.init(
                 address=address or os.environ.get("RAY_ADDRESS") or None,
                 include_dashboard=False,
                 log_to_driver=False,
+            )
+            _connected_with[:] = [address]
+            return
+        if address is None or address == "auto" or _connected_with == [address]:
+            return
+        if address.startswith("ray://"):  # a Ray client's server: not comparable to the GCS's
+            return
+        connected = ray.get_runtime_context().gcs_address
+        if address != connected:
+            from store.errors import InvalidArgumentError
+
+            raise InvalidArgumentError(
+                f"this process is connected to the Ray cluster at {connected}, not {address}; "
+                "call ray.shutdown() first to use another cluster"
             )
 
     #: Whether the cluster was one node when :meth:`check` last asked (see :meth:`send`).
