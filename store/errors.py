@@ -180,6 +180,10 @@ class RefsDatabaseError(StoreError, OSError):
     """A lake's refs database cannot be used: damaged, unreadable, or locked past the timeout."""
 
 
+class LakeClosedError(StoreError, ValueError):
+    """The lake was closed (``lake.close()``, or its ``with`` block ended): open it again."""
+
+
 class SharedObjectsError(PermissionDeniedError):
     """gc was refused: the lake's objects live outside its folder, where other lakes may share
     them and keep references gc cannot see."""

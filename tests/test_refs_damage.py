@@ -251,3 +251,12 @@ def test_a_lost_refs_file_is_an_error_not_a_fresh_empty_lake(tmp_path: Path) -> 
     with pytest.raises(errors.RefsDatabaseError, match="missing"):
         store.open(path)
     assert not (path / "refs.db").exists()
+
+
+def test_a_closed_lake_says_it_was_closed_not_that_it_is_damaged(tmp_path: Path) -> None:
+    lake = store.open(tmp_path / "lake")
+    lake.close()
+    with pytest.raises(errors.LakeClosedError, match="was closed: open it again") as closed:
+        lake.resolve("main")
+    assert "damaged" not in str(closed.value)
+    assert store.open(tmp_path / "lake").resolve("main")  # the lake itself is fine

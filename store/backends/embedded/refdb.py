@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 from store.backends.embedded import layout
 from store.backends.embedded.tree import Entry
-from store.errors import RefsDatabaseError
+from store.errors import LakeClosedError, RefsDatabaseError, StoreError
 
 _HEX = "0123456789abcdef"
 
@@ -142,11 +143,17 @@ class RefDB:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            self._closed = True
 
-    def _error(self, exc: sqlite3.Error) -> RefsDatabaseError:
+    _closed = False
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
         """The store error for a failure of SQLite (the one place they are translated)."""
         if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
             return RefsDatabaseError(f"refs database {self.path} stayed locked: {exc}")
+        if self._closed and isinstance(exc, sqlite3.ProgrammingError):
+            lake = os.path.dirname(self.path)
+            return LakeClosedError(f"the lake at {lake} was closed: open it again with store.open")
         return RefsDatabaseError(f"refs database {self.path} is damaged or unreadable: {exc}")
 
     @contextmanager
