@@ -18,7 +18,8 @@ class JobFailedError(ComputeError, RuntimeError):
     Attributes:
         job_id: the job.
         status: its final status (``failed``, ``cancelled`` or ``killed``).
-        remote_traceback: the traceback text the job printed, or None.
+        remote_traceback: the traceback text the job printed (for a job stopped from outside,
+            the end of its log), or None.
     """
 
     def __init__(
@@ -26,7 +27,14 @@ class JobFailedError(ComputeError, RuntimeError):
     ) -> None:
         text = f"job {job_id} {status}: {message}"
         if remote_traceback:
-            text = f"{text}\n\nremote traceback:\n{remote_traceback.rstrip()}"
+            # A job stopped from outside (cancelled, timed out, killed) has no traceback of its
+            # own: what it is given is the end of its log.
+            label = (
+                "remote traceback"
+                if "Traceback (most recent call last)" in remote_traceback
+                else "end of the job's log"
+            )
+            text = f"{text}\n\n{label}:\n{remote_traceback.rstrip()}"
         super().__init__(text)
         self.job_id, self.status, self.remote_traceback = job_id, status, remote_traceback
 

@@ -340,8 +340,11 @@ def test_a_job_past_its_timeout_fails_and_is_recorded_though_it_never_used_its_r
     lake = embedded_lake
     _seed(lake)
     job = compute.submit(sleep_quietly, {"seconds": 60}, lake=lake, timeout=2)
-    with pytest.raises(compute.JobFailedError, match="timed out after 2 s"):
+    with pytest.raises(compute.JobFailedError, match="timed out after 2 s") as failed:
         job.wait(timeout=JOB_WAIT_S)
+    # What it printed, labelled as such: it raised nothing.
+    assert "end of the job's log:\nsleeping" in str(failed.value)
+    assert "traceback" not in str(failed.value)
     assert job.status is compute.JobStatus.FAILED
     run = _run(lake, job.run_id)
     assert run["status"] == "failed" and "timed out" in (run["error"] or "")
