@@ -297,6 +297,40 @@ def ensure_output_branch(lake: Lake, spec: JobSpec) -> None:
         lake.branch(spec.output_branch, source=spec.input_commit, exist_ok=True)
 
 
+#: The attempt's working folder, in its attempt folder.
+WORK_FOLDER = "work"
+#: The variable naming a job's working folder, in the job (store.open refuses a lake there).
+JOB_FOLDER_VARIABLE = "FLOWLAKE_JOB_FOLDER"
+
+
+def working_folder(checkout: Path, workdir: str, work: Path) -> Path:
+    """Make ``work``, the attempt's working folder, look like ``checkout``: each entry of the
+    checkout's root is a symbolic link to it, but the folders down to ``workdir`` (a
+    ``/``-separated path in the checkout), which are real folders holding links to their
+    entries in turn. Returns the folder the job starts in (``work/<workdir>``).
+
+    Jobs of one snapshot share its checkout; each attempt has its own working folder, so what a
+    job writes to its working folder (a checkpoint, ``model.pt``) is never seen by another job,
+    even one running at once (writing through a link into the snapshot's own folders or files
+    still changes the checkout: the snapshot's files are code, not scratch space). Its cost
+    grows with the entries along ``workdir``, not with the project.
+    """
+    source, target = checkout, work
+    parts = [p for p in workdir.split("/") if p]
+    target.mkdir(parents=True, exist_ok=True)
+    for depth in range(len(parts) + 1):
+        inner = parts[depth] if depth < len(parts) else None
+        with os.scandir(source) as entries:
+            for entry in entries:
+                if entry.name != inner:
+                    os.symlink(entry.path, target / entry.name)
+        if inner is None:
+            return target
+        source, target = source / inner, target / inner
+        target.mkdir(exist_ok=True)
+    return target
+
+
 def main(
     job_dir: str,
     attempt: int,
@@ -335,12 +369,15 @@ def main(
         versioning=versioning,
     )
     activate(ctx)
-    # The job runs its snapshot: imports resolve there first, relative paths start there.
+    # The job runs its snapshot: imports resolve there first, relative paths start in a working
+    # folder of the attempt's own that shows the snapshot (see working_folder).
     sys.path.insert(0, str(checkout))
-    start = checkout / spec.workdir if spec.workdir else checkout
     if spec.workdir:  # as Python puts the folder a script was started from first
-        sys.path.insert(1, str(start))
-    os.chdir(start)
+        sys.path.insert(1, str(checkout / spec.workdir))
+    work = out / WORK_FOLDER
+    os.chdir(working_folder(checkout, spec.workdir, work))
+    # store.open() opens the job's lake; a relative path, resolved here, would not.
+    os.environ.update({"FLOWLAKE_LAKE": spec.lake_location, JOB_FOLDER_VARIABLE: str(work)})
     if admitted is not None:
         admitted(False)
     started = time.perf_counter()

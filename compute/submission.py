@@ -164,7 +164,10 @@ def map(  # noqa: A001 - a sweep is a map, as in Ray and concurrent.futures
             fn,
             item,
             lake=lake,
-            name=name or ",".join(f"{k}={v}" for k, v in item.items())[:DEFAULT_NAME_LENGTH],
+            # Named after its arguments (none: after the callable, as submit names a job).
+            name=name
+            or ",".join(f"{k}={v}" for k, v in item.items())[:DEFAULT_NAME_LENGTH]
+            or None,
             pinned=pinned,
             item=f"item {number} of the sweep",
             **settings,

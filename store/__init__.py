@@ -12,6 +12,7 @@ attribute ``store.branch`` is the function.
 
 from __future__ import annotations
 
+import copyreg
 import getpass
 import importlib
 import os
@@ -74,6 +75,14 @@ class _Package(types.ModuleType):
         super().__setattr__(name, value)
 
 
+def _reduce_package(module: _Package) -> tuple[Any, tuple[str]]:
+    """Pickle the package as a reference, as pickle and cloudpickle do a plain module (they
+    pick a module's reducer by its exact type, which ``_Package`` is not): a function shipped
+    by value that names ``store`` finds it imported on the other side."""
+    return importlib.import_module, (module.__name__,)
+
+
+copyreg.pickle(_Package, _reduce_package)
 sys.modules[__name__].__class__ = _Package
 
 LAKEFS_SCHEME = "lakefs://"
@@ -132,6 +141,37 @@ def _refuse_file_in_path(location: str) -> None:
         raise InvalidArgumentError(f"lake location {location} {where} a file, not a lake folder")
 
 
+def _refuse_url(location: str) -> None:
+    """Raises InvalidArgumentError for a URL given as an embedded lake's folder (it would
+    become a local folder named ``s3:``)."""
+    scheme, sep, _ = location.partition("://")
+    if sep and scheme and all(c.isalnum() or c in "+.-" for c in scheme):
+        raise InvalidArgumentError(
+            f"lake location {location} is a URL: an embedded lake is a local folder (its objects "
+            f"may live elsewhere: store.open('./lake', objects='{location}')), and a lakeFS "
+            "repository is lakefs://<repository>"
+        )
+
+
+def _refuse_lake_in_job_folder(location: str) -> None:
+    """Raises InvalidArgumentError when a compute job would create a lake in its own working
+    folder: a relative path there does not lead to the submitter's lake."""
+    job_folder = os.environ.get("FLOWLAKE_JOB_FOLDER")
+    if not job_folder:
+        return
+    path = os.path.abspath(location)
+    if os.path.exists(os.path.join(path, "refs.db")):
+        return  # a lake already: opened as any lake is
+    inside = os.path.commonpath([path, os.path.abspath(job_folder)]) == os.path.abspath(job_folder)
+    if inside:
+        raise InvalidArgumentError(
+            f"no lake at {location} ({path}): this compute job runs in a working folder of its "
+            "own, where a relative lake path does not lead to the submitter's lake; "
+            "store.open() with no location opens the job's lake ($FLOWLAKE_LAKE), and "
+            "compute.context().lake is it"
+        )
+
+
 def current_user() -> str:
     """The login flowlake acts as: ``FLOWLAKE_USER``, else the operating-system user.
 
@@ -145,7 +185,7 @@ def current_user() -> str:
 
 
 def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
-    location: str | os.PathLike[str],
+    location: str | os.PathLike[str] | None = None,
     namespace: str | None = None,
     *,
     user: str | None = None,
@@ -157,7 +197,8 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
 
     Args:
         location: a folder for the embedded backend (created when absent), or
-            ``lakefs://<repository>`` for lakeFS.
+            ``lakefs://<repository>`` for lakeFS (default: the default lake,
+            ``$FLOWLAKE_LAKE``, else ``./lake``; in a compute job, the job's lake).
         namespace: ``user:<login>`` (default: the user's own), ``team:<name>`` or
             ``production``.
         user: the login commits are attributed to and whose namespace ``user:<login>`` is the
@@ -184,6 +225,10 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
 
     user = validate_login(user) if user is not None else current_user()
     ns = Namespace.parse(namespace) if namespace is not None else Namespace("user", user)
+    if location is None:
+        from store.default_lake import default_location
+
+        location = default_location()
     text = os.fspath(location)
     if not isinstance(text, str) or not text:
         raise InvalidArgumentError("lake location must be a non-empty path or URL")
@@ -207,7 +252,9 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like fsspec.open
         repository = text[len(LAKEFS_SCHEME) :].strip("/")
         backend = load_backend("lakefs", repository=repository, **options)
     else:
+        _refuse_url(text)
         _refuse_file_in_path(text)
+        _refuse_lake_in_job_folder(text)
         backend = load_backend("embedded", path=text, **options)
     try:  # the policy's one enforcement point sits under every handle (docs/policy.md)
         view = policy_view(backend, user, perimeter, token, location=text)

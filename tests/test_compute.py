@@ -462,6 +462,10 @@ def test_a_sweep_pins_one_commit_for_all_its_jobs_while_main_moves(
     assert [job.wait(timeout=JOB_WAIT_S) for job in jobs] == ["done"] * 3
 
 
+def takes_anything(**kwargs: object) -> int:
+    return len(kwargs)
+
+
 def test_a_sweep_with_one_bad_item_launches_none_of_its_jobs(embedded_lake: store.Lake) -> None:
     import threading
 
@@ -470,9 +474,13 @@ def test_a_sweep_with_one_bad_item_launches_none_of_its_jobs(embedded_lake: stor
     with pytest.raises(
         InvalidArgumentError, match=r"^item 2 of the sweep: argument 'lock' \(lock\) cannot be"
     ):
-        compute.map(returns_before_asking_for_its_run, items, lake=embedded_lake)
+        compute.map(takes_anything, items, lake=embedded_lake)
     with pytest.raises(InvalidArgumentError, match="^item 3 of the sweep: each item is a dict"):
-        compute.map(returns_before_asking_for_its_run, [{}, {}, 7], lake=embedded_lake)
+        compute.map(takes_anything, [{}, {}, 7], lake=embedded_lake)
+    with pytest.raises(
+        InvalidArgumentError, match=r"^item 2 of the sweep: returns_before_asking_for_its_run\(\)"
+    ):
+        compute.map(returns_before_asking_for_its_run, [{}, {"lr": 1}], lake=embedded_lake)
     assert compute.jobs(embedded_lake) == []
 
 
@@ -727,6 +735,56 @@ def test_bad_input_is_refused_at_submit_and_creates_nothing(
         compute.submit(options.pop("fn"), lake=embedded_lake, **options)
     assert embedded_lake.branches(all_namespaces=True) == branches
     assert compute.jobs(embedded_lake) == []
+
+
+def keep_a_checkpoint(value: str) -> tuple[bool, str, bool]:
+    """Whether a checkpoint was in the working folder already, what it holds once written,
+    and whether the project's code is there to read."""
+    there = os.path.exists("ckpt.txt")
+    with open("ckpt.txt", "a") as f:
+        f.write(value)
+    time.sleep(0.5)  # jobs of a sweep write at once
+    with open("ckpt.txt") as f:
+        return there, f.read(), os.path.isfile("train.py")
+
+
+def test_what_a_job_writes_to_its_working_folder_no_other_job_sees(
+    embedded_lake: store.Lake, tmp_path: Path
+) -> None:
+    _seed(embedded_lake)
+    (tmp_path / "train.py").write_text("X = 1\n")
+    options: dict[str, Any] = {"lake": embedded_lake, "code_dir": tmp_path}
+    first = compute.submit(keep_a_checkpoint, {"value": "a"}, **options)
+    assert first.wait(timeout=JOB_WAIT_S) == (False, "a", True)
+    sweep = compute.map(keep_a_checkpoint, [{"value": "b"}, {"value": "c"}], **options)
+    assert [job.wait(timeout=JOB_WAIT_S) for job in sweep] == [
+        (False, "b", True),
+        (False, "c", True),
+    ]
+    assert not (tmp_path / "ckpt.txt").exists()
+
+
+def open_lakes_as_a_script_would() -> tuple[str, str]:
+    """What ``store.open()`` opens in a job, and what a relative path says (shipped by value,
+    naming the ``store`` package: pickled as a reference to it)."""
+    opened = store.open()
+    try:
+        store.open("./lake")
+    except InvalidArgumentError as exc:
+        refused = str(exc)
+    else:
+        refused = "opened"
+    return opened.location, refused
+
+
+def test_a_job_opens_its_own_lake_by_default_and_never_creates_one_in_its_folder(
+    embedded_lake: store.Lake,
+) -> None:
+    _seed(embedded_lake)
+    job = compute.submit(open_lakes_as_a_script_would, lake=embedded_lake)
+    location, refused = job.wait(timeout=JOB_WAIT_S)
+    assert os.path.realpath(location) == os.path.realpath(embedded_lake.location)
+    assert "runs in a working folder of its own" in refused
 
 
 def test_what_is_not_a_lake_or_a_sweep_is_refused_naming_it(embedded_lake: store.Lake) -> None:

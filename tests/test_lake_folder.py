@@ -357,3 +357,38 @@ def test_cli_init_on_a_file_exits_1_naming_it(
     assert "./afile is a file, not a lake folder" in result.stderr
     assert "Traceback" not in result.stderr and "Errno" not in result.stderr
     assert os.listdir(tmp_path) == ["afile"]
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/lake", "https://example.com/lake", "gs://b/l"])
+def test_a_url_is_not_taken_for_an_embedded_lakes_folder(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(errors.InvalidArgumentError, match="is a URL: an embedded lake is a"):
+        store.open(url)
+    assert list(tmp_path.iterdir()) == []  # no ./s3: folder
+
+
+def test_store_open_without_a_location_opens_the_default_lake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLOWLAKE_LAKE", str(tmp_path / "team-lake"))
+    with store.open() as lake:
+        assert lake.location == str(tmp_path / "team-lake")
+    monkeypatch.delenv("FLOWLAKE_LAKE")
+    monkeypatch.chdir(tmp_path)
+    with store.open() as lake:
+        assert lake.location == "./lake" and (tmp_path / "lake" / "refs.db").is_file()
+
+
+def test_the_store_package_pickles_as_a_reference() -> None:
+    import pickle
+
+    import cloudpickle
+
+    assert pickle.loads(pickle.dumps(store)) is store
+
+    def opens() -> object:
+        return store.open
+
+    assert cloudpickle.loads(cloudpickle.dumps(opens))() is store.open

@@ -123,3 +123,12 @@ def test_a_source_file_over_the_size_limit_is_left_out_and_marks_the_snapshot_tr
     write(project / "big.json", b" " * (snapshot.MAX_FILE_BYTES + 1))
     code = snapshot.capture(project)
     assert [f.path for f in code.files] == ["train.py"] and code.truncated
+
+
+def test_build_and_container_recipes_are_code_and_data_files_are_not(tmp_path: Path) -> None:
+    for name in ("Makefile", "Dockerfile", "train.py", "small.csv", "weights.bin"):
+        (tmp_path / name).write_text("x\n")
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "Containerfile").write_text("FROM python\n")
+    listed = sorted(f.path for f in snapshot.capture(tmp_path).files)
+    assert listed == ["Dockerfile", "Makefile", "docker/Containerfile", "train.py"]

@@ -50,6 +50,20 @@ SOURCE_SUFFIXES = frozenset(
         ".cpp",
     }
 )
+#: Files without a source suffix that are code all the same: build and container recipes a
+#: job's command may run (``make train``).
+SOURCE_NAMES = frozenset(
+    {
+        "Makefile",
+        "makefile",
+        "GNUmakefile",
+        "Dockerfile",
+        "Containerfile",
+        "Justfile",
+        "justfile",
+        "Procfile",
+    }
+)
 SKIP_DIRS = frozenset(
     {
         ".git",
@@ -739,8 +753,8 @@ def _is_source(name: str) -> bool:
 
     Remembered per name: a project's names repeat with every run."""
     parts = name.split("/")
-    return (
-        not any(p in SKIP_DIRS for p in parts[:-1]) and os.path.splitext(name)[1] in SOURCE_SUFFIXES
+    return not any(p in SKIP_DIRS for p in parts[:-1]) and (
+        os.path.splitext(name)[1] in SOURCE_SUFFIXES or parts[-1] in SOURCE_NAMES
     )
 
 
@@ -806,7 +820,10 @@ def _walk(root: str) -> tuple[list[str], bool]:
         )
         rel = os.path.relpath(dirpath, root)
         for filename in sorted(filenames):
-            if os.path.splitext(filename)[1] not in SOURCE_SUFFIXES:
+            if (
+                os.path.splitext(filename)[1] not in SOURCE_SUFFIXES
+                and filename not in SOURCE_NAMES
+            ):
                 continue
             out.append(filename if rel == "." else f"{rel}/{filename}".replace(os.sep, "/"))
         if len(out) > MAX_FILES or seen > MAX_WALK_ENTRIES:
