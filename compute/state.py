@@ -75,6 +75,11 @@ def _key(location: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+#: Why a job that was asked to cancel (``job.cancel()``, ``flowlake cancel``, Ctrl-C on
+#: ``flowlake run``) while it ran ended.
+CANCELLED_RUNNING = "cancelled while running (asked to: job.cancel(), flowlake cancel or Ctrl-C)"
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, whole."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

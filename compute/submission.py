@@ -261,7 +261,7 @@ def _checked(
     root, real_root = _snapshot_root(checkout)
     workdir = _workdir(real_root, checkout)
     if argv is not None:
-        _check_found(argv, checkout / workdir)
+        _check_found(argv, checkout / workdir, Path(root) / workdir)
     payload = _payload(fn, args, root, item)
     # A default name is a fresh job id's, which no branch or tag has (48 random bits): only a
     # name the user gave is looked up and checked for clashes (the attempt's creating the
@@ -524,17 +524,21 @@ def _check_command(command: Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(command)
 
 
-def _check_found(argv: tuple[str, ...], start: Path) -> None:
+def _check_found(argv: tuple[str, ...], start: Path, origin: Path) -> None:
     """Raises InvalidArgumentError when the program (or the Python script) is not found from
-    ``start``, the folder of the checkout the job starts in."""
+    ``start``, the folder of the checkout the job starts in (``origin``: the project's folder
+    it is a copy of)."""
     program = argv[0]
     if program in PYTHON_NAMES:
         if len(argv) >= 2 and not argv[1].startswith("-"):
             script = argv[1]
             absolute = Path(script).is_absolute() and Path(script).is_file()
             if not (start / script).is_file() and not absolute:
+                if not (origin / script).is_file():
+                    raise InvalidArgumentError(f"command not found: no file {script} in {origin}")
                 raise InvalidArgumentError(
-                    f"command not found: {script} is not in the code snapshot ({start})"
+                    f"command not found: {script} is not in the code snapshot ({start}): the "
+                    "snapshot keeps source files git does not ignore (see docs/compute.md)"
                 )
         return
     local = start / program

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from compute import machine
 from compute.leases import Ledger
 from compute.model import JobSpec, JobStatus
-from compute.state import JobFolder, StatusRecord
+from compute.state import CANCELLED_RUNNING, JobFolder, StatusRecord
 from store.processes import hostname, start_token
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ def _attempt(
                 replace(record, status="running", runner_pid=child.pid, run_id=run_id)
             )
         if why is None and folder.cancel_requested():
-            why = (JobStatus.CANCELLED, "cancelled while running (flowlake cancel)")
+            why = (JobStatus.CANCELLED, CANCELLED_RUNNING)
             _stop(child)
         elif why is None and deadline is not None and time.monotonic() > deadline:
             why = (JobStatus.FAILED, f"timed out after {spec.timeout:g} s")

@@ -561,3 +561,15 @@ def test_runs_refuses_an_unknown_status_or_branch_as_runs_compact_does(lake_dir:
 def test_sql_on_a_misspelt_view_suggests_the_view(lake_dir: Path) -> None:
     err = error_line(lake_dir, "sql", "SELECT * FROM runz")
     assert "runz does not exist" in err and "closest to 'runz': runs" in err
+
+
+def test_a_command_run_from_a_subfolder_points_at_the_lake_above(
+    lake_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = lake_dir.parent / "src" / "deep"
+    sub.mkdir(parents=True)
+    monkeypatch.chdir(sub)
+    monkeypatch.delenv("FLOWLAKE_LAKE", raising=False)
+    result = CliRunner().invoke(app, ["ls"])
+    assert result.exit_code == 1
+    assert "there is one at ../../lake: pass --lake ../../lake" in result.output

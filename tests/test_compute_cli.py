@@ -182,5 +182,9 @@ def test_run_from_a_subfolder_of_a_git_project_starts_in_that_folder(
         assert lake.read_bytes("out/sub.txt", ref="sub-res") == b"from sub"
 
     missing = flowlake("run", "--", "python", "nosuch.py")
-    assert missing.returncode != 0 and "nosuch.py is not in the code snapshot" in missing.stderr
+    assert missing.returncode != 0 and "no file nosuch.py in" in missing.stderr
     assert "Traceback" not in missing.stderr
+    (sub / "scratch.py").write_text("print('not kept')\n")
+    (project / ".gitignore").write_text("scratch.py\n")
+    ignored = flowlake("run", "--", "python", "scratch.py")
+    assert ignored.returncode != 0 and "scratch.py is not in the code snapshot" in ignored.stderr

@@ -97,7 +97,7 @@ def run_command(
 ) -> None:
     """Run a command as a job that reads a pinned commit and writes its own branch.
 
-    The job's output is echoed as it comes: on standard output, or with ``--json`` on standard
+    The job's output is echoed as it comes: on standard output, or with --json on standard
     error, so that standard output is only the job's JSON.
     """
     environment = parse_pypi(pypi, index_url)
@@ -271,7 +271,7 @@ def _printable(text: str) -> str:
 
 
 def _shortened(name: str) -> str:
-    """A name cut to :data:`NAME_WIDTH` characters for the table (``--json`` has it whole): a
+    """A name cut to :data:`NAME_WIDTH` characters for the table (--json has it whole): a
     sweep's item may be named after a large argument."""
     return name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 1] + "…"
 
@@ -333,7 +333,7 @@ def logs_command(
     """Print a job's output (stdout and stderr of every attempt).
 
     With -f, exits 1 (saying why on standard error) when the job ended failed, cancelled or
-    killed, like ``flowlake run``; 0 when it succeeded.
+    killed, like flowlake run; 0 when it succeeded.
     """
     job = compute.get_job(open_lake(lake, namespace), job_id)
     if not follow:

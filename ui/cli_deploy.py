@@ -261,7 +261,7 @@ def promote_command(
 ) -> None:
     """Show the promotion gate, then merge the deployment's commit into main.
 
-    ``--json`` never asks (its output is for scripts), so it needs ``--yes``.
+    --json never asks (its output is for scripts), so it needs --yes.
     """
     if as_json and not yes:
         raise typer.BadParameter(

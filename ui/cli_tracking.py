@@ -96,7 +96,7 @@ def runs_command(
 ) -> None:
     """List runs of every namespace, newest first.
 
-    ``--json`` prints one JSON list with a dict per run (the columns of the ``runs`` table),
+    --json prints one JSON list with a dict per run (the columns of the ``runs`` table),
     instants in ISO 8601 with their offset (UTC).
     """
     if ctx.invoked_subcommand is not None:
@@ -116,7 +116,7 @@ def runs_command(
 
 def _runs_table(found: pa.Table) -> Table:
     """Runs in an 80-column terminal: 8-digit ids, names and branches cut with an ellipsis,
-    start times on one line (``--json`` has every column in full)."""
+    start times on one line (--json has every column in full)."""
     from rich import box
 
     out = Table(
@@ -162,7 +162,7 @@ def sql_command(
 ) -> None:
     """Run read-only SQL over the run history of every namespace.
 
-    ``--json`` prints one strict JSON object per row and ``--csv`` a header and rows; both
+    --json prints one strict JSON object per row and --csv a header and rows; both
     print instants in ISO 8601 with their offset (UTC) and floats exactly.
     """
     if as_json and as_csv:

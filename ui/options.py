@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -65,6 +66,26 @@ def open_lake(location: str, namespace: str | None, perimeter: str | None = None
     try:
         return store.open(location, namespace=namespace, perimeter=perimeter, create=False)
     except LakeNotFoundError as exc:
+        above = _lake_above(location)
+        if above is not None:
+            raise LakeNotFoundError(
+                f"{exc}; there is one at {above}: pass --lake {above} or set FLOWLAKE_LAKE"
+            ) from None
         raise LakeNotFoundError(
             f"{exc}; create one with `flowlake init --lake {location}`"
         ) from None
+
+
+def _lake_above(location: str) -> str | None:
+    """A lake of the same relative name in a folder above the current one (the user is in a
+    subfolder of the project, say), as a relative path; None when there is none."""
+    if os.path.isabs(location) or location.startswith(store.LAKEFS_SCHEME):
+        return None
+    here = os.getcwd()
+    for depth in range(1, 6):
+        folder = os.path.join(here, *[os.pardir] * depth)
+        if os.path.normpath(folder) == os.path.normpath(os.path.join(folder, os.pardir)):
+            return None  # the root
+        if os.path.isfile(os.path.join(folder, location, "refs.db")):
+            return os.path.normpath(os.path.join(*[os.pardir] * depth, location))
+    return None

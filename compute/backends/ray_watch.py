@@ -33,7 +33,7 @@ from ray.exceptions import RayError, RayTaskError, RuntimeEnvSetupError, WorkerC
 
 from compute.backends.ray_attempt import read_started
 from compute.model import JobSpec, JobStatus
-from compute.state import JobFolder, StatusRecord
+from compute.state import CANCELLED_RUNNING, JobFolder, StatusRecord
 
 POLL_S = 0.05
 #: Seconds the processes a stopped job started get after SIGTERM before its worker is ended.
@@ -234,9 +234,7 @@ class Watcher:
                     job.why = (
                         (
                             JobStatus.CANCELLED,
-                            "cancelled while queued"
-                            if queued
-                            else "cancelled while running (flowlake cancel)",
+                            "cancelled while queued" if queued else CANCELLED_RUNNING,
                         )
                         if job.folder.cancel_requested()
                         else (JobStatus.KILLED, "its submitting process exited")
@@ -290,9 +288,7 @@ class Watcher:
                 queued = job.started is None and job.attempt == 1
                 job.why = (
                     JobStatus.CANCELLED,
-                    "cancelled while queued"
-                    if queued
-                    else "cancelled while running (flowlake cancel)",
+                    "cancelled while queued" if queued else CANCELLED_RUNNING,
                 )
                 self._stop(job)
             elif job.why is None and job.deadline is not None and time.monotonic() > job.deadline:
