@@ -256,3 +256,14 @@ def test_the_documented_deployment_example_promotes_in_one_process(
         branch.commit("train")
         exec(compile(example, page, "exec"), {"lake": lake, "tracking": tracking})
         assert {r.status for r in tracking.deployments(lake)} >= {"promoted"}
+
+
+def test_compare_of_a_deployment_that_logged_nothing_yet_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "lake"
+    with store.open(path) as lake:
+        branch = lake.branch("quiet")
+        branch.write_bytes("models/clf/model.pkl", b"v2")
+        branch.commit("train")
+        tracking.deploy(lake, "quiet", branch=branch.name, model="models/clf").close()
+    out = run_cli(path, "compare", "quiet")
+    assert "no metric was logged by both sides" in out and "verdict" not in out

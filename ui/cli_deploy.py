@@ -168,6 +168,15 @@ def print_comparison(result: Comparison, out: Console | None = None) -> None:
                 "bold red",
             )
         )
+    if not result.metrics:
+        out.print(
+            Text(
+                "no metric was logged by both sides in this window yet: nothing to compare "
+                "(a deployment logs them with log_metric)",
+                "yellow",
+            )
+        )
+        return
     regressions = [r for r in result.regressions if r.segment is not None]
     if regressions:
         out.print(comparison_table(regressions, "regressions by segment", out.width))
