@@ -631,3 +631,19 @@ def test_lineage_of_neither_a_run_id_nor_a_ref_says_what_it_traces(lake: store.L
     for bad in ("", None, 5):
         with pytest.raises(InvalidArgumentError, match="takes a run id or a ref"):
             tracking.lineage(lake, bad)  # type: ignore[arg-type]
+
+
+def test_a_run_is_found_by_the_short_id_the_cli_shows(lake: store.Lake) -> None:
+    with tracking.start_run(lake, name="short") as run:
+        run.log_metric("loss", 0.5, step=1)
+    assert tracking.get_run(lake, run.id[:8]).run_id == run.id
+    assert tracking.get_metric_history(lake, run.id[:8], "loss").num_rows == 1
+    others = [f"abcd{n:028x}" for n in (1, 2)]
+    for other in others:
+        lake.branch(f"run-{other}")
+    with pytest.raises(store.errors.AmbiguousRefError, match="2 runs start with abcd"):
+        tracking.get_run(lake, "abcd")
+    with pytest.raises(tracking.RunNotFoundError, match="no run id starts with 0123abcd"):
+        tracking.get_run(lake, "0123abcd")
+    with pytest.raises(tracking.RunNotFoundError, match="not a run id"):
+        tracking.get_run(lake, "abc")

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from store.errors import (
+    AmbiguousRefError,
     BranchNotFoundError,
     ObjectNotFoundError,
     PermissionDeniedError,
@@ -307,6 +308,49 @@ def heartbeat_time(lake: Lake, ref: str, run_id: str) -> datetime | None:
         return datetime.fromtimestamp(float(beat["time"]), UTC)
     except (ObjectNotFoundError, ValueError, KeyError, TypeError):
         return None
+
+
+#: The fewest hex digits a run id prefix may have (``flowlake runs`` shows 8).
+MIN_RUN_PREFIX = 4
+
+
+def complete_run_id(lake: Lake, text: str) -> str:
+    """The run id ``text`` is, or a unique prefix of (at least :data:`MIN_RUN_PREFIX` hex
+    digits, as ``flowlake runs`` shows them), looked up among the run branches of every
+    namespace; a full id is returned as it is.
+
+    Raises:
+        RunNotFoundError: no run starts with ``text``, or it is not hex digits.
+        AmbiguousRefError: several runs do (the message names them).
+    """
+    if layout.is_run_id(text):
+        return text
+    if not (
+        isinstance(text, str)
+        and MIN_RUN_PREFIX <= len(text) < 32
+        and all(c in "0123456789abcdef" for c in text)
+    ):
+        raise RunNotFoundError(
+            f"{text!r} is not a run id (32 lowercase hex digits, or a unique prefix of at "
+            f"least {MIN_RUN_PREFIX})"
+        )
+    start = layout.run_branch_short(text)
+    found = sorted(
+        {
+            short[len(layout.RUN_BRANCH_PREFIX) :]
+            for info in lake.branches(all_namespaces=True)
+            if (short := info.name.rsplit("/", 1)[-1]).startswith(start)
+            and layout.is_run_id(short[len(layout.RUN_BRANCH_PREFIX) :])
+        }
+    )
+    if not found:
+        raise RunNotFoundError(f"no run id starts with {text}")
+    if len(found) > 1:
+        raise AmbiguousRefError(
+            f"{len(found)} runs start with {text}: {', '.join(found[:5])}"
+            f"{' ...' if len(found) > 5 else ''}; give more digits"
+        )
+    return found[0]
 
 
 def find_run_branch(lake: Lake, run_id: str) -> Branch:

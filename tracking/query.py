@@ -386,12 +386,15 @@ def _settled(name: str, resolved: Resolved | None) -> bool:
 def get_run(lake: Lake, run_id: str) -> RunRecord:
     """One run as recorded on its own branch, with its reader-side status (the row
     ``SELECT * FROM runs WHERE run_id = ?`` returns, read without a DuckDB connection).
+    ``run_id`` may be a unique prefix of at least 4 hex digits (``flowlake runs`` shows 8).
 
     Raises:
         RunNotFoundError: no such run.
+        AmbiguousRefError: several runs start with the prefix given.
         InvalidArgumentError: ``lake`` is not a Lake.
     """
     require_lake(lake, "tracking.get_run")
+    run_id = catalog.complete_run_id(lake, run_id)
     with Index(lake) as index:
         row = views.run_record(lake, index, run_id)
     if row is None:
@@ -411,7 +414,7 @@ def get_metric_history(lake: Lake, run_id: str, key: str) -> pa.Table:
         InvalidArgumentError: ``lake`` is not a Lake or ``key`` is not a string.
     """
     require_lake(lake, "tracking.get_metric_history")
-    return history.metric_history(lake, run_id, key)
+    return history.metric_history(lake, catalog.complete_run_id(lake, run_id), key)
 
 
 def search_runs(
