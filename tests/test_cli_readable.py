@@ -177,6 +177,8 @@ def test_branch_list_counts_tracking_run_branches_on_one_line_unless_asked(
     for run in runs:
         run.end()
     lake.branch("run-notes")  # named like one, but not a run's: listed
+    lake.branch("job-0123456789ab")  # the output branch a job names by default: counted
+    lake.branch("job-notes")  # named like one, but not a job's default: listed
 
     def listed(*flags: str) -> click.testing.Result:
         result = CliRunner().invoke(app, ["branch", "list", *flags, *where])
@@ -184,11 +186,15 @@ def test_branch_list_counts_tracking_run_branches_on_one_line_unless_asked(
         return result
 
     default = listed().stdout
-    assert "exp" in default and "run-notes" in default
-    assert not any(run.id in default for run in runs)
-    assert "+ 3 run branches of tracking runs (--runs lists them)" in default
+    assert "exp" in default and "run-notes" in default and "job-notes" in default
+    assert not any(run.id in default for run in runs) and "job-0123" not in default
+    assert (
+        "+ 3 run branches of tracking runs and 1 default output branch of compute jobs "
+        "(--runs lists them)"
+    ) in " ".join(default.split())
     every = listed("--runs").stdout
     assert all(run.id[:12] in every for run in runs) and "+ 3" not in every
+    assert "job-0123456789ab" in every
     names = {b["name"] for b in json.loads(listed("--json").stdout)}
     assert {run.run_branch for run in runs} <= names
 

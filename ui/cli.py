@@ -248,25 +248,35 @@ def branch_list(
     ] = False,
     runs: Annotated[
         bool,
-        typer.Option("--runs", help="Also tracking runs' own branches (counted otherwise)."),
+        typer.Option(
+            "--runs",
+            help="Also tracking runs' branches and jobs' job-<id> branches (counted otherwise).",
+        ),
     ] = False,
     lake: LakeOption = DEFAULT_LAKE,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List branches of your namespace and production (every namespace with --all); the
-    branches of tracking runs are counted on one line unless --runs (--json lists them)."""
+    branches of tracking runs and compute jobs' default output branches (job-<id>) are counted
+    on one line unless --runs (--json lists them)."""
     with open_lake(lake, namespace) as opened:
         branches = opened.branches(all_namespaces=all_namespaces, include_scratch=include_scratch)
         current = opened.namespace
     if as_json:
         render.emit_json([render.branch_json(info) for info in branches])
         return
-    shown = branches if runs else [b for b in branches if not internal.is_run_branch(b.name)]
+    run_branches = 0 if runs else sum(internal.is_run_branch(b.name) for b in branches)
+    job_branches = 0 if runs else sum(internal.is_job_branch(b.name) for b in branches)
+    shown = [
+        b
+        for b in branches
+        if runs or not (internal.is_run_branch(b.name) or internal.is_job_branch(b.name))
+    ]
     out = render.stdout()
     out.print(render.branches_table(shown, current))
-    if len(shown) < len(branches):
-        out.print(internal.folded_runs_line(len(branches) - len(shown)))
+    if run_branches or job_branches:
+        out.print(internal.folded_runs_line(run_branches, job_branches))
 
 
 @branch_app.command("delete")

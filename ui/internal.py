@@ -6,8 +6,9 @@ same branches as the data they describe (``tracking.layout``, ``store.policy``).
 meant for a person they drown the data (one run adds a dozen entries), so the human output of
 ``ls`` and ``diff`` counts them on one line instead; ``--all`` lists them, and ``--json`` always
 does (scripts get everything). A prefix that itself starts with ``_flowlake`` shows them too.
-Tracking runs' own branches (``run-<run id>``, one per run: a sweep makes hundreds) are folded
-from ``branch list`` the same way (``--runs`` lists them).
+Tracking runs' own branches (``run-<run id>``, one per run: a sweep makes hundreds) and the
+output branches compute jobs name by default (``job-<id>``, one per ``flowlake run`` without
+``--branch``) are folded from ``branch list`` the same way (``--runs`` lists them).
 """
 
 from __future__ import annotations
@@ -53,7 +54,24 @@ def is_run_branch(name: str) -> bool:
     return short.startswith(prefix) and layout.is_run_id(short[len(prefix) :])
 
 
-def folded_runs_line(hidden: int) -> Text:
-    """The line that stands for ``hidden`` folded run branches."""
-    noun = "run branches" if hidden != 1 else "run branch"
-    return Text(f"+ {hidden} {noun} of tracking runs (--runs lists them)", style="dim")
+def is_job_branch(name: str) -> bool:
+    """Whether ``name`` (full or short) is the output branch a compute job named by default,
+    ``job-<12 hex digits of its id>`` (``flowlake run`` without ``--branch``)."""
+    short = name.rpartition("/")[2]
+    digits = short[len("job-") :]
+    return (
+        short.startswith("job-")
+        and len(digits) == 12
+        and all(c in "0123456789abcdef" for c in digits)
+    )
+
+
+def folded_runs_line(runs: int, jobs: int = 0) -> Text:
+    """The line that stands for ``runs`` folded run branches and ``jobs`` folded default
+    output branches of compute jobs."""
+    parts = []
+    if runs:
+        parts.append(f"{runs} run branch{'es' if runs != 1 else ''} of tracking runs")
+    if jobs:
+        parts.append(f"{jobs} default output branch{'es' if jobs != 1 else ''} of compute jobs")
+    return Text(f"+ {' and '.join(parts)} (--runs lists them)", style="dim")
