@@ -257,9 +257,8 @@ def branch_list(
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List branches of your namespace and production (every namespace with --all); the
-    branches of tracking runs and compute jobs' default output branches (job-<id>) are counted
-    on one line unless --runs (--json lists them)."""
+    """List branches of your namespace and production (every namespace with --all); runs'
+    and jobs' own branches are counted on one line unless --runs (--json lists them)."""
     with open_lake(lake, namespace) as opened:
         branches = opened.branches(all_namespaces=all_namespaces, include_scratch=include_scratch)
         current = opened.namespace
