@@ -458,6 +458,21 @@ def test_a_listing_is_not_remembered_under_a_variable_set_after_it_began(
     assert _as_held(got, fresh, held) == fresh
 
 
+def test_gits_answer_is_not_stored_under_variables_set_while_git_ran(
+    lister: Lister, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _age_files(repo)
+    other = tmp_path / "other-config"
+    (other / "git").mkdir(parents=True)
+    (other / "git" / "ignore").write_text("notes.py\n")
+    pending = snapshot.PendingListing(repo, cache_dir=lister.cache)  # git starts: no entry yet
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(other))
+    pending.finish(cache_dir=lister.cache)
+    assert lister.stored(repo) is None  # nothing under the new variables' key
+    got, _ = lister.listing(repo)  # compares with an uncached listing
+    assert "pkg/notes.py" not in [f.path for f in got.files]
+
+
 def _edit_keeping_size_and_times(root: Path) -> None:
     path = root / "pkg" / "model.py"
     before = path.stat()

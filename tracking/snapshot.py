@@ -257,6 +257,7 @@ class PendingListing:
         if self._cached is not None:
             return
         self._started_ns = time.time_ns()
+        self._git_env = gitlisting.git_env()  # what git runs under: its answer's key
         # rev-parse and ls-files do not depend on each other: run them side by side.
         self._rev = _spawn(self._cwd, "rev-parse", *_REV_PARSE, "HEAD")
         self._listing = _spawn(
@@ -344,7 +345,12 @@ class PendingListing:
             _stop(ignored)
             raise
         ignored_out = _finish(ignored) if ignored is not None else None
-        if self._cache_dir and ignored_out is not None and listed is not None:
+        if (
+            self._cache_dir
+            and ignored_out is not None
+            and listed is not None
+            and gitlisting.git_env() == self._git_env  # else its key would name other variables
+        ):
             gitlisting.store(
                 self._cache_dir,
                 self._cwd,
