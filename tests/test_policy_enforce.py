@@ -115,7 +115,10 @@ def test_staging_cannot_write_production_merge_into_main_or_read_pii(policed: ob
     with pytest.raises(InvalidArgumentError, match="kept for the policy layer"):
         exp.commit("claim to be CI", metadata={META_PRINCIPAL: "token:ci"})
     exp.reset()
-    with pytest.raises(PermissionDeniedError, match="may not merge into production/main"):
+    # The line named is the one of staging's `write` key (POLICY's line 12).
+    with pytest.raises(
+        PermissionDeniedError, match=r"may not merge into production/main \(policy line 12: write"
+    ):
         staging.merge("exp", into="main")
     with pytest.raises(PermissionDeniedError, match="may not revert on production/main"):
         staging.revert("main", "main")

@@ -107,8 +107,18 @@ def test_jobs_beyond_the_perimeters_limits_are_refused_and_create_nothing(
             compute.submit(double, {"x": 1}, lake=prod, **kwargs)
         with pytest.raises(PermissionError, match=message):
             compute.map(double, [{"x": 1}, {"x": 2}], lake=prod, **kwargs)
+    # The refusal names the line of the limit itself (POLICY's lines 6-8 and 15).
+    for resources, line in (
+        (Resources(gpus=3), 6),
+        (Resources(cpus=6), 7),
+        (Resources(memory="9GiB"), 8),
+    ):
+        with pytest.raises(PolicyLimitError, match=rf"\(policy line {line}\)"):
+            compute.submit(double, {"x": 1}, lake=prod, resources=resources)
     staging = reopen(lake_access, perimeter="staging")
-    with pytest.raises(PolicyLimitError, match="perimeter 'staging'.*max_gpus = 0"):
+    with pytest.raises(
+        PolicyLimitError, match=r"perimeter 'staging' \(policy line 15\).*max_gpus = 0"
+    ):
         compute.submit(double, {"x": 1}, lake=staging, resources=Resources(gpus=1))
     assert compute.jobs(prod) == []
     assert {b.name for b in prod.branches(all_namespaces=True)} == branches

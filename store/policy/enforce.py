@@ -302,7 +302,8 @@ class PolicyBackend:
         if not any(p is not None and glob_matches(p, label) for p in patterns):
             raise PermissionDeniedError(
                 f"{self.identity.principal} in perimeter {perimeter.name!r} may not {what} "
-                f"{label} (policy line {perimeter.line}: write = {list(perimeter.write)})"
+                f"{label} (policy line {perimeter.line_of('write')}: "
+                f"write = {list(perimeter.write)})"
             )
         return policy
 

@@ -74,8 +74,9 @@ def check_job(lake: Lake, resources: JobResources, environment: JobEnvironment) 
     problem = _problem(perimeter, resources, environment)
     if problem is not None:
         name = view.identity.perimeter or DEFAULT_PERIMETER
+        line = perimeter.line_of(problem.partition(" = ")[0])  # the limit's own line
         raise PolicyLimitError(
-            f"perimeter {name!r} (policy line {perimeter.line}) does not allow this job: {problem}"
+            f"perimeter {name!r} (policy line {line}) does not allow this job: {problem}"
         )
 
 

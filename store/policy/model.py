@@ -81,6 +81,7 @@ class Perimeter:
         image_registries: container registries (``host[:port]``, optionally with a path
             prefix such as ``ghcr.io/acme``) jobs' images may come from (empty: any).
         line: the policy line of its table.
+        key_lines: the policy line of each key the table sets (see :meth:`line_of`).
     """
 
     name: str
@@ -93,6 +94,11 @@ class Perimeter:
     package_indexes: tuple[str, ...] = ()
     image_registries: tuple[str, ...] = ()
     line: int = 0
+    key_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+
+    def line_of(self, key: str) -> int:
+        """The policy line that sets ``key`` (``write``, ``max_cpus``, ...), else the table's."""
+        return next((line for name, line in self.key_lines if name == key and line), self.line)
 
 
 @dataclass(frozen=True)

@@ -245,6 +245,7 @@ class _Reader:
                 "image_registries", REGISTRY, "a registry such as 'ghcr.io' or 'ghcr.io/acme'"
             ),
             line=line,
+            key_lines=tuple((key, self.lines.of(where, 0, key)) for key in sorted(body)),
         )
 
     def _gate(self, index: int, body: dict[str, Any]) -> Gate:
