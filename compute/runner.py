@@ -35,6 +35,7 @@ from compute.forked import redirect_to_log, run_then_exit
 from compute.inside import JobContext, activate
 from compute.model import PYTHON_NAMES, JobSpec
 from compute.state import JobFolder, write_atomic
+from store import JOB_FOLDER_VARIABLE
 from store.errors import ConflictError
 
 # What only some jobs need (subprocess, runpy, traceback, the store itself) is imported where it
@@ -299,8 +300,6 @@ def ensure_output_branch(lake: Lake, spec: JobSpec) -> None:
 
 #: The attempt's working folder, in its attempt folder.
 WORK_FOLDER = "work"
-#: The variable naming a job's working folder, in the job (store.open refuses a lake there).
-JOB_FOLDER_VARIABLE = "FLOWLAKE_JOB_FOLDER"
 
 
 def working_folder(checkout: Path, workdir: str, work: Path) -> Path:

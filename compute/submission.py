@@ -219,7 +219,7 @@ def _checked(
     """:func:`submit`'s checks, its input commit (``pinned``, else ``input_ref`` resolved),
     code snapshot, payload and spec; raises as :func:`submit` does, having created nothing.
     ``item`` names ``args`` among a sweep's (``"item 2 of the sweep"``) in errors about them."""
-    _location(lake)  # a lake, not a path
+    location = _location(lake)  # refuses what is not a lake
     argv = _check_arguments(fn, args, command, retries, timeout, name, item)
     if output_branch is not None and (not isinstance(output_branch, str) or not output_branch):
         raise InvalidArgumentError(f"output_branch must be a branch name, not {output_branch!r}")
@@ -253,7 +253,7 @@ def _checked(
         job_id = uuid.uuid4().hex
         target = output_branch if output_branch is not None else f"job-{job_id[:12]}"
         parsed = parse_branch(target, _namespace(lake))
-        jobs = JobStore.for_location(_location(lake))
+        jobs = JobStore.for_location(location)
         sid, checkout = pending.finish(jobs.code_root)
     except BaseException:
         pending.close()
@@ -273,7 +273,7 @@ def _checked(
         job_id=job_id,
         name=name or _default_name(fn, argv),
         backend=backend,
-        lake_location=_location(lake),
+        lake_location=location,
         namespace=lake.namespace,
         user=lake.user,
         input_ref=input_ref,

@@ -153,14 +153,21 @@ def _refuse_url(location: str) -> None:
         )
 
 
+#: The variable a compute job's runner sets to the job's working folder (where
+#: :func:`open` refuses to create a lake).
+JOB_FOLDER_VARIABLE = "FLOWLAKE_JOB_FOLDER"
+
+
 def _refuse_lake_in_job_folder(location: str) -> None:
     """Raises InvalidArgumentError when a compute job would create a lake in its own working
     folder: a relative path there does not lead to the submitter's lake."""
-    job_folder = os.environ.get("FLOWLAKE_JOB_FOLDER")
+    job_folder = os.environ.get(JOB_FOLDER_VARIABLE)
     if not job_folder:
         return
+    from store.backends.embedded.backend import REFS_FILE
+
     path = os.path.abspath(location)
-    if os.path.exists(os.path.join(path, "refs.db")):
+    if os.path.exists(os.path.join(path, REFS_FILE)):
         return  # a lake already: opened as any lake is
     inside = os.path.commonpath([path, os.path.abspath(job_folder)]) == os.path.abspath(job_folder)
     if inside:

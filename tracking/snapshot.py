@@ -18,7 +18,7 @@ import stat
 import subprocess
 import time
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from tracking import gitlisting, localcache
@@ -458,9 +458,6 @@ def _list(
     return code, judged, signature
 
 
-Signature = tuple[tuple[str, int, int, int, int, int], ...]
-
-
 @dataclass(frozen=True)
 class _Settled:
     """A listing made from a cached git answer, remembered with what else it was made from.
@@ -519,9 +516,7 @@ def _settle(
     newest = max((max(s[2], s[3]) for s in signature), default=0)
     if code.skipped or code.git_dirty is None or max(newest, witness.newest_ns()) >= horizon:
         return
-    files = tuple(
-        f if f.data is None else ListedFile(f.path, f.size, f.sha256, None) for f in code.files
-    )
+    files = _without_bytes(code.files)
     if len(_settled_listings) >= MAX_REMEMBERED_PROJECTS:
         _settled_listings.clear()
     _settled_listings[(cache_dir, cwd, spec)] = _Settled(
@@ -533,13 +528,17 @@ def _settle(
     )
 
 
+#: Each listed name with its :func:`_file_stamp` (see :func:`_signature`).
+Signature = tuple[tuple[str, int, int, int, int, int], ...]
+
+
 @dataclass(frozen=True)
 class _Listed:
     """What :func:`_read_files` found in a project whose every file was settled (see
     :data:`RACY_WINDOW_NS`): the names' :func:`_signature`, the files' hashes, and the files
     without their bytes."""
 
-    signature: tuple[tuple[str, int, int, int, int, int], ...]
+    signature: Signature
     hashes: frozenset[str]
     files: tuple[ListedFile, ...]
     truncated: bool
@@ -556,9 +555,7 @@ _last_files: dict[str, _Listed] = {}
 MAX_REMEMBERED_PROJECTS = 8
 
 
-def _signature(
-    names: list[str], lstats: dict[str, os.stat_result | None]
-) -> tuple[tuple[str, int, int, int, int, int], ...] | None:
+def _signature(names: list[str], lstats: dict[str, os.stat_result | None]) -> Signature | None:
     """Each name with its size, modification and change times (ns), inode and mode, in order;
     None when a name was not looked at (outside git) or could not be."""
     out = []
@@ -566,24 +563,23 @@ def _signature(
         st = lstats.get(name)
         if st is None:
             return None
-        out.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode))
+        out.append((name, *_file_stamp(st)))
     return tuple(out)
 
 
 def _remember_files(
-    key: str,
-    signature: tuple[tuple[str, int, int, int, int, int], ...],
-    files: list[ListedFile],
-    truncated: bool,
+    key: str, signature: Signature, files: list[ListedFile], truncated: bool
 ) -> None:
     if len(_last_files) >= MAX_REMEMBERED_PROJECTS and key not in _last_files:
         _last_files.clear()
     _last_files[key] = _Listed(
-        signature,
-        frozenset(f.sha256 for f in files),
-        tuple(f if f.data is None else ListedFile(f.path, f.size, f.sha256, None) for f in files),
-        truncated,
+        signature, frozenset(f.sha256 for f in files), _without_bytes(files), truncated
     )
+
+
+def _without_bytes(files: Sequence[ListedFile]) -> tuple[ListedFile, ...]:
+    """``files`` as remembered in memory: hashes and sizes, not bytes."""
+    return tuple(f if f.data is None else ListedFile(f.path, f.size, f.sha256, None) for f in files)
 
 
 def _utf8_names(names: list[str]) -> tuple[list[str], list[str]]:
