@@ -52,12 +52,48 @@ def encode_bytes(table: Any, **parquet_options: Any) -> bytes:
 
 
 def decode(data: bytes, path: str, columns: list[str] | None = None) -> pa.Table:
-    """Read Parquet bytes.
+    """Read Parquet bytes (see :func:`read_file`).
 
     Raises:
         InvalidTableError: the bytes are not a complete Parquet file.
+        InvalidArgumentError: a name in ``columns`` is not a column of the table.
     """
     try:
-        return pq.read_table(pa.BufferReader(data), columns=columns)
+        return read_file(pa.BufferReader(data), columns)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidTableError(f"{path!r} is not a readable Parquet table: {exc}") from None
+    except KeyError as exc:
+        raise InvalidArgumentError(f"{path!r}: {exc.args[0]}") from None
+
+
+def read_file(
+    source: Any,
+    columns: list[str] | None = None,
+    *,
+    read_dictionary: list[str] | None = None,
+    use_threads: bool = True,
+) -> pa.Table:
+    """Read one whole Parquet file: a local path, a ``pyarrow`` buffer or a file object.
+
+    flowlake reads Parquet through here (or ``ParquetFile`` itself), never through
+    ``pq.read_table``: that reads
+    through the dataset scanner, whose background read-ahead tasks may still be running when
+    the call returns, and a process that exits then is aborted by Arrow's thread pools
+    (``terminate called without an active exception``, exit status 134; apache/arrow#34314).
+    ``ParquetFile.read`` decodes synchronously and leaves nothing running.
+
+    ``columns`` names top-level columns (a struct column comes whole); the result has them
+    in that order. ``use_threads=False`` decodes on this thread (cheaper for a small file).
+
+    Raises:
+        KeyError: a name in ``columns`` is not a column (the message names it and the
+            columns there are).
+        pyarrow.ArrowInvalid, OSError: not a complete Parquet file.
+    """
+    file = pq.ParquetFile(source, read_dictionary=read_dictionary)
+    if columns is not None:
+        names = file.schema_arrow.names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise KeyError(f"no column {', '.join(map(repr, missing))}; the columns are {names}")
+    return file.read(columns=columns, use_threads=use_threads)

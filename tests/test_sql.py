@@ -429,6 +429,20 @@ def test_a_one_run_lookup_over_segments_too_large_to_keep_returns_the_full_scans
     assert tracking.get_run(embedded_lake, run.id).name == "r"
 
 
+def test_a_run_looked_up_in_a_segment_too_large_to_keep_is_read_from_its_own_row_groups(
+    embedded_lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracking import index, views
+
+    monkeypatch.setattr(views, "SEGMENT_CACHE_ROWS", 0)
+    monkeypatch.setattr(views, "_segment_cache", type(views._segment_cache)())
+    monkeypatch.setattr(index, "SEGMENT_ROW_GROUP_ROWS", 1)  # one row group per run record
+    exp = embedded_lake.branch("exp").name
+    runs = [_run(embedded_lake, exp, f"r{k}") for k in range(4)]
+    for run in reversed(runs):
+        assert tracking.get_run(embedded_lake, run.id).name == run.name
+
+
 def test_a_one_run_lookup_of_a_run_with_many_metric_parts_returns_every_point(
     embedded_lake: store.Lake,
 ) -> None:

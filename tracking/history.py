@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from store import tables
 from store.errors import InvalidArgumentError, InvalidTableError
 from tracking import catalog, layout
 from tracking.index import Index
@@ -69,8 +69,8 @@ def metric_history(lake: Lake, run_id: str, key: str) -> pa.Table:
 def _read_part(lake: Lake, path: str, ref: str) -> pa.Table:
     source = pa.BufferReader(lake.read_bytes(path, ref))  # verified against its hash
     try:
-        return pq.read_table(source, columns=_READ, read_dictionary=_DICTIONARY, use_threads=False)
-    except (pa.ArrowInvalid, OSError) as exc:
+        return tables.read_file(source, _READ, read_dictionary=_DICTIONARY, use_threads=False)
+    except (pa.ArrowInvalid, OSError, KeyError) as exc:
         raise InvalidTableError(f"{path!r} is not a readable Parquet table: {exc}") from None
 
 

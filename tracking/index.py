@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from store import tables
 from store.errors import ObjectNotFoundError
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 INDEX_VERSION = 6
 #: Compact a view's segments into one when it has more than this many.
 MAX_SEGMENTS = 8
+#: Rows per row group of a segment; a lookup of one object reads only the groups that hold it.
+SEGMENT_ROW_GROUP_ROWS = 256 * 1024
 #: Seconds a compacted segment is kept for queries that were already reading it.
 RETIRED_KEPT_S = 3600.0
 
@@ -478,7 +481,7 @@ class Index:
         keep = pa.array(sorted(o for o, _ in referenced), pa.int64())
         parts = []
         for _, path in live:
-            table = pq.read_table(os.path.join(self.folder, path))
+            table = tables.read_file(os.path.join(self.folder, path))
             parts.append(table.filter(pa.compute.is_in(table["_oid"], value_set=keep)))
         merged = pa.concat_tables(parts) if parts else schema.empty_table()
         with self._write() as db:
@@ -514,8 +517,7 @@ class Index:
 def _decode(data: bytes, schema: pa.Schema, required: Sequence[str]) -> tuple[Any, str | None]:
     """``(table as schema, None)`` or ``(None, why not)``; missing optional columns are null."""
     try:
-        # ParquetFile, not read_table: no dataset discovery, no thread pool per tiny file.
-        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+        table = tables.read_file(pa.BufferReader(data), use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         return None, f"not a readable Parquet file ({exc})"
     if table.schema.equals(schema, check_metadata=False):
@@ -541,7 +543,7 @@ def _write_segment(path: str, table: pa.Table) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             # Sorted by object so a filter on one run's rows skips most row groups.
-            pq.write_table(table.sort_by("_oid"), f, row_group_size=256 * 1024)
+            pq.write_table(table.sort_by("_oid"), f, row_group_size=SEGMENT_ROW_GROUP_ROWS)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

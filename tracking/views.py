@@ -516,6 +516,25 @@ def _segment(path: str) -> tuple[pa.Table, dict[int, tuple[int, int]]] | None:
     return table, spans
 
 
+def _object_rows_in(path: str, oid: int) -> list[dict[str, Any]]:
+    """The rows of object ``oid`` in a segment too big to cache. Only the row groups whose
+    ``_oid`` statistics can hold it are read (a segment is sorted by ``_oid``)."""
+    file = pq.ParquetFile(path)
+    meta = file.metadata
+    groups = []
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        stats = next(
+            group.column(c).statistics
+            for c in range(group.num_columns)
+            if group.column(c).path_in_schema == "_oid"
+        )
+        if stats is None or not stats.has_min_max or stats.min <= oid <= stats.max:
+            groups.append(i)
+    table = file.read_row_groups(groups, use_threads=False)
+    return table.filter(pa.compute.equal(table["_oid"], oid)).to_pylist()  # type: ignore[no-any-return]
+
+
 def _resolved(index: Index, runs: _Runs, name: str, *, remember: bool = True) -> Resolved:
     """The view's rows resolved to index objects: reused for the scope's key where cached
     (sources whose runs may still be writing are resolved afresh), else resolved and kept."""
@@ -684,7 +703,7 @@ def run_record(lake: Lake, index: Index, run_id: str) -> dict[str, Any] | None:
         rows = kept.slice(0, 1).to_pylist()
     else:
         for segment in resolved.segments:
-            rows = pq.read_table(segment, filters=[("_oid", "=", oid)]).to_pylist()
+            rows = _object_rows_in(segment, oid)
             if rows:
                 break
     if not rows:
