@@ -5,7 +5,9 @@ out into the state folder, keyed by the snapshot's content hash, so jobs with th
 share one checkout and a job runs what the work tree held at submit, whatever happens to it
 later. Callables are pickled with cloudpickle: functions of ``__main__`` and of modules that a
 fresh interpreter could not import from the snapshot or the installed packages are shipped by
-value; everything else by reference, imported from the checkout.
+value; everything else by reference, imported from the checkout. Code shipped by value gets
+back the name of the file it came from (:func:`name_shipped_code`), so that a job's traceback
+points at the user's file and line, not at cloudpickle's ``<dynamic-code>``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import os
 import pickle
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -207,7 +210,9 @@ def _ship_by_value(module: ModuleType, snapshot_root: str) -> bool:
 
 
 def pickle_payload(fn: Callable[..., Any], args: dict[str, Any], snapshot_root: str) -> bytes:
-    """Pickle ``fn`` and its keyword arguments for the job.
+    """Pickle ``fn``, its keyword arguments and, for code shipped by value, the file it came
+    from (a path relative to ``snapshot_root`` when it lies there, else absolute; None when
+    unknown), for :func:`load_payload`.
 
     Raises:
         InvalidArgumentError: ``fn`` or an argument cannot be pickled (the message names it).
@@ -216,12 +221,13 @@ def pickle_payload(fn: Callable[..., Any], args: dict[str, Any], snapshot_root: 
 
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
     by_value = module is not None and _ship_by_value(module, snapshot_root)
+    source = _source_file(module, snapshot_root) if by_value or _in_main(module) else None
     if by_value:
         assert module is not None
         cloudpickle.register_pickle_by_value(module)
     try:
         try:
-            return cloudpickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+            return cloudpickle.dumps((fn, args, source), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
             pass  # pickled again one by one below, to name what cannot be
         try:
@@ -236,7 +242,7 @@ def pickle_payload(fn: Callable[..., Any], args: dict[str, Any], snapshot_root: 
                     f"argument {key!r} ({type(value).__name__}) cannot be pickled: {exc}"
                 ) from None
         try:
-            return cloudpickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+            return cloudpickle.dumps((fn, args, source), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # each pickles alone, not together (rare: say, a cycle)
             raise InvalidArgumentError(
                 f"the callable and its arguments cannot be pickled: {exc}"
@@ -245,3 +251,68 @@ def pickle_payload(fn: Callable[..., Any], args: dict[str, Any], snapshot_root: 
         if by_value:
             assert module is not None
             cloudpickle.unregister_pickle_by_value(module)
+
+
+def _in_main(module: ModuleType | None) -> bool:
+    return module is not None and module.__name__ == "__main__"
+
+
+def _source_file(module: ModuleType | None, snapshot_root: str) -> str | None:
+    file = getattr(module, "__file__", None)
+    if not file:
+        return None  # an interactive session or a notebook: no file to point at
+    path = os.path.abspath(file)
+    root = os.path.abspath(snapshot_root)
+    return os.path.relpath(path, root) if path.startswith(root + os.sep) else path
+
+
+def load_payload(payload: bytes, checkout: Path) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The job's callable and keyword arguments from :func:`pickle_payload`'s bytes, code
+    shipped by value named after its file (in ``checkout`` when it came from the snapshot)."""
+    fn, args, source = pickle.loads(payload)
+    if source is not None:
+        name_shipped_code(fn, str(checkout / source), getattr(fn, "__module__", None))
+    return fn, args
+
+
+#: The file name cloudpickle gives every code object it ships by value.
+DYNAMIC_CODE = "<dynamic-code>"
+
+
+def name_shipped_code(root: object, filename: str, module: str | None) -> None:
+    """Give the functions shipped by value with ``root`` (itself, the functions and classes of
+    ``module`` it reaches through its globals and closure, their methods) the file name
+    ``filename`` instead of :data:`DYNAMIC_CODE`. Code loaded by reference is left alone."""
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, staticmethod | classmethod):
+            todo.append(obj.__func__)
+        elif isinstance(obj, property):
+            todo.extend(f for f in (obj.fget, obj.fset, obj.fdel) if f is not None)
+        elif isinstance(obj, type) and obj.__module__ == module:
+            todo.extend(vars(obj).values())
+        elif isinstance(obj, types.FunctionType) and obj.__code__.co_filename == DYNAMIC_CODE:
+            obj.__code__ = _renamed(obj.__code__, filename)
+            todo.extend(obj.__globals__.values())
+            todo.extend(cell.cell_contents for cell in obj.__closure__ or () if _filled(cell))
+            todo.extend(obj.__defaults__ or ())
+
+
+def _filled(cell: types.CellType) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True
+
+
+def _renamed(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(
+        _renamed(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from compute.code import checkout_dir
+from compute.code import checkout_dir, load_payload
 from compute.forked import redirect_to_log, run_then_exit
 from compute.inside import JobContext, activate
 from compute.model import PYTHON_NAMES, JobSpec
@@ -97,6 +97,17 @@ def _exited(exc: SystemExit) -> tuple[int, str | None]:
         sys.stdout.flush()
         print(message, file=sys.stderr)
     return status, message
+
+
+def user_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as Python prints it, from the job's own code on: the frames of this
+    module that called it are left out."""
+    import traceback
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 def call_function(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
@@ -386,17 +397,15 @@ def main(
             run_command(spec.command)
             result = None
         else:
-            fn, args = pickle.loads(
-                payload if payload is not None else folder.payload_file.read_bytes()
+            fn, args = load_payload(
+                payload if payload is not None else folder.payload_file.read_bytes(), checkout
             )
             result = call_function(fn, args)
         import cloudpickle  # loaded after the code: a job of commands never needs it
 
         payload = cloudpickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException as exc:  # the job's own failure, whatever it is
-        import traceback
-
-        text = traceback.format_exc()
+        text = user_traceback(exc)
         if isinstance(exc, CommandFailed | FunctionExited):  # said on stderr already
             text = ""
         else:

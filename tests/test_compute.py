@@ -572,6 +572,58 @@ def test_commands_and_outside_modules_run_the_code_as_it_was_at_submit(
         failing.wait(timeout=JOB_WAIT_S)
 
 
+_FAILING_SCRIPT = textwrap.dedent(
+    """
+    import sys, compute, store
+
+    class Model:
+        def fit(self, lr):
+            check(lr)
+
+    def check(lr):
+        if lr > 1:
+            raise ValueError(f"lr {lr} is too large")
+
+    def train(lr):
+        Model().fit(lr)
+
+    if __name__ == "__main__":
+        job = compute.submit(train, {"lr": 2}, lake=store.open(sys.argv[1]))
+        try:
+            job.wait(timeout=90)
+        except compute.JobFailedError as exc:
+            print(exc.remote_traceback)
+    """
+)
+
+
+def test_a_failed_jobs_traceback_points_at_the_users_script_lines_not_at_flowlake(
+    embedded_lake: store.Lake, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text(_FAILING_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, "train.py", str(embedded_lake.location)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__))),
+    )
+    assert done.returncode == 0, done.stderr
+    shown = done.stdout
+    # Functions of __main__ travel by value; their frames still name the script and its lines.
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)', shown)
+    assert [(Path(f).name, int(n), fn) for f, n, fn in frames] == [
+        ("train.py", 13, "train"),
+        ("train.py", 6, "fit"),
+        ("train.py", 10, "check"),
+    ], shown
+    assert 'raise ValueError(f"lr {lr} is too large")' in shown  # the source line, too
+    assert "ValueError: lr 2 is too large" in shown
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_each_submit_snapshots_the_git_work_tree_as_it_is_then(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
