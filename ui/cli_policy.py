@@ -127,7 +127,13 @@ def token_revoke_command(
     lake: LakeOption = DEFAULT_LAKE,
 ) -> None:
     """Revoke a token: its next use fails. Needs the production perimeter."""
-    record = api.revoke_token(open_lake(lake, None, None), name)
+    opened = open_lake(lake, None, None)
+    before = {t.name: t.revoked for t in api.list_tokens(opened)}.get(name)
+    record = api.revoke_token(opened, name)
+    if before is not None:
+        when = before.isoformat(timespec="seconds")
+        render.stdout().print(f"token {record.name} was already revoked on {when}")
+        return
     render.stdout().print(Text.assemble(("revoked ", "yellow"), (record.name, "bold")))
 
 

@@ -108,9 +108,15 @@ def revoke_token(lake: Lake, name: str) -> TokenRecord:
         PermissionDeniedError: the caller does not act in the production perimeter, or is a
             token without the ``admin`` scope.
         TokenError: no token of that name.
+
+    Revoking a revoked token changes nothing and returns its record (``revoked`` is the first
+    revocation's time); only the first revocation is audited.
     """
     view = _production_only(lake, "revoking a token")
     view.require_scope("admin", "revoke a token")
+    found = view.ledger.token(name)
+    if found.revoked is not None:
+        return found
     record = view.ledger.revoke_token(name)
     view.ledger.append(view.identity.principal, "token-revoke", {"token": name})
     return record

@@ -162,12 +162,14 @@ class Ledger:
         return self._change(f"token: update {record.name}", change)
 
     def revoke_token(self, name: str) -> TokenRecord:
-        """Revoke token ``name`` (revoking twice keeps the first time).
+        """Revoke token ``name`` (revoking twice keeps the first time and writes nothing).
 
         Raises:
             TokenError: no token of that name.
         """
         found = self.token(name)
+        if found.revoked is not None:
+            return found  # an unchanged record would be an empty commit on the admin branch
         return self.update_token(tokens.revoke(found, self.now()))
 
     def token(self, name: str) -> TokenRecord:
