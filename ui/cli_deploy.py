@@ -22,6 +22,7 @@ from rich.text import Text
 
 import store
 import tracking
+from store.errors import GateFailedError
 from tracking.deployment_compare import Comparison, Gate, MetricComparison
 from ui import render
 from ui.options import DEFAULT_LAKE, JsonOption, LakeOption, NamespaceOption, open_lake
@@ -283,24 +284,45 @@ def promote_command(
         print_gate(outcome)
     if not outcome.open and not force:
         if as_json:
+            # A script reads stdout: the refusal is JSON too, with the exit code saying it.
+            render.emit_json(_promotion_json(name, False, None, outcome.open, outcome.reasons))
             reasons = "; ".join(outcome.reasons)
             render.error_line(f"gate closed for {name}: {reasons} (--force promotes anyway)")
         raise typer.Exit(1)
     if not yes and not typer.confirm(f"merge {name} into main?", default=False):
         render.stderr().print("not promoted")
         raise typer.Exit(1)
-    promotion = tracking.promote(opened, name, force=force)
+    try:
+        promotion = tracking.promote(opened, name, force=force)
+    except (tracking.GateClosedError, GateFailedError) as exc:
+        if as_json:  # the gate closed meanwhile, or a policy gate of main refused the merge
+            failed = tuple(getattr(exc, "reasons", None) or getattr(exc, "failures", None) or ())
+            render.emit_json(_promotion_json(name, False, None, False, failed or (str(exc),)))
+        raise
     if as_json:
         render.emit_json(
-            {
-                "deployment": name,
-                "merge_commit": promotion.merge_commit,
-                "gate": {"open": outcome.open, "reasons": list(outcome.reasons)},
-            }
+            _promotion_json(name, True, promotion.merge_commit, outcome.open, outcome.reasons)
         )
         return
     merged = render.short(promotion.merge_commit) if promotion.merge_commit else "(already in)"
     render.stdout().print(Text.assemble(("promoted ", "green"), (name, "bold"), f": main {merged}"))
+
+
+def _promotion_json(
+    name: str,
+    promoted: bool,
+    merge_commit: str | None,
+    gate_open: bool,
+    reasons: tuple[str, ...],
+) -> dict[str, Any]:
+    """What ``promote --json`` prints: promoted (``merge_commit`` None when ``main`` had the
+    commit already), or refused (``promoted`` false; ``gate.reasons`` says why)."""
+    return {
+        "deployment": name,
+        "promoted": promoted,
+        "merge_commit": merge_commit,
+        "gate": {"open": gate_open, "reasons": list(reasons)},
+    }
 
 
 def _check_promotable(lake: store.Lake, name: str) -> None:
