@@ -7,10 +7,12 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 import store
 import tracking
+from store.errors import InvalidArgumentError
 from ui.cli import app
 
 T0 = datetime.now(UTC) - timedelta(days=3)
@@ -56,3 +58,43 @@ def test_promote_json_when_promoted_says_so(tmp_path: Path) -> None:
     promoted = json.loads(result.stdout)
     assert promoted["promoted"] is True and promoted["gate"]["open"] is True
     assert promoted["merge_commit"] == store.open(path).resolve("main")
+
+
+def test_compare_names_a_metric_neither_side_logged_instead_of_blaming_traffic(
+    tmp_path: Path,
+) -> None:
+    lake = store.open(live_lake(tmp_path / "lake"))
+    with pytest.raises(InvalidArgumentError, match=r"'acuracy'.*they logged: accuracy"):
+        tracking.compare(lake, "cand", metrics=["acuracy"])
+    with pytest.raises(InvalidArgumentError, match="'acuracy'"):
+        tracking.check_promotion(lake, "cand", metrics=["accuracy", "acuracy"])
+    assert [r.metric for r in tracking.compare(lake, "cand", metrics=["accuracy"]).metrics] == [
+        "accuracy"
+    ]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"expected_ratio": (float("nan"), 1.0)},
+        {"expected_ratio": (1.0, float("inf"))},
+        {"expected_ratio": (0, 1)},
+        {"expected_ratio": (1, 2, 3)},
+        {"expected_ratio": "1:1"},
+        {"min_points": -1},
+        {"min_points": 1},
+        {"min_points": 2.5},
+        {"min_points": True},
+    ],
+)
+def test_compare_refuses_bad_options_by_name(tmp_path: Path, options: dict[str, object]) -> None:
+    lake = store.open(live_lake(tmp_path / "lake", n=4))
+    with pytest.raises(InvalidArgumentError, match=next(iter(options))):
+        tracking.compare(lake, "cand", **options)  # type: ignore[arg-type]
+
+
+def test_compare_checks_even_traffic_against_an_uneven_expected_split(tmp_path: Path) -> None:
+    lake = store.open(live_lake(tmp_path / "lake", n=40))
+    result = tracking.compare(lake, "cand", expected_ratio=(3, 1), min_points=2)
+    assert result.sample_ratio.expected == (0.75, 0.25) and result.sample_ratio.mismatch is True
+    assert tracking.compare(lake, "cand", expected_ratio=(1, 1)).sample_ratio.mismatch is False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
@@ -194,8 +195,9 @@ def compare(
         DeploymentNotFoundError: no such deployment.
         NoOverlapError: the two were never live at the same time (or not after ``since``); the
             message names the promotion that restarted production's window when that is why.
-        InvalidArgumentError: ``lake`` is not a Lake, a bad mode, alpha, statistic or direction,
-            or comparing a deployment with itself.
+        InvalidArgumentError: ``lake`` is not a Lake, a bad mode, alpha, min_points,
+            expected_ratio, statistic or direction, a metric in ``metrics`` that neither side
+            ever logged, or comparing a deployment with itself.
         NotInstalledError: scipy is missing (install ``flowlake[stats]``).
     """
     require_lake(lake, "tracking.compare")
@@ -206,7 +208,15 @@ def compare(
         raise InvalidArgumentError(f"alpha must be between 0 and 1, got {alpha}")
     if name == baseline:
         raise InvalidArgumentError(f"cannot compare deployment {name!r} with itself")
-    minimum = st.DEFAULT_MIN_POINTS if min_points is None else int(min_points)
+    minimum = st.DEFAULT_MIN_POINTS if min_points is None else min_points
+    if isinstance(minimum, bool) or not isinstance(minimum, numbers.Integral) or minimum < 2:
+        raise InvalidArgumentError(
+            f"min_points must be a whole number of at least 2 (a variance needs two points), "
+            f"got {min_points!r}"
+        )
+    minimum = int(minimum)
+    if expected_ratio is not None:
+        _check_ratio(expected_ratio)
     for metric, statistic in (statistics or {}).items():
         if statistic not in st.STATISTICS:
             raise InvalidArgumentError(
@@ -225,13 +235,19 @@ def compare(
         aggregates = _aggregates(con, where, params)
         # Every metric either side ever logged, in the window or not: one with no points in
         # it (production just promoted) is "not enough data", never silently left out.
-        names = (
-            sorted(metrics)
-            if metrics is not None
-            else [k for (k,) in con.execute(
-                "SELECT DISTINCT key FROM deployment_metrics ORDER BY key"
-            ).fetchall()]
-        )  # fmt: skip
+        logged = [k for (k,) in con.execute(
+            "SELECT DISTINCT key FROM deployment_metrics ORDER BY key"
+        ).fetchall()]  # fmt: skip
+        if metrics is not None:
+            # A misspelt name would otherwise be "not enough data" with 0 points a side, which
+            # blames the traffic rather than the name.
+            unknown = sorted(set(metrics) - set(logged))
+            if unknown:
+                raise InvalidArgumentError(
+                    f"no metric {', '.join(map(repr, unknown))} was ever logged by {cand.name!r} "
+                    f"or {base.name!r}; they logged: {', '.join(logged) or 'nothing yet'}"
+                )
+        names = sorted(set(metrics)) if metrics is not None else logged
         overall: list[dict[str, Any]] = []
         segments: list[dict[str, Any]] = []
         for metric in names:
@@ -492,6 +508,21 @@ def _build(con: duckdb.DuckDBPyConnection, lake: Lake, names: list[str]) -> None
         sources.append(Source(full, "production", full, head, full))
     found = deployment_views.find(lake, sources, live=True)
     deployment_views.metrics_view(con, lake, [(d.source, p) for d in found for p in d.parts])
+
+
+def _check_ratio(expected_ratio: object) -> None:
+    """``expected_ratio`` is two finite positive shares (baseline, candidate)."""
+    shares = list(expected_ratio) if isinstance(expected_ratio, list | tuple) else None
+    if (
+        shares is None
+        or len(shares) != 2
+        or not all(isinstance(s, numbers.Real) and not isinstance(s, bool) for s in shares)
+        or not all(math.isfinite(s) and s > 0 for s in shares)
+    ):
+        raise InvalidArgumentError(
+            "expected_ratio must be two finite positive shares (baseline, candidate), "
+            f"e.g. (1, 1) or (0.9, 0.1); got {expected_ratio!r}"
+        )
 
 
 def _where(
