@@ -11,7 +11,9 @@ from test_policy_cli import create_token, flowlake
 from test_policy_enforce import policed, reopen
 
 import store
+from store.errors import PolicyError
 from store.policy import api
+from store.policy.parse import parse_policy
 
 __all__ = ["policed"]  # the fixture, shared with test_policy_enforce
 
@@ -45,3 +47,68 @@ def test_cli_revoking_twice_exits_0_and_names_the_first_revocation(
     code, out = flowlake(lake, "token", "revoke", "ci")
     assert code == 0, out
     assert "already revoked on" in out and "uncommitted" not in out
+
+
+STRICT_BASE = """\
+version = 1
+
+[groups]
+release = ["user:avery"]
+
+[perimeters.production]
+principals = ["group:release"]
+
+[perimeters.staging]
+principals = ["*"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("mistake", "line", "message"),
+    [
+        ("[[gates]]\napprovals = 1\napprovers = []\n", 14, "'approvers' is empty"),
+        (
+            '[[gates]]\napprovals = 1\napprovers = ["group:relase"]\n',
+            14,
+            r"'group:relase' is not a group defined under \[groups\] \(defined: release\)",
+        ),
+        ('[[gates]]\nmetric = "production.accuracy >= 0.9"\n', 13, "the left side is the"),
+    ],
+)
+def test_policy_mistakes_that_could_only_fail_closed_are_named_with_their_line(
+    mistake: str, line: int, message: str
+) -> None:
+    text = STRICT_BASE + "\n" + mistake
+    with pytest.raises(PolicyError, match=message) as refused:
+        parse_policy(text)
+    assert refused.value.line == line
+    parse_policy(text, strict=False)  # a policy already on main still opens
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('principals = ["*"]', 'principals = ["group:releese"]', "'group:releese' is not a group"),
+        ('release = ["user:avery"]', 'release = ["group:ops"]', "groups cannot contain groups"),
+    ],
+)
+def test_unknown_or_nested_groups_in_a_policy_are_refused(old: str, new: str, message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        parse_policy(STRICT_BASE.replace(old, new))
+
+
+def test_merging_a_policy_with_an_empty_approvers_list_is_refused_and_changes_nothing(
+    policed: object,
+) -> None:
+    prod = reopen(policed, perimeter="production")
+    main = prod.resolve("main")
+    text = prod.read_bytes("_flowlake/policy.toml", "main").decode()
+    change = prod.branch("tighten")
+    change.write_bytes(
+        "_flowlake/policy.toml", (text + "\n[[gates]]\napprovals = 1\napprovers = []\n").encode()
+    )
+    change.commit("require approvals")
+    with pytest.raises(PolicyError, match="'approvers' is empty"):
+        prod.merge(change.name, into="main")
+    assert prod.resolve("main") == main
+    prod.close()

@@ -82,15 +82,18 @@ class Identity:
     scopes: tuple[str, ...] = ()
 
 
-def read_policy(backend: Backend, ref: str) -> Policy | None:
+def read_policy(backend: Backend, ref: str, *, strict: bool = False) -> Policy | None:
     """The policy held at ``ref`` (a branch or commit), or None when it has none.
+
+    ``strict``: as :func:`~store.policy.parse.parse_policy`'s; a policy change is read strictly,
+    the one in force leniently (so a lake whose policy predates a check still opens).
 
     Raises:
         PolicyError: the file there is invalid (it names the line).
     """
     try:
         with backend.open_read(ref, POLICY_PATH) as stream:
-            return parse_policy(stream.read())
+            return parse_policy(stream.read(), strict=strict)
     except (ObjectNotFoundError, RefNotFoundError):
         return None
 
@@ -663,5 +666,5 @@ def _policy_changed(backend: Backend, base: str | None, commit: str) -> bool:
 
     if checksum(base) == checksum(commit):
         return False
-    read_policy(backend, commit)  # raises PolicyError naming the line
+    read_policy(backend, commit, strict=True)  # raises PolicyError naming the line
     return True

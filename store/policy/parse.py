@@ -5,8 +5,8 @@ The file format, version 1::
 
     version = 1
 
-    [groups]
-    release = ["user:avery", "token:ci"]
+    [groups]                           # 'group:<name>' anywhere must name one of these
+    release = ["user:avery", "token:ci"]  # members are users and tokens (groups do not nest)
 
     [perimeters.production]            # every policy defines staging and production
     principals = ["group:release"]     # who may open the lake in this perimeter
@@ -29,7 +29,7 @@ The file format, version 1::
 
     [[gates]]
     approvals = 1
-    approvers = ["group:release"]
+    approvers = ["group:release"]      # not empty; the commit's author never counts
 """
 
 from __future__ import annotations
@@ -72,11 +72,17 @@ PERIMETER_KEYS = {
 GATE_KEYS = {"check_run", "metric", "require", "approvals", "approvers"}
 
 
-def parse_policy(text: str | bytes) -> Policy:
+def parse_policy(text: str | bytes, *, strict: bool = True) -> Policy:
     """Parse and validate a policy file.
 
     Args:
         text: the file's content (UTF-8 when bytes), at most 1 MiB.
+        strict: also refuse mistakes that parse but can only fail closed: a ``group:`` entry
+            naming no group under ``[groups]`` (or a group inside a group), an empty
+            ``approvers`` list, and a metric gate with ``production.<m>`` on its left. A change
+            of ``main``'s policy is always read strictly; the policy already on ``main`` is read
+            with ``strict=False``, so a lake whose policy predates these checks still opens
+            (those entries then match nobody, as before) and can be fixed.
 
     Returns:
         The policy; it has at least the ``staging`` and ``production`` perimeters.
@@ -99,7 +105,7 @@ def parse_policy(text: str | bytes) -> Policy:
     except tomllib.TOMLDecodeError as exc:
         found = re.search(r"line (\d+)", str(exc))
         raise PolicyError(f"not valid TOML: {exc}", int(found.group(1)) if found else 0) from None
-    return _Reader(data, _Lines(text)).policy()
+    return _Reader(data, _Lines(text), strict).policy()
 
 
 class _Lines:
@@ -129,9 +135,13 @@ class _Lines:
 
 
 class _Reader:
-    def __init__(self, data: dict[str, Any], lines: _Lines) -> None:
+    def __init__(self, data: dict[str, Any], lines: _Lines, strict: bool = True) -> None:
         self.data = data
         self.lines = lines
+        self.strict = strict
+        # The groups defined, once read: a ``group:`` entry must name one of them (None while
+        # the groups themselves are read, where a ``group:`` member is refused: none nest).
+        self.group_names: frozenset[str] | None = None
 
     def fail(self, message: str, line: int) -> PolicyError:
         return PolicyError(message, line)
@@ -147,6 +157,7 @@ class _Reader:
                 self.lines.of("", 0, "version"),
             )
         groups = self._groups()
+        self.group_names = frozenset(groups)
         perimeters = self._perimeters()
         gates = tuple(self._gate(i, g) for i, g in enumerate(self._list_of_tables("gates")))
         return Policy(perimeters, gates, groups)
@@ -272,6 +283,11 @@ class _Reader:
             if "approvers" not in body:
                 raise self.fail("an approvals gate needs 'approvers'", line)
             approvers = self._principals(body["approvers"], "approvers", at("approvers"))
+            if not approvers and self.strict:
+                raise self.fail(
+                    "'approvers' is empty, so the gate could never pass; list who may approve",
+                    at("approvers"),
+                )
             return Gate(kind, f"{count} approval(s)", count=count, approvers=approvers, line=line)
         return self._metric_gate(body, at)
 
@@ -282,6 +298,12 @@ class _Reader:
             raise self.fail(
                 f"metric condition {text!r} is not '<metric> <op> production.<metric> "
                 "[+|- <number>]' or '<metric> <op> <number>' (op: >= > <= < ==)",
+                at("metric"),
+            )
+        if found.group("metric").startswith("production.") and self.strict:
+            raise self.fail(
+                f"metric condition {text!r}: the left side is the candidate's metric and the "
+                "right side production's, e.g. 'accuracy >= production.accuracy - 0.002'",
                 at("metric"),
             )
         require = body.get("require")
@@ -340,6 +362,17 @@ class _Reader:
                 raise self.fail(
                     f"{what}: {name!r} is not a principal ('user:<login>', 'group:<name>', "
                     "'token:<name>' or '*')",
+                    line,
+                )
+            group = (
+                name.removeprefix("group:") if name.startswith("group:") and self.strict else None
+            )
+            if group is not None and self.group_names is None:
+                raise self.fail(f"{what}: {name!r}: groups cannot contain groups", line)
+            if group is not None and self.group_names is not None and group not in self.group_names:
+                known = ", ".join(sorted(self.group_names)) or "none"
+                raise self.fail(
+                    f"{what}: {name!r} is not a group defined under [groups] (defined: {known})",
                     line,
                 )
         return names
