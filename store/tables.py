@@ -59,7 +59,7 @@ def decode(data: bytes, path: str, columns: list[str] | None = None) -> pa.Table
         InvalidArgumentError: a name in ``columns`` is not a column of the table.
     """
     try:
-        return read_file(pa.BufferReader(data), columns)
+        return read_file(data, columns)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidTableError(f"{path!r} is not a readable Parquet table: {exc}") from None
     except KeyError as exc:
@@ -73,14 +73,16 @@ def read_file(
     read_dictionary: list[str] | None = None,
     use_threads: bool = True,
 ) -> pa.Table:
-    """Read one whole Parquet file: a local path, a ``pyarrow`` buffer or a file object.
+    """Read one whole Parquet file: ``bytes``, a local path or a file object.
 
-    flowlake reads Parquet through here (or ``ParquetFile`` itself), never through
-    ``pq.read_table``: that reads
-    through the dataset scanner, whose background read-ahead tasks may still be running when
-    the call returns, and a process that exits then is aborted by Arrow's thread pools
-    (``terminate called without an active exception``, exit status 134; apache/arrow#34314).
-    ``ParquetFile.read`` decodes synchronously and leaves nothing running.
+    Safe for a process to exit right after. A read through ``pq.read_table`` (its dataset
+    scanner) or a threaded read of a buffer that wraps Python ``bytes`` may leave an Arrow
+    worker thread holding the last reference to that buffer after the call returns; if the
+    interpreter is exiting when the worker drops it, releasing it needs the GIL, Python ends
+    the thread, and the process aborts ("terminate called without an active exception",
+    status 134; apache/arrow#34314). So bytes read with threads are first copied into memory
+    Arrow owns (~2 GB/s), and reads go through ``ParquetFile``, which returns only when its
+    work is done.
 
     ``columns`` names top-level columns (a struct column comes whole); the result has them
     in that order. ``use_threads=False`` decodes on this thread (cheaper for a small file).
@@ -90,10 +92,21 @@ def read_file(
             columns there are).
         pyarrow.ArrowInvalid, OSError: not a complete Parquet file.
     """
-    file = pq.ParquetFile(source, read_dictionary=read_dictionary)
-    if columns is not None:
-        names = file.schema_arrow.names
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise KeyError(f"no column {', '.join(map(repr, missing))}; the columns are {names}")
-    return file.read(columns=columns, use_threads=use_threads)
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = pa.BufferReader(_arrow_owned(source) if use_threads else source)
+    with pq.ParquetFile(source, read_dictionary=read_dictionary) as file:
+        if columns is not None:
+            names = file.schema_arrow.names
+            missing = [c for c in columns if c not in names]
+            if missing:
+                quoted = ", ".join(map(repr, missing))
+                raise KeyError(f"no column {quoted}; the columns are {names}")
+        return file.read(columns=columns, use_threads=use_threads)
+
+
+def _arrow_owned(data: bytes | bytearray | memoryview) -> pa.Buffer:
+    """A copy of ``data`` in memory Arrow allocated: releasing it never needs the GIL."""
+    buffer = pa.allocate_buffer(len(data))
+    with memoryview(buffer).cast("B") as view:
+        view[:] = data
+    return buffer

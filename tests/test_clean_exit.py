@@ -1,8 +1,10 @@
 """A process that reads flowlake tables and exits at once exits cleanly (status 0).
 
-Arrow's dataset scanner (behind ``pq.read_table`` and ``pd.read_parquet``) can leave read-ahead
-tasks running after it returns; a process exiting then is aborted by Arrow's thread pools
-("terminate called without an active exception", apache/arrow#34314). It struck about one
+An Arrow worker thread may drop the last reference to a buffer that wraps Python ``bytes``
+after the read returned (the dataset scanner behind ``pq.read_table`` does, and so does a
+threaded ``ParquetFile`` read of such a buffer); when the interpreter is already exiting,
+releasing it needs the GIL, Python ends the thread, and the process aborts ("terminate called
+without an active exception", apache/arrow#34314; seen in a core dump). It struck about one
 process in fifteen that read a table as its last act, such as a refused ``resume_run``.
 """
 

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from store import tables
 from store.errors import (
     ConcurrentUpdateError,
     ConflictError,
@@ -369,7 +369,7 @@ def _record_output_commit(lake: Lake, tx: Branch, run_id: str, branch: str, head
         raise _Moved from None
     if _record_status(data) not in ENDED:
         raise _Moved
-    record = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+    record = tables.read_file(data, use_threads=False)
     if "output_commit" not in record.column_names or record["output_commit"].null_count == 0:
         return
     found = views.output_commit(lake, run_id, branch, head)
@@ -384,7 +384,7 @@ def _record_output_commit(lake: Lake, tx: Branch, run_id: str, branch: str, head
 
 def _record_status(data: bytes) -> str | None:
     try:
-        values = pq.ParquetFile(pa.BufferReader(data)).read(columns=["status"])["status"]
+        values = tables.read_file(data, ["status"], use_threads=False)["status"]
     except (pa.ArrowException, OSError, KeyError):
         return None
     first = values[0].as_py() if len(values) else None
@@ -395,7 +395,7 @@ def _decode(data: bytes) -> pa.Table | None:
     """A part's rows, or None when it is not exactly a metrics part (readers cast or skip such
     parts; compacting them could change what they read)."""
     try:
-        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+        table = tables.read_file(data, use_threads=False)
     except (pa.ArrowException, OSError):
         return None
     if not table.schema.equals(layout.METRICS_SCHEMA, check_metadata=False):

@@ -67,9 +67,9 @@ def metric_history(lake: Lake, run_id: str, key: str) -> pa.Table:
 
 
 def _read_part(lake: Lake, path: str, ref: str) -> pa.Table:
-    source = pa.BufferReader(lake.read_bytes(path, ref))  # verified against its hash
+    data = lake.read_bytes(path, ref)  # verified against its hash
     try:
-        return tables.read_file(source, _READ, read_dictionary=_DICTIONARY, use_threads=False)
+        return tables.read_file(data, _READ, read_dictionary=_DICTIONARY, use_threads=False)
     except (pa.ArrowInvalid, OSError, KeyError) as exc:
         raise InvalidTableError(f"{path!r} is not a readable Parquet table: {exc}") from None
 

@@ -517,7 +517,7 @@ class Index:
 def _decode(data: bytes, schema: pa.Schema, required: Sequence[str]) -> tuple[Any, str | None]:
     """``(table as schema, None)`` or ``(None, why not)``; missing optional columns are null."""
     try:
-        table = tables.read_file(pa.BufferReader(data), use_threads=False)
+        table = tables.read_file(data, use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         return None, f"not a readable Parquet file ({exc})"
     if table.schema.equals(schema, check_metadata=False):

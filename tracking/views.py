@@ -519,19 +519,19 @@ def _segment(path: str) -> tuple[pa.Table, dict[int, tuple[int, int]]] | None:
 def _object_rows_in(path: str, oid: int) -> list[dict[str, Any]]:
     """The rows of object ``oid`` in a segment too big to cache. Only the row groups whose
     ``_oid`` statistics can hold it are read (a segment is sorted by ``_oid``)."""
-    file = pq.ParquetFile(path)
-    meta = file.metadata
-    groups = []
-    for i in range(meta.num_row_groups):
-        group = meta.row_group(i)
-        stats = next(
-            group.column(c).statistics
-            for c in range(group.num_columns)
-            if group.column(c).path_in_schema == "_oid"
-        )
-        if stats is None or not stats.has_min_max or stats.min <= oid <= stats.max:
-            groups.append(i)
-    table = file.read_row_groups(groups, use_threads=False)
+    with pq.ParquetFile(path) as file:
+        meta = file.metadata
+        groups = []
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            stats = next(
+                group.column(c).statistics
+                for c in range(group.num_columns)
+                if group.column(c).path_in_schema == "_oid"
+            )
+            if stats is None or not stats.has_min_max or stats.min <= oid <= stats.max:
+                groups.append(i)
+        table = file.read_row_groups(groups, use_threads=False)
     return table.filter(pa.compute.equal(table["_oid"], oid)).to_pylist()  # type: ignore[no-any-return]
 
 
