@@ -373,8 +373,8 @@ def check_new_tag_name(name: str) -> str:
     """Check a new tag's name: its syntax, and the rules that keep refs unambiguous.
 
     Raises:
-        InvalidNameError: bad syntax, or it holds ``__`` (the separator of namespaced branch
-            names on the backend).
+        InvalidNameError: bad syntax, it holds ``__`` (the separator of namespaced branch
+            names on the backend), or it ends with ``.lock`` (refused by lakeFS, as by git).
         AmbiguousNameError: the name looks like a commit id.
     """
     validate_tag(name)
@@ -388,6 +388,9 @@ def check_new_tag_name(name: str) -> str:
             f"tag name {shown(name)} looks like a commit id (4-64 digits 0-9a-f), so refs to it "
             "would be ambiguous; add a letter after 'f', a '-' or a '.'"
         )
+    if name.endswith(".lock"):
+        # git's ref rule, which lakeFS applies to tag ids: refused here so both backends agree.
+        raise InvalidNameError(f"invalid tag name {shown(name)}: it may not end with '.lock'")
     return name
 
 
