@@ -376,6 +376,7 @@ class Branch:
             )
         if not isinstance(message, str) or not message.strip():
             raise InvalidArgumentError("commit message must be a non-empty string")
+        _metadata(metadata)  # refused before any work, not at the commit after it
         scratch_short = new_short_name(self._name.short)
         made = self.lake.branch(f"{self._name.namespace}/{scratch_short}", source=self._ref)
         scratch = Branch(self.lake, made._name, set() if isolation == "serializable" else None)

@@ -29,7 +29,15 @@ from store.errors import (
     UnsupportedOperationError,
 )
 from store.errorview import UserFacingBackend
-from store.model import MERGE_STRATEGIES, BranchInfo, Change, Commit, MergeStrategy, ObjectInfo
+from store.model import (
+    MERGE_STRATEGIES,
+    RESERVED_METADATA_PREFIXES,
+    BranchInfo,
+    Change,
+    Commit,
+    MergeStrategy,
+    ObjectInfo,
+)
 from store.names import (
     BranchName,
     Namespace,
@@ -350,9 +358,8 @@ class Lake:
                     source_ref, dest.backend_name(), strategy, msg, _metadata(metadata), self.user
                 )
         except ConflictError as exc:
-            if exc.conflicts:
-                raise
-            paths = conflicting_paths(
+            # Worded here, once: a backend that lists the paths itself says less.
+            paths = exc.conflicts or conflicting_paths(
                 self.backend, self.resolve(source), self.backend.branch_head(dest.backend_name())
             )
             raise ConflictError(f"merging {source} into {dest} conflicts", paths) from None
@@ -368,10 +375,8 @@ class Lake:
         try:
             return self.backend.revert(target, commit_id, self.user)
         except ConflictError as exc:
-            if exc.conflicts:
-                raise
             parent = self.backend.get_commit(commit_id).parents[:1]
-            paths = conflicting_paths(
+            paths = exc.conflicts or conflicting_paths(
                 self.backend,
                 parent[0] if parent else None,
                 self.backend.branch_head(target),
@@ -452,7 +457,12 @@ class Lake:
             return list(self.backend.list_objects(target, validate_prefix(prefix)))
 
     def locate(self, path: str, ref: str = "main") -> str | None:
-        """A path or URL DuckDB / pyarrow can read in place, or None when the backend has none."""
+        """A path or URL DuckDB / pyarrow can read in place, or None when the backend has none.
+
+        Raises:
+            ObjectNotFoundError: no object at ``path`` (on every backend).
+            RefNotFoundError, InvalidPathError.
+        """
         with self._reading(ref) as target:
             return self.backend.local_path(target, validate_path(path))
 
@@ -551,8 +561,19 @@ class Lake:
 
 
 def _metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
+    """Commit metadata as stored: string keys, values as ``str``.
+
+    Raises:
+        InvalidArgumentError: not a dict with string keys, or a key uses a reserved prefix
+            (:data:`store.model.RESERVED_METADATA_PREFIXES`, on every backend).
+    """
     if metadata is None:
         return {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
         raise InvalidArgumentError("metadata must be a dict with string keys")
+    reserved = sorted(k for k in metadata if k.startswith(RESERVED_METADATA_PREFIXES))
+    if reserved:
+        raise InvalidArgumentError(
+            f"commit metadata keys {reserved} use a reserved prefix {RESERVED_METADATA_PREFIXES}"
+        )
     return {k: str(v) for k, v in metadata.items()}

@@ -11,6 +11,9 @@ from typing import Literal
 
 MergeStrategy = Literal["source-wins", "dest-wins"]
 MERGE_STRATEGIES: tuple[str, ...] = ("source-wins", "dest-wins")
+#: Commit metadata key prefixes kept for flowlake and lakeFS (hidden on read); refused in user
+#: metadata on every backend.
+RESERVED_METADATA_PREFIXES: tuple[str, ...] = ("flowlake.", ".lakefs.")
 
 
 class ChangeKind(StrEnum):
