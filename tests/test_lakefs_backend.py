@@ -533,11 +533,11 @@ def test_duckdb_reads_gateway_paths(server: LakeFSServer, repo: str) -> None:
     import pyarrow as pa
 
     backend = LakeFSBackend(client_for(server), repo, gateway_paths=True)
-    assert LakeFSBackend(client_for(server), repo).local_path("main", "t.parquet") is None
     buf = io.BytesIO()
     pq.write_table(pa.table({"x": [1, 2, 3]}), buf)
     buf.seek(0)
     backend.put("main", "tables/t.parquet", buf)
+    assert LakeFSBackend(client_for(server), repo).local_path("main", "tables/t.parquet") is None
     url = backend.local_path("main", "tables/t.parquet")
     assert url == f"s3://{repo}/main/tables/t.parquet"
     con = duckdb.connect()

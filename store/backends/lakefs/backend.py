@@ -36,8 +36,9 @@ from typing import Any, BinaryIO, TypeVar
 from store.backend import CAP_LOCAL_PATHS, Backend
 from store.backends.lakefs import gatehook, protection, transfer
 from store.backends.lakefs.config import LakeFSSettings, resolve_settings
-from store.backends.lakefs.errors import LakeFSError, boundary, from_status
+from store.backends.lakefs.errors import LakeFSError, about_branch, boundary, from_status
 from store.errors import (
+    AlreadyExistsError,
     AmbiguousNameError,
     AmbiguousRefError,
     BranchNotFoundError,
@@ -49,7 +50,15 @@ from store.errors import (
     ProtectedBranchError,
     RefNotFoundError,
 )
-from store.model import MERGE_STRATEGIES, Change, ChangeKind, Commit, MergeStrategy, ObjectInfo
+from store.model import (
+    MERGE_STRATEGIES,
+    RESERVED_METADATA_PREFIXES,
+    Change,
+    ChangeKind,
+    Commit,
+    MergeStrategy,
+    ObjectInfo,
+)
 from store.names import MIN_COMMIT_PREFIX
 
 # The SDK's models are pydantic v1 classes: without pydantic's mypy plugin, mypy takes their
@@ -59,8 +68,11 @@ COMMITTER_KEY = "flowlake.committer"
 #: Object user-metadata key of the token :meth:`LakeFSBackend.merge` puts on guarded paths.
 GUARD_KEY = "flowlake-guard"
 EMPTY_MESSAGE_KEY = "flowlake.empty-message"
-#: Metadata key prefixes owned by flowlake and lakeFS; user metadata may not use them.
-RESERVED_PREFIXES = ("flowlake.", ".lakefs.")
+#: The committer of commits no one made through flowlake or as a lakeFS user (the first one).
+SYSTEM_COMMITTER = "flowlake"
+#: Metadata key prefixes owned by flowlake and lakeFS; user metadata may not use them (refused
+#: above the backend, for every backend, and again here for direct backend callers).
+RESERVED_PREFIXES = RESERVED_METADATA_PREFIXES
 _EMPTY_MESSAGE_PLACEHOLDER = "(no message)"
 PAGE = 1000
 #: lakeFS's DeleteObjects limit per call.
@@ -193,7 +205,7 @@ class LakeFSBackend(Backend):
         return {ref.id: ref.commit_id for ref in refs}
 
     def branch_head(self, name: str) -> str:
-        with boundary(BranchNotFoundError, f"branch {name!r}"):
+        with about_branch(name), boundary(BranchNotFoundError):
             return str(self._sdk.branches_api.get_branch(self.repository, name).commit_id)
 
     def protect_branch(self, name: str) -> None:
@@ -209,13 +221,18 @@ class LakeFSBackend(Backend):
         try:
             with boundary(RefNotFoundError, f"tag {name!r}"):
                 self._sdk.tags_api.create_tag(self.repository, creation)
+        except AlreadyExistsError as exc:
+            raise AlreadyExistsError(f"tag {name!r} already exists") from exc
         except ConflictError as exc:
             # lakeFS answers "conflict found" for a tag named like a branch or a commit id.
             raise AmbiguousNameError(f"another ref answers to {name!r} ({exc})") from exc
 
     def delete_tag(self, name: str) -> None:
-        with boundary(RefNotFoundError, f"tag {name!r}"):
-            self._sdk.tags_api.delete_tag(self.repository, name)
+        try:
+            with boundary(RefNotFoundError):
+                self._sdk.tags_api.delete_tag(self.repository, name)
+        except RefNotFoundError as exc:
+            raise RefNotFoundError(f"tag {name!r} does not exist") from exc
 
     def list_tags(self) -> dict[str, str]:
         api = self._sdk.tags_api
@@ -304,7 +321,13 @@ class LakeFSBackend(Backend):
         return _to_info(stats)
 
     def open_read(self, ref: str, path: str) -> BinaryIO:
-        return transfer.download(self._api_client, self.repository, ref, path, self._verify_reads)
+        try:
+            return transfer.download(
+                self._api_client, self.repository, ref, path, self._verify_reads
+            )
+        except ObjectNotFoundError:
+            self.resolve(ref)  # raises RefNotFoundError when the ref is what is missing
+            raise ObjectNotFoundError(f"no object {path!r} in {ref!r}") from None
 
     def read_many(self, ref: str, paths: Sequence[str]) -> dict[str, bytes]:
         # lakeFS has no multi-object read; the GETs overlap instead, WORKERS in flight over the
@@ -314,12 +337,8 @@ class LakeFSBackend(Backend):
             return super().read_many(ref, wanted)
 
         def one(path: str) -> bytes:
-            try:
-                with self.open_read(ref, path) as stream:
-                    return stream.read()
-            except ObjectNotFoundError:
-                self.resolve(ref)  # raises RefNotFoundError when the ref is what is missing
-                raise ObjectNotFoundError(f"no object {path!r} in {ref!r}") from None
+            with self.open_read(ref, path) as stream:
+                return stream.read()
 
         with ThreadPoolExecutor(min(WORKERS, len(wanted))) as pool:
             return dict(zip(wanted, pool.map(one, wanted), strict=True))
@@ -337,7 +356,8 @@ class LakeFSBackend(Backend):
                 yield _to_info(stats)
 
     def put(self, branch: str, path: str, source: BinaryIO) -> ObjectInfo:
-        stats = transfer.upload(self._api_client, self.repository, branch, path, source)
+        with about_branch(branch):
+            stats = transfer.upload(self._api_client, self.repository, branch, path, source)
         return _to_info(lakefs_sdk.ObjectStats.from_dict(stats))
 
     def put_many(self, branch: str, items: Iterable[tuple[str, bytes]]) -> int:
@@ -353,7 +373,10 @@ class LakeFSBackend(Backend):
         return count
 
     def delete(self, branch: str, paths: Iterable[str]) -> None:
-        wanted = sorted(set(paths))
+        with about_branch(branch):
+            self._delete(branch, sorted(set(paths)))
+
+    def _delete(self, branch: str, wanted: list[str]) -> None:
         self.branch_head(branch)
         # lakeFS deletes the paths that exist and silently ignores the others; the contract
         # wants all or nothing, so every path is checked first.
@@ -364,7 +387,10 @@ class LakeFSBackend(Backend):
                 if not ok
             ]
         if missing:
-            raise ObjectNotFoundError(f"no object {missing[0]!r} on branch {branch!r}")
+            # As on the embedded backend, a protected branch refuses the delete whatever it names.
+            if protection.matches_any(branch, protection.patterns(self._sdk, self.repository)):
+                raise ProtectedBranchError(f"branch {branch!r} is protected")
+            raise ObjectNotFoundError(f"no object {missing[0]!r} in {branch!r}")
         for start in range(0, len(wanted), DELETE_BATCH):
             path_list = lakefs_sdk.PathList(paths=wanted[start : start + DELETE_BATCH])
             with boundary(BranchNotFoundError):
@@ -387,23 +413,26 @@ class LakeFSBackend(Backend):
 
     def uncommitted(self, branch: str) -> Iterator[Change]:
         api = self._sdk.branches_api
-        yield from _changes(
-            lambda after: api.diff_branch(self.repository, branch, after=after, amount=PAGE),
-            BranchNotFoundError,
-        )
+        with about_branch(branch):
+            yield from _changes(
+                lambda after: api.diff_branch(self.repository, branch, after=after, amount=PAGE),
+                BranchNotFoundError,
+            )
 
     def reset(self, branch: str) -> None:
         # lakeFS refuses any reset on a protected branch, even one with nothing to drop.
         if next(self.uncommitted(branch), None) is None:
             return
         creation = lakefs_sdk.ResetCreation(type="reset")
-        with boundary(BranchNotFoundError, f"branch {branch!r}"):
+        with about_branch(branch), boundary(BranchNotFoundError):
             self._sdk.branches_api.reset_branch(self.repository, branch, creation)
 
     def commit(self, branch: str, message: str, metadata: dict[str, str], committer: str) -> Commit:
         text, meta = _encode_commit(message, metadata, committer)
         creation = lakefs_sdk.CommitCreation(message=text, metadata=meta)  # type: ignore[call-arg]
-        with boundary(BranchNotFoundError, f"branch {branch!r}"):
+        # A commit on a deleted branch fails in lakeFS's pre-commit hook run with a bare
+        # "not found"; every 404 here is the branch.
+        with about_branch(branch), boundary(BranchNotFoundError):
             raw = self._sdk.commits_api.commit(self.repository, branch, creation)
         return _to_commit(raw)
 
@@ -446,7 +475,8 @@ class LakeFSBackend(Backend):
                     **gatehook.attestation_metadata(self.repository, dest_branch, "merge", merged),
                 }
             body = lakefs_sdk.Merge(message=text, metadata=meta, strategy=strategy)  # type: ignore[call-arg]
-            with boundary(RefNotFoundError):
+            nothing = f"{source!r} has nothing to merge into {dest_branch!r}"
+            with about_branch(dest_branch, nothing), boundary(RefNotFoundError):
                 result = self._sdk.refs_api.merge_into_branch(
                     self.repository, guarded or source, dest_branch, merge=body
                 )
@@ -550,7 +580,8 @@ class LakeFSBackend(Backend):
         creation = lakefs_sdk.RevertCreation(  # type: ignore[call-arg]
             ref=commit_id, parent_number=1 if target.parents else 0, commit_overrides=overrides
         )
-        with boundary(BranchNotFoundError, f"branch {branch!r}"):
+        nothing = f"commit {commit_id} changed nothing to revert"
+        with about_branch(branch, nothing), boundary(BranchNotFoundError):
             self._sdk.branches_api.revert_branch(self.repository, branch, creation)
         # lakeFS answers 204 without the new commit id; the branch head is that commit unless
         # another writer moved the branch in between.
@@ -559,7 +590,13 @@ class LakeFSBackend(Backend):
     # -- optional capabilities ---------------------------------------------------------------
 
     def local_path(self, ref: str, path: str) -> str | None:
-        """``s3://<repository>/<ref>/<path>`` on the lakeFS S3 gateway when ``gateway_paths``."""
+        """``s3://<repository>/<ref>/<path>`` on the lakeFS S3 gateway when ``gateway_paths``.
+
+        Raises:
+            ObjectNotFoundError, RefNotFoundError: as :meth:`stat` (as on every backend, a
+                missing object is an error, not a URL or None).
+        """
+        self.stat(ref, path)
         if not self._gateway_paths:
             return None
         return f"s3://{self.repository}/{ref}/{path}"
@@ -641,7 +678,9 @@ def _to_commit(raw: Any) -> Commit:
         metadata={k: v for k, v in stored.items() if not k.startswith(RESERVED_PREFIXES)},
         parents=tuple(raw.parents),
         timestamp=datetime.fromtimestamp(raw.creation_date, UTC),
-        committer=stored.get(COMMITTER_KEY, raw.committer),
+        # lakeFS's own first commit ("Repository created") has no committer; the embedded
+        # backend names flowlake as its maker, and so does this one.
+        committer=stored.get(COMMITTER_KEY) or raw.committer or SYSTEM_COMMITTER,
     )
 
 

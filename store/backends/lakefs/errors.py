@@ -19,6 +19,7 @@ import urllib3
 from store.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
+    BranchNotFoundError,
     ConflictError,
     DirtyBranchError,
     InvalidArgumentError,
@@ -141,6 +142,35 @@ def boundary(
         if subject and error.args and isinstance(error.args[0], str):
             error.args = (f"{subject}: {error.args[0]}", *error.args[1:])
         raise error from exc
+
+
+@contextmanager
+def about_branch(branch: str, nothing: str | None = None) -> Iterator[None]:
+    """Run lakeFS calls that read or change ``branch``; its refusals leave worded as on every
+    flowlake backend, naming the branch (lakeFS's own text, which often names nothing, stays in
+    the chained cause).
+
+    Args:
+        branch: the backend branch name (shown to people by :mod:`store.errorview`).
+        nothing: the message of a NothingToCommitError, when the call is not a commit.
+
+    Raises:
+        BranchNotFoundError, ProtectedBranchError, DirtyBranchError, NothingToCommitError: so
+            worded; any other error unchanged.
+    """
+    try:
+        yield
+    except BranchNotFoundError as exc:
+        raise BranchNotFoundError(f"branch {branch!r} does not exist") from exc
+    except ProtectedBranchError as exc:
+        raise ProtectedBranchError(
+            f"branch {branch!r} is protected: change it by merging into it"
+        ) from exc
+    except DirtyBranchError as exc:
+        raise DirtyBranchError(f"branch {branch!r} has uncommitted changes") from exc
+    except NothingToCommitError as exc:
+        text = nothing or f"branch {branch!r} has no uncommitted changes"
+        raise NothingToCommitError(text) from exc
 
 
 def check_response(
