@@ -4,6 +4,7 @@ test names the behaviour a user or a CI script relies on)."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from typer.testing import CliRunner
 import store
 import tracking
 from store.errors import InvalidArgumentError
+from tracking import deployment_registry
+from tracking.deployment_errors import DeploymentStateError
 from ui.cli import app
 
 T0 = datetime.now(UTC) - timedelta(days=3)
@@ -98,3 +101,62 @@ def test_compare_checks_even_traffic_against_an_uneven_expected_split(tmp_path: 
     result = tracking.compare(lake, "cand", expected_ratio=(3, 1), min_points=2)
     assert result.sample_ratio.expected == (0.75, 0.25) and result.sample_ratio.mismatch is True
     assert tracking.compare(lake, "cand", expected_ratio=(1, 1)).sample_ratio.mismatch is False
+
+
+def test_a_promotion_interrupted_after_its_merge_is_completed_by_the_next_promote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = store.open(live_lake(tmp_path / "lake"))
+    real = deployment_registry.set_status
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the process dies between the merge and the record
+
+    monkeypatch.setattr(deployment_registry, "set_status", crash)
+    with pytest.raises(KeyboardInterrupt):
+        tracking.promote(lake, "cand")
+    merge = lake.resolve("main")
+    assert tracking.deployment(lake, "cand").status == "live"
+    monkeypatch.setattr(deployment_registry, "set_status", real)
+    done = tracking.promote(lake, "cand")
+    assert done.merge_commit == merge == done.record.merge_commit
+    assert lake.resolve("main") == merge
+    assert deployment_registry.serving_since(lake) == done.record.ended_at
+
+
+def test_a_stale_live_record_cannot_overwrite_another_processes_ending(tmp_path: Path) -> None:
+    lake = store.open(live_lake(tmp_path / "lake"))
+    stale = tracking.deployment(lake, "cand").record
+    tracking.undeploy(lake, "cand")
+    with pytest.raises(DeploymentStateError, match="was retired by another process meanwhile"):
+        deployment_registry.set_status(lake, stale, "promoted", "f" * 64)
+    assert tracking.deployment(lake, "cand").record.merge_commit is None
+
+
+def test_two_processes_promoting_one_deployment_merge_once_and_record_that_merge(
+    tmp_path: Path,
+) -> None:
+    path = live_lake(tmp_path / "lake")
+    start = threading.Barrier(2)
+    results: list[object] = []
+
+    def promote() -> None:
+        lake = store.open(path)
+        start.wait()
+        try:
+            results.append(tracking.promote(lake, "cand").merge_commit)
+        except DeploymentStateError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=promote) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    lake = store.open(path)
+    merges = [c.id for c in lake.log("main") if c.metadata.get("deployment") == "cand"]
+    assert len(merges) == 1
+    record = tracking.deployment(lake, "cand").record
+    assert record.status == "promoted" and record.merge_commit == merges[0]
+    assert len(results) == 2
+    assert all(r == merges[0] or isinstance(r, DeploymentStateError) for r in results)

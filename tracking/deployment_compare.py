@@ -366,6 +366,8 @@ def promote(
 
     Raises:
         GateClosedError: the gate is closed and ``force`` is false; ``reasons`` says why.
+        DeploymentStateError: another process promoted or retired it meanwhile (two that
+            promote it at once: one merge, and both return it).
         ConflictError: the merge conflicts; nothing changed.
         ProtectedBranchError, PermissionDeniedError: the merge was refused; nothing changed.
         DirtyBranchError: ``main`` has uncommitted changes; nothing changed.
@@ -398,9 +400,25 @@ def promote(
             metadata=metadata,
         ).id
     except NothingToCommitError:
-        merged = None  # main already has everything the deployment serves
+        # main has the commit already: from a promotion of this deployment by another process
+        # (or one interrupted before its record was written), whose merge is then the
+        # promotion's; else main had it all along (None), and production's window stays.
+        merged = _promotion_merge(lake, name, record.commit)
     updated = deployments_api.set_status(lake, record, "promoted", merged)
     return Promotion(updated, merged, outcome)
+
+
+#: How far back ``main``'s log is searched for a promotion merge of a deployment still live.
+PROMOTION_SEARCH = 500
+
+
+def _promotion_merge(lake: Lake, name: str, commit: str) -> str | None:
+    """The merge commit on ``main`` that promoted deployment ``name`` (pinned at ``commit``),
+    among ``main``'s latest commits, or None."""
+    for found in lake.log("main", limit=PROMOTION_SEARCH):
+        if found.metadata.get("deployment") == name and commit in found.parents[1:]:
+            return found.id
+    return None
 
 
 # -- data ----------------------------------------------------------------------------------------

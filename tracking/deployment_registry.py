@@ -408,11 +408,39 @@ def undeploy(lake: Lake, name: str) -> DeploymentRecord:
 def set_status(
     lake: Lake, record: DeploymentRecord, status: str, merge_commit: str | None = None
 ) -> DeploymentRecord:
-    """Record a deployment's end (``promoted`` or ``retired``) and commit it on its branch."""
-    updated = replace(record, status=status, ended_at=datetime.now(UTC), merge_commit=merge_commit)
+    """Record a deployment's end (``promoted`` or ``retired``) and commit it on its branch, only
+    if it is still live there (compare-and-swap: a serializable transaction on the record).
+
+    Two processes ending the same deployment the same way (``promoted`` with the same merge
+    commit: a promotion both finished) both succeed with the one record.
+
+    Raises:
+        DeploymentStateError: another process ended it meanwhile, otherwise; nothing written.
+    """
+    path = layout.record_file(record.name)
+
+    def change(tx: Branch) -> DeploymentRecord:
+        rows = tx.read_table(path).to_pylist() if tx.exists(path) else []
+        current = DeploymentRecord.from_row(rows[0]) if rows else record
+        if current.status != "live":
+            if current.status == status and current.merge_commit == merge_commit:
+                return current
+            merged = f" (merge {current.merge_commit[:12]})" if current.merge_commit else ""
+            raise DeploymentStateError(
+                f"deployment {record.name!r} was {current.status}{merged} by another process "
+                f"meanwhile; not marked {status}"
+                + (f" (main has merge {merge_commit[:12]})" if merge_commit else "")
+            )
+        updated = replace(
+            current, status=status, ended_at=datetime.now(UTC), merge_commit=merge_commit
+        )
+        tx.write_table(path, pa.Table.from_pylist([updated.to_row()], schema=layout.RECORD_SCHEMA))
+        return updated
+
     branch = lake.get_branch(f"production/{layout.branch_name(record.name)}")
-    _write_record(branch, updated)
-    return updated
+    return branch.run_transaction(
+        change, f"deployment {record.name}: {status}", {"tracking.event": "deployment"}
+    )
 
 
 def serving_since(lake: Lake) -> datetime | None:
