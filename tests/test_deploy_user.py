@@ -4,10 +4,12 @@ test names the behaviour a user or a CI script relies on)."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -160,3 +162,41 @@ def test_two_processes_promoting_one_deployment_merge_once_and_record_that_merge
     assert record.status == "promoted" and record.merge_commit == merges[0]
     assert len(results) == 2
     assert all(r == merges[0] or isinstance(r, DeploymentStateError) for r in results)
+
+
+@pytest.mark.parametrize("center", [0.0, 1e3, 1e8, 1.7e9])
+def test_combined_summaries_equal_numpy_even_far_from_zero(center: float) -> None:
+    from tracking.statistics import Summary
+
+    rng = np.random.default_rng(0)
+    days = [center + rng.normal(0, 1, size) for size in (1, 7, 300, 2)]
+    total = Summary(0, math.nan, math.nan)
+    for values in days:
+        total = total.combine(Summary.of(values))
+    everything = np.concatenate(days)
+    assert total.n == everything.size
+    assert total.mean == pytest.approx(everything.mean(), rel=1e-12)
+    assert total.variance == pytest.approx(everything.var(ddof=1), rel=1e-6)
+
+
+def test_timeline_ends_at_the_overall_interval_for_metrics_far_from_zero(tmp_path: Path) -> None:
+    lake = store.open(tmp_path / "lake")
+    branch = lake.branch("cand")
+    branch.write_bytes("model.bin", b"v2")
+    branch.commit("train")
+    dep = tracking.deploy(lake, "cand", branch=branch.name, model="model.bin", deployed_at=T0)
+    prod = tracking.deployment(lake, "production")
+    rng = np.random.default_rng(1)
+    for i in range(120):  # bytes per request, around 1.7 GB, over three days
+        stamp = T0 + timedelta(minutes=36 * i)
+        prod.log_metric("bytes_read", 1.7e9 + rng.normal(0, 1), timestamp=stamp)
+        dep.log_metric("bytes_read", 1.7e9 + 0.5 + rng.normal(0, 1), timestamp=stamp)
+    dep.close()
+    prod.close()
+    for mode in ("fixed", "sequential"):
+        result = tracking.compare(lake, "cand", mode=mode)
+        overall, last = result.metrics[0], result.timeline[-1]
+        assert (last.n_baseline, last.n_candidate) == (120, 120)
+        assert last.low == pytest.approx(overall.low, abs=1e-6)
+        assert last.high == pytest.approx(overall.high, abs=1e-6)
+        assert last.high - last.low > 0.1

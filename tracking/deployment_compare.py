@@ -671,26 +671,25 @@ def _timeline(
 ) -> list[TimelinePoint]:
     if not metrics:
         return []
+    # Per-day count, mean and variance (not sums of squares, which lose every digit of values
+    # far from 0), combined day by day.
     rows = con.execute(
         "SELECT deployment, key, CAST(date_trunc('day', timestamp AT TIME ZONE 'UTC') AS DATE) "
-        "AS day, count(*), sum(value), sum(value * value) FROM deployment_metrics "
+        "AS day, count(*), avg(value), coalesce(var_samp(value), 0) FROM deployment_metrics "
         f"WHERE {where} AND list_contains(?, key) AND deployment IN (?, ?) "
         "GROUP BY ALL ORDER BY day",
         [*params, metrics, cand, base],
     ).fetchall()
     days = sorted({r[2] for r in rows})
-    daily = {(r[0], r[1], r[2]): (int(r[3]), float(r[4]), float(r[5])) for r in rows}
+    daily = {(r[0], r[1], r[2]): st.Summary(int(r[3]), float(r[4]), float(r[5])) for r in rows}
+    empty = st.Summary(0, math.nan, math.nan)
     out = []
     for metric in metrics:
-        totals = {cand: [0, 0.0, 0.0], base: [0, 0.0, 0.0]}
+        totals = {cand: empty, base: empty}
         for day in days:
             for dep in (cand, base):
-                n, s, ss = daily.get((dep, metric, day), (0, 0.0, 0.0))
-                totals[dep][0] += n
-                totals[dep][1] += s
-                totals[dep][2] += ss
-            b = st.Summary.from_sums(*totals[base])
-            c = st.Summary.from_sums(*totals[cand])
+                totals[dep] = totals[dep].combine(daily.get((dep, metric, day), empty))
+            b, c = totals[base], totals[cand]
             if b.n == 0 and c.n == 0:
                 continue
             est = st.estimate_means(b, c, mode, alpha=alpha, min_points=minimum)

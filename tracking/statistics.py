@@ -85,9 +85,27 @@ class Summary:
             return cls(0, math.nan, math.nan)
         return cls(n, float(array.mean()), float(array.var(ddof=1)) if n > 1 else 0.0)
 
+    def combine(self, other: Summary) -> Summary:
+        """The summary of both samples together (Chan et al.'s pairwise update: exact, and
+        stable for values far from 0, where a sum of squares loses every digit)."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        mean = self.mean + delta * other.n / n
+        m2 = (
+            self.variance * (self.n - 1)
+            + other.variance * (other.n - 1)
+            + delta * delta * self.n * other.n / n
+        )
+        return Summary(n, mean, m2 / (n - 1))
+
     @classmethod
     def from_sums(cls, n: int, total: float, total_sq: float) -> Summary:
-        """From a count, a sum and a sum of squares (how DuckDB aggregates arrive)."""
+        """From a count, a sum and a sum of squares. Loses precision for values far from 0
+        relative to their spread (1e8 +- 1: every digit); prefer :meth:`combine`."""
         if n <= 0:
             return cls(0, math.nan, math.nan)
         mean = total / n
