@@ -11,7 +11,7 @@ from test_policy_cli import create_token, flowlake
 from test_policy_enforce import policed, reopen
 
 import store
-from store.errors import PolicyError
+from store.errors import InvalidArgumentError, PolicyError, TokenError
 from store.policy import api
 from store.policy.parse import parse_policy
 
@@ -111,4 +111,27 @@ def test_merging_a_policy_with_an_empty_approvers_list_is_refused_and_changes_no
     with pytest.raises(PolicyError, match="'approvers' is empty"):
         prod.merge(change.name, into="main")
     assert prod.resolve("main") == main
+    prod.close()
+
+
+def test_a_revoked_token_name_can_be_reused_to_rotate_and_the_old_secret_stays_refused(
+    policed: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prod = reopen(policed, perimeter="production")
+    old, _ = api.create_token(prod, "ci", "production", "30d")
+    with pytest.raises(InvalidArgumentError, match="exists already: revoke it first"):
+        api.create_token(prod, "ci", "production", "30d")
+    api.revoke_token(prod, "ci")
+    new, record = api.create_token(prod, "ci", "production", "30d")
+    assert record.revoked is None and new != old
+    assert [(t.name, t.revoked) for t in api.list_tokens(prod)] == [("ci", None)]
+    monkeypatch.setenv("FLOWLAKE_TOKEN", new)
+    assert api.identity(reopen(policed)).principal == "token:ci"
+    monkeypatch.setenv("FLOWLAKE_TOKEN", old)
+    with pytest.raises(TokenError):
+        reopen(policed)
+    monkeypatch.delenv("FLOWLAKE_TOKEN")
+    actions = [e.action for e in api.audit_log(prod) if e.details.get("token") == "ci"]
+    assert actions[:1] == ["token-create"] and "token-revoke" in actions
+    assert actions.count("token-create") == 2
     prod.close()

@@ -68,7 +68,8 @@ def create_token(
         PermissionDeniedError: the caller does not act in the production perimeter, or is a
             machine token.
         InvalidArgumentError: no policy, an unknown perimeter, a bad name, lifetime or scope
-            (one not in :data:`store.policy.tokens.SCOPES`), or the name is taken.
+            (one not in :data:`store.policy.tokens.SCOPES`), or the name of a token not revoked
+            (a revoked name may be reused, to rotate a token; the old secret stays refused).
     """
     scopes = check_scopes(scopes)
     view = _production_only(lake, "creating a token")

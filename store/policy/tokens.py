@@ -100,14 +100,17 @@ def create(
     """A new token: its secret (to print once, then forget) and the record to store.
 
     Raises:
-        InvalidArgumentError: a bad name, lifetime or scope, or a name already in use.
+        InvalidArgumentError: a bad name, lifetime or scope, or the name of a token not
+            revoked (a revoked token's name may be reused: rotation).
     """
     if not NAME.fullmatch(name):
         raise InvalidArgumentError(
             f"token name {name!r} must start with a letter and hold only letters, digits, "
             "'.', '_' and '-' (64 at most)"
         )
-    if any(r.name == name for r in existing):
+    if any(r.name == name and r.revoked is None for r in existing):
+        # A revoked name may be reused: rotating CI's token keeps its principal (token:<name>),
+        # which the policy names, and the old secret's digest is replaced, so it stays refused.
         raise InvalidArgumentError(f"a token named {name!r} exists already: revoke it first")
     if not timedelta(0) < lifetime <= MAX_LIFETIME:
         raise InvalidArgumentError("a token's lifetime must be above 0 and at most 366 days")
