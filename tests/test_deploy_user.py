@@ -21,6 +21,7 @@ from tracking.deployment_errors import DeploymentStateError
 from ui.cli import app
 
 T0 = datetime.now(UTC) - timedelta(days=3)
+APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
 
 
 def live_lake(path: Path, candidate: float = 0.9, production: float = 0.9, n: int = 60) -> Path:
@@ -200,3 +201,24 @@ def test_timeline_ends_at_the_overall_interval_for_metrics_far_from_zero(tmp_pat
         assert last.low == pytest.approx(overall.low, abs=1e-6)
         assert last.high == pytest.approx(overall.high, abs=1e-6)
         assert last.high - last.low > 0.1
+
+
+def test_dashboard_names_a_baseline_never_live_with_the_candidate_instead_of_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from extras import import_extra
+
+    app_test = import_extra("streamlit.testing.v1", "ui").AppTest
+    path = live_lake(tmp_path / "lake")
+    lake = store.open(path)
+    tracking.undeploy(lake, "cand")  # ended before "later" started: they never overlap
+    tracking.deploy(lake, "later", branch="cand", model="model.bin")
+    lake.close()
+    monkeypatch.setenv("FLOWLAKE_LAKE", str(path))
+    app = app_test.from_file(str(APP), default_timeout=60).run()
+    assert not app.exception
+    app.selectbox[0].select("later").run()
+    app.selectbox[1].select("cand").run()
+    assert not app.exception, app.exception
+    assert any("Cannot compare later with cand" in e.value for e in app.error)
+    assert any("never live at the same time" in e.value for e in app.error)

@@ -50,7 +50,11 @@ def compare_page(location: str) -> None:
     others = ["production", *[r.name for r in records if r.name not in ("production", candidate)]]
     baseline = st.selectbox("baseline", others)
     mode = st.radio("intervals", ["sequential", "fixed"], horizontal=True)
-    result = data.comparison(location, candidate, baseline, mode, heads)
+    try:
+        result = data.comparison(location, candidate, baseline, mode, heads)
+    except StoreError as exc:  # e.g. a baseline never live at the same time (NoOverlapError)
+        st.error(f"Cannot compare {candidate} with {baseline}: {exc}")
+        return
     st.caption(
         f"Mode: {MODE_TEXT[mode]}. p-values adjusted by Benjamini-Hochberg. "
         f"Window: {_when(result.window_start)} to {_when(result.window_end)} UTC."
