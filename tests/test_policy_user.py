@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_policy_cli import POLICY as CLI_POLICY
 from test_policy_cli import create_token, flowlake
 from test_policy_enforce import policed, reopen
 
 import store
+import tracking
 from store.errors import InvalidArgumentError, PolicyError, TokenError
 from store.policy import api
+from store.policy.gates import evaluate
 from store.policy.parse import parse_policy
 
 __all__ = ["policed"]  # the fixture, shared with test_policy_enforce
@@ -135,3 +139,30 @@ def test_a_revoked_token_name_can_be_reused_to_rotate_and_the_old_secret_stays_r
     assert actions[:1] == ["token-create"] and "token-revoke" in actions
     assert actions.count("token-create") == 2
     prod.close()
+
+
+@pytest.mark.parametrize(
+    ("condition", "verdict"),
+    [("nps >= production.nps", "better"), ("nps <= production.nps + 20", "worse")],
+)
+def test_a_metric_gate_asking_better_takes_its_direction_from_the_condition(
+    embedded_lake: store.Lake, condition: str, verdict: str
+) -> None:
+    rng = np.random.default_rng(3)
+    branch = embedded_lake.branch("survey")
+    branch.write_bytes("model.bin", b"v2")
+    branch.commit("train")
+    start = datetime.now(UTC) - timedelta(days=2)
+    dep = tracking.deploy(embedded_lake, "survey", branch=branch.name, deployed_at=start)
+    prod = tracking.deployment(embedded_lake, "production")
+    for i, (c, b) in enumerate(zip(rng.normal(40, 5, 80), rng.normal(30, 5, 80), strict=True)):
+        stamp = start + timedelta(minutes=i)
+        dep.log_metric("nps", float(c), timestamp=stamp)  # a name that says no direction
+        prod.log_metric("nps", float(b), timestamp=stamp)
+    dep.close()
+    prod.close()
+    text = STRICT_BASE + f'\n[[gates]]\nmetric = "{condition}"\nrequire = "better"\n'
+    view = api._view(embedded_lake)
+    (outcome,) = evaluate(parse_policy(text), view._inner, view.ledger, dep.commit, view.identity)
+    assert outcome.passed is (verdict == "better"), outcome.detail
+    assert f"verdict {verdict!r}" in outcome.detail  # not 'changed': the name says neither way

@@ -4,7 +4,9 @@
   source commit: its input commit, or the commit it merged its results into, is the source.
 * ``metric``: the live deployment serving the source commit is compared with ``production``
   by ``tracking.compare``; the condition is checked on the two means, and ``require`` also
-  asks for that comparison's verdict (``better``; or ``not worse``: anything but ``worse``).
+  asks for that comparison's verdict (``better``; or ``not worse``: anything but ``worse``),
+  with the direction the condition's operator gives (``>``/``>=``: higher is better,
+  ``<``/``<=``: lower), whatever the metric's name suggests.
   ``production`` is the model it serves now, measured since its promotion (the window
   ``compare`` uses); fewer points than ``compare``'s minimum on either side fails the gate
   closed, naming the side, never falling back to an earlier model's numbers.
@@ -136,7 +138,12 @@ def _metric(lake: Any, gate: Gate, commit: str) -> GateOutcome:
     wanted = [gate.metric] + ([gate.baseline_metric] if gate.baseline_metric else [])
     # Every metric, so that one the deployments never logged is named as unknown rather
     # than compared on no data.
-    comparison = _tracking("compare")(lake, record.name)
+    # The condition says which way is better for its metric (``>=``: higher), so a verdict is
+    # given for a metric whose name says neither ("nps"), instead of "changed" for ever.
+    direction = {">": "higher", ">=": "higher", "<": "lower", "<=": "lower"}.get(gate.op)
+    comparison = _tracking("compare")(
+        lake, record.name, directions={gate.metric: direction} if direction else None
+    )
     rows = {row.metric: row for row in comparison.metrics}
     for name in wanted:
         if name not in rows:
