@@ -49,6 +49,7 @@ from store.errors import (
     ObjectNotFoundError,
     ProtectedBranchError,
     RefNotFoundError,
+    StoreError,
 )
 from store.model import (
     MERGE_STRATEGIES,
@@ -464,8 +465,10 @@ class LakeFSBackend(Backend):
                 f"unknown merge strategy {strategy!r}; use one of {', '.join(MERGE_STRATEGIES)}"
             )
         text, meta = _encode_commit(message, metadata, committer)
-        guarded = (
-            self._guarded_source(source, dest_branch, set(guard), text, meta) if guard else None
+        guarded, tokened = (
+            self._guarded_source(source, dest_branch, set(guard), text, meta)
+            if guard
+            else (None, {})
         )
         try:
             if attest and gatehook.client_key() is not None:
@@ -483,6 +486,8 @@ class LakeFSBackend(Backend):
         finally:
             if guarded is not None:
                 self.delete_branch(guarded)
+        if tokened:
+            self._drop_guard_tokens(dest_branch, result.reference, tokened, text, meta)
         return self.get_commit(result.reference)
 
     def merge_attested(
@@ -511,7 +516,7 @@ class LakeFSBackend(Backend):
 
     def _guarded_source(
         self, source: str, dest_branch: str, guard: set[str], text: str, meta: dict[str, str]
-    ) -> str:
+    ) -> tuple[str, dict[str, dict[str, str]]]:
         """A temporary branch holding ``source`` with a fresh user-metadata token on every
         guarded path, for :meth:`merge`'s ``guard``.
 
@@ -519,6 +524,10 @@ class LakeFSBackend(Backend):
         sides as agreement, but user metadata is part of an object's identity: with the token,
         any change the destination made to a guarded path is a conflict inside lakeFS's own
         atomic merge. Changes already there are refused first, without the temporary branch.
+
+        Returns:
+            The temporary branch, and each tokened path's user metadata before its token (for
+            :meth:`_drop_guard_tokens`).
 
         Raises:
             ConflictError: the destination changed a guarded path since the merge base.
@@ -533,22 +542,27 @@ class LakeFSBackend(Backend):
         self.create_branch(temp, source_commit)
         token, api = uuid.uuid4().hex, self._sdk.objects_api
 
-        def touch(path: str) -> bool:
+        def touch(path: str) -> dict[str, str] | None:
             try:
                 with boundary(ObjectNotFoundError):
                     stats = api.stat_object(self.repository, temp, path, user_metadata=True)
             except ObjectNotFoundError:
-                return False
-            tokened = {**(stats.metadata or {}), GUARD_KEY: token}
+                return None
+            before = dict(stats.metadata or {})
             with boundary(ObjectNotFoundError):
                 api.update_object_user_metadata(
-                    self.repository, temp, path, lakefs_sdk.UpdateObjectUserMetadata(set=tokened)
+                    self.repository,
+                    temp,
+                    path,
+                    lakefs_sdk.UpdateObjectUserMetadata(set={**before, GUARD_KEY: token}),
                 )
-            return True
+            return before
 
         try:
             with ThreadPoolExecutor(WORKERS) as pool:
-                touched = any(list(pool.map(touch, sorted(guard))))
+                paths = sorted(guard)
+                found = dict(zip(paths, pool.map(touch, paths), strict=True))
+            touched = {path: before for path, before in found.items() if before is not None}
             if touched:
                 creation = lakefs_sdk.CommitCreation(message=text, metadata=meta)  # type: ignore[call-arg]
                 with boundary(BranchNotFoundError):
@@ -556,7 +570,52 @@ class LakeFSBackend(Backend):
         except BaseException:
             self.delete_branch(temp)
             raise
-        return temp
+        return temp, touched
+
+    def _drop_guard_tokens(
+        self,
+        dest_branch: str,
+        merged: str,
+        tokened: dict[str, dict[str, str]],
+        text: str,
+        meta: dict[str, str],
+    ) -> None:
+        """Give the guarded paths of merge commit ``merged`` their user metadata back, so that a
+        guarded merge changes on ``dest_branch`` what an unguarded one would, as on the embedded
+        backend: a token left there would make a path the merge only read show as changed in
+        diffs, and conflict with any branch that changed it since.
+
+        One more merge into ``dest_branch`` (squashed: a single commit, merges being what a
+        protected branch takes), with the merge's ``text`` and ``meta`` (the encoded message
+        and metadata); ``dest-wins`` keeps any change made there meanwhile. Best
+        effort: when that merge cannot be made (the destination is dirty, say) the tokens stay,
+        which costs only spurious changes and conflicts on those paths.
+        """
+        temp = f"{dest_branch}-unguard-{uuid.uuid4().hex[:16]}"
+        api = self._sdk.objects_api
+        self.create_branch(temp, merged)
+
+        def restore(item: tuple[str, dict[str, str]]) -> None:
+            body = lakefs_sdk.UpdateObjectUserMetadata(set=item[1])
+            with boundary(ObjectNotFoundError):
+                api.update_object_user_metadata(self.repository, temp, item[0], body)
+
+        try:
+            with ThreadPoolExecutor(WORKERS) as pool:
+                list(pool.map(restore, sorted(tokened.items())))
+            # The merge's own message and metadata, as the guard commit has them: the branch's
+            # head then reads as the merge did (its message, its tracking metadata).
+            creation = lakefs_sdk.CommitCreation(message=text, metadata=meta)  # type: ignore[call-arg]
+            body = lakefs_sdk.Merge(  # type: ignore[call-arg]
+                message=text, metadata=meta, strategy="dest-wins", squash_merge=True
+            )
+            with boundary(BranchNotFoundError):
+                self._sdk.commits_api.commit(self.repository, temp, creation)
+                self._sdk.refs_api.merge_into_branch(self.repository, temp, dest_branch, merge=body)
+        except StoreError:
+            pass  # see above: the merge itself stands
+        finally:
+            self.delete_branch(temp)
 
     def revert(self, branch: str, commit_id: str, committer: str) -> Commit:
         return self._revert(branch, commit_id, committer)
