@@ -222,3 +222,50 @@ def test_dashboard_names_a_baseline_never_live_with_the_candidate_instead_of_a_t
     assert not app.exception, app.exception
     assert any("Cannot compare later with cand" in e.value for e in app.error)
     assert any("never live at the same time" in e.value for e in app.error)
+
+
+def canary_lake(path: Path) -> Path:
+    """A 10% canary: production got 9 points for each of the candidate's, same outcomes."""
+    lake = store.open(path)
+    branch = lake.branch("canary")
+    branch.write_bytes("model.bin", b"v2")
+    branch.commit("train")
+    dep = tracking.deploy(lake, "canary", branch=branch.name, deployed_at=T0)
+    prod = tracking.deployment(lake, "production")
+    for i in range(400):
+        stamp = T0 + timedelta(minutes=i)
+        prod.log_metric("accuracy", float(i % 5 != 0), timestamp=stamp)
+        if i % 10 == 0:
+            dep.log_metric("accuracy", float(i % 20 != 0), timestamp=stamp)
+    dep.close()
+    prod.close()
+    lake.close()
+    return path
+
+
+def test_a_canary_is_promoted_through_the_cli_with_its_declared_traffic_split(
+    tmp_path: Path,
+) -> None:
+    path = canary_lake(tmp_path / "lake")
+    cli = CliRunner()
+    even = cli.invoke(app, ["promote", "canary", "--yes", "--json", "--lake", str(path)])
+    assert even.exit_code == 1
+    assert any("sample-ratio mismatch" in r for r in json.loads(even.stdout)["gate"]["reasons"])
+    args = ["compare", "canary", "--split", "90:10", "--json", "--lake", str(path)]
+    compared = cli.invoke(app, args)
+    assert compared.exit_code == 0, compared.output
+    ratio = json.loads(compared.stdout)["sample_ratio"]
+    assert ratio["expected"] == [0.9, 0.1] and ratio["mismatch"] is False
+    split = ["promote", "canary", "--split", "90:10", "--yes", "--json", "--lake", str(path)]
+    promoted = cli.invoke(app, split)
+    assert promoted.exit_code == 0, promoted.output
+    assert json.loads(promoted.stdout)["merge_commit"] == store.open(path).resolve("main")
+
+
+@pytest.mark.parametrize("split", ["90", "90:10:0", "a:b", "0:1", "-1:2", "nan:1", "inf:1"])
+def test_a_bad_split_is_a_usage_error_naming_the_option(tmp_path: Path, split: str) -> None:
+    result = CliRunner().invoke(
+        app, ["compare", "cand", "--split", split, "--lake", str(tmp_path / "none")]
+    )
+    assert result.exit_code == 2
+    assert "--split" in result.output and "BASELINE:CANDIDATE" in result.output

@@ -7,6 +7,7 @@ commit ids, names cut with an ellipsis, times on one line.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -40,6 +41,38 @@ APP_PATH = Path(__file__).with_name("app.py")
 BaselineOption = Annotated[
     str, typer.Option("--baseline", help="Deployment to compare against.", show_default=True)
 ]
+
+
+SplitOption = Annotated[
+    str | None,
+    typer.Option(
+        "--split",
+        help="Expected traffic split BASELINE:CANDIDATE for the sample-ratio check, e.g. 95:5 "
+        "for a 5% canary. Default: equal.",
+        show_default=False,
+    ),
+]
+
+
+def expected_split(value: str | None) -> tuple[float, float] | None:
+    """``--split B:C`` as two positive shares, or None.
+
+    Raises:
+        typer.BadParameter: not two finite positive numbers separated by ':'.
+    """
+    if value is None:
+        return None
+    parts = value.split(":")
+    try:
+        shares = tuple(float(p) for p in parts)
+    except ValueError:
+        shares = ()
+    if len(shares) != 2 or not all(math.isfinite(x) and x > 0 for x in shares):
+        raise typer.BadParameter(
+            f"expected BASELINE:CANDIDATE, two positive numbers such as 95:5, got {value!r}",
+            param_hint="--split",
+        )
+    return shares[0], shares[1]
 
 
 def register(app: typer.Typer) -> None:
@@ -117,13 +150,19 @@ def compare_command(
     fixed: Annotated[
         bool, typer.Option("--fixed", help="Fixed-horizon intervals instead of sequential.")
     ] = False,
+    split: SplitOption = None,
     lake: LakeOption = DEFAULT_LAKE,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Compare a deployment with production (or --baseline) over the time both were live."""
+    ratio = expected_split(split)
     result = tracking.compare(
-        open_lake(lake, namespace), name, baseline, mode="fixed" if fixed else "sequential"
+        open_lake(lake, namespace),
+        name,
+        baseline,
+        mode="fixed" if fixed else "sequential",
+        expected_ratio=ratio,
     )
     if as_json:
         render.emit_json(result.to_dict())
@@ -265,6 +304,7 @@ def promote_command(
     force: Annotated[
         bool, typer.Option("--force", help="Promote even when the gate is closed.")
     ] = False,
+    split: SplitOption = None,
     lake: LakeOption = DEFAULT_LAKE,
     namespace: NamespaceOption = None,
     as_json: JsonOption = False,
@@ -277,9 +317,10 @@ def promote_command(
         raise typer.BadParameter(
             "--json cannot ask for confirmation: pass --yes to promote", param_hint="--json"
         )
+    ratio = expected_split(split)
     opened = open_lake(lake, namespace)
     _check_promotable(opened, name)
-    outcome = tracking.check_promotion(opened, name)
+    outcome = tracking.check_promotion(opened, name, expected_ratio=ratio)
     if not as_json:
         print_gate(outcome)
     if not outcome.open and not force:
@@ -293,7 +334,7 @@ def promote_command(
         render.stderr().print("not promoted")
         raise typer.Exit(1)
     try:
-        promotion = tracking.promote(opened, name, force=force)
+        promotion = tracking.promote(opened, name, force=force, expected_ratio=ratio)
     except (tracking.GateClosedError, GateFailedError) as exc:
         if as_json:  # the gate closed meanwhile, or a policy gate of main refused the merge
             failed = tuple(getattr(exc, "reasons", None) or getattr(exc, "failures", None) or ())
