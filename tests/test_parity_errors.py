@@ -51,6 +51,10 @@ def test_reading_a_folder_as_an_object_names_it(lake: store.Lake) -> None:
 
 
 def test_protected_main_refuses_every_change_alike(lake: store.Lake) -> None:
+    feature = lake.branch("feature")
+    feature.write_bytes("kept", b"1")
+    feature.commit("kept")
+    lake.merge(feature.name, into="main")
     main = lake.get_branch("main")
     writes = {
         "write_bytes": lambda: main.write_bytes("a", b"1"),
@@ -60,9 +64,11 @@ def test_protected_main_refuses_every_change_alike(lake: store.Lake) -> None:
         "commit_writes": lambda: main.commit("m", writes={"a": b"1"}),
         "commit": lambda: main.commit("m"),
         "delete a missing path": lambda: main.delete("missing"),
+        "delete": lambda: main.delete("kept"),
+        "delete with a missing path": lambda: main.delete("kept", "missing"),
     }
     _each_raises(writes, errors.ProtectedBranchError, _PROTECTED)
-    assert lake.list("main") == [] and main.uncommitted() == []
+    assert [o.path for o in lake.list("main")] == ["kept"] and main.uncommitted() == []
 
 
 def test_a_deleted_branch_is_named_by_every_call(lake: store.Lake) -> None:
