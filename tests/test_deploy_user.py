@@ -269,3 +269,30 @@ def test_a_bad_split_is_a_usage_error_naming_the_option(tmp_path: Path, split: s
     )
     assert result.exit_code == 2
     assert "--split" in result.output and "BASELINE:CANDIDATE" in result.output
+
+
+def test_a_metric_one_side_never_logged_is_named_as_such_not_as_too_few_points(
+    tmp_path: Path,
+) -> None:
+    lake = store.open(tmp_path / "lake")
+    branch = lake.branch("cand")
+    branch.write_bytes("model.bin", b"v2")
+    branch.commit("train")
+    dep = tracking.deploy(lake, "cand", branch=branch.name, deployed_at=T0)
+    prod = tracking.deployment(lake, "production")
+    for i in range(40):
+        stamp = T0 + timedelta(minutes=i)
+        dep.log_metrics({"accuracy": float(i % 5 != 0), "calibration_error": 0.1}, timestamp=stamp)
+        prod.log_metrics({"accuracy": float(i % 5 != 0), "old_metric": 1.0}, timestamp=stamp)
+    dep.close()
+    prod.close()
+    result = tracking.compare(lake, "cand")
+    assert set(result.never_logged) == {("production", "calibration_error"), ("cand", "old_metric")}
+    reasons = tracking.check_promotion(lake, "cand").reasons
+    assert any("production never logged 'calibration_error'" in r for r in reasons)
+    assert any("cand never logged 'old_metric'" in r for r in reasons)
+    assert not any("0 points" in r for r in reasons)
+    assert result.to_dict()["never_logged"] == [
+        ["production", "calibration_error"],
+        ["cand", "old_metric"],
+    ]

@@ -96,6 +96,8 @@ class Comparison:
         timeline: the cumulative difference per day, per metric compared on its mean.
         note: what the baseline stands for when it is not what its name serves now (a promoted
             candidate against ``production``: production before that promotion), else None.
+        never_logged: ``(deployment, metric)`` for each compared metric a side never logged at
+            all (not just in the window): waiting will not give it data.
     """
 
     candidate: str
@@ -113,6 +115,7 @@ class Comparison:
     sample_ratio: SampleRatio
     timeline: tuple[TimelinePoint, ...]
     note: str | None = None
+    never_logged: tuple[tuple[str, str], ...] = ()
 
     @property
     def regressions(self) -> tuple[MetricComparison, ...]:
@@ -235,9 +238,10 @@ def compare(
         aggregates = _aggregates(con, where, params)
         # Every metric either side ever logged, in the window or not: one with no points in
         # it (production just promoted) is "not enough data", never silently left out.
-        logged = [k for (k,) in con.execute(
-            "SELECT DISTINCT key FROM deployment_metrics ORDER BY key"
-        ).fetchall()]  # fmt: skip
+        by_side = set(con.execute(
+            "SELECT DISTINCT deployment, key FROM deployment_metrics"
+        ).fetchall())  # fmt: skip
+        logged = sorted({k for (_, k) in by_side})
         if metrics is not None:
             # A misspelt name would otherwise be "not enough data" with 0 points a side, which
             # blames the traffic rather than the name.
@@ -248,6 +252,12 @@ def compare(
                     f"or {base.name!r}; they logged: {', '.join(logged) or 'nothing yet'}"
                 )
         names = sorted(set(metrics)) if metrics is not None else logged
+        never = tuple(
+            (side, metric)
+            for metric in names
+            for side in (base.name, cand.name)
+            if (side, metric) not in by_side
+        )
         overall: list[dict[str, Any]] = []
         segments: list[dict[str, Any]] = []
         for metric in names:
@@ -286,6 +296,7 @@ def compare(
         sample_ratio=st.sample_ratio(counts, expected_ratio),
         timeline=tuple(timeline),
         note=note,
+        never_logged=never,
     )
 
 
@@ -322,12 +333,20 @@ def shortfall(comparison: Comparison, row: MetricComparison) -> str:
         else "the beginning"
     )
     short = []
-    if row.n_baseline < comparison.min_points:
+    never = set(comparison.never_logged)
+    if (comparison.baseline, row.metric) in never:
+        short.append(
+            f"{comparison.baseline} never logged {row.metric!r} (there is nothing to compare it "
+            "with until it does)"
+        )
+    elif row.n_baseline < comparison.min_points:
         short.append(
             f"{comparison.baseline} (serving {comparison.baseline_commit[:12]}) has "
             f"{row.n_baseline} points since {since}"
         )
-    if row.n_candidate < comparison.min_points:
+    if (comparison.candidate, row.metric) in never:
+        short.append(f"{comparison.candidate} never logged {row.metric!r}")
+    elif row.n_candidate < comparison.min_points:
         short.append(f"{comparison.candidate} has {row.n_candidate} points since {since}")
     return (
         "not enough data: "
