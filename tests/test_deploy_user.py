@@ -296,3 +296,18 @@ def test_a_metric_one_side_never_logged_is_named_as_such_not_as_too_few_points(
         ["production", "calibration_error"],
         ["cand", "old_metric"],
     ]
+
+
+def test_a_deployment_that_went_live_in_the_future_is_refused_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    lake = store.open(tmp_path / "lake")
+    branch = lake.branch("cand")
+    branch.write_bytes("model.bin", b"v2")
+    branch.commit("train")
+    later = datetime.now(UTC) + timedelta(days=2)
+    with pytest.raises(InvalidArgumentError, match="deployed_at .* is in the future"):
+        tracking.deploy(lake, "cand", branch=branch.name, deployed_at=later)
+    assert [r.name for r in tracking.deployments(lake)] == ["production"]
+    soon = datetime.now(UTC) + timedelta(seconds=20)  # another machine's clock a little ahead
+    assert tracking.deploy(lake, "cand", branch=branch.name, deployed_at=soon).deployed_at == soon

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 DEFAULT_FLUSH_INTERVAL = 10.0
 #: A flush starts early once this many points wait.
 MAX_BUFFERED_POINTS = 200_000
+#: How far in the future a ``deployed_at`` may lie (another machine's clock running ahead).
+MAX_CLOCK_SKEW = timedelta(minutes=1)
 
 #: One buffered point: key, value, step, timestamp (Unix seconds), segment.
 DeploymentPoint = tuple[str, float, "int | None", float, "str | None"]
@@ -313,7 +315,8 @@ def deploy(
         AlreadyExistsError: a deployment of that name exists (live, promoted or retired).
         BranchNotFoundError: no such branch.
         ObjectNotFoundError: ``model`` is not a file or folder at the pinned commit.
-        InvalidArgumentError: ``lake`` is not a Lake.
+        InvalidArgumentError: ``lake`` is not a Lake, or ``deployed_at`` is not a datetime or
+            lies in the future (beyond a minute of clock skew).
     """
     require_lake(lake, "tracking.deploy")
     _check_name(name)
@@ -323,6 +326,13 @@ def deploy(
         raise InvalidArgumentError("give the branch to deploy, e.g. branch='lr-sweep'")
     if not flush_interval > 0:
         raise InvalidArgumentError("flush_interval must be positive")
+    now = datetime.now(UTC)
+    if deployed_at is not None and _utc(deployed_at) > now + MAX_CLOCK_SKEW:
+        raise InvalidArgumentError(
+            f"deployed_at {_utc(deployed_at).isoformat(timespec='seconds')} is in the future "
+            f"(now {now.isoformat(timespec='seconds')}); it says when traffic started, and a "
+            "datetime without a time zone is read as UTC"
+        )
     source = lake.get_branch(branch)
     commit = source.head().id
     if model is not None:
@@ -333,7 +343,7 @@ def deploy(
         commit=commit,
         model=model,
         user=lake.user,
-        deployed_at=_utc(deployed_at) if deployed_at is not None else datetime.now(UTC),
+        deployed_at=_utc(deployed_at) if deployed_at is not None else now,
         status="live",
     )
     try:
