@@ -18,6 +18,7 @@ import tracking
 from store.errors import InvalidArgumentError
 from tracking import deployment_registry
 from tracking.deployment_errors import DeploymentStateError
+from tracking.errors import InvalidMetricError
 from ui.cli import app
 
 T0 = datetime.now(UTC) - timedelta(days=3)
@@ -311,3 +312,18 @@ def test_a_deployment_that_went_live_in_the_future_is_refused_and_leaves_nothing
     assert [r.name for r in tracking.deployments(lake)] == ["production"]
     soon = datetime.now(UTC) + timedelta(seconds=20)  # another machine's clock a little ahead
     assert tracking.deploy(lake, "cand", branch=branch.name, deployed_at=soon).deployed_at == soon
+
+
+def test_an_outcome_stamped_in_the_future_is_refused_not_silently_left_out(
+    tmp_path: Path,
+) -> None:
+    path = live_lake(tmp_path / "lake", n=2)
+    dep = tracking.deployment(store.open(path), "cand")
+    later = datetime.now(UTC) + timedelta(days=3000)
+    with pytest.raises(InvalidMetricError, match="'accuracy': timestamp .* is in the future"):
+        dep.log_metric("accuracy", 1.0, timestamp=later)
+    in_ms = (datetime.now(UTC) + timedelta(hours=9)).timestamp() * 1000
+    with pytest.raises(InvalidMetricError, match="in the future"):
+        dep.log_metrics({"accuracy": 1.0}, timestamp=in_ms)
+    dep.log_metric("accuracy", 1.0, timestamp=datetime.now(UTC) + timedelta(seconds=20))
+    dep.close()

@@ -554,8 +554,8 @@ def _seconds(timestamp: int | float | datetime | None, key: str = "") -> float:
 
 def _point(key: Any, value: Any, step: Any, timestamp: Any, segment: Any) -> DeploymentPoint:
     """One outcome checked as run metrics are (:mod:`tracking.points`), and further: a live
-    outcome must be finite (a NaN would poison every mean it enters) and its segment, if any,
-    a non-empty string."""
+    outcome must be finite (a NaN would poison every mean it enters), not stamped in the
+    future (beyond :data:`MAX_CLOCK_SKEW`), and its segment, if any, a non-empty string."""
     name = points.check_key(key)
     number = points.check_value(value, name)
     if not math.isfinite(number):
@@ -565,7 +565,14 @@ def _point(key: Any, value: Any, step: Any, timestamp: Any, segment: Any) -> Dep
         raise InvalidMetricError(
             f"metric {name!r}: segment must be a non-empty string or None, got {segment!r}"
         )
-    return (name, number, checked_step, _seconds(timestamp, name), segment)
+    seconds = _seconds(timestamp, name)
+    if seconds > time.time() + MAX_CLOCK_SKEW.total_seconds():
+        # A comparison window ends now: such a point would be kept and silently never counted.
+        raise InvalidMetricError(
+            f"metric {name!r}: timestamp {datetime.fromtimestamp(seconds, UTC).isoformat()} is "
+            "in the future (milliseconds since the epoch, or a datetime; naive is UTC)"
+        )
+    return (name, number, checked_step, seconds, segment)
 
 
 def _to_table(name: str, points: list[DeploymentPoint]) -> pa.Table:
