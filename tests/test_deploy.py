@@ -251,7 +251,7 @@ def test_compare_of_a_promoted_candidate_is_against_production_before_its_promot
     promotion = tracking.promote(lake, "cand", now=T0 + timedelta(days=5))
     # production's points after the promotion are of the promoted model: never the baseline
     after = tracking.deployment(lake, "production")
-    after.log_metric("accuracy", 0.0, timestamp=datetime.now(UTC) + timedelta(days=1))
+    after.log_metric("accuracy", 0.0, timestamp=datetime.now(UTC))  # after the promotion
     after.close()
     result = tracking.compare(lake, "cand")
     assert result.baseline == "production" and result.baseline_commit == before
