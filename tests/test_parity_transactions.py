@@ -3,6 +3,10 @@ serializable transaction only read is not changed by it, whatever the backend do
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 import store
 
 
@@ -55,3 +59,29 @@ def test_a_serializable_transaction_still_fails_on_a_read_path_changed_meanwhile
     _serializable_copy(branch, "x", "y")  # a retry commits, and leaves no trace either
     assert branch.read_bytes("y") == b"1"
     assert [(c.path, str(c.kind)) for c in lake.diff(before_retry, branch.name)] == [("y", "added")]
+
+
+def test_every_branch_a_transaction_makes_is_a_hidden_scratch_branch(
+    lake: store.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from store.names import listed_names
+    from store.scratch import is_scratch
+
+    inner: Any = lake.backend
+    while hasattr(inner, "_inner"):  # the backend itself, under the error and policy views
+        inner = inner._inner
+    made: list[str] = []
+    create = inner.create_branch
+
+    def recording(name: str, source_commit: str) -> None:
+        made.append(name)
+        create(name, source_commit)
+
+    monkeypatch.setattr(inner, "create_branch", recording)
+    branch = lake.branch("exp")
+    branch.write_bytes("x", b"0")
+    branch.commit("x")
+    made.clear()
+    _serializable_copy(branch, "x", "y")
+    assert made and all(is_scratch(listed_names(name)[0]) for name in made), made
+    assert {b.name for b in lake.branches(include_scratch=True)} == {"main", branch.name}

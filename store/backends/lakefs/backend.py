@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, TypeVar
 
+from store import scratch
 from store.backend import CAP_LOCAL_PATHS, Backend
 from store.backends.lakefs import gatehook, protection, transfer
 from store.backends.lakefs.config import LakeFSSettings, resolve_settings
@@ -538,7 +539,9 @@ class LakeFSBackend(Backend):
         moved = guard & {c.path for c in self.diff(base, head)} if base else set()
         if moved:
             raise ConflictError("guarded paths changed on the destination", sorted(moved))
-        temp = f"{dest_branch}-guard-{uuid.uuid4().hex[:16]}"
+        # Named as a transaction's scratch branch of this process: hidden from listings and
+        # tracking views while it lives, and reclaimed by gc if the process dies meanwhile.
+        temp = scratch.new_short_name(f"{dest_branch}-guard")
         self.create_branch(temp, source_commit)
         token, api = uuid.uuid4().hex, self._sdk.objects_api
 
@@ -591,7 +594,7 @@ class LakeFSBackend(Backend):
         effort: when that merge cannot be made (the destination is dirty, say) the tokens stay,
         which costs only spurious changes and conflicts on those paths.
         """
-        temp = f"{dest_branch}-unguard-{uuid.uuid4().hex[:16]}"
+        temp = scratch.new_short_name(f"{dest_branch}-unguard")
         api = self._sdk.objects_api
         self.create_branch(temp, merged)
 
