@@ -107,6 +107,8 @@ class Branch:
 
         Raises:
             LakeFolderError: the local file lies in a lake folder (nothing is read).
+            InvalidArgumentError: ``source`` is neither a path nor a binary file object (a text
+                stream is refused; nothing is written).
         """
         if isinstance(source, str | os.PathLike):
             own = folders.own_lake_folders(self.lake.location)
@@ -115,6 +117,13 @@ class Branch:
                 return self._put(path, f)
         if not hasattr(source, "read"):
             raise InvalidArgumentError("write_file needs a path or a binary file object")
+        if isinstance(source, io.TextIOBase):
+            # Refused before any byte moves: one backend failed on the first str, another
+            # stored it encoded as UTF-8.
+            raise InvalidArgumentError(
+                f"write_file needs a binary file object (open the file with 'rb'), "
+                f"not the text stream {type(source).__name__}"
+            )
         return self._put(path, source)  # type: ignore[arg-type]
 
     def write_table(self, path: str, table: Any, **parquet_options: Any) -> ObjectInfo:
