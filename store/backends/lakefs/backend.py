@@ -45,6 +45,7 @@ from store.errors import (
     BranchNotFoundError,
     ConflictError,
     InvalidArgumentError,
+    LakeClosedError,
     LakeNotFoundError,
     NotFoundError,
     ObjectNotFoundError,
@@ -675,7 +676,28 @@ class LakeFSBackend(Backend):
         }
 
     def close(self) -> None:
+        """Drop the connections; every later call raises LakeClosedError, as on the embedded
+        backend (the client passed in is closed with it). Closing twice is harmless."""
+        rest = self._api_client.rest_client
+        if not isinstance(rest.pool_manager, _ClosedPool):
+            pool, rest.pool_manager = rest.pool_manager, _ClosedPool(self.repository)
+            pool.clear()
         self._api_client.close()
+
+
+class _ClosedPool:
+    """The connection pool of a closed backend: every request is refused."""
+
+    def __init__(self, repository: str) -> None:
+        self._repository = repository
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        raise LakeClosedError(
+            f"the lake at lakefs://{self._repository} was closed: open it again with store.open"
+        )
+
+    def clear(self) -> None:
+        pass
 
 
 def _paginate(
