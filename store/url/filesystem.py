@@ -146,7 +146,14 @@ class FlowlakeFileSystem(AbstractFileSystem):  # type: ignore[misc]
         self._batch: _Batch | None = None
 
     def close(self) -> None:
-        """Close the lake now rather than when the filesystem is garbage-collected."""
+        """Close the lake now rather than when the filesystem is garbage-collected.
+
+        fsspec's instance cache forgets this filesystem, so ``fsspec.filesystem`` with the
+        same options then opens the lake again instead of handing out the closed one.
+        """
+        cache = type(self)._cache
+        if cache.get(self._fs_token) is self:
+            del cache[self._fs_token]
         self._closer()
 
     # -- refs ------------------------------------------------------------------------------------
