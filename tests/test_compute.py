@@ -339,8 +339,9 @@ def test_a_job_past_its_timeout_fails_and_is_recorded_though_it_never_used_its_r
 ) -> None:
     lake = embedded_lake
     _seed(lake)
-    job = compute.submit(sleep_quietly, {"seconds": 60}, lake=lake, timeout=2)
-    with pytest.raises(compute.JobFailedError, match="timed out after 2 s") as failed:
+    # 4 s: room for the job's first line on a loaded CI machine before the timeout ends it.
+    job = compute.submit(sleep_quietly, {"seconds": 60}, lake=lake, timeout=4)
+    with pytest.raises(compute.JobFailedError, match="timed out after 4 s") as failed:
         job.wait(timeout=JOB_WAIT_S)
     # What it printed, labelled as such: it raised nothing.
     assert "end of the job's log:\nsleeping" in str(failed.value)
