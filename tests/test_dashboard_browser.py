@@ -86,6 +86,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    # `flowlake ui` is the server itself: stopping it leaves nothing serving that port.
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the dashboard outlived flowlake ui"
 
 
 def test_compare_pick_promote_confirm_moves_main(served: tuple[str, Path], tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -431,7 +430,11 @@ def ui_command(
         "--browser.gatherUsageStats=false",
     ]
     render.stderr().print(f"dashboard on http://127.0.0.1:{port} (lake {location})")
-    raise typer.Exit(subprocess.call(command, env=env))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Streamlit takes this process's place: a stop signal (Ctrl-C, docker stop, systemd)
+    # reaches the server itself, and no server outlives a killed `flowlake ui`.
+    os.execve(sys.executable, command, env)
 
 
 def _when(moment: datetime) -> str:
