@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,10 @@ import yaml
 from typer.testing import CliRunner
 
 import store
+import tracking
 from store.errors import PermissionDeniedError
 from store.policy import api
+from store.processes import pid_alive
 from ui.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,3 +218,34 @@ def test_gates_check_fails_and_names_the_missing_check_run(
     code, out = flowlake(policed_lake, "merge", "pr", "--into", "main")
     assert code != 0 and "refused" in out
     assert store.open(policed_lake, perimeter="production").resolve("main") == main
+
+
+def test_a_stopped_check_stops_its_command_and_records_the_run_failed(tmp_path: Path) -> None:
+    lake_dir = tmp_path / "lake"
+    store.open(lake_dir).close()
+    pid_file = tmp_path / "command.pid"
+    sleeper = (
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    )
+    checking = subprocess.Popen(
+        [sys.executable, "-m", "ui.cli", "check", "tests", "--ref", "main"]
+        + ["--lake", str(lake_dir), "--", sys.executable, "-c", sleeper],
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and checking.poll() is None
+            time.sleep(0.05)
+        command_pid = int(pid_file.read_text())
+        checking.terminate()  # as a cancelled CI job is stopped
+        assert checking.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        checking.kill()
+    assert not pid_alive(command_pid)
+    lake = store.open(lake_dir)
+    (found,) = tracking.search_runs(lake).to_pylist()
+    run = tracking.get_run(lake, found["run_id"])
+    assert run.status == "failed" and run.error == f"exit {-signal.SIGTERM}"

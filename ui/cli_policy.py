@@ -7,7 +7,9 @@ once, by ``token create``, and appears nowhere else: not in ``--json`` output, n
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import threading
 from typing import Annotated, Any
 
 import typer
@@ -255,7 +257,7 @@ def check_command(
         input_commit=commit,
     )
     try:
-        code = subprocess.run(command, check=False).returncode
+        code = _run_forwarding_stops(command)
     except BaseException as exc:
         run.end("failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -264,4 +266,38 @@ def check_command(
     render.stdout().print(
         Text.assemble(f"check {name} on {render.short(commit)}: ", state, f" (run {run.id})")
     )
-    raise typer.Exit(code)
+    raise typer.Exit(code if code >= 0 else 128 - code)  # as a shell reports a signal
+
+
+#: Stop signals a CI runner or process manager sends; passed on to the checked command.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _run_forwarding_stops(command: list[str]) -> int:
+    """Run ``command``; its exit status (negative: the signal that ended it).
+
+    A stop signal sent to flowlake (a cancelled CI job, ``docker stop``) is passed on to the
+    command and its end awaited, so the command never outlives the run that records it and
+    the run ends failed with ``exit -15`` rather than being left running. Ctrl-C reaches the
+    command from the terminal itself and flowlake waits for its end; a second Ctrl-C kills it.
+    """
+    process = subprocess.Popen(command)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {
+            sig: signal.signal(sig, lambda received, _frame: process.send_signal(received))
+            for sig in FORWARDED_SIGNALS
+        }
+    try:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            try:
+                return process.wait()  # it had the terminal's SIGINT too: its exit decides
+            except KeyboardInterrupt:
+                process.kill()
+                process.wait()
+                raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
