@@ -8,6 +8,7 @@ import math
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,15 +26,22 @@ T0 = datetime.now(UTC) - timedelta(days=3)
 APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
 
 
+def beside_production(
+    lake: store.Lake, name: str = "cand", **deploy: Any
+) -> tuple[tracking.Deployment, tracking.Deployment]:
+    """Deployment ``name`` of a trained branch of that name, live from ``T0``, and production."""
+    branch = lake.branch(name)
+    branch.write_bytes("model.bin", b"v2")
+    branch.commit("train")
+    dep = tracking.deploy(lake, name, branch=branch.name, deployed_at=T0, **deploy)
+    return dep, tracking.deployment(lake, "production")
+
+
 def live_lake(path: Path, candidate: float = 0.9, production: float = 0.9, n: int = 60) -> Path:
     """A lake with deployment ``cand`` live next to production, ``n`` accuracy points a side
     (a share ``candidate`` / ``production`` of them 1.0)."""
     lake = store.open(path)
-    branch = lake.branch("cand")
-    branch.write_bytes("model.bin", b"v2")
-    branch.commit("train")
-    dep = tracking.deploy(lake, "cand", branch=branch.name, model="model.bin", deployed_at=T0)
-    prod = tracking.deployment(lake, "production")
+    dep, prod = beside_production(lake, model="model.bin")
     for i in range(n):
         stamp = T0 + timedelta(minutes=i)
         dep.log_metric("accuracy", float(i < candidate * n), timestamp=stamp)
@@ -183,11 +191,7 @@ def test_combined_summaries_equal_numpy_even_far_from_zero(center: float) -> Non
 
 def test_timeline_ends_at_the_overall_interval_for_metrics_far_from_zero(tmp_path: Path) -> None:
     lake = store.open(tmp_path / "lake")
-    branch = lake.branch("cand")
-    branch.write_bytes("model.bin", b"v2")
-    branch.commit("train")
-    dep = tracking.deploy(lake, "cand", branch=branch.name, model="model.bin", deployed_at=T0)
-    prod = tracking.deployment(lake, "production")
+    dep, prod = beside_production(lake, model="model.bin")
     rng = np.random.default_rng(1)
     for i in range(120):  # bytes per request, around 1.7 GB, over three days
         stamp = T0 + timedelta(minutes=36 * i)
@@ -228,11 +232,7 @@ def test_dashboard_names_a_baseline_never_live_with_the_candidate_instead_of_a_t
 def canary_lake(path: Path) -> Path:
     """A 10% canary: production got 9 points for each of the candidate's, same outcomes."""
     lake = store.open(path)
-    branch = lake.branch("canary")
-    branch.write_bytes("model.bin", b"v2")
-    branch.commit("train")
-    dep = tracking.deploy(lake, "canary", branch=branch.name, deployed_at=T0)
-    prod = tracking.deployment(lake, "production")
+    dep, prod = beside_production(lake, "canary")
     for i in range(400):
         stamp = T0 + timedelta(minutes=i)
         prod.log_metric("accuracy", float(i % 5 != 0), timestamp=stamp)
@@ -276,11 +276,7 @@ def test_a_metric_one_side_never_logged_is_named_as_such_not_as_too_few_points(
     tmp_path: Path,
 ) -> None:
     lake = store.open(tmp_path / "lake")
-    branch = lake.branch("cand")
-    branch.write_bytes("model.bin", b"v2")
-    branch.commit("train")
-    dep = tracking.deploy(lake, "cand", branch=branch.name, deployed_at=T0)
-    prod = tracking.deployment(lake, "production")
+    dep, prod = beside_production(lake)
     for i in range(40):
         stamp = T0 + timedelta(minutes=i)
         dep.log_metrics({"accuracy": float(i % 5 != 0), "calibration_error": 0.1}, timestamp=stamp)
