@@ -444,7 +444,7 @@ def set_status(
         updated = replace(
             current, status=status, ended_at=datetime.now(UTC), merge_commit=merge_commit
         )
-        tx.write_table(path, pa.Table.from_pylist([updated.to_row()], schema=layout.RECORD_SCHEMA))
+        _stage_record(tx, updated)
         return updated
 
     branch = lake.get_branch(f"production/{layout.branch_name(record.name)}")
@@ -527,9 +527,13 @@ def _read_record(lake: Lake, name: str) -> DeploymentRecord | None:
 
 
 def _write_record(branch: Branch, record: DeploymentRecord) -> None:
+    _stage_record(branch, record)
+    _commit(branch, f"deployment {record.name}: {record.status}")
+
+
+def _stage_record(branch: Branch, record: DeploymentRecord) -> None:
     table = pa.Table.from_pylist([record.to_row()], schema=layout.RECORD_SCHEMA)
     branch.write_table(layout.record_file(record.name), table)
-    _commit(branch, f"deployment {record.name}: {record.status}")
 
 
 def _commit(branch: Branch, message: str) -> None:

@@ -73,9 +73,6 @@ GUARD_KEY = "flowlake-guard"
 EMPTY_MESSAGE_KEY = "flowlake.empty-message"
 #: The committer of commits no one made through flowlake or as a lakeFS user (the first one).
 SYSTEM_COMMITTER = "flowlake"
-#: Metadata key prefixes owned by flowlake and lakeFS; user metadata may not use them (refused
-#: above the backend, for every backend, and again here for direct backend callers).
-RESERVED_PREFIXES = RESERVED_METADATA_PREFIXES
 _EMPTY_MESSAGE_PLACEHOLDER = "(no message)"
 PAGE = 1000
 #: lakeFS's DeleteObjects limit per call.
@@ -741,10 +738,10 @@ def _encode_commit(
     Raises:
         InvalidArgumentError: a metadata key uses a reserved prefix.
     """
-    reserved = sorted(k for k in metadata if k.startswith(RESERVED_PREFIXES))
+    reserved = sorted(k for k in metadata if k.startswith(RESERVED_METADATA_PREFIXES))
     if reserved:
         raise InvalidArgumentError(
-            f"commit metadata keys {reserved} use a reserved prefix {RESERVED_PREFIXES}"
+            f"commit metadata keys {reserved} use a reserved prefix {RESERVED_METADATA_PREFIXES}"
         )
     meta = {**metadata, COMMITTER_KEY: committer}
     if message:
@@ -759,7 +756,7 @@ def _to_commit(raw: Any) -> Commit:
     return Commit(
         id=raw.id,
         message=message,
-        metadata={k: v for k, v in stored.items() if not k.startswith(RESERVED_PREFIXES)},
+        metadata={k: v for k, v in stored.items() if not k.startswith(RESERVED_METADATA_PREFIXES)},
         parents=tuple(raw.parents),
         timestamp=datetime.fromtimestamp(raw.creation_date, UTC),
         # lakeFS's own first commit ("Repository created") has no committer; the embedded
