@@ -54,7 +54,11 @@ def flowlake(lake: Path, *args: str, env: dict[str, str] | None = None) -> tuple
 
 @pytest.fixture
 def policed_lake(tmp_path: Path) -> Path:
-    path = tmp_path / "lake"
+    return lake_with_policy(tmp_path / "lake")
+
+
+def lake_with_policy(path: Path) -> Path:
+    """A new lake at ``path`` whose ``main`` holds :data:`POLICY`."""
     lake = store.open(path)
     setup = lake.branch("setup")
     setup.write_bytes("_flowlake/policy.toml", POLICY.encode())

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_policy_cli import POLICY as CLI_POLICY
-from test_policy_cli import create_token, flowlake
+from test_policy_cli import create_token, flowlake, lake_with_policy
 from test_policy_enforce import policed, reopen
 
 import store
@@ -38,13 +37,7 @@ def test_revoking_a_revoked_token_changes_nothing_and_says_when(policed: object)
 def test_cli_revoking_twice_exits_0_and_names_the_first_revocation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lake = tmp_path / "lake"
-    install = store.open(lake)
-    setup = install.branch("setup")
-    setup.write_bytes("_flowlake/policy.toml", CLI_POLICY.encode())
-    setup.commit("policy")
-    install.merge(setup.name, into="main")
-    install.close()
+    lake = lake_with_policy(tmp_path / "lake")
     create_token(lake, monkeypatch)
     monkeypatch.setenv("FLOWLAKE_PERIMETER", "production")
     assert flowlake(lake, "token", "revoke", "ci")[0] == 0
